@@ -1,0 +1,94 @@
+"""Find and release what dead runs left: from the journals first, then from the system's own
+lists (mountinfo, loop devices), restricted to paths under the state root."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import sysutil
+from .resources import RELEASERS, Resources, owner_alive, owners
+from .state import StateRoot
+
+
+def sweep(state: StateRoot, everything: bool = False) -> list[str]:
+    """Release dead runs' resources (and with everything=True, persistent ones too).
+
+    Returns one line per action, for the user to read. Live runs are never touched.
+    """
+    import cowlab.drivers  # noqa: F401  (registers every driver's releasers)
+
+    done: list[str] = []
+    protected: set[str] = set()
+    for info in owners(state):
+        live = owner_alive(info) and not (everything and info["kind"] != "run")
+        entries = _entries(info["dir"])
+        if live:
+            protected.update(_paths(entries))
+            continue
+        res = Resources.open(state, info["owner"]) if (info["dir"] / "owner.json").exists() else None
+        if res is None:
+            res = Resources(state, info["owner"], "run")
+        errs = res.close()
+        done.append(f"released {len(entries)} resource(s) of {info['owner']}")
+        done += [f"  could not release {e}" for e in errs]
+
+    # Mounts and loop devices under the root that no journal names: a crash between the
+    # kernel call and the journal can't produce these (we journal first), but an older
+    # cowlab or a manual experiment can.
+    for m in sysutil.mounts_under(state.path):
+        if m.target not in protected and not any(m.target.startswith(p + "/") for p in protected):
+            try:
+                sysutil.umount(m.target)
+                done.append(f"unmounted stray {m.target}")
+            except OSError as e:
+                done.append(f"  could not unmount {m.target}: {e}")
+    for dev, f in sysutil.loop_devices().items():
+        if state.inside(f) and f not in protected:
+            sysutil.run(["losetup", "-d", dev], check=False)
+            done.append(f"detached stray {dev} ({f})")
+
+    # Staging directories of dead runs (an extraction interrupted half way).
+    if state.tmp.exists():
+        for d in state.tmp.iterdir():
+            pid = _staging_pid(d.name)
+            if everything or pid is None or not sysutil.pid_alive(pid, None):
+                if d.is_dir() and not d.is_symlink():
+                    sysutil.safe_rmtree(d, state.path)
+                else:
+                    os.unlink(d)
+                done.append(f"removed staging {d.name}")
+    if everything:
+        for sub in (state.store, state.backings):
+            if sub.exists() and not sysutil.mounts_under(sub):
+                for child in sub.iterdir():
+                    sysutil.safe_rmtree(child, state.path)
+                done.append(f"emptied {sub}")
+    return done
+
+
+def _entries(d) -> list[dict]:
+    out = []
+    for p in sorted(d.glob("[0-9]*.json")):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            pass
+    return out
+
+
+def _paths(entries: list[dict]) -> set[str]:
+    return {str(v) for e in entries for k, v in e.items() if k in ("target", "path", "file")}
+
+
+def _staging_pid(name: str) -> int | None:
+    # staging dirs are named <pid>-<anything>
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def kinds() -> list[str]:
+    return sorted(RELEASERS)
+
+
+__all__ = ["sweep", "kinds"]

@@ -1,0 +1,313 @@
+"""The `cowlab` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__, cleanup, drivers, spec
+from . import backing as B
+from .errors import CowlabError, Unavailable
+from .images import ImageStore
+from .resources import Resources, owners
+from .runner import BenchSession, require_root, sigterm_as_interrupt
+from .state import StateRoot, resolve_root
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _state(ctx, ensure=True) -> StateRoot:
+    st = StateRoot(resolve_root(ctx.obj["root"]))
+    return st.ensure() if ensure else st
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="COWLAB_ROOT", metavar="DIR",
+              help="State directory (default /var/lib/cowlab, or $COWLAB_ROOT).")
+@click.version_option(__version__)
+@click.pass_context
+def cli(ctx, root):
+    """Measure what copy-on-write storage under container engines really costs."""
+    ctx.obj = {"root": root}
+
+
+# --- drivers ---------------------------------------------------------------------------------
+@cli.command("drivers")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def drivers_cmd(as_json):
+    """Every backend: available here, or why not and how to get it."""
+    rows = []
+    for name, cls in drivers.DRIVERS.items():
+        p = cls.probe()
+        rows.append({"driver": name, "available": p.available, "route": "native" if p.available else None,
+                     "reason": p.reason, "hint": p.hint, "description": cls.description,
+                     "max_layers": cls.max_layers})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    t = Table("driver", "status", "reason / how to get it", "what it is")
+    for r in rows:
+        st = "[green]available[/]" if r["available"] else "[red]unavailable[/]"
+        why = "" if r["available"] else f"{r['reason']}" + (f" — {r['hint']}" if r["hint"] else "")
+        t.add_row(r["driver"], st, why, r["description"])
+    out.print(t)
+
+
+# --- images ----------------------------------------------------------------------------------
+@cli.group()
+def image():
+    """Build, import, list and remove images."""
+
+
+@image.command("build")
+@click.argument("spec_file", metavar="SPEC.toml", type=click.Path(dir_okay=False))
+@click.option("--name", help="Image name (default: the spec's name).")
+@click.pass_context
+def image_build(ctx, spec_file, name):
+    """Build an image from a declarative spec (see `python -m pydoc cowlab.spec`)."""
+    sp = spec.load(spec_file)          # spec errors come before any state is touched
+    img = ImageStore(_state(ctx)).build(sp, name)
+    click.echo(f"{img.name} {img.short} {len(img.layers)} layer(s) {img.content_bytes} bytes")
+
+
+@image.command("import")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--name", help="Image name (default: the archive's tag).")
+@click.pass_context
+def image_import(ctx, archive, name):
+    """Import a `docker save` archive or an OCI image layout tar."""
+    img = ImageStore(_state(ctx)).import_archive(archive, name)
+    click.echo(f"{img.name} {img.short} {len(img.layers)} layer(s) {img.content_bytes} bytes")
+
+
+@image.command("ls")
+@click.pass_context
+def image_ls(ctx):
+    """List images."""
+    t = Table("name", "id", "layers", "content", "source")
+    for img in ImageStore(_state(ctx)).list():
+        t.add_row(img.name, img.short, str(len(img.layers)), _human(img.content_bytes), img.source)
+    out.print(t)
+
+
+@image.command("rm")
+@click.argument("name")
+@click.pass_context
+def image_rm(ctx, name):
+    """Remove an image (refused while a container uses it)."""
+    require_root()
+    state = _state(ctx)
+    store = ImageStore(state)
+    img = store.get(name)
+    users = [o for o in owners(state) if o["kind"] == "container" and o["meta"].get("image_id") == img.id]
+    if users:
+        raise CowlabError(f"image {img.name} is used by container {users[0]['meta']['id']}; remove it first")
+    res = Resources.for_run(state)
+    with res:
+        for cls in drivers.DRIVERS.values():
+            home = state.store / "persistent" / cls.name
+            if home.exists():
+                cls(B.host(state.store / "persistent"), res, store).remove_image(img)
+    store.remove(name)
+    click.echo(f"removed {img.name} {img.short}")
+
+
+# --- containers ------------------------------------------------------------------------------
+@cli.group()
+def container():
+    """Create, list and remove containers (writable roots you can cd into)."""
+
+
+@container.command("create")
+@click.argument("image_ref", metavar="IMAGE")
+@click.option("--driver", "driver_name", required=True, help="Storage driver (see `cowlab drivers`).")
+@click.pass_context
+def container_create(ctx, image_ref, driver_name):
+    """Create a container; its mountpoint is the last line printed."""
+    cls = drivers.get(driver_name)
+    require_root()
+    p = cls.probe()
+    if not p.available:
+        raise Unavailable(f"driver {driver_name}", p.reason, p.hint)
+    state = _state(ctx)
+    store = ImageStore(state)
+    img = store.get(image_ref)
+    if cls.max_layers and len(img.layers) > cls.max_layers:
+        raise CowlabError(f"image {img.name} has {len(img.layers)} layers; {driver_name} supports at most {cls.max_layers}")
+    with Resources.for_run(state) as imports:
+        drv = cls(B.host(state.store / "persistent"), imports, store)
+        drv.import_image(img)
+        cid = drv.new_id()
+        res = Resources(state, f"ctr-{cid}", "container", {"id": cid, "image": img.name, "image_id": img.id,
+                                                           "driver": driver_name})
+        try:
+            c = drv.create(img, res, cid)
+        except BaseException:
+            res.close()
+            raise
+        res.meta["mountpoint"] = str(c.mountpoint)
+        Resources(state, res.owner, "container", res.meta)  # rewrite owner.json with the mountpoint
+    click.echo(f"created {c.id} ({driver_name}, image {img.name})")
+    click.echo(str(c.mountpoint))
+
+
+def _containers(state):
+    return [o for o in owners(state) if o["kind"] == "container"]
+
+
+@container.command("ls")
+@click.pass_context
+def container_ls(ctx):
+    """List containers."""
+    t = Table("id", "image", "driver", "mountpoint")
+    for o in _containers(_state(ctx)):
+        m = o["meta"]
+        t.add_row(m.get("id", "?"), m.get("image", "?"), m.get("driver", "?"), m.get("mountpoint", "?"))
+    out.print(t)
+
+
+@container.command("rm")
+@click.argument("ref", metavar="ID_OR_MOUNTPOINT")
+@click.pass_context
+def container_rm(ctx, ref):
+    """Remove a container by id or mountpoint."""
+    require_root()
+    state = _state(ctx)
+    real = os.path.realpath(ref) if os.path.exists(ref) else None
+    for o in _containers(state):
+        m = o["meta"]
+        if ref == m.get("id") or (real and real == m.get("mountpoint")):
+            errs = Resources.open(state, o["owner"]).close()
+            if errs:
+                raise CowlabError("could not remove everything: " + "; ".join(errs))
+            click.echo(f"removed {m['id']}")
+            return
+    raise CowlabError(f"no container {ref!r} (see `cowlab container ls`)")
+
+
+# --- bench -----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("driver_name", metavar="DRIVER")
+@click.option("--quick", is_flag=True, help="The quick grid: a first answer in a few minutes.")
+@click.option("--workload", "workloads", multiple=True, metavar="NAME", help="Run only these (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Results directory.")
+@click.option("--backing", default="host", show_default=True, type=click.Choice(B.KINDS),
+              help="host: the state root's filesystem; ext4/xfs/btrfs: a loop filesystem cowlab makes.")
+@click.option("--reps", type=int, help="Override the grid's repetitions.")
+@click.pass_context
+def bench(ctx, driver_name, quick, workloads, out, backing, reps):
+    """Run workloads on DRIVER and write results/<host>/<run_id>/."""
+    s = BenchSession(driver_name, quick, list(workloads) or None, Path(out), ctx.obj["root"], backing,
+                     argv=["cowlab", *sys.argv[1:]], reps=reps)
+    s.check()
+    status = "failed"
+    with sigterm_as_interrupt(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                          TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task("preparing", total=None)
+
+        def progress(desc, done, total):
+            prog.update(task, description=desc, completed=done, total=total)
+        try:
+            s.prepare(progress)
+            s.run(progress)
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            if hasattr(s, "res"):
+                errs = s.finish(status)
+                for e in errs:
+                    err.print(f"[red]teardown:[/] {e}")
+    _print_summary(s)
+    if status == "interrupted":
+        err.print("interrupted: everything torn down; samples measured so far are kept")
+        sys.exit(130)
+
+
+def _print_summary(s: BenchSession) -> None:
+    from .summary import headlines, medians
+    if not s.records:
+        return
+    t = Table("workload", "metric", "params", "median", "p10–p90", "n", title=f"{s.driver_name}: medians")
+    for wl, metric, key, med, p10, p90, n, unit in medians(s.records):
+        t.add_row(wl, metric, key, _val(med, unit), f"{_val(p10, unit)} – {_val(p90, unit)}", str(n))
+    out.print(t)
+    for line in headlines(s.records):
+        out.print(f"• {line}")
+    failed = [r for r in s.records if r["status"] != "ok"]
+    for r in failed:
+        out.print(f"[yellow]{r['status']}[/]: {r['workload']} {r['metric']}: {r.get('error', '')}")
+    out.print(f"results: {s.writer.dir}")
+
+
+def _val(v, unit) -> str:
+    if unit == "s":
+        return f"{v * 1e3:.3f} ms" if v < 1 else f"{v:.3f} s"
+    if unit == "B":
+        return _human(v)
+    return f"{v:.4g}"
+
+
+def _human(n) -> str:
+    n = float(n)
+    for u in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or u == "GiB":
+            return f"{n:.0f} {u}" if u == "B" else f"{n:.1f} {u}"
+        n /= 1024
+    return str(n)
+
+
+# --- cleanup ---------------------------------------------------------------------------------
+@cli.command("cleanup")
+@click.option("--all", "everything", is_flag=True,
+              help="Also remove persistent containers and driver storage (images stay).")
+@click.pass_context
+def cleanup_cmd(ctx, everything):
+    """Release what dead runs left behind (mounts, loop devices, processes, files)."""
+    require_root()
+    st = _state(ctx, ensure=False)
+    if not st.claimed:
+        click.echo(f"nothing to do: {st.path} is not a cowlab state root")
+        return
+    lines = cleanup.sweep(st, everything)
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo("nothing left behind")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except CowlabError as e:
+        err.print(f"cowlab: error: {e}", markup=False, highlight=False)
+        sys.exit(1)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # a bug: one line, and the traceback on request
+        if os.environ.get("COWLAB_DEBUG"):
+            raise
+        err.print(f"cowlab: internal error: {type(e).__name__}: {e} (COWLAB_DEBUG=1 shows the traceback)",
+                  markup=False, highlight=False)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The one interface every storage backend implements.
+
+A workload only ever calls these methods; what a driver is (union mount, snapshot, plain copy)
+stays behind them. Optional abilities are named in `capabilities`, never guessed from the name.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ..backing import Backing
+from ..images import Image, ImageStore
+from ..resources import Handle, Resources
+
+
+@dataclass
+class Probe:
+    available: bool
+    reason: str = ""          # why not, in words a user can act on
+    hint: str = ""            # the command that gets it
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class Container:
+    id: str
+    image_id: str
+    driver: str
+    mountpoint: Path
+    handles: list[Handle] = field(default_factory=list)
+
+
+class Driver:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    max_layers: ClassVar[int | None] = None
+    provision: ClassVar[str] = "host"   # vagrant/provision/<name>.sh installs what it needs
+
+    def __init__(self, backing: Backing, res: Resources, store: ImageStore, home: Path | None = None,
+                 options: dict | None = None):
+        self.backing = backing
+        self.res = res            # owner of what the driver itself creates (imports, staging)
+        self.store = store
+        self.home = home or backing.path / self.name
+        self.options = dict(options or {})
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    # --- to implement ----------------------------------------------------------------------
+    @classmethod
+    def probe(cls) -> Probe:
+        raise NotImplementedError
+
+    def has_image(self, image: Image) -> bool:
+        raise NotImplementedError
+
+    def import_image(self, image: Image) -> None:
+        """Bring an image from the store into the driver's own form (idempotent)."""
+        raise NotImplementedError
+
+    def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
+        """A new container: a writable root at container.mountpoint, its resources in res."""
+        raise NotImplementedError
+
+    def remove_image(self, image: Image) -> None:
+        raise NotImplementedError
+
+    def metadata(self) -> dict:
+        return {}
+
+    # --- shared ----------------------------------------------------------------------------
+    def remove(self, container: Container, res: Resources) -> None:
+        for h in reversed(container.handles):
+            res.release(h)
+        container.handles.clear()
+
+    def describe(self) -> dict:
+        return {"driver": self.name, **self.backing.metadata(), **self.metadata()}
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:12]
+
+    def staging(self) -> Path:
+        """A scratch dir on the same filesystem as home, so results can be renamed into place."""
+        d = self.home / "tmp"
+        d.mkdir(exist_ok=True)
+        return d / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def image_key(image: Image) -> str:
+    return image.id.split(":")[-1][:24]

@@ -1,0 +1,285 @@
+"""The image store: layers kept once, as tar files named by digest, under <root>/layers; one
+manifest per image under <root>/images. Drivers import from here into their own form."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import layers as L
+from .errors import CowlabError
+from .spec import ImageSpec
+from .state import StateRoot
+
+BUILDER_VERSION = 1  # bump when the same spec would produce different bytes
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Image:
+    id: str
+    name: str
+    layers: list[str]          # layer digests, bottom first
+    layer_bytes: list[int]     # tar sizes
+    content_bytes: int         # bytes of file content over all layers
+    source: str
+    spec_hash: str = ""
+    created: float = 0.0
+
+    @property
+    def short(self) -> str:
+        return self.id.split(":")[-1][:12]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _spec_hash(spec: ImageSpec) -> str:
+    def enc(o):
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)
+        raise TypeError(o)
+    data = {"v": BUILDER_VERSION, "name": spec.name, "seed": spec.seed, "mtime": spec.mtime,
+            "layers": spec.layers}
+    for layer in spec.layers:  # a copied host file changes the image when it changes
+        for op in layer.ops:
+            if op.op == "copy":
+                st = os.stat(op.args["source"])
+                data.setdefault("sources", []).append([op.args["source"], st.st_size, st.st_mtime_ns])
+    raw = json.dumps(data, default=enc, sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _image_id(digests: Iterable[str]) -> str:
+    return "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+class ImageStore:
+    def __init__(self, state: StateRoot):
+        self.state = state
+
+    # --- queries ---------------------------------------------------------------------------
+    def layer_path(self, digest: str) -> Path:
+        return self.state.layers / (digest.replace(":", "-") + ".tar")
+
+    def list(self) -> list[Image]:
+        out = []
+        for p in sorted(self.state.images.glob("*.json")):
+            try:
+                out.append(Image(**json.loads(p.read_text())))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a manifest half written by a killed build: not an image
+        return out
+
+    def get(self, ref: str) -> Image:
+        for img in self.list():
+            if ref in (img.name, img.id, img.short) or (len(ref) >= 6 and img.id.split(":")[-1].startswith(ref)):
+                return img
+        names = ", ".join(i.name for i in self.list()) or "none"
+        raise CowlabError(f"no image {ref!r} (images: {names}; build one with `cowlab image build SPEC.toml`)")
+
+    def find(self, ref: str) -> Image | None:
+        try:
+            return self.get(ref)
+        except CowlabError:
+            return None
+
+    # --- writing ---------------------------------------------------------------------------
+    def _staging(self, suffix: str) -> Path:
+        return self.state.tmp / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+    def _store_layer(self, tmp: Path, digest: str) -> None:
+        dst = self.layer_path(digest)
+        if dst.exists():
+            tmp.unlink()
+        else:
+            os.replace(tmp, dst)
+
+    def _save(self, img: Image) -> Image:
+        old = self.find(img.name)
+        p = self.state.images / (img.id.split(":")[-1] + ".json")
+        tmp = self._staging(".json")
+        tmp.write_text(json.dumps(img.to_json(), indent=1))
+        os.replace(tmp, p)
+        if old is not None and old.id != img.id:
+            self._drop(old)  # the name moves to the new image
+        return img
+
+    def _check_space(self, need: int, what: str) -> None:
+        st = os.statvfs(self.state.path)
+        free = st.f_bavail * st.f_frsize
+        if need > free:
+            raise CowlabError(f"{what} needs about {need >> 20} MiB but {self.state.path} has "
+                              f"{free >> 20} MiB free")
+
+    def build(self, spec: ImageSpec, name: str | None = None, progress: Progress | None = None) -> Image:
+        name = name or spec.name
+        h = _spec_hash(spec)
+        for img in self.list():
+            if img.spec_hash == h and img.name == name and all(self.layer_path(d).exists() for d in img.layers):
+                return img  # same spec, same bytes: reuse
+        content = L.spec_bytes(spec)
+        self._check_space(content + (64 << 20), f"building {name}")
+        digests, sizes = [], []
+        for entries in L.spec_layers(spec):
+            tmp = self._staging(".tar")
+            try:
+                with open(tmp, "wb") as f:
+                    digest, n = L.write_layer_tar(entries, f, spec.mtime)
+                self._store_layer(tmp, digest)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            digests.append(digest)
+            sizes.append(n)
+            if progress:
+                progress(n)
+        return self._save(Image(_image_id(digests), name, digests, sizes, content,
+                                f"spec:{spec.source}", h, time.time()))
+
+    def import_archive(self, archive: str | Path, name: str | None = None) -> Image:
+        """Import a `docker save` archive or an OCI image layout tar (first image in it)."""
+        archive = Path(archive)
+        where = str(archive)
+        if not archive.is_file():
+            raise CowlabError(f"{where}: no such file")
+        try:
+            outer = tarfile.open(archive, "r:*")
+        except (tarfile.TarError, EOFError) as e:
+            raise CowlabError(f"{where}: not a tar archive ({e})") from None
+        with outer:
+            names = {L.member_path(m.name, where): m for m in outer.getmembers()
+                     if not m.isdir()}
+
+            def read_json(n):
+                m = names.get(n)
+                if m is None or not m.isreg() or m.size > 16 << 20:
+                    raise CowlabError(f"{where}: {n} is missing or not a small file")
+                try:
+                    return json.load(outer.extractfile(m))
+                except json.JSONDecodeError as e:
+                    raise CowlabError(f"{where}: {n} is not valid JSON ({e})") from None
+
+            if "manifest.json" in names:
+                man = read_json("manifest.json")
+                if not isinstance(man, list) or not man or not isinstance(man[0], dict):
+                    raise CowlabError(f"{where}: manifest.json is not a docker save manifest")
+                entry = man[0]
+                layer_names = [L.member_path(x, where) for x in entry.get("Layers", [])]
+                tag = (entry.get("RepoTags") or [None])[0]
+            elif "index.json" in names:
+                layer_names, tag = self._oci_layers(read_json, where)
+            else:
+                raise CowlabError(f"{where}: neither manifest.json (docker save) nor index.json (OCI layout)")
+            if not layer_names:
+                raise CowlabError(f"{where}: the image has no layers")
+            members = []
+            for ln in layer_names:
+                m = names.get(ln)
+                if m is None or not m.isreg():
+                    raise CowlabError(f"{where}: layer {ln} named by the manifest is not in the archive")
+                members.append(m)
+            self._check_space(sum(m.size for m in members) * 2, f"importing {where}")
+            digests, sizes, content = [], [], 0
+            for i, m in enumerate(members, 1):
+                tmp = self._staging(".tar")
+                try:
+                    digest, n = _copy_uncompressed(outer.extractfile(m), tmp, f"{where}, layer {i}")
+                    content += L.check_tar(tmp, f"{where}, layer {i} ({m.name})")
+                    self._store_layer(tmp, digest)
+                finally:
+                    if tmp.exists():
+                        tmp.unlink()
+                digests.append(digest)
+                sizes.append(n)
+        name = name or tag or archive.name
+        return self._save(Image(_image_id(digests), name, digests, sizes, content,
+                                f"archive:{archive.resolve()}", "", time.time()))
+
+    @staticmethod
+    def _oci_layers(read_json, where):
+        def blob(desc):
+            d = desc.get("digest", "") if isinstance(desc, dict) else ""
+            algo, _, hexd = d.partition(":")
+            if algo != "sha256" or not hexd.isalnum():
+                raise CowlabError(f"{where}: bad descriptor digest {d!r}")
+            return f"blobs/sha256/{hexd}"
+
+        idx = read_json("index.json")
+        mans = idx.get("manifests") if isinstance(idx, dict) else None
+        if not mans:
+            raise CowlabError(f"{where}: index.json lists no manifests")
+        desc = mans[0]
+        tag = (desc.get("annotations") or {}).get("io.containerd.image.name") or \
+              (desc.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+        doc = read_json(blob(desc))
+        for _ in range(4):  # an index may point at another index
+            if "layers" in doc:
+                break
+            sub = doc.get("manifests") or []
+            if not sub:
+                raise CowlabError(f"{where}: OCI manifest has no layers")
+            doc = read_json(blob(sub[0]))
+        out = []
+        for d in doc.get("layers", []):
+            mt = d.get("mediaType", "")
+            if "zstd" in mt:
+                raise CowlabError(f"{where}: zstd-compressed layers are not supported (mediaType {mt})")
+            out.append(blob(d))
+        return out, tag
+
+    # --- removing --------------------------------------------------------------------------
+    def _drop(self, img: Image) -> None:
+        (self.state.images / (img.id.split(":")[-1] + ".json")).unlink(missing_ok=True)
+        used = {d for i in self.list() for d in i.layers}
+        for d in img.layers:
+            if d not in used:
+                self.layer_path(d).unlink(missing_ok=True)
+
+    def remove(self, ref: str) -> Image:
+        img = self.get(ref)
+        self._drop(img)
+        return img
+
+
+def _copy_uncompressed(src, dst: Path, where: str) -> tuple[str, int]:
+    """Copy a layer blob to dst as a plain tar (gunzipping if needed); digest of the plain tar."""
+    head = src.read(2)
+    rest = src
+    if head == b"\x1f\x8b":
+        class _Cat:
+            def __init__(self):
+                self.first = head
+
+            def read(self, n=-1):
+                if self.first:
+                    b, self.first = self.first, b""
+                    return b
+                return src.read(n)
+        rest, head = gzip.GzipFile(fileobj=_Cat()), b""
+    h, n = hashlib.sha256(), 0
+    try:
+        with open(dst, "wb") as out:
+            if head:
+                h.update(head)
+                out.write(head)
+                n += len(head)
+            while chunk := rest.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+                n += len(chunk)
+    except (OSError, EOFError, tarfile.TarError) as e:
+        raise CowlabError(f"{where}: cannot read layer data ({e})") from None
+    return "sha256:" + h.hexdigest(), n
+
+
+__all__ = ["Image", "ImageStore"]

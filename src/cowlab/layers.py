@@ -1,0 +1,391 @@
+"""Layers as OCI tar streams: built from a spec, checked on import, applied to a directory.
+
+One applier serves every driver, in one of three whiteout styles:
+- "overlay": deletions become 0/0 character devices, opaque dirs get trusted.overlay.opaque=y
+  (what overlayfs reads in a lower or upper dir);
+- "aufs":    whiteout files (.wh.NAME, .wh..wh..opq) are kept as they are (AUFS's own format);
+- "apply":   deletions and opaque dirs are carried out on the tree in place (for drivers that keep
+  each layer as a full snapshot of its parent: vfs, btrfs, zfs, device mapper).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .content import Content
+from .errors import CowlabError
+from .spec import ImageSpec
+
+WH = ".wh."
+OPAQUE = ".wh..wh..opq"
+STYLES = ("overlay", "aufs", "apply")
+_ALLOWED_XATTR = ("user.", "security.capability")
+
+
+# --- building -----------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Inode:
+    type: str  # file, dir, symlink
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    pattern: str = "random"
+    seed: int = 0
+    target: str = ""
+    source: str = ""
+    xattrs: dict = field(default_factory=dict)
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+class _Model:
+    """The image tree as the spec describes it so far, so later layers can re-emit entries."""
+
+    def __init__(self, spec: ImageSpec):
+        self.spec = spec
+        self.tree: dict[str, Inode] = {}
+
+    def children(self, d: str) -> list[str]:
+        pre = d.rstrip("/") + "/"
+        return [p for p in self.tree if p.startswith(pre)]
+
+    def layer_entries(self, index: int) -> list[tuple[str, object]]:
+        """Entries of one layer: (path, Inode) or (path, ('link', target)) or (path, 'whiteout')."""
+        out: list[tuple[str, object]] = []
+        emitted: dict[str, Inode] = {}
+        where = f"{self.spec.source}, layer {index + 1}"
+
+        def emit(p, node):
+            out.append((p, node))
+            emitted[p] = node
+
+        def ensure_parents(p, w):
+            par = posixpath.dirname(p)
+            chain = []
+            while par != "/":
+                chain.append(par)
+                par = posixpath.dirname(par)
+            for d in reversed(chain):
+                node = self.tree.get(d)
+                if node is None:
+                    node = Inode("dir", 0o755)
+                    self.tree[d] = node
+                    emit(d, node)
+                elif node.type != "dir":
+                    raise CowlabError(f"{w}: {d} is a {node.type}, not a directory")
+
+        def put(p, node, w):
+            ensure_parents(p, w)
+            old = self.tree.get(p)
+            if old is not None and old.type == "dir" and node.type != "dir":
+                for c in self.children(p):
+                    del self.tree[c]
+            self.tree[p] = node
+            emit(p, node)
+
+        def need(p, w) -> Inode:
+            if p not in self.tree:
+                raise CowlabError(f"{w}: {p} does not exist in the image at this layer")
+            return self.tree[p]
+
+        for j, op in enumerate(self.spec.layers[index].ops, 1):
+            w, a = f"{where}, op {j} ({op.op})", op.args
+            if op.op == "file":
+                put(a["path"], Inode("file", a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0),
+                                     a["size"], a.get("pattern", "random"),
+                                     a.get("seed", _seed(self.spec.seed, index, a["path"])),
+                                     xattrs=dict(a.get("xattrs", {}))), w)
+            elif op.op == "files":
+                prefix = a.get("prefix", "f")
+                for k in range(a["count"]):
+                    p = f"{a['dir']}/{prefix}{k:06d}"
+                    put(p, Inode("file", a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0),
+                                 a["size"], a.get("pattern", "random"), _seed(self.spec.seed, index, p)), w)
+            elif op.op == "copy":
+                src = Path(a["source"])
+                put(a["path"], Inode("file", a.get("mode", stat.S_IMODE(src.stat().st_mode)),
+                                     size=src.stat().st_size, source=str(src)), w)
+            elif op.op == "dir":
+                old = self.tree.get(a["path"])
+                node = old if old is not None and old.type == "dir" else Inode("dir", 0o755)
+                node.mode = a.get("mode", node.mode)
+                node.uid, node.gid = a.get("uid", node.uid), a.get("gid", node.gid)
+                node.xattrs.update(a.get("xattrs", {}))
+                put(a["path"], node, w)
+            elif op.op == "symlink":
+                put(a["path"], Inode("symlink", 0o777, a.get("uid", 0), a.get("gid", 0), target=a["target"]), w)
+            elif op.op == "hardlink":
+                tnode = need(a["target"], w)
+                if tnode.type != "file":
+                    raise CowlabError(f"{w}: hard link target {a['target']} is a {tnode.type}")
+                if emitted.get(a["target"]) is not tnode:
+                    emit(a["target"], tnode)  # a link can't cross layers: copy the target up
+                ensure_parents(a["path"], w)
+                self.tree[a["path"]] = tnode
+                out.append((a["path"], ("link", a["target"])))
+            elif op.op == "delete":
+                node = need(a["path"], w)
+                for c in self.children(a["path"]) if node.type == "dir" else []:
+                    del self.tree[c]
+                del self.tree[a["path"]]
+                out.append((a["path"], "whiteout"))
+            elif op.op == "opaque":
+                node = need(a["path"], w)
+                if node.type != "dir":
+                    raise CowlabError(f"{w}: {a['path']} is a {node.type}; only directories can be opaque")
+                for c in self.children(a["path"]):
+                    del self.tree[c]
+                emit(a["path"], node)
+                out.append((a["path"], "opaque"))
+            elif op.op in ("chmod", "chown"):
+                node = need(a["path"], w)
+                targets = [a["path"]]
+                if op.op == "chown" and a.get("recursive") and node.type == "dir":
+                    targets += sorted(self.children(a["path"]))
+                for p in targets:
+                    n = self.tree[p]
+                    if op.op == "chmod":
+                        n.mode = a["mode"]
+                    else:
+                        n.uid, n.gid = a["uid"], a["gid"]
+                    if emitted.get(p) is not n:
+                        emit(p, n)
+        return out
+
+
+class _HashWriter:
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def tell(self):
+        return self.n
+
+    def write(self, b):
+        self.h.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+
+def write_layer_tar(entries: list[tuple[str, object]], f, mtime: int) -> tuple[str, int]:
+    """Write one layer as a deterministic PAX tar; returns (sha256 digest, bytes)."""
+    hw = _HashWriter(f)
+    with tarfile.open(fileobj=hw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, node in entries:
+            name = path.lstrip("/")
+            ti = tarfile.TarInfo(name)
+            ti.mtime, ti.uname, ti.gname = mtime, "", ""
+            if node == "whiteout":
+                ti.name = posixpath.join(posixpath.dirname(name), WH + posixpath.basename(name))
+                tar.addfile(ti)
+                continue
+            if node == "opaque":
+                ti.name = posixpath.join(name, OPAQUE)
+                tar.addfile(ti)
+                continue
+            if isinstance(node, tuple):
+                ti.type, ti.linkname = tarfile.LNKTYPE, node[1].lstrip("/")
+                tar.addfile(ti)
+                continue
+            ti.mode, ti.uid, ti.gid = node.mode, node.uid, node.gid
+            if node.xattrs:
+                ti.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in sorted(node.xattrs.items())}
+            if node.type == "dir":
+                ti.type = tarfile.DIRTYPE
+                tar.addfile(ti)
+            elif node.type == "symlink":
+                ti.type, ti.linkname = tarfile.SYMTYPE, node.target
+                tar.addfile(ti)
+            else:
+                ti.size = node.size
+                if node.source:
+                    with open(node.source, "rb") as src:
+                        tar.addfile(ti, src)
+                else:
+                    tar.addfile(ti, Content(node.size, node.pattern, node.seed))
+    return "sha256:" + hw.h.hexdigest(), hw.n
+
+
+def spec_layers(spec: ImageSpec) -> Iterator[list[tuple[str, object]]]:
+    model = _Model(spec)
+    for i in range(len(spec.layers)):
+        yield model.layer_entries(i)
+
+
+def spec_bytes(spec: ImageSpec) -> int:
+    """Bytes of file content the image's layers carry (for free-space checks before work)."""
+    return sum(n.size for entries in spec_layers(spec) for _, n in entries if isinstance(n, Inode))
+
+
+# --- checking ------------------------------------------------------------------------------
+
+def member_path(name: str, where: str) -> str:
+    """A tar member name as a relative path; absolute names and '..' are hostile."""
+    if name.startswith("/"):
+        raise CowlabError(f"{where}: member {name!r} has an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise CowlabError(f"{where}: member {name!r} climbs out of the layer with '..'")
+    if "\0" in name:
+        raise CowlabError(f"{where}: member name has a NUL byte")
+    return "/".join(parts)
+
+
+def check_member(m: tarfile.TarInfo, where: str) -> str:
+    rel = member_path(m.name, where)
+    if m.ischr() or m.isblk():
+        raise CowlabError(f"{where}: {m.name!r} is a device node; cowlab does not import device nodes")
+    if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.isfifo()):
+        raise CowlabError(f"{where}: {m.name!r} has unsupported tar type {m.type!r}")
+    if m.islnk():
+        member_path(m.linkname, where + f", hard link {m.name!r}")
+    for k in m.pax_headers:
+        if k.startswith("SCHILY.xattr.") and not k[13:].startswith(_ALLOWED_XATTR):
+            raise CowlabError(f"{where}: {m.name!r} carries xattr {k[13:]!r}, which cowlab refuses to import")
+    return rel
+
+
+def check_tar(path: Path, where: str) -> int:
+    """Read a whole layer tar, checking every member; returns the content bytes it holds."""
+    total = 0
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                check_member(m, where)
+                total += m.size if m.isreg() else 0
+    except tarfile.TarError as e:
+        raise CowlabError(f"{where}: not a readable tar ({e})") from None
+    except EOFError:
+        raise CowlabError(f"{where}: tar is truncated") from None
+    return total
+
+
+# --- applying ------------------------------------------------------------------------------
+
+def _no_symlink_parents(root: str, rel: str, where: str) -> None:
+    """Refuse to write through a symlink: a link to /etc followed by etc/passwd must not escape."""
+    cur = root
+    for part in rel.split("/")[:-1]:
+        cur = os.path.join(cur, part)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            os.mkdir(cur, 0o755)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise CowlabError(f"{where}: {rel!r} would be written through the symlink {cur[len(root):]!r}")
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(cur)
+            os.mkdir(cur, 0o755)
+
+
+def _remove(path: str, within: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        from .sysutil import safe_rmtree
+        safe_rmtree(path, within)
+    else:
+        os.unlink(path)
+
+
+def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
+    """Apply one layer tar onto dest in the given whiteout style (see module docstring)."""
+    if style not in STYLES:
+        raise ValueError(style)
+    where = where or str(path)
+    root = os.fspath(dest)
+    created: set[str] = set()
+    opaque: list[str] = []
+    dirs: list[tuple[str, tarfile.TarInfo]] = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                rel = check_member(m, where)
+                if not rel:
+                    continue
+                base = posixpath.basename(rel)
+                parent = posixpath.dirname(rel)
+                full = os.path.join(root, rel)
+                _no_symlink_parents(root, rel, where)
+                if base.startswith(WH) and style != "aufs":
+                    pfull = os.path.join(root, parent)
+                    if base == OPAQUE:
+                        if style == "overlay":
+                            os.setxattr(pfull, "trusted.overlay.opaque", b"y")
+                        else:
+                            opaque.append(parent)
+                        continue
+                    victim = os.path.join(pfull, base[len(WH):])
+                    _remove(victim, root)
+                    if style == "overlay":
+                        os.mknod(victim, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                    continue
+                created.add(rel)
+                if m.isdir():
+                    if os.path.lexists(full) and not os.path.isdir(full) or os.path.islink(full):
+                        os.unlink(full)
+                    if not os.path.isdir(full):
+                        os.mkdir(full, 0o700)
+                    dirs.append((full, m))
+                    _meta(full, m, set_time=False)
+                    continue
+                _remove(full, root)
+                if m.isreg():
+                    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        src = tar.extractfile(m)
+                        shutil.copyfileobj(src, out, 1 << 20)
+                elif m.issym():
+                    os.symlink(m.linkname, full)
+                elif m.islnk():
+                    trel = member_path(m.linkname, where)
+                    _no_symlink_parents(root, trel + "/x", where)
+                    tfull = os.path.join(root, trel)
+                    if os.path.islink(tfull) and style == "apply":
+                        raise CowlabError(f"{where}: hard link {rel!r} to a symlink is not supported")
+                    os.link(tfull, full, follow_symlinks=False)
+                    continue
+                elif m.isfifo():
+                    os.mkfifo(full, 0o600)
+                _meta(full, m)
+    except tarfile.TarError as e:
+        raise CowlabError(f"{where}: not a readable tar ({e})") from None
+    except EOFError:
+        raise CowlabError(f"{where}: tar is truncated") from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CowlabError(f"{where}: no space left while applying the layer to {dest}") from None
+        raise
+    for d in opaque:  # lower content disappears; what this layer added in it stays
+        dfull = os.path.join(root, d)
+        for name in os.listdir(dfull):
+            if posixpath.join(d, name) not in created:
+                _remove(os.path.join(dfull, name), root)
+    for full, m in reversed(dirs):  # children change a dir's mtime: set dirs' times last
+        os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)
+
+
+def _meta(full: str, m: tarfile.TarInfo, set_time: bool = True) -> None:
+    os.chown(full, m.uid, m.gid, follow_symlinks=False)
+    for k, v in m.pax_headers.items():
+        if k.startswith("SCHILY.xattr."):
+            os.setxattr(full, k[13:], v.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+    if not m.issym():
+        os.chmod(full, m.mode & 0o7777)  # after chown: chown clears setuid
+    if set_time:
+        os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)

@@ -1,0 +1,216 @@
+"""Journaled resources: every mount, loop device, process... is written down before it exists.
+
+Layout under <root>/journal/<owner>/: owner.json says who owns the entries (a run, by pid and
+start time, or a persistent container or backing), and NNNNNNNN.json files are resources in the
+order they were acquired. Release runs in reverse order through one releaser per kind, which is
+the same code for a normal teardown, a Ctrl-C and `cowlab cleanup` after a crash.
+
+Entries are written without fsync: they must survive the death of the process (SIGKILL), which
+the page cache guarantees; a power loss takes the mounts and processes away with it anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import sysutil
+from .errors import CowlabError
+from .state import StateRoot
+
+Releaser = Callable[[dict, StateRoot], None]
+RELEASERS: dict[str, Releaser] = {}
+
+# Owners released first come first: containers sit on backings, never the other way round.
+TIERS = {"run": 0, "container": 1, "image": 2, "backing": 3}
+
+
+def releaser(kind: str):
+    def deco(fn: Releaser) -> Releaser:
+        RELEASERS[kind] = fn
+        return fn
+    return deco
+
+
+@releaser("dir")
+def _release_dir(e: dict, state: StateRoot) -> None:
+    sysutil.safe_rmtree(e["path"], state.path)
+
+
+@releaser("file")
+def _release_file(e: dict, state: StateRoot) -> None:
+    if not state.inside(e["path"]):
+        raise CowlabError(f"journal names {e['path']}, outside the state root; not touching it")
+    sysutil.ignore_enoent(os.unlink, e["path"])
+
+
+@releaser("mount")
+def _release_mount(e: dict, state: StateRoot) -> None:
+    target = e["target"]
+    for attempt in range(50):
+        if not sysutil.is_mountpoint(target):
+            return
+        try:
+            sysutil.umount(target)
+            return
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise
+            time.sleep(0.1)  # a FUSE daemon or a process that just exited still holds it
+    raise CowlabError(f"{target} stays busy; find its users with: fuser -vm {target}")
+
+
+@releaser("loop")
+def _release_loop(e: dict, state: StateRoot) -> None:
+    dev = e.get("device")
+    if dev and sysutil.loop_devices().get(dev) == e["file"]:
+        sysutil.run(["losetup", "-d", dev])
+
+
+@releaser("process")
+def _release_process(e: dict, state: StateRoot) -> None:
+    sysutil.kill_pid(e["pid"], e.get("starttime"), grace=e.get("grace", 5.0))
+
+
+@dataclass
+class Handle:
+    seq: int
+    kind: str
+    args: dict
+    path: Path
+
+
+@dataclass
+class Resources:
+    """The resources of one owner, released in reverse order of acquisition."""
+
+    state: StateRoot
+    owner: str
+    kind: str = "run"
+    meta: dict = field(default_factory=dict)
+    _seq: int = 0
+    _live: list[Handle] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.dir = self.state.journal / self.owner
+        self.dir.mkdir(parents=True, exist_ok=True)
+        info = {"owner": self.owner, "kind": self.kind, "meta": self.meta, "created": time.time()}
+        if self.kind == "run":
+            info["pid"] = os.getpid()
+            info["starttime"] = sysutil.proc_starttime(os.getpid())
+        _write_json(self.dir / "owner.json", info)
+        for p in sorted(self.dir.glob("[0-9]*.json")):  # reopened (e.g. `container rm`)
+            e = json.loads(p.read_text())
+            self._live.append(Handle(int(p.stem), e.pop("kind"), e, p))
+            self._seq = max(self._seq, int(p.stem) + 1)
+
+    @classmethod
+    def for_run(cls, state: StateRoot, **meta) -> "Resources":
+        pid = os.getpid()
+        return cls(state, f"run-{pid}-{sysutil.proc_starttime(pid)}", "run", meta)
+
+    @classmethod
+    def open(cls, state: StateRoot, owner: str) -> "Resources":
+        info = json.loads((state.journal / owner / "owner.json").read_text())
+        return cls(state, owner, info["kind"], info.get("meta", {}))
+
+    # -- acquiring -------------------------------------------------------------------------
+    def add(self, kind: str, **args) -> Handle:
+        """Journal a resource that is about to be created (its releaser must be idempotent)."""
+        if kind not in RELEASERS:
+            raise KeyError(f"no releaser for resource kind {kind!r}")
+        h = Handle(self._seq, kind, args, self.dir / f"{self._seq:08d}.json")
+        self._seq += 1
+        _write_json(h.path, {"kind": kind, **args})
+        self._live.append(h)
+        return h
+
+    def acquire(self, kind: str, create: Callable[[], object], **args):
+        """Journal, then create; if creation fails, release whatever part of it exists."""
+        h = self.add(kind, **args)
+        try:
+            create()
+        except BaseException:
+            self.release(h)
+            raise
+        return h
+
+    def update(self, h: Handle, **args) -> None:
+        """Record what is only known after creation (a loop device's name, a child's pid)."""
+        h.args.update(args)
+        _write_json(h.path, {"kind": h.kind, **h.args})
+
+    # -- releasing -------------------------------------------------------------------------
+    def release(self, h: Handle) -> None:
+        RELEASERS[h.kind](h.args, self.state)
+        sysutil.ignore_enoent(os.unlink, h.path)
+        if h in self._live:
+            self._live.remove(h)
+
+    def close(self) -> list[str]:
+        """Release everything in reverse; Ctrl-C is held off so teardown itself is not torn."""
+        errors = []
+        with _signals_blocked():
+            for h in reversed(list(self._live)):
+                try:
+                    self.release(h)
+                except Exception as e:  # keep going: one stuck resource must not leak the rest
+                    errors.append(f"{h.kind} {h.args}: {e}")
+            if not self._live:
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    os.unlink(self.dir / "owner.json")
+                    self.dir.rmdir()
+        return errors
+
+    def __enter__(self) -> "Resources":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        errs = self.close()
+        if errs and exc[0] is None:
+            raise CowlabError("teardown left resources behind: " + "; ".join(errs))
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)  # a crash mid-write never leaves half an entry
+
+
+@contextlib.contextmanager
+def _signals_blocked():
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def owners(state: StateRoot) -> list[dict]:
+    out = []
+    if not state.journal.exists():
+        return out
+    for d in state.journal.iterdir():
+        p = d / "owner.json"
+        try:
+            info = json.loads(p.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            info = {"owner": d.name, "kind": "run", "pid": None}  # died while writing owner.json
+        info["dir"] = d
+        out.append(info)
+    return sorted(out, key=lambda i: (TIERS.get(i["kind"], 9), i["owner"]))
+
+
+def owner_alive(info: dict) -> bool:
+    if info["kind"] != "run":
+        return True  # persistent until removed on purpose
+    return bool(info.get("pid")) and sysutil.pid_alive(info["pid"], info.get("starttime"))

@@ -1,0 +1,158 @@
+"""Results: run.json (provenance) + samples.jsonl (one JSON object per measured value).
+
+Layout: <out>/<hostname>/<run_id>/{run.json, samples.jsonl, raw/}. The schema is documented in
+results/README.md; SCHEMA_VERSION changes when a field changes meaning. `load()` is the one reader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+UNITS = {"s", "B", "count", "B/s", "1/s", "ratio"}
+STATUSES = {"ok", "failed", "skipped"}
+REQUIRED = {"schema_version": int, "run_id": str, "driver": str, "mode": str, "workload": str,
+            "metric": str, "unit": str, "repetition": int, "params": dict, "status": str}
+# Run-level fields copied onto every sample row by load(), so a row carries its provenance.
+ROW_PROVENANCE = ("hostname", "kernel", "virtualization", "emulated", "distribution", "cpu_model",
+                  "backing", "backing_fs", "backing_mount_options", "cowlab_version", "git_sha")
+
+
+@dataclass
+class Sample:
+    metric: str
+    value: float | None
+    unit: str
+    params: dict[str, Any] = field(default_factory=dict)
+    repetition: int = 0
+    status: str = "ok"
+    error: str = ""
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise ValueError(f"unit {self.unit!r} is not one of {sorted(UNITS)}")
+
+
+class RunWriter:
+    """Appends samples as they are measured, flushing each, so a crash keeps what was measured."""
+
+    def __init__(self, out: Path, run_id: str, provenance: dict):
+        self.dir = out / provenance["hostname"] / run_id
+        self.dir.mkdir(parents=True, exist_ok=False)
+        self.run_id = run_id
+        self.run = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", **provenance}
+        self.write_run()
+        self._f = open(self.dir / "samples.jsonl", "a", buffering=1)
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+
+    def write_run(self, **updates) -> None:
+        self.run.update(updates)
+        tmp = self.dir / ".run.json.tmp"
+        tmp.write_text(json.dumps(self.run, indent=1, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, self.dir / "run.json")
+
+    def add(self, s: Sample, driver: str, workload: str, mode: str = "primitive") -> dict:
+        rec = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, "driver": driver, "mode": mode,
+               "workload": workload, "metric": s.metric, "value": s.value, "unit": s.unit,
+               "repetition": s.repetition, "params": s.params, "status": s.status}
+        if s.error:
+            rec["error"] = s.error
+        self._f.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._f.flush()
+        self.counts[s.status] += 1
+        return rec
+
+    def raw_path(self, name: str) -> Path:
+        d = self.dir / "raw"
+        d.mkdir(exist_ok=True)
+        return d / name
+
+    def close(self, status: str, **updates) -> None:
+        self._f.close()
+        self.write_run(status=status, counts=self.counts, **updates)
+
+
+def validate(rec: Any) -> str | None:
+    """Why a samples.jsonl record breaks the schema, or None."""
+    if not isinstance(rec, dict):
+        return "not an object"
+    for k, t in REQUIRED.items():
+        if k not in rec:
+            return f"missing {k}"
+        if not isinstance(rec[k], t) or (t is int and isinstance(rec[k], bool)):
+            return f"{k} is not {t.__name__}"
+    if rec["status"] not in STATUSES:
+        return f"unknown status {rec['status']!r}"
+    if rec["unit"] not in UNITS:
+        return f"unknown unit {rec['unit']!r}"
+    v = rec.get("value")
+    if rec["status"] == "ok" and (not isinstance(v, (int, float)) or isinstance(v, bool) or
+                                  not math.isfinite(v)):
+        return "ok sample without a finite value"
+    return None
+
+
+def run_dirs(paths: Iterable[str | Path] | str | Path | None = None) -> list[Path]:
+    if paths is None:
+        paths = [Path("results")]
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out = []
+    for p in map(Path, paths):
+        if (p / "run.json").exists():
+            out.append(p)
+        else:
+            out += sorted(q.parent for q in p.rglob("run.json"))
+    return out
+
+
+def read_run(d: Path) -> tuple[dict, list[dict]]:
+    run = json.loads((d / "run.json").read_text())
+    recs = []
+    f = d / "samples.jsonl"
+    lines = f.read_text().splitlines() if f.exists() else []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            where = "last line (a run cut short?)" if i == len(lines) else f"line {i}"
+            warnings.warn(f"{f}: {where} is not valid JSON; ignored", stacklevel=2)
+            continue
+        why = validate(rec)
+        if why:
+            warnings.warn(f"{f}: line {i} breaks the schema ({why}); ignored", stacklevel=2)
+            continue
+        recs.append(rec)
+    return run, recs
+
+
+def load(paths: Iterable[str | Path] | str | Path | None = None, include_failed: bool = False):
+    """Every sample under paths as a pandas DataFrame, one row per sample.
+
+    Columns: the sample fields, each param as its own column, and the run's provenance
+    (ROW_PROVENANCE). Failed and skipped records are left out unless include_failed.
+    """
+    import pandas as pd
+
+    rows = []
+    for d in run_dirs(paths):
+        run, recs = read_run(d)
+        prov = {k: run.get(k) for k in ROW_PROVENANCE}
+        prov.update({k: run.get("driver_metadata", {}).get(k, prov.get(k))
+                     for k in ("backing", "backing_fs", "backing_mount_options")})
+        for r in recs:
+            if r["status"] != "ok" and not include_failed:
+                continue
+            row = {**prov, **{k: v for k, v in r.items() if k != "params"}, **r["params"],
+                   "params": r["params"], "run_dir": str(d)}
+            rows.append(row)
+    cols = list(REQUIRED) + ["value", "error", *ROW_PROVENANCE]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)

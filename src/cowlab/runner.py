@@ -1,0 +1,212 @@
+"""A bench run in PerfKitBenchmarker's stages: check → prepare → run → cleanup.
+
+`cowlab bench` and `pytest bench/` both drive a BenchSession, so they measure with the same
+code and write the same samples.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import backing as B
+from . import cleanup, drivers, provenance
+from . import workloads as W
+from .errors import CowlabError, Unavailable
+from .images import ImageStore
+from .layers import spec_bytes
+from .resources import Resources
+from .results import RunWriter, Sample
+from .state import StateRoot, resolve_root
+from .workloads.base import Case, Context, Measured, Timed
+
+Progress = Callable[[str, int, int], None]  # (description, done, total)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise CowlabError("cowlab needs root: it mounts filesystems and sets up loop devices (try sudo)")
+
+
+def run_timed(case: Timed) -> Iterator[Sample]:
+    for i in range(case.warmup + case.reps):
+        state = case.setup()
+        t0 = time.perf_counter_ns()
+        result = case.op(state)
+        dt = time.perf_counter_ns() - t0
+        case.teardown(state, result)
+        if i >= case.warmup:
+            yield Sample(case.metric, dt / 1e9, "s", dict(case.params), i - case.warmup)
+
+
+def run_measured(case: Measured) -> Iterator[Sample]:
+    for rep in range(case.reps):
+        yield from case.measure(rep)
+
+
+def case_total(case: Case) -> int:
+    return case.reps
+
+
+@dataclass
+class BenchSession:
+    driver_name: str
+    quick: bool = False
+    workload_names: list[str] | None = None
+    out: Path = Path("results")
+    root: str | None = None
+    backing_kind: str = "host"
+    backing_size: int = 32 << 30
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    reps: int | None = None
+    harness: str = "cowlab bench"
+    records: list[dict] = field(default_factory=list)
+
+    # --- check: everything that can be wrong is found before any work ----------------------
+    def check(self) -> None:
+        self.driver_cls = drivers.get(self.driver_name)
+        self.workloads = W.get(self.workload_names)
+        if self.backing_kind not in B.KINDS:
+            raise CowlabError(f"unknown backing {self.backing_kind!r}; choose from {', '.join(B.KINDS)}")
+        if self.reps is not None and self.reps < 1:
+            raise CowlabError("--reps must be at least 1")
+        require_root()
+        probe = self.driver_cls.probe()
+        if not probe.available:
+            raise Unavailable(f"driver {self.driver_name}", probe.reason, probe.hint)
+        self.state = StateRoot(resolve_root(self.root))
+        self.grids = {}
+        specs = {}
+        for wl in self.workloads:
+            g = dict(wl.grid(self.quick))
+            if self.reps is not None:
+                g["reps"] = self.reps
+            self.grids[wl.name] = g
+            for s in wl.specs(g):
+                specs[s.name] = s
+        limit = self.driver_cls.max_layers
+        for s in specs.values():
+            if limit and s.layer_count > limit:
+                raise CowlabError(f"image {s.name} has {s.layer_count} layers; {self.driver_name} "
+                                  f"supports at most {limit}")
+        self.specs = specs
+        self.need_bytes = sum(spec_bytes(s) for s in specs.values()) * 3 + (256 << 20)
+        probe_dir = self.state.path if self.state.path.exists() else self.state.path.parent
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+        st = os.statvfs(probe_dir)
+        free = st.f_bavail * st.f_frsize
+        if self.need_bytes > free:
+            raise CowlabError(f"this run needs about {self.need_bytes >> 20} MiB free under "
+                              f"{self.state.path}, which has {free >> 20} MiB")
+
+    # --- prepare: state, backing, driver, images --------------------------------------------
+    def prepare(self, progress: Progress | None = None) -> None:
+        self.state.ensure()
+        for line in cleanup.sweep(self.state):
+            print(f"cleanup: {line}", file=sys.stderr)
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{self.driver_name}-{uuid.uuid4().hex[:4]}"
+        self.res = Resources.for_run(self.state, run_id=self.run_id)
+        try:
+            if self.backing_kind == "host":
+                home = self.state.store / self.run_id
+                self.res.acquire("dir", lambda: home.mkdir(parents=True), path=str(home))
+                self.backing = B.host(home)
+            else:
+                self.backing = B.make_loop(self.state.backings, self.res, self.backing_kind, self.backing_size)
+            self.driver = self.driver_cls(self.backing, self.res, ImageStore(self.state))
+            prov = provenance.collect(self.argv)
+            prov.update(driver=self.driver_name, quick=self.quick, harness=self.harness,
+                        workloads=[w.name for w in self.workloads], grids=self.grids,
+                        driver_metadata=self.driver.describe(), started=time.time(),
+                        state_root=str(self.state.path))
+            self.writer = RunWriter(Path(self.out), self.run_id, prov)
+            store = ImageStore(self.state)
+            self.images = {}
+            for i, (name, spec) in enumerate(self.specs.items()):
+                if progress:
+                    progress(f"image {name}", i, len(self.specs))
+                img = store.build(spec)
+                t0 = time.perf_counter()
+                self.driver.import_image(img)
+                self.record(Sample("import_seconds", time.perf_counter() - t0, "s",
+                                   {"image": name, "layers": len(img.layers),
+                                    "image_size_bytes": img.content_bytes}), "import")
+                self.images[name] = img
+        except BaseException:
+            self.res.close()
+            raise
+
+    def record(self, s: Sample, workload: str) -> None:
+        self.records.append(self.writer.add(s, self.driver_name, workload))
+
+    def context(self, wl) -> Context:
+        return Context(self.driver, self.res, self.state, self.images, self.quick, self.grids[wl.name])
+
+    # --- run ---------------------------------------------------------------------------------
+    def run(self, progress: Progress | None = None) -> None:
+        for wl in self.workloads:
+            missing = wl.requires - self.driver.capabilities
+            if missing:
+                self.record(Sample("workload", None, "count", {}, status="skipped",
+                                   error=f"{self.driver_name} lacks {', '.join(sorted(missing))}"), wl.name)
+                continue
+            ctx = self.context(wl)
+            cases = list(wl.cases(ctx))
+            total = sum(map(case_total, cases))
+            done = 0
+            for case in cases:
+                it = run_timed(case) if isinstance(case, Timed) else run_measured(case)
+                name = case.metric if isinstance(case, Timed) else case.name
+                try:
+                    last = None
+                    for s in it:
+                        self.record(s, wl.name)
+                        if s.repetition != last:
+                            done += 1
+                            last = s.repetition
+                            if progress:
+                                progress(f"{wl.name}: {name} {_fmt(case.params)}", done, total)
+                except (CowlabError, OSError) as e:  # recorded as a failure, never dropped
+                    self.record(Sample(name, None, "s" if isinstance(case, Timed) else "B",
+                                       dict(case.params), status="failed", error=str(e)), wl.name)
+
+    # --- cleanup -----------------------------------------------------------------------------
+    def finish(self, status: str) -> list[str]:
+        errs = self.res.close()
+        if hasattr(self, "writer"):
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.record(Sample("cowlab_maxrss_bytes", rss, "B", {}), "harness")
+            self.writer.close(status, ended=time.time(), teardown_errors=errs)
+        return errs
+
+
+def _fmt(params: dict) -> str:
+    return " ".join(f"{k}={_human(v) if k.endswith('bytes') else v}" for k, v in params.items())
+
+
+def _human(n) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if isinstance(n, int) and n >= div and n % div == 0:
+            return f"{n // div}{unit}"
+    return str(n)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM tears down like Ctrl-C does."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

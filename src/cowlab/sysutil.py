@@ -1,0 +1,205 @@
+"""Thin wrappers over the system calls and tools cowlab needs (mount, loop, processes)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CowlabError
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syncfs.argtypes = [ctypes.c_int]
+
+MNT_DETACH = 2
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _b(s) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def mount(source: str, target: str | os.PathLike, fstype: str, data: str = "", flags: int = 0) -> None:
+    """mount(2) directly: no mount(8) process, so timings are the kernel's, not fork's."""
+    if len(data.encode()) >= PAGE_SIZE:
+        raise CowlabError(
+            f"mount options for {target} are {len(data.encode())} bytes, over the kernel's "
+            f"one-page limit of {PAGE_SIZE}"
+        )
+    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount {fstype} on {target}: {os.strerror(e)}")
+
+
+def umount(target: str | os.PathLike, detach: bool = False) -> None:
+    if _libc.umount2(_b(target), MNT_DETACH if detach else 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"umount {target}: {os.strerror(e)}")
+
+
+def syncfs(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _libc.syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_caches() -> None:
+    """Write back, then drop page cache, dentries and inodes (needs root)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def _unescape(s: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_id: int
+    parent_id: int
+    root: str
+    target: str
+    options: str
+    fstype: str
+    source: str
+    super_options: str
+
+
+def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
+    out = []
+    with open(path) as f:
+        for line in f:
+            left, _, right = line.rstrip("\n").partition(" - ")
+            a = left.split()
+            b = right.split()
+            out.append(MountEntry(int(a[0]), int(a[1]), _unescape(a[3]), _unescape(a[4]), a[5],
+                                  b[0], _unescape(b[1]) if len(b) > 1 else "",
+                                  b[2] if len(b) > 2 else ""))
+    return out
+
+
+def mounts_under(path: str | os.PathLike) -> list[MountEntry]:
+    """Mounts at or below path, deepest first (the order to unmount them)."""
+    p = os.path.abspath(os.fspath(path))
+    hits = [m for m in mountinfo() if m.target == p or m.target.startswith(p.rstrip("/") + "/")]
+    return sorted(hits, key=lambda m: m.target.count("/"), reverse=True)
+
+
+def is_mountpoint(path: str | os.PathLike) -> bool:
+    p = os.path.abspath(os.fspath(path))
+    return any(m.target == p for m in mountinfo())
+
+
+def mount_of(path: str | os.PathLike) -> MountEntry:
+    """The mount holding path (longest matching target)."""
+    p = os.path.realpath(os.fspath(path))
+    best = None
+    for m in mountinfo():
+        t = m.target.rstrip("/") or "/"
+        if p == t or p.startswith(t.rstrip("/") + "/") or t == "/":
+            if best is None or len(t) >= len(best.target):
+                best = m
+    assert best is not None
+    return best
+
+
+def safe_rmtree(path: str | os.PathLike, within: str | os.PathLike) -> None:
+    """Remove a tree that lies inside `within`, refusing to cross into any mount.
+
+    A recursive delete through a live overlay or bind mount would destroy lower layers or host
+    data, so any mount at or below the path is an error, not something to unmount silently.
+    """
+    p = os.path.abspath(os.fspath(path))
+    w = os.path.abspath(os.fspath(within))
+    if not (p.startswith(w.rstrip("/") + "/")):
+        raise CowlabError(f"refusing to delete {p}: outside {w}")
+    if not os.path.lexists(p):
+        return
+    live = mounts_under(p)
+    if live:
+        raise CowlabError(f"refusing to delete {p}: {live[0].target} is still mounted")
+    if os.path.islink(p) or not os.path.isdir(p):
+        os.unlink(p)
+        return
+    shutil.rmtree(p)
+
+
+def run(cmd: list[str], check: bool = True, timeout: float | None = 600, **kw) -> subprocess.CompletedProcess:
+    """Run a tool, capturing output; a failure becomes one readable line."""
+    try:
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except FileNotFoundError:
+        raise CowlabError(f"{cmd[0]} is not installed") from None
+    if check and cp.returncode != 0:
+        msg = (cp.stderr or cp.stdout).strip().splitlines()
+        raise CowlabError(f"{' '.join(cmd[:3])} failed ({cp.returncode}): {msg[-1] if msg else ''}")
+    return cp
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time of pid in clock ticks since boot, or None if it is gone (guards pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(s[s.rindex(")") + 2:].split()[19])
+
+
+def pid_alive(pid: int, starttime: int | None) -> bool:
+    st = proc_starttime(pid)
+    return st is not None and (starttime is None or st == starttime)
+
+
+def kill_pid(pid: int, starttime: int | None, grace: float = 5.0) -> None:
+    """End a process cowlab started: SIGTERM, then SIGKILL; only if pid and start time match."""
+    if not pid_alive(pid, starttime):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return
+            except ChildProcessError:
+                pass  # not our child: poll /proc instead
+            if not pid_alive(pid, starttime):
+                return
+            time.sleep(0.02)
+
+
+def loop_devices() -> dict[str, str]:
+    """Loop device → backing file, from sysfs (no losetup process needed)."""
+    out = {}
+    base = Path("/sys/block")
+    for d in base.glob("loop*"):
+        bf = d / "loop" / "backing_file"
+        if bf.exists():
+            out[f"/dev/{d.name}"] = bf.read_text().strip()
+    return out
+
+
+def ignore_enoent(fn, *a, **kw):
+    try:
+        return fn(*a, **kw)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.EINVAL):
+            raise

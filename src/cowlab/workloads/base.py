@@ -1,0 +1,103 @@
+"""What a workload is: a parameter grid declared as data, the images it needs, and cases.
+
+A case is either Timed (setup → op → teardown, the op alone timed, repeated) or Measured (a
+function that returns samples, for quantities that are not durations). Workloads receive a
+Context and never ask which driver they run on; optional driver abilities are `requires`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+from ..backing import Backing
+from ..drivers.base import Container, Driver
+from ..images import Image
+from ..resources import Resources
+from ..results import Sample
+from ..spec import ImageSpec
+from ..state import StateRoot
+
+MiB, GiB = 1 << 20, 1 << 30
+
+
+@dataclass
+class Timed:
+    metric: str
+    params: dict[str, Any]
+    op: Callable[[Any], Any]                      # op(state) → result; only this is timed
+    setup: Callable[[], Any] = lambda: None
+    teardown: Callable[[Any, Any], None] = lambda state, result: None
+    reps: int = 5
+    warmup: int = 1
+
+
+@dataclass
+class Measured:
+    name: str
+    params: dict[str, Any]
+    measure: Callable[[int], list[Sample]]  # repetition → samples
+    reps: int = 5
+
+
+Case = Timed | Measured
+
+
+@dataclass
+class Context:
+    driver: Driver
+    res: Resources
+    state: StateRoot
+    images: dict[str, Image]
+    quick: bool
+    grid: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backing(self) -> Backing:
+        return self.driver.backing
+
+    def image(self, spec_name: str) -> Image:
+        return self.images[spec_name]
+
+    def create(self, image: Image) -> Container:
+        return self.driver.create(image, self.res)
+
+    def remove(self, c: Container) -> None:
+        self.driver.remove(c, self.res)
+
+
+class Workload:
+    name: ClassVar[str]
+    claim: ClassVar[str] = ""                 # the line of the slides this workload tests
+    requires: ClassVar[frozenset[str]] = frozenset()
+    GRID: ClassVar[dict[str, dict[str, Any]]] = {"full": {}, "quick": {}}
+
+    @classmethod
+    def grid(cls, quick: bool) -> dict[str, Any]:
+        return cls.GRID["quick" if quick else "full"]
+
+    def specs(self, grid: dict[str, Any]) -> list[ImageSpec]:
+        return []
+
+    def cases(self, ctx: Context) -> Iterator[Case]:
+        raise NotImplementedError
+
+
+def synthetic_image(name: str, total_bytes: int, layers: int, file_bytes: int = MiB,
+                    seed: int = 1, extra_ops: list[dict] | None = None) -> ImageSpec:
+    """An image of `layers` layers holding `total_bytes` of random content in files of up to
+    `file_bytes`, spread evenly; each layer also gets a marker file /layers/NNNN."""
+    from ..spec import from_dict
+
+    per_layer = total_bytes // layers
+    raw = []
+    for i in range(layers):
+        ops: list[dict] = [{"op": "file", "path": f"/layers/{i:04d}", "size": 64}]
+        if per_layer:
+            count = max(1, per_layer // file_bytes)
+            ops.append({"op": "files", "dir": f"/data/l{i:04d}", "count": count,
+                        "size": per_layer // count})
+        raw.append({"ops": ops})
+    if extra_ops:
+        raw[0]["ops"] += extra_ops
+    return from_dict({"name": name, "seed": seed, "layers": raw}, f"<{name}>")
