@@ -7,7 +7,7 @@ import json
 import os
 
 from . import sysutil
-from .resources import RELEASERS, Resources, owner_alive, owners
+from .resources import RELEASERS, Resources, owner_alive, owners, tagged_processes
 from .state import StateRoot
 
 
@@ -29,6 +29,9 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
         res = Resources.open(state, info["owner"]) if (info["dir"] / "owner.json").exists() else None
         if res is None:
             res = Resources(state, info["owner"], "run")
+        for pid in tagged_processes(info["owner"]):  # children first: they may hold mounts busy
+            sysutil.kill_pid(pid, sysutil.proc_starttime(pid))
+            done.append(f"ended process {pid} of {info['owner']}")
         errs = res.close()
         done.append(f"released {len(entries)} resource(s) of {info['owner']}")
         done += [f"  could not release {e}" for e in errs]

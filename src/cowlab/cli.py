@@ -20,7 +20,7 @@ from .resources import Resources, owners
 from .runner import BenchSession, require_root, sigterm_as_interrupt
 from .state import StateRoot, resolve_root
 
-out = Console()
+out = Console(width=max(Console().width, 120))
 err = Console(stderr=True)
 
 

@@ -14,3 +14,8 @@ class Unavailable(CowlabError):
         if hint:
             msg += f" (to get it: {hint})"
         super().__init__(msg)
+
+
+class NotApplicable(CowlabError):
+    """A case that does not apply to this driver (an option it lacks, a backing it can't use).
+    Recorded as a skipped sample with this reason, never silently dropped."""

@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,12 +57,12 @@ def _release_file(e: dict, state: StateRoot) -> None:
 def _release_mount(e: dict, state: StateRoot) -> None:
     target = e["target"]
     for attempt in range(50):
-        if not sysutil.is_mountpoint(target):
-            return
         try:
             sysutil.umount(target)
             return
         except OSError as err:
+            if err.errno in (errno.EINVAL, errno.ENOENT):
+                return  # not mounted (any more), or never was
             if err.errno != errno.EBUSY:
                 raise
             time.sleep(0.1)  # a FUSE daemon or a process that just exited still holds it
@@ -77,7 +78,11 @@ def _release_loop(e: dict, state: StateRoot) -> None:
 
 @releaser("process")
 def _release_process(e: dict, state: StateRoot) -> None:
-    sysutil.kill_pid(e["pid"], e.get("starttime"), grace=e.get("grace", 5.0))
+    if e.get("pid"):
+        sysutil.kill_pid(e["pid"], e.get("starttime"), grace=e.get("grace", 5.0))
+    elif e.get("tag"):  # died between fork and journaling the pid: find it by its tag
+        for pid in tagged_processes(e["tag"]):
+            sysutil.kill_pid(pid, sysutil.proc_starttime(pid), grace=e.get("grace", 5.0))
 
 
 @dataclass
@@ -177,6 +182,51 @@ class Resources:
         errs = self.close()
         if errs and exc[0] is None:
             raise CowlabError("teardown left resources behind: " + "; ".join(errs))
+
+
+OWNER_ENV = "COWLAB_OWNER"
+
+
+def spawn(res: "Resources", argv: list[str], **popen_kw) -> subprocess.Popen:
+    """Start a child that cowlab will end: journaled by pid and start time, and tagged in its
+    environment so `cowlab cleanup` can find it even if we die before the pid is written."""
+    env = dict(popen_kw.pop("env", None) or os.environ)
+    env[OWNER_ENV] = res.owner
+    h = res.add("process", pid=None, starttime=None, tag=res.owner)
+    try:
+        p = subprocess.Popen(argv, env=env, **popen_kw)
+    except BaseException:
+        res.release(h)
+        raise
+    res.update(h, pid=p.pid, starttime=sysutil.proc_starttime(p.pid))
+    p._cowlab_handle = h  # type: ignore[attr-defined]
+    return p
+
+
+def run_tool(res: "Resources", argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a tool to completion as a journaled child (a crash of cowlab still ends it)."""
+    p = spawn(res, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        res.release(p._cowlab_handle)  # type: ignore[attr-defined]
+    return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+
+def tagged_processes(owner: str) -> list[int]:
+    """Pids whose environment carries COWLAB_OWNER=owner (children of a run, even orphans)."""
+    needle = f"{OWNER_ENV}={owner}".encode()
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    out.append(int(d))
+        except OSError:
+            continue
+    return out
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from . import backing as B
 from . import cleanup, drivers, provenance
 from . import workloads as W
-from .errors import CowlabError, Unavailable
+from .errors import CowlabError, NotApplicable, Unavailable
 from .images import ImageStore
 from .layers import spec_bytes
 from .resources import Resources
@@ -134,13 +134,7 @@ class BenchSession:
             for i, (name, spec) in enumerate(self.specs.items()):
                 if progress:
                     progress(f"image {name}", i, len(self.specs))
-                img = store.build(spec)
-                t0 = time.perf_counter()
-                self.driver.import_image(img)
-                self.record(Sample("import_seconds", time.perf_counter() - t0, "s",
-                                   {"image": name, "layers": len(img.layers),
-                                    "image_size_bytes": img.content_bytes}), "import")
-                self.images[name] = img
+                self.images[name] = store.build(spec)  # imported into a driver on first use
         except BaseException:
             self.res.close()
             raise
@@ -149,7 +143,10 @@ class BenchSession:
         self.records.append(self.writer.add(s, self.driver_name, workload))
 
     def context(self, wl) -> Context:
-        return Context(self.driver, self.res, self.state, self.images, self.quick, self.grids[wl.name])
+        if not hasattr(self, "_variants"):
+            self._variants: dict = {}
+        return Context(self.driver, self.res, self.state, self.images, self.quick, self.grids[wl.name],
+                       self.backing_size, self._variants, lambda s: self.record(s, "import"))
 
     # --- run ---------------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> None:
@@ -175,17 +172,24 @@ class BenchSession:
                             last = s.repetition
                             if progress:
                                 progress(f"{wl.name}: {name} {_fmt(case.params)}", done, total)
+                except NotApplicable as e:
+                    self.record(Sample(name, None, "s" if isinstance(case, Timed) else "B",
+                                       dict(case.params), status="skipped", error=str(e)), wl.name)
                 except (CowlabError, OSError) as e:  # recorded as a failure, never dropped
                     self.record(Sample(name, None, "s" if isinstance(case, Timed) else "B",
                                        dict(case.params), status="failed", error=str(e)), wl.name)
 
     # --- cleanup -----------------------------------------------------------------------------
     def finish(self, status: str) -> list[str]:
+        variants = []
+        if hasattr(self, "driver"):  # described while their backings are still mounted
+            variants = Context(self.driver, self.res, self.state, {}, self.quick, {}, 0,
+                               getattr(self, "_variants", {})).variant_metadata()
         errs = self.res.close()
         if hasattr(self, "writer"):
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self.record(Sample("cowlab_maxrss_bytes", rss, "B", {}), "harness")
-            self.writer.close(status, ended=time.time(), teardown_errors=errs)
+            self.writer.close(status, ended=time.time(), teardown_errors=errs, variants=variants)
         return errs
 
 

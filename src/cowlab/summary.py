@@ -15,7 +15,8 @@ def medians(records: list[dict]) -> list[tuple[str, str, str, float, float, floa
     """(workload, metric, params, median, p10, p90, n, unit) per parameter point."""
     out = []
     for r in records:
-        r.setdefault("_key", ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items())))
+        r.setdefault("_key", " ".join(f"{_short(k)}={_human(v) if k.endswith('bytes') else v}"
+                                      for k, v in sorted(r["params"].items())))
     df = pd.DataFrame([r for r in records if r["status"] == "ok"])
     if df.empty:
         return out
@@ -23,6 +24,17 @@ def medians(records: list[dict]) -> list[tuple[str, str, str, float, float, floa
         v = g["value"].astype(float)
         out.append((wl, metric, key, v.median(), v.quantile(0.1), v.quantile(0.9), len(v), unit))
     return out
+
+
+def _short(k: str) -> str:
+    return k.removesuffix("_bytes")
+
+
+def _human(n) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if isinstance(n, int) and n >= div and n % div == 0:
+            return f"{n // div}{unit}"
+    return str(n)
 
 
 def headlines(records: list[dict]) -> list[str]:
@@ -34,7 +46,7 @@ def headlines(records: list[dict]) -> list[str]:
     if not c.empty and "layers" in c:
         one = c[c["layers"] == 1]
         if one["image_size_bytes"].nunique() > 1:
-            lo, hi = one["image_size_bytes"].min(), one["image_size_bytes"].max()
+            lo, hi = int(one["image_size_bytes"].min()), int(one["image_size_bytes"].max())
             a = one[one["image_size_bytes"] == lo]["value"].median()
             b = one[one["image_size_bytes"] == hi]["value"].median()
             lines.append(f"creation time at {hi >> 20} MiB ÷ at {lo >> 20} MiB: {b / a:.2f}× "

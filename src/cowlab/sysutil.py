@@ -91,9 +91,16 @@ def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
     return out
 
 
+def _escape(s: str) -> str:
+    return s.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+
+
 def mounts_under(path: str | os.PathLike) -> list[MountEntry]:
     """Mounts at or below path, deepest first (the order to unmount them)."""
     p = os.path.abspath(os.fspath(path))
+    with open("/proc/self/mountinfo") as f:
+        if _escape(p) not in f.read():
+            return []  # the common case, without parsing every line
     hits = [m for m in mountinfo() if m.target == p or m.target.startswith(p.rstrip("/") + "/")]
     return sorted(hits, key=lambda m: m.target.count("/"), reverse=True)
 

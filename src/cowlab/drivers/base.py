@@ -40,6 +40,8 @@ class Driver:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     max_layers: ClassVar[int | None] = None
     provision: ClassVar[str] = "host"   # vagrant/provision/<name>.sh installs what it needs
+    option_names: ClassVar[frozenset[str]] = frozenset()  # driver options a workload may vary
+    backing_kinds: ClassVar[tuple[str, ...] | None] = None  # None: any backing filesystem
 
     def __init__(self, backing: Backing, res: Resources, store: ImageStore, home: Path | None = None,
                  options: dict | None = None):

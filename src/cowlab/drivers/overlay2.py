@@ -29,6 +29,7 @@ class Overlay2(Driver):
     description = "kernel overlayfs, one lower dir per layer (Docker's overlay2)"
     capabilities = frozenset({"bare_mount", "union"})
     max_layers = OVL_MAX_STACK
+    option_names = frozenset({"metacopy"})
 
     @classmethod
     def probe(cls) -> Probe:

@@ -7,11 +7,14 @@ Context and never ask which driver they run on; optional driver abilities are `r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Iterator
 
-from ..backing import Backing
+from ..backing import Backing, make_loop
 from ..drivers.base import Container, Driver
+from ..errors import NotApplicable
 from ..images import Image
 from ..resources import Resources
 from ..results import Sample
@@ -51,19 +54,62 @@ class Context:
     images: dict[str, Image]
     quick: bool
     grid: dict[str, Any] = field(default_factory=dict)
+    loop_size: int = 32 << 30
+    variants: dict = field(default_factory=dict)  # shared by every context of a run
+    record: Callable[[Sample], None] | None = None  # where import_seconds samples go
 
     @property
     def backing(self) -> Backing:
         return self.driver.backing
 
     def image(self, spec_name: str) -> Image:
-        return self.images[spec_name]
+        """The image built from the named spec, imported into this context's driver."""
+        img = self.images[spec_name]
+        if not self.driver.has_image(img):
+            t0 = time.perf_counter()
+            self.driver.import_image(img)
+            if self.record:
+                self.record(Sample("import_seconds", time.perf_counter() - t0, "s",
+                                   {"image": spec_name, "layers": len(img.layers),
+                                    "image_size_bytes": img.content_bytes,
+                                    "backing_fs": self.backing.mount.fstype}))
+        return img
 
     def create(self, image: Image) -> Container:
         return self.driver.create(image, self.res)
 
     def remove(self, c: Container) -> None:
         self.driver.remove(c, self.res)
+
+    def variant(self, backing: str | None = None, **options) -> "Context":
+        """The same driver on another backing filesystem (a loop fs cowlab makes) or with other
+        options (e.g. metacopy=True). NotApplicable if the driver can't, which the runner
+        records as a skipped case with the reason."""
+        cls = type(self.driver)
+        bad = sorted(set(options) - cls.option_names)
+        if bad:
+            raise NotApplicable(f"{cls.name} has no option {bad[0]!r}")
+        if backing and cls.backing_kinds is not None and backing not in cls.backing_kinds:
+            raise NotApplicable(f"{cls.name} runs on {'/'.join(cls.backing_kinds)}, not {backing}")
+        if backing in (None, self.driver.backing.kind) and options == self.driver.options:
+            return self
+        key = (backing or self.backing.kind, tuple(sorted(options.items())))
+        if key not in self.variants:
+            b = self.backing
+            if key[0] != self.backing.kind:
+                loops = self.variants.setdefault(("backing", key[0]), None)
+                if loops is None:
+                    loops = make_loop(self.state.backings, self.res, key[0], self.loop_size)
+                    self.variants[("backing", key[0])] = loops
+                b = loops
+            tag = "-".join(f"{k}_{v}" for k, v in key[1]) or "default"
+            self.variants[key] = cls(b, self.res, self.driver.store, home=b.path / f"{cls.name}-{tag}",
+                                     options=options)
+        return replace(self, driver=self.variants[key])
+
+    def variant_metadata(self) -> list[dict]:
+        return [d.describe() | {"options": d.options} for k, d in self.variants.items()
+                if k[0] != "backing"]
 
 
 class Workload:
