@@ -203,10 +203,11 @@ def container_rm(ctx, ref):
 @click.option("--backing", default="host", show_default=True, type=click.Choice(B.KINDS),
               help="host: the state root's filesystem; ext4/xfs/btrfs: a loop filesystem cowlab makes.")
 @click.option("--reps", type=int, help="Override the grid's repetitions.")
+@click.option("--root", "root", metavar="DIR", help="State directory (same as the global --root).")
 @click.pass_context
-def bench(ctx, driver_name, quick, workloads, out, backing, reps):
+def bench(ctx, driver_name, quick, workloads, out, backing, reps, root):
     """Run workloads on DRIVER and write results/<host>/<run_id>/."""
-    s = BenchSession(driver_name, quick, list(workloads) or None, Path(out), ctx.obj["root"], backing,
+    s = BenchSession(driver_name, quick, list(workloads) or None, Path(out), root or ctx.obj["root"], backing,
                      argv=["cowlab", *sys.argv[1:]], reps=reps)
     s.check()
     status = "failed"
