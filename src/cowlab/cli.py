@@ -74,7 +74,10 @@ def image():
 def image_build(ctx, spec_file, name):
     """Build an image from a declarative spec (see `python -m pydoc cowlab.spec`)."""
     sp = spec.load(spec_file)          # spec errors come before any state is touched
-    img = ImageStore(_state(ctx)).build(sp, name)
+    from .layers import spec_bytes
+    total = spec_bytes(sp)
+    with _bytes_progress(f"building {name or sp.name}", total) as advance:
+        img = ImageStore(_state(ctx)).build(sp, name, progress=advance)
     click.echo(f"{img.name} {img.short} {len(img.layers)} layer(s) {img.content_bytes} bytes")
 
 
@@ -144,12 +147,18 @@ def container_create(ctx, image_ref, driver_name):
         raise CowlabError(f"image {img.name} has {len(img.layers)} layers; {driver_name} supports at most {cls.max_layers}")
     with Resources.for_run(state) as imports:
         drv = cls(B.host(state.store / "persistent"), imports, store)
-        drv.import_image(img)
+        need = drv.space_needed(img) + (0 if drv.has_image(img) else img.content_bytes)
+        if need > drv.backing.free_bytes():
+            raise CowlabError(f"creating a {driver_name} container of {img.name} needs about {need >> 20} MiB; "
+                              f"{drv.backing.path} has {drv.backing.free_bytes() >> 20} MiB free")
+        with err.status(f"importing {img.name} into {driver_name}"):
+            drv.import_image(img)
         cid = drv.new_id()
         res = Resources(state, f"ctr-{cid}", "container", {"id": cid, "image": img.name, "image_id": img.id,
                                                            "driver": driver_name})
         try:
-            c = drv.create(img, res, cid)
+            with err.status(f"creating a {driver_name} container"):
+                c = drv.create(img, res, cid)
         except BaseException:
             res.close()
             raise
@@ -157,6 +166,17 @@ def container_create(ctx, image_ref, driver_name):
         Resources(state, res.owner, "container", res.meta)  # rewrite owner.json with the mountpoint
     click.echo(f"created {c.id} ({driver_name}, image {img.name})")
     click.echo(str(c.mountpoint))
+
+
+from contextlib import contextmanager
+
+
+@contextmanager
+def _bytes_progress(desc: str, total: int):
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task(desc, total=max(total, 1))
+        yield lambda n: prog.advance(task, n)
 
 
 def _containers(state):

@@ -81,8 +81,12 @@ class ImageStore:
         return out
 
     def get(self, ref: str) -> Image:
-        for img in self.list():
-            if ref in (img.name, img.id, img.short) or (len(ref) >= 6 and img.id.split(":")[-1].startswith(ref)):
+        imgs = self.list()
+        for img in imgs:  # a name wins over an id prefix
+            if ref == img.name:
+                return img
+        for img in imgs:
+            if ref in (img.id, img.short) or (len(ref) >= 6 and img.id.split(":")[-1].startswith(ref)):
                 return img
         names = ", ".join(i.name for i in self.list()) or "none"
         raise CowlabError(f"no image {ref!r} (images: {names}; build one with `cowlab image build SPEC.toml`)")
@@ -104,14 +108,18 @@ class ImageStore:
         else:
             os.replace(tmp, dst)
 
+    def _manifest(self, name: str) -> Path:
+        # Keyed by name: two names may share one id (the same layers), like two tags.
+        return self.state.images / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".json")
+
     def _save(self, img: Image) -> Image:
-        old = self.find(img.name)
-        p = self.state.images / (img.id.split(":")[-1] + ".json")
+        old = self._manifest(img.name)
+        old_img = Image(**json.loads(old.read_text())) if old.exists() else None
         tmp = self._staging(".json")
         tmp.write_text(json.dumps(img.to_json(), indent=1))
-        os.replace(tmp, p)
-        if old is not None and old.id != img.id:
-            self._drop(old)  # the name moves to the new image
+        os.replace(tmp, old)
+        if old_img is not None:
+            self._gc_layers(old_img.layers)  # the name moved; its old layers may be unused now
         return img
 
     def _check_space(self, need: int, what: str) -> None:
@@ -134,15 +142,13 @@ class ImageStore:
             tmp = self._staging(".tar")
             try:
                 with open(tmp, "wb") as f:
-                    digest, n = L.write_layer_tar(entries, f, spec.mtime)
+                    digest, n = L.write_layer_tar(entries, f, spec.mtime, progress)
                 self._store_layer(tmp, digest)
             finally:
                 if tmp.exists():
                     tmp.unlink()
             digests.append(digest)
             sizes.append(n)
-            if progress:
-                progress(n)
         return self._save(Image(_image_id(digests), name, digests, sizes, content,
                                 f"spec:{spec.source}", h, time.time()))
 
@@ -238,12 +244,15 @@ class ImageStore:
         return out, tag
 
     # --- removing --------------------------------------------------------------------------
-    def _drop(self, img: Image) -> None:
-        (self.state.images / (img.id.split(":")[-1] + ".json")).unlink(missing_ok=True)
+    def _gc_layers(self, digests: list[str]) -> None:
         used = {d for i in self.list() for d in i.layers}
-        for d in img.layers:
+        for d in digests:
             if d not in used:
                 self.layer_path(d).unlink(missing_ok=True)
+
+    def _drop(self, img: Image) -> None:
+        self._manifest(img.name).unlink(missing_ok=True)
+        self._gc_layers(img.layers)
 
     def remove(self, ref: str) -> Image:
         img = self.get(ref)

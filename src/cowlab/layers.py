@@ -167,8 +167,8 @@ class _Model:
 
 
 class _HashWriter:
-    def __init__(self, f):
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
+    def __init__(self, f, progress=None):
+        self.f, self.h, self.n, self.progress = f, hashlib.sha256(), 0, progress
 
     def tell(self):
         return self.n
@@ -176,12 +176,15 @@ class _HashWriter:
     def write(self, b):
         self.h.update(b)
         self.n += len(b)
+        if self.progress:
+            self.progress(len(b))
         return self.f.write(b)
 
 
-def write_layer_tar(entries: list[tuple[str, object]], f, mtime: int) -> tuple[str, int]:
-    """Write one layer as a deterministic PAX tar; returns (sha256 digest, bytes)."""
-    hw = _HashWriter(f)
+def write_layer_tar(entries: list[tuple[str, object]], f, mtime: int, progress=None) -> tuple[str, int]:
+    """Write one layer as a deterministic PAX tar; returns (sha256 digest, bytes).
+    progress(n) is called with each chunk's size."""
+    hw = _HashWriter(f, progress)
     with tarfile.open(fileobj=hw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, node in entries:
             name = path.lstrip("/")

@@ -74,6 +74,10 @@ class Driver:
     def metadata(self) -> dict:
         return {}
 
+    def space_needed(self, image: Image) -> int:
+        """Bytes a new container costs up front (checked against free space before creating)."""
+        return 0
+
     # --- shared ----------------------------------------------------------------------------
     def remove(self, container: Container, res: Resources) -> None:
         for h in reversed(container.handles):

@@ -60,6 +60,9 @@ class Vfs(Driver):
             raise
         return Container(cid, image.id, self.name, root, [h])
 
+    def space_needed(self, image: Image) -> int:
+        return image.content_bytes
+
     def metadata(self) -> dict:
         return {"copy_command": "cp -a --reflink=never",
                 "cp_version": sysutil.run(["cp", "--version"]).stdout.splitlines()[0]}
