@@ -26,6 +26,8 @@ err = Console(stderr=True)
 
 def _state(ctx, ensure=True) -> StateRoot:
     st = StateRoot(resolve_root(ctx.obj["root"]))
+    if ensure:
+        require_root()  # the state root is root's: one clear line instead of a PermissionError
     return st.ensure() if ensure else st
 
 

@@ -74,6 +74,15 @@ class Driver:
     def metadata(self) -> dict:
         return {}
 
+    def used_bytes(self) -> int:
+        """Bytes in use where this driver stores data, after writing back. A pool-based driver
+        (ZFS, a thin pool) overrides this with the pool's own allocation."""
+        return self.backing.used_bytes()
+
+    def inodes_used(self) -> int | None:
+        """Inodes in use on the driver's filesystem; None where the notion does not apply."""
+        return self.backing.inodes_used()
+
     def space_needed(self, image: Image) -> int:
         """Bytes a new container costs up front (checked against free space before creating)."""
         return 0

@@ -1,7 +1,8 @@
 """space: bytes the backing filesystem gains as a container is created and written to.
 
 Claim tested: "Adding a 1 KB configuration file to a 1 GB container takes 1 KB, not 1 GB."
-The image holds a 64 MiB file. Events, each measured as statfs growth after syncfs:
+The image holds a 64 MiB file. Events, each measured as growth of driver.used_bytes() (statfs after syncfs, or a
+pool's allocation for pool-based drivers):
 `create` (a new container), `write_new_1KiB` (a new 1 KiB file in it), `append_1KiB_to_64MiB`
 (1 KiB appended to the image's 64 MiB file: a file-level copy-on-write driver copies all 64 MiB
 up, a block-level one allocates a block), and `after_remove` (what is left once it is removed).
@@ -34,7 +35,7 @@ class Space(Workload):
         size = ctx.grid["big_file_bytes"]
 
         def measure(rep: int) -> list[Sample]:
-            b = ctx.backing
+            b = ctx.driver  # used_bytes(): statfs of the backing fs, or a pool's allocation
             out = []
 
             def note(event, before):
