@@ -28,7 +28,7 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
             continue
         res = Resources.open(state, info["owner"]) if (info["dir"] / "owner.json").exists() else None
         if res is None:
-            res = Resources(state, info["owner"], "run")
+            res = Resources(state, info["owner"], "run", claim=False)
         for pid in tagged_processes(info["owner"]):  # children first: they may hold mounts busy
             sysutil.kill_pid(pid, sysutil.proc_starttime(pid))
             done.append(f"ended process {pid} of {info['owner']}")

@@ -85,6 +85,26 @@ def _release_process(e: dict, state: StateRoot) -> None:
             sysutil.kill_pid(pid, sysutil.proc_starttime(pid), grace=e.get("grace", 5.0))
 
 
+@releaser("cgroup")
+def _release_cgroup(e: dict, state: StateRoot) -> None:
+    """A scratch cgroup (probes.make_memory_cgroup): rmdir, once the processes in it are gone
+    (they are journaled after it, so released before it)."""
+    p = os.path.abspath(e["path"])
+    if not (p.startswith("/sys/fs/cgroup/") and os.path.basename(p).startswith("cowlab-")):
+        raise CowlabError(f"journal names cgroup {p}, which cowlab did not make; not touching it")
+    for attempt in range(50):
+        try:
+            os.rmdir(p)
+            return
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return
+            if err.errno != errno.EBUSY:
+                raise
+            time.sleep(0.1)  # a task that was just killed is still being torn down
+    raise CowlabError(f"cgroup {p} stays busy; see {p}/cgroup.procs")
+
+
 @dataclass
 class Handle:
     seq: int
@@ -101,17 +121,19 @@ class Resources:
     owner: str
     kind: str = "run"
     meta: dict = field(default_factory=dict)
+    claim: bool = True   # write owner.json as ours; False when reopening another's journal
     _seq: int = 0
     _live: list[Handle] = field(default_factory=list)
 
     def __post_init__(self):
         self.dir = self.state.journal / self.owner
         self.dir.mkdir(parents=True, exist_ok=True)
-        info = {"owner": self.owner, "kind": self.kind, "meta": self.meta, "created": time.time()}
-        if self.kind == "run":
-            info["pid"] = os.getpid()
-            info["starttime"] = sysutil.proc_starttime(os.getpid())
-        _write_json(self.dir / "owner.json", info)
+        if self.claim or not (self.dir / "owner.json").exists():
+            info = {"owner": self.owner, "kind": self.kind, "meta": self.meta, "created": time.time()}
+            if self.kind == "run":
+                info["pid"] = os.getpid()
+                info["starttime"] = sysutil.proc_starttime(os.getpid())
+            _write_json(self.dir / "owner.json", info)
         for p in sorted(self.dir.glob("[0-9]*.json")):  # reopened (e.g. `container rm`)
             e = json.loads(p.read_text())
             self._live.append(Handle(int(p.stem), e.pop("kind"), e, p))
@@ -125,7 +147,7 @@ class Resources:
     @classmethod
     def open(cls, state: StateRoot, owner: str) -> "Resources":
         info = json.loads((state.journal / owner / "owner.json").read_text())
-        return cls(state, owner, info["kind"], info.get("meta", {}))
+        return cls(state, owner, info["kind"], info.get("meta", {}), claim=False)
 
     # -- acquiring -------------------------------------------------------------------------
     def add(self, kind: str, **args) -> Handle:
