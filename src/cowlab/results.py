@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import faults
+
 SCHEMA_VERSION = 1
 UNITS = {"s", "B", "count", "B/s", "1/s", "ratio"}
 STATUSES = {"ok", "failed", "skipped"}
@@ -21,7 +23,8 @@ REQUIRED = {"schema_version": int, "run_id": str, "driver": str, "mode": str, "w
             "metric": str, "unit": str, "repetition": int, "params": dict, "status": str}
 # Run-level fields copied onto every sample row by load(), so a row carries its provenance.
 ROW_PROVENANCE = ("hostname", "kernel", "virtualization", "emulated", "distribution", "cpu_model",
-                  "backing", "backing_fs", "backing_mount_options", "cowlab_version", "git_sha")
+                  "backing", "backing_fs", "backing_mount_options", "cowlab_version", "git_sha",
+                  "run_status", "quick", "harness")
 
 
 @dataclass
@@ -65,6 +68,7 @@ class RunWriter:
             rec["error"] = s.error
         self._f.write(json.dumps(rec, sort_keys=True) + "\n")
         self._f.flush()
+        faults.point("sample")
         self.counts[s.status] += 1
         return rec
 
@@ -105,6 +109,9 @@ def run_dirs(paths: Iterable[str | Path] | str | Path | None = None) -> list[Pat
         paths = [paths]
     out = []
     for p in map(Path, paths):
+        if not p.exists():
+            warnings.warn(f"{p}: no such results directory", stacklevel=3)
+            continue
         if (p / "run.json").exists():
             out.append(p)
         else:
@@ -148,11 +155,20 @@ def load(paths: Iterable[str | Path] | str | Path | None = None, include_failed:
         prov = {k: run.get(k) for k in ROW_PROVENANCE}
         prov.update({k: run.get("driver_metadata", {}).get(k, prov.get(k))
                      for k in ("backing", "backing_fs", "backing_mount_options")})
+        prov["emulated"] = bool(run.get("emulated", False))
+        prov.update(run_status=run.get("status"), quick=run.get("quick"), harness=run.get("harness"))
         for r in recs:
             if r["status"] != "ok" and not include_failed:
                 continue
+            # A param is more specific than the run (e.g. a workload's own backing_fs), so it wins.
             row = {**prov, **{k: v for k, v in r.items() if k != "params"}, **r["params"],
                    "params": r["params"], "run_dir": str(d)}
             rows.append(row)
     cols = list(REQUIRED) + ["value", "error", *ROW_PROVENANCE]
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows)
+    for c in df.columns:  # integer params stay integers even where some rows lack them
+        if c != "value" and df[c].dtype == float and df[c].dropna().apply(float.is_integer).all():
+            df[c] = df[c].astype("Int64")
+    return df

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 from ..backing import Backing, make_loop
@@ -57,6 +58,7 @@ class Context:
     loop_size: int = 32 << 30
     variants: dict = field(default_factory=dict)  # shared by every context of a run
     record: Callable[[Sample], None] | None = None  # where import_seconds samples go
+    raw_dir: Path | None = None  # where a workload keeps raw tool output (results/.../raw/)
 
     @property
     def backing(self) -> Backing:
@@ -71,7 +73,7 @@ class Context:
             if self.record:
                 self.record(Sample("import_seconds", time.perf_counter() - t0, "s",
                                    {"image": spec_name, "layers": len(img.layers),
-                                    "image_size_bytes": img.content_bytes,
+                                    "content_bytes": img.content_bytes,
                                     "backing_fs": self.backing.mount.fstype}))
         return img
 
