@@ -97,7 +97,7 @@ def validate(rec: Any) -> str | None:
         return f"unknown unit {rec['unit']!r}"
     v = rec.get("value")
     if rec["status"] == "ok" and (not isinstance(v, (int, float)) or isinstance(v, bool) or
-                                  not math.isfinite(v)):
+                                  (isinstance(v, int) and abs(v) > 2**1023) or not math.isfinite(v)):
         return "ok sample without a finite value"
     return None
 
@@ -129,7 +129,7 @@ def read_run(d: Path) -> tuple[dict, list[dict]]:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or an integer too long to convert
             where = "last line (a run cut short?)" if i == len(lines) else f"line {i}"
             warnings.warn(f"{f}: {where} is not valid JSON; ignored", stacklevel=2)
             continue

@@ -17,7 +17,8 @@
     ]
 
 Operations: file, files, dir, symlink, hardlink, delete, opaque, chmod, chown, copy (a host file,
-e.g. a static busybox). Errors name the file, the layer and the field.
+e.g. a static busybox). Errors name the file, the layer and the field. `file` and `symlink` take
+an optional `mtime` (seconds since 1970) in place of the spec's own.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ MAX_FILE = 1 << 40
 OPS: dict[str, dict[str, tuple[type, bool]]] = {
     # op: {field: (type, required)}
     "file": {"path": (str, True), "size": (object, True), "pattern": (str, False), "seed": (int, False),
-             "mode": (object, False), "uid": (int, False), "gid": (int, False), "xattrs": (dict, False)},
+             "mode": (object, False), "uid": (int, False), "gid": (int, False), "xattrs": (dict, False),
+             "mtime": (int, False)},
     "files": {"dir": (str, True), "count": (int, True), "size": (object, True), "pattern": (str, False),
               "prefix": (str, False), "mode": (object, False), "uid": (int, False), "gid": (int, False)},
     "dir": {"path": (str, True), "mode": (object, False), "uid": (int, False), "gid": (int, False),
             "xattrs": (dict, False)},
-    "symlink": {"path": (str, True), "target": (str, True), "uid": (int, False), "gid": (int, False)},
+    "symlink": {"path": (str, True), "target": (str, True), "uid": (int, False), "gid": (int, False),
+                "mtime": (int, False)},
     "hardlink": {"path": (str, True), "target": (str, True)},
     "delete": {"path": (str, True)},
     "opaque": {"path": (str, True)},
@@ -86,7 +89,7 @@ def parse_size(v: Any, where: str) -> int:
     if isinstance(v, int):
         n = v
     elif isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?i?B?)\s*", v, re.I)
+        m = re.fullmatch(r"\s*(\d{1,16})\s*([KMGT]?i?B?)\s*", v, re.I)
         if not m or m.group(2).upper() not in _UNITS:
             raise CowlabError(f"{where}: cannot read size {v!r} (use e.g. 4096, '4KiB', '64MiB', '1GiB')")
         n = int(m.group(1)) * _UNITS[m.group(2).upper()]
@@ -124,7 +127,7 @@ def _check_op(raw: Any, where: str) -> Op:
     if not isinstance(raw, dict):
         raise CowlabError(f"{where}: each op must be a table like {{ op = \"file\", ... }}")
     kind = raw.get("op")
-    if kind not in OPS:
+    if not isinstance(kind, str) or kind not in OPS:
         raise CowlabError(f"{where}: field 'op' must be one of {', '.join(OPS)}; got {kind!r}")
     fields = OPS[kind]
     args: dict[str, Any] = {}
@@ -156,8 +159,17 @@ def _check_op(raw: Any, where: str) -> Op:
     for k in ("uid", "gid"):
         if k in args and not 0 <= args[k] < 2**32 - 1:
             raise CowlabError(f"{where}, field {k!r}: out of range")
+    if "mtime" in args and not 0 <= args["mtime"] < 2**33:  # seconds since 1970, as a tar holds it
+        raise CowlabError(f"{where}, field 'mtime': out of range (0 to 2^33 seconds)")
     if kind == "files" and not 0 < args["count"] <= 1_000_000:
         raise CowlabError(f"{where}, field 'count': must be 1 to 1000000")
+    if "prefix" in args and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", args["prefix"])
+                             or args["prefix"].startswith(".wh.")):
+        raise CowlabError(f"{where}, field 'prefix': a plain file name prefix like 'f' or 'lib'")
+    for k, v in args.get("xattrs", {}).items():
+        if not (isinstance(k, str) and k.startswith("user.") and len(k) > 5 and isinstance(v, str)):
+            raise CowlabError(f"{where}, field 'xattrs': names must be 'user.*' and values strings; "
+                              f"got {k!r} = {v!r}")
     if kind == "copy":
         src = Path(args["source"])
         if not src.is_file():
@@ -197,7 +209,10 @@ def from_dict(data: dict, source: str = "<data>") -> ImageSpec:
             raise CowlabError(f"{lw}: field 'ops' must be an array")
         layers.append(Layer([_check_op(o, f"{lw}, op {j}") for j, o in enumerate(ops, 1)],
                             str(rl.get("comment", ""))))
-    return ImageSpec(name, layers, seed, mtime, source, dict(data.get("extra", {})))
+    extra = data.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CowlabError(f"{where}: field 'extra' must be a table")
+    return ImageSpec(name, layers, seed, mtime, source, dict(extra))
 
 
 def load(path: str | Path) -> ImageSpec:
