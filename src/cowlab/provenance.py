@@ -89,9 +89,22 @@ def virtualization() -> tuple[str, str]:
             continue
     if " hypervisor" not in flags:
         return "none", vendor
-    if "QEMU Virtual CPU" in _cpu_model() or "TCG" in vendor.upper():
+    if "QEMU Virtual CPU" in _cpu_model() or "QEMU TCG CPU" in _cpu_model() or "TCG" in vendor.upper():
+        return "tcg", vendor or "qemu"
+    # A named CPU model (libvirt's default host-model gives e.g. "AMD EPYC Processor" under TCG too)
+    # hides emulation from /proc/cpuinfo; the hypervisor's CPUID signature does not:
+    # systemd-detect-virt says "qemu" for TCG ("TCGTCGTCGTCG") and "kvm" for KVM.
+    if _detect_virt() == "qemu":
         return "tcg", vendor or "qemu"
     return "hw", vendor or "unknown hypervisor"
+
+
+def _detect_virt() -> str:
+    try:
+        cp = subprocess.run(["systemd-detect-virt", "--vm"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return cp.stdout.strip()
 
 
 def collect(argv: list[str], tools: list[str] | None = None) -> dict:
@@ -120,4 +133,13 @@ def collect(argv: list[str], tools: list[str] | None = None) -> dict:
         "python": sys.version.split()[0],
         "tool_versions": {n: tool_version(TOOLS[n]) for n in names if n in TOOLS},
         "command": argv,
+        "loadavg_start": loadavg(),
     }
+
+
+def loadavg() -> list[float] | None:
+    """1, 5 and 15 minute load averages: a busy machine makes noisy timings, so runs say so."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import backing as B
-from . import cleanup, drivers, provenance
+from . import autobacking, cleanup, drivers, provenance
 from . import workloads as W
 from .errors import CowlabError, NotApplicable, Unavailable
 from .images import ImageStore
@@ -69,10 +69,17 @@ class BenchSession:
     reps: int | None = None
     harness: str = "cowlab bench"
     records: list[dict] = field(default_factory=list)
+    grid_overrides: dict[str, dict] = field(default_factory=dict)  # workload → grid keys (tests)
+    mode: str = "primitive"  # primitive | engine | both: engine = a private dockerd (cowlab.engine)
+    driver_options: dict = field(default_factory=dict)  # --opt/--device (e.g. devicemapper's block_size)
 
     # --- check: everything that can be wrong is found before any work ----------------------
     def check(self) -> None:
-        self.driver_cls = drivers.get(self.driver_name)
+        if self.mode != "primitive":
+            from .engine.session import EnginePart, engine_only_driver
+            self.engine = EnginePart(self)
+        self.driver_cls = (drivers.get(self.driver_name) if self.mode != "engine"
+                           else engine_only_driver(self.driver_name))
         self.workloads = W.get(self.workload_names)
         if self.backing_kind not in B.KINDS:
             raise CowlabError(f"unknown backing {self.backing_kind!r}; choose from {', '.join(B.KINDS)}")
@@ -83,10 +90,13 @@ class BenchSession:
         if not probe.available:
             raise Unavailable(f"driver {self.driver_name}", probe.reason, probe.hint)
         self.state = StateRoot(resolve_root(self.root))
+        # A driver that runs only on some filesystems (btrfs) gets a loop one of its kind.
+        self.backing_kind = autobacking.kind_for(self.driver_cls, self.backing_kind, self.state.path)
         self.grids = {}
         specs = {}
         for wl in self.workloads:
             g = dict(wl.grid(self.quick))
+            g.update(self.grid_overrides.get(wl.name, {}))
             if self.reps is not None:
                 g["reps"] = self.reps
             self.grids[wl.name] = g
@@ -99,6 +109,8 @@ class BenchSession:
                                   f"supports at most {limit}")
         self.specs = specs
         self.need_bytes = sum(spec_bytes(s) for s in specs.values()) * 3 + (256 << 20)
+        if self.mode != "primitive":
+            self.engine.check()
         probe_dir = self.state.path if self.state.path.exists() else self.state.path.parent
         while not probe_dir.exists():
             probe_dir = probe_dir.parent
@@ -122,12 +134,13 @@ class BenchSession:
                 self.backing = B.host(home)
             else:
                 self.backing = B.make_loop(self.state.backings, self.res, self.backing_kind, self.backing_size)
-            self.driver = self.driver_cls(self.backing, self.res, ImageStore(self.state))
+            self.driver = self.driver_cls(self.backing, self.res, ImageStore(self.state),
+                                          options=self.driver_options or None)
             prov = provenance.collect(self.argv)
             prov.update(driver=self.driver_name, quick=self.quick, harness=self.harness,
                         workloads=[w.name for w in self.workloads], grids=self.grids,
                         driver_metadata=self.driver.describe(), started=time.time(),
-                        state_root=str(self.state.path))
+                        state_root=str(self.state.path), mode=self.mode)
             self.writer = RunWriter(Path(self.out), self.run_id, prov)
             store = ImageStore(self.state)
             self.images = {}
@@ -135,6 +148,8 @@ class BenchSession:
                 if progress:
                     progress(f"image {name}", i, len(self.specs))
                 self.images[name] = store.build(spec)  # imported into a driver on first use
+            if self.mode != "primitive":
+                self.engine.prepare(progress)  # a busybox base layer under each image
         except BaseException:
             self.res.close()
             raise
@@ -146,11 +161,12 @@ class BenchSession:
         if not hasattr(self, "_variants"):
             self._variants: dict = {}
         return Context(self.driver, self.res, self.state, self.images, self.quick, self.grids[wl.name],
-                       self.backing_size, self._variants, lambda s: self.record(s, "import"))
+                       self.backing_size, self._variants, lambda s: self.record(s, "import"),
+                       raw_dir=self.writer.dir / "raw")
 
     # --- run ---------------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> None:
-        for wl in self.workloads:
+        for wl in (self.workloads if self.mode != "engine" else []):
             missing = wl.requires - self.driver.capabilities
             if missing:
                 self.record(Sample("workload", None, "count", {}, status="skipped",
@@ -173,11 +189,13 @@ class BenchSession:
                             if progress:
                                 progress(f"{wl.name}: {name} {_fmt(case.params)}", done, total)
                 except NotApplicable as e:
-                    self.record(Sample(name, None, "s" if isinstance(case, Timed) else "B",
+                    self.record(Sample(name, None, case.unit,
                                        dict(case.params), status="skipped", error=str(e)), wl.name)
                 except (CowlabError, OSError) as e:  # recorded as a failure, never dropped
-                    self.record(Sample(name, None, "s" if isinstance(case, Timed) else "B",
+                    self.record(Sample(name, None, case.unit,
                                        dict(case.params), status="failed", error=str(e)), wl.name)
+        if self.mode != "primitive":
+            self.engine.run(progress)  # after the primitive part, so the two never overlap
 
     # --- cleanup -----------------------------------------------------------------------------
     def finish(self, status: str) -> list[str]:
@@ -185,11 +203,13 @@ class BenchSession:
         if hasattr(self, "driver"):  # described while their backings are still mounted
             variants = Context(self.driver, self.res, self.state, {}, self.quick, {}, 0,
                                getattr(self, "_variants", {})).variant_metadata()
-        errs = self.res.close()
+        errs = self.engine.close() if getattr(self, "engine", None) else []  # dockerd first
+        errs += self.res.close()
         if hasattr(self, "writer"):
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self.record(Sample("cowlab_maxrss_bytes", rss, "B", {}), "harness")
-            self.writer.close(status, ended=time.time(), teardown_errors=errs, variants=variants)
+            self.writer.close(status, ended=time.time(), teardown_errors=errs, variants=variants,
+                              loadavg_end=provenance.loadavg())
         return errs
 
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from ..errors import CowlabError
 from .base import Context, Measured, Timed, Workload
+from .copyup import Copyup
 from .creation import Creation
+from .density import Density
+from .io import IO
+from .lookup import Lookup
 from .mount_floor import MountFloor
 from .space import Space
+from .btrfs_chunks import BtrfsChunks
+from .inodes import Inodes
+from .pool_stats import PoolStats
 
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Creation, MountFloor, Space)}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Creation, MountFloor, Space, Density, IO, Copyup, Lookup)}
+WORKLOADS.update({w.name: w for w in (BtrfsChunks, Inodes, PoolStats)})  # issue 4: native backends
 
 
 def get(names: list[str] | None) -> list[Workload]:

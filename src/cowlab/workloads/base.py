@@ -28,6 +28,7 @@ MiB, GiB = 1 << 20, 1 << 30
 @dataclass
 class Timed:
     metric: str
+    unit = "s"
     params: dict[str, Any]
     op: Callable[[Any], Any]                      # op(state) → result; only this is timed
     setup: Callable[[], Any] = lambda: None
@@ -42,6 +43,7 @@ class Measured:
     params: dict[str, Any]
     measure: Callable[[int], list[Sample]]  # repetition → samples
     reps: int = 5
+    unit: str = "count"  # the unit a failed or skipped record of this case carries
 
 
 Case = Timed | Measured
