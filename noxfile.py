@@ -13,7 +13,8 @@ import nox
 
 HERE = Path(__file__).parent
 # One session per backend; each is the same thin layer over `cowlab bench`.
-BACKENDS = ["overlay2", "vfs"]
+BACKENDS = ["overlay2", "vfs", "btrfs", "zfs", "aufs", "overlay", "fuse-overlayfs", "unionfs-fuse",
+            "devicemapper-loop", "devicemapper-direct"]
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -37,8 +38,11 @@ def _provision(session, backend: str) -> None:
 
 def _bench(session, backend: str) -> None:
     _provision(session, backend)
-    _install(session)
     args = list(session.posargs)
+    if any(a in ("--mode=engine", "--mode=both") for a in args) or \
+            any(a == "--mode" and b in ("engine", "both") for a, b in zip(args, args[1:])):
+        _provision(session, "engine")  # Docker Engine for engine mode (cowlab.engine)
+    _install(session, "test,engine,vm")  # vm: virtme-ng, for backends this kernel lacks (cowlab.vm)
     if not any(a == "--out" or a.startswith("--out=") for a in args):
         args += ["--out", str(HERE / "results")]
     session.run("cowlab", "bench", backend, *args)
@@ -61,7 +65,8 @@ for _b in BACKENDS:
 def tests(session):
     """The test suite (as root: it mounts filesystems). CI runs this."""
     _provision(session, "host")
-    _install(session, "test,notebooks")
+    _provision(session, "devicemapper")  # the kernel VM of tests/test_devicemapper_vm.py
+    _install(session, "test,notebooks,engine,vm")
     session.run("pytest", *(session.posargs or ["tests", "-q", "-rs"]))
 
 
@@ -78,3 +83,30 @@ def lab(session):
     _install(session, "notebooks")
     session.run("jupyter", "lab", "--no-browser", "--ip=127.0.0.1", "--allow-root",
                 f"--notebook-dir={HERE / 'notebooks'}", *session.posargs)
+
+
+@nox.session(name="vagrant-validate", venv_backend="none")
+def vagrant_validate(session):
+    """`vagrant validate` of every machine of vagrant/Vagrantfile (offline, seconds)."""
+    _provision(session, "vagrant-host")
+    session.chdir(str(HERE / "vagrant"))
+    session.run("vagrant", "validate", external=True, env={"VAGRANT_CHECKPOINT_DISABLE": "1"})
+
+
+@nox.session(name="vagrant-smoke", venv_backend="none")
+def vagrant_smoke(session):
+    """Build the local Debian 12 box, `vagrant up btrfs` under TCG in a private network namespace,
+    run `nox -s bench-btrfs -- --quick` in it, check the run comes back; tear all down (as root)."""
+    _provision(session, "vagrant-host")
+    session.run("/usr/bin/python3", "-m", "cowlab.vagrant_smoke", *session.posargs, external=True,
+                env={"PYTHONPATH": str(HERE / "src")})
+
+
+@nox.session
+def conformance(session):
+    """The conformance suite on every driver available here: each driver's containers compared
+    with a plain directory, a driver × case table, non-zero exit on any failure (as root).
+    `-- --driver NAME` for one driver, `-- --case NAME`, `-- --every-layer`, `-- --list`."""
+    _provision(session, "host")
+    _install(session)
+    session.run("cowlab", "conformance", *session.posargs)

@@ -17,9 +17,11 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     Returns one line per action, for the user to read. Live runs are never touched.
     """
     import cowlab.drivers  # noqa: F401  (registers every driver's releasers)
+    import cowlab.engine.daemon  # noqa: F401  (a private dockerd's releasers)
 
     done: list[str] = []
     protected: set[str] = set()
+    retry: list[Resources] = []
     for info in owners(state):
         live = owner_alive(info) and not (everything and info["kind"] != "run")
         entries = _entries(info["dir"])
@@ -35,6 +37,8 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
         errs = res.close()
         done.append(f"released {len(entries)} resource(s) of {info['owner']}")
         done += [f"  could not release {e}" for e in errs]
+        if errs:
+            retry.append(res)
 
     # Mounts and loop devices under the root that no journal names: a crash between the
     # kernel call and the journal can't produce these (we journal first), but an older
@@ -46,10 +50,23 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
                 done.append(f"unmounted stray {m.target}")
             except OSError as e:
                 done.append(f"  could not unmount {m.target}: {e}")
+    # Device mapper devices with this state root's name prefix that no remaining journal names
+    # (thin volumes, then pools, then slices), before the loop devices a stray pool may hold.
+    from .drivers import devicemapper as _dm
+    dm_live = {e.get("name") for info in owners(state) for e in _entries(info["dir"]) if e.get("kind") == "dm"}
+    done += _dm.sweep_strays(state, dm_live)
     for dev, f in sysutil.loop_devices().items():
         if state.inside(f) and f not in protected:
             sysutil.run(["losetup", "-d", dev], check=False)
             done.append(f"detached stray {dev} ({f})")
+
+    # What failed above because of a mount nobody journaled (e.g. a dataset a killed FUSE
+    # daemon had mounted) may go now that strays are unmounted: one more pass, so a single
+    # `cowlab cleanup` leaves nothing.
+    for res in retry:
+        errs = res.close()
+        done.append(f"retried {res.owner}: " + ("everything released" if not errs else f"{len(errs)} left"))
+        done += [f"  could not release {e}" for e in errs]
 
     # Staging directories of dead runs (an extraction interrupted half way).
     if state.tmp.exists():
@@ -81,7 +98,9 @@ def _entries(d) -> list[dict]:
 
 
 def _paths(entries: list[dict]) -> set[str]:
-    return {str(v) for e in entries for k, v in e.items() if k in ("target", "path", "file")}
+    """Paths a live journal names, also by their real paths (mountinfo and sysfs report those)."""
+    out = {str(v) for e in entries for k, v in e.items() if k in ("target", "path", "file")}
+    return out | {os.path.realpath(p) for p in out}
 
 
 def _staging_pid(name: str) -> int | None:

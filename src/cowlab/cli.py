@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__, cleanup, drivers, spec
+from . import __version__, autobacking, cleanup, drivers, spec
 from . import backing as B
 from .errors import CowlabError, Unavailable
 from .images import ImageStore
@@ -49,16 +49,21 @@ def drivers_cmd(as_json):
     rows = []
     for name, cls in drivers.DRIVERS.items():
         p = cls.probe()
-        rows.append({"driver": name, "available": p.available, "route": "native" if p.available else None,
+        rows.append({"driver": name, "available": p.available,
+                     "route": "native" if p.available else p.details.get("route"),
                      "reason": p.reason, "hint": p.hint, "description": cls.description,
-                     "max_layers": cls.max_layers})
+                     "max_layers": cls.max_layers, "details": p.details})
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
     t = Table("driver", "status", "reason / how to get it", "what it is")
     for r in rows:
         st = "[green]available[/]" if r["available"] else "[red]unavailable[/]"
+        if not r["available"] and r.get("route") == "vm":  # e.g. devicemapper on a kernel without it
+            st = "[yellow]in kernel VM[/]"
         why = "" if r["available"] else f"{r['reason']}" + (f" — {r['hint']}" if r["hint"] else "")
+        if r["available"] and r.get("details"):  # e.g. zfs: implementation and version
+            why = ", ".join(f"{k}: {v}" for k, v in r["details"].items() if isinstance(v, (str, int)) and v != "")
         t.add_row(r["driver"], st, why, r["description"])
     out.print(t)
 
@@ -148,7 +153,10 @@ def container_create(ctx, image_ref, driver_name):
     if cls.max_layers and len(img.layers) > cls.max_layers:
         raise CowlabError(f"image {img.name} has {len(img.layers)} layers; {driver_name} supports at most {cls.max_layers}")
     with Resources.for_run(state) as imports:
-        drv = cls(B.host(state.store / "persistent"), imports, store)
+        # A driver with its own daemon or pool (zfs) keeps it under a persistent owner, so the
+        # container outlives this command; a btrfs-only driver gets a persistent loop btrfs.
+        svc = Resources(state, f"service-{driver_name}", "backing", {"driver": driver_name}) if cls.services else imports
+        drv = cls(autobacking.persistent(state, cls), svc, store)
         need = drv.space_needed(img) + (0 if drv.has_image(img) else img.content_bytes)
         if need > drv.backing.free_bytes():
             raise CowlabError(f"creating a {driver_name} container of {img.name} needs about {need >> 20} MiB; "
@@ -157,7 +165,11 @@ def container_create(ctx, image_ref, driver_name):
             drv.import_image(img)
         cid = drv.new_id()
         res = Resources(state, f"ctr-{cid}", "container", {"id": cid, "image": img.name, "image_id": img.id,
-                                                           "driver": driver_name})
+                                                           "driver": driver_name,
+                                                           # until created: if we die half way,
+                                                           # `cowlab cleanup` releases it
+                                                           "creating": {"pid": os.getpid(),
+                                                                        "starttime": _starttime()}})
         try:
             with err.status(f"creating a {driver_name} container"):
                 c = drv.create(img, res, cid)
@@ -165,6 +177,7 @@ def container_create(ctx, image_ref, driver_name):
             res.close()
             raise
         res.meta["mountpoint"] = str(c.mountpoint)
+        res.meta.pop("creating", None)  # complete: persistent from now on
         Resources(state, res.owner, "container", res.meta)  # rewrite owner.json with the mountpoint
     click.echo(f"created {c.id} ({driver_name}, image {img.name})")
     click.echo(str(c.mountpoint))
@@ -179,6 +192,11 @@ def _bytes_progress(desc: str, total: int):
                   TimeElapsedColumn(), console=err, transient=True) as prog:
         task = prog.add_task(desc, total=max(total, 1))
         yield lambda n: prog.advance(task, n)
+
+
+def _starttime():
+    from .sysutil import proc_starttime
+    return proc_starttime(os.getpid())
 
 
 def _containers(state):
@@ -226,12 +244,40 @@ def container_rm(ctx, ref):
               help="host: the state root's filesystem; ext4/xfs/btrfs: a loop filesystem cowlab makes.")
 @click.option("--reps", type=int, help="Override the grid's repetitions.")
 @click.option("--root", "root", metavar="DIR", help="State directory (same as the global --root).")
+@click.option("--backing-size", default="32G", show_default=True, metavar="SIZE",
+              help="Size of a loop backing filesystem (sparse), also the one a btrfs-only driver gets.")
+@click.option("--mode", type=click.Choice(["primitive", "engine", "both"]), default=None,
+              help="primitive: cowlab's own driver; engine: through a private Docker Engine (dockerd) "
+                   "with that storage driver; both (default when Docker is present).")
+@click.option("--vm", "vm_mode", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Run in a throwaway kernel VM (virtme-ng, TCG): when the driver is missing natively (auto), "
+                   "always, or never.")
+@click.option("--device", metavar="DEV", help="The block device of a driver that takes one (devicemapper-direct).")
+@click.option("--force", is_flag=True, help="Use --device even if it carries a filesystem signature.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="A driver option (repeatable), e.g. block_size=128K, fs=ext4, no_space_timeout=5.")
 @click.pass_context
-def bench(ctx, driver_name, quick, workloads, out, backing, reps, root):
+def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_size, mode,
+          vm_mode="auto", device=None, force=False, opts=()):
     """Run workloads on DRIVER and write results/<host>/<run_id>/."""
+    from . import vm
+    dopts = dict(o.split("=", 1) if "=" in o else (o, "true") for o in opts)
+    # engine mode alone needs no cowlab driver (nor a VM): dockerd is asked, and its answer recorded
+    if not (mode == "engine" and vm_mode != "always") and vm.choose(drivers.get(driver_name), vm_mode) == "vm":
+        sys.exit(vm.bench_in_vm(driver_name, root=root or ctx.obj["root"], out=Path(out), quick=quick,
+                                workloads=list(workloads), backing=backing, reps=reps,
+                                backing_size=backing_size, mode=mode, options=dopts, device=device,
+                                echo=lambda line: click.echo(line)))
+    if device:
+        dopts.update(device=device, force=force)
     s = BenchSession(driver_name, quick, list(workloads) or None, Path(out), root or ctx.obj["root"], backing,
-                     argv=["cowlab", *sys.argv[1:]], reps=reps)
+                     argv=["cowlab", *sys.argv[1:]], reps=reps,
+                     backing_size=autobacking.parse_size(backing_size))
+    from .engine.session import resolve_mode
+    s.mode, why = resolve_mode(mode, driver_name, drivers.DRIVERS)
+    s.driver_options = dopts
     s.check()
+    err.print(f"mode: {s.mode} ({why})", markup=False, highlight=False)  # (after check: errors are one line)
     status = "failed"
     with sigterm_as_interrupt(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                           TimeElapsedColumn(), console=err, transient=True) as prog:
@@ -264,12 +310,36 @@ def _print_summary(s: BenchSession) -> None:
     for wl, metric, key, med, p10, p90, n, unit in medians(s.records):
         t.add_row(wl, metric, key, _val(med, unit), f"{_val(p10, unit)} – {_val(p90, unit)}", str(n))
     out.print(t)
+    _print_engine_table(s)
     for line in headlines(s.records):
         out.print(f"• {line}")
     failed = [r for r in s.records if r["status"] != "ok"]
     for r in failed:
         out.print(f"[yellow]{r['status']}[/]: {r['workload']} {r['metric']}: {r.get('error', '')}")
     out.print(f"results: {s.writer.dir}")
+
+
+def _print_engine_table(s: BenchSession) -> None:
+    """Engine mode: docker create/start/run next to cowlab's own create, and the difference."""
+    from .summary import engine_vs_primitive, primitive_records_from
+    if not any(r.get("mode") == "engine" for r in s.records):
+        return
+    note, fallback = "", []
+    if not any(r.get("mode", "primitive") == "primitive" and r["workload"] == "creation" for r in s.records):
+        fallback, src = primitive_records_from(s.out, s.driver_name)
+        note = f" (primitive from run {src})" if src else " (no primitive run of this driver in --out yet)"
+    rows = engine_vs_primitive(s.records, fallback)
+    if not rows:
+        return
+    t = Table("image size", "layers", "primitive create", "engine create", "engine start", "engine run",
+              "create: engine − primitive", "storage share of run",
+              title=f"{s.driver_name}: engine vs storage (medians){note}")
+    ms = lambda v: "—" if v is None else _val(v, "s")
+    for r in rows:
+        share = "—" if r["storage_share_of_run"] is None else f"{100 * r['storage_share_of_run']:.1f}%"
+        t.add_row(_human(r["image_size_bytes"]), str(r["layers"]), ms(r["primitive_create"]), ms(r["engine_create"]),
+                  ms(r["engine_start"]), ms(r["engine_run"]), ms(r["create_difference"]), share)
+    out.print(t)
 
 
 def _val(v, unit) -> str:
@@ -308,6 +378,76 @@ def cleanup_cmd(ctx, everything):
         click.echo("nothing left behind")
 
 
+from .labcli import lab as _lab  # noqa: E402
+
+cli.add_command(_lab)
+
+
+# --- conformance -----------------------------------------------------------------------------
+@cli.command("conformance")
+@click.option("--driver", "driver_names", multiple=True, metavar="NAME",
+              help="Only this driver (repeatable; default: every driver, unavailable ones listed).")
+@click.option("--case", "case_names", multiple=True, metavar="NAME", help="Only this case (repeatable).")
+@click.option("--every-layer", is_flag=True, help="Compare images of every depth of deep cases (slower).")
+@click.option("--list", "list_cases", is_flag=True, help="List the cases and exit.")
+@click.pass_context
+def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases):
+    """Compare each driver's containers with a plain directory (the conformance suite).
+
+    Prints a driver × case table; exits non-zero if any case fails on any driver (or a driver
+    named with --driver is unavailable)."""
+    from . import conformance as C
+    chosen = C.cases(case_names)
+    if list_cases:
+        t = Table("case", "layers", "what it checks")
+        for c in chosen:
+            t.add_row(c.name, str(len(c.layers)), c.doc)
+        out.print(t)
+        return
+    for n in driver_names:
+        drivers.get(n)  # an unknown name is an error before any work
+    require_root()
+    state = _state(ctx)
+    with sigterm_as_interrupt(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                          TimeElapsedColumn(), console=err, transient=True) as prog:
+        task = prog.add_task("conformance", total=None)
+        results = C.run_suite(state, list(driver_names) or None, [c.name for c in chosen],
+                              every_layer=every_layer,
+                              progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
+    names = list(dict.fromkeys(r.driver for r in results))
+    style = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "error": "[bold red]ERROR[/]",
+             "skip": "[yellow]skip[/]", "unavailable": "[dim]unavailable[/]"}
+    t = Table("case", *names, title="conformance: driver × case (oracle: a plain directory)")
+    by = {(r.driver, r.case): r for r in results}
+    for c in chosen:
+        t.add_row(c.name, *(style[by[(d, c.name)].status] for d in names))
+    out.print(t)
+    for d in names:
+        rs = [r for r in results if r.driver == d]
+        if rs and rs[0].status == "unavailable":
+            out.print(f"[dim]{d}: unavailable: {rs[0].details[0]}[/]", highlight=False)
+    for r in results:
+        if r.status == "skip":
+            out.print(f"[yellow]{r.driver} / {r.case}: skipped: {r.details[0]}[/]", highlight=False)
+        for note in dict.fromkeys(r.notes):
+            out.print(f"{r.driver} / {r.case}: note: {note}", highlight=False, markup=False)
+    bad = [r for r in results if r.status in ("fail", "error")]
+    for r in bad:
+        out.print(f"[red]{r.driver} / {r.case}: {r.status}[/]", highlight=False)
+        for line in r.details[:40]:
+            out.print(f"    {line}", highlight=False, markup=False)
+    ran = [r for r in results if r.status != "unavailable"]
+    passed = sum(r.status == "pass" for r in ran)
+    out.print(f"{passed} of {len(ran)} case run(s) passed on {len({r.driver for r in ran})} available "
+              f"driver(s); {len(bad)} failed; {sum(r.status == 'skip' for r in ran)} skipped")
+    missing = [d for d in driver_names if by[(d, chosen[0].name)].status == "unavailable"]
+    if missing:
+        err.print(f"cowlab: error: driver {missing[0]} is unavailable: {by[(missing[0], chosen[0].name)].details[0]}",
+                  markup=False, highlight=False, soft_wrap=True)
+    if bad or missing:
+        sys.exit(1)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -320,7 +460,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except CowlabError as e:
-        err.print(f"cowlab: error: {e}", markup=False, highlight=False)
+        err.print(f"cowlab: error: {e}", markup=False, highlight=False, soft_wrap=True)  # one line
         sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
@@ -328,7 +468,7 @@ def main() -> None:
         if os.environ.get("COWLAB_DEBUG"):
             raise
         err.print(f"cowlab: internal error: {type(e).__name__}: {e} (COWLAB_DEBUG=1 shows the traceback)",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
         sys.exit(3)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import hashlib
+import zlib
 import json
 import os
 import tarfile
@@ -15,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import faults
 from . import layers as L
 from .errors import CowlabError
 from .spec import ImageSpec
 from .state import StateRoot
 
-BUILDER_VERSION = 1  # bump when the same spec would produce different bytes
+BUILDER_VERSION = 2  # bump when the same spec would produce different bytes
 Progress = Callable[[int], None]
 
 
@@ -143,7 +146,9 @@ class ImageStore:
             try:
                 with open(tmp, "wb") as f:
                     digest, n = L.write_layer_tar(entries, f, spec.mtime, progress)
+                faults.point("build", "staged")
                 self._store_layer(tmp, digest)
+                faults.point("build", "layer")
             finally:
                 if tmp.exists():
                     tmp.unlink()
@@ -160,11 +165,15 @@ class ImageStore:
             raise CowlabError(f"{where}: no such file")
         try:
             outer = tarfile.open(archive, "r:*")
-        except (tarfile.TarError, EOFError) as e:
-            raise CowlabError(f"{where}: not a tar archive ({e})") from None
+        except (tarfile.TarError, EOFError) as e:  # (tarfile lists each method it tried, one a line)
+            why = "; ".join(x.strip(" -") for x in str(e).splitlines() if x.strip(" -"))
+            raise CowlabError(f"{where}: not a tar archive ({why})") from None
         with outer:
-            names = {L.member_path(m.name, where): m for m in outer.getmembers()
-                     if not m.isdir()}
+            try:  # an archive cut short or corrupt fails here, as one readable line
+                names = {L.member_path(m.name, where): m for m in outer.getmembers()
+                         if not m.isdir()}
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+                raise CowlabError(f"{where}: the archive is truncated or corrupt ({e})") from None
 
             def read_json(n):
                 m = names.get(n)
@@ -172,20 +181,29 @@ class ImageStore:
                     raise CowlabError(f"{where}: {n} is missing or not a small file")
                 try:
                     return json.load(outer.extractfile(m))
-                except json.JSONDecodeError as e:
+                except (ValueError, tarfile.TarError, EOFError, OSError) as e:  # JSON, UTF-8, short data
                     raise CowlabError(f"{where}: {n} is not valid JSON ({e})") from None
 
-            if "manifest.json" in names:
-                man = read_json("manifest.json")
-                if not isinstance(man, list) or not man or not isinstance(man[0], dict):
-                    raise CowlabError(f"{where}: manifest.json is not a docker save manifest")
-                entry = man[0]
-                layer_names = [L.member_path(x, where) for x in entry.get("Layers", [])]
-                tag = (entry.get("RepoTags") or [None])[0]
-            elif "index.json" in names:
-                layer_names, tag = self._oci_layers(read_json, where)
-            else:
-                raise CowlabError(f"{where}: neither manifest.json (docker save) nor index.json (OCI layout)")
+            try:
+                if "manifest.json" in names:
+                    man = read_json("manifest.json")
+                    if not isinstance(man, list) or not man or not isinstance(man[0], dict):
+                        raise CowlabError(f"{where}: manifest.json is not a docker save manifest")
+                    entry = man[0]
+                    raw = entry.get("Layers", [])
+                    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                        raise CowlabError(f"{where}: manifest.json: Layers is not a list of paths")
+                    layer_names = [L.member_path(x, where) for x in raw]
+                    tags = entry.get("RepoTags")
+                    tag = tags[0] if isinstance(tags, list) and tags and isinstance(tags[0], str) else None
+                elif "index.json" in names:
+                    layer_names, tag = self._oci_layers(read_json, where)
+                    if not isinstance(tag, (str, type(None))):
+                        tag = None
+                else:
+                    raise CowlabError(f"{where}: neither manifest.json (docker save) nor index.json (OCI layout)")
+            except (AttributeError, TypeError, KeyError, IndexError) as e:  # JSON of the wrong shape
+                raise CowlabError(f"{where}: malformed image manifest ({type(e).__name__}: {e})") from None
             if not layer_names:
                 raise CowlabError(f"{where}: the image has no layers")
             members = []
@@ -196,17 +214,28 @@ class ImageStore:
                 members.append(m)
             self._check_space(sum(m.size for m in members) * 2, f"importing {where}")
             digests, sizes, content = [], [], 0
-            for i, m in enumerate(members, 1):
-                tmp = self._staging(".tar")
-                try:
-                    digest, n = _copy_uncompressed(outer.extractfile(m), tmp, f"{where}, layer {i}")
-                    content += L.check_tar(tmp, f"{where}, layer {i} ({m.name})")
-                    self._store_layer(tmp, digest)
-                finally:
-                    if tmp.exists():
-                        tmp.unlink()
-                digests.append(digest)
-                sizes.append(n)
+            stored: list[str] = []
+            try:
+                for i, m in enumerate(members, 1):
+                    tmp = self._staging(".tar")
+                    try:
+                        digest, n = _copy_uncompressed(outer.extractfile(m), tmp, f"{where}, layer {i}")
+                        content += L.check_tar(tmp, f"{where}, layer {i} ({m.name})")
+                        # what the layers claim must fit where drivers will unpack them (a header
+                        # claiming 1 TiB is refused here, not when a driver fills the disk)
+                        self._check_space(content, f"the content of {where} (after layer {i})")
+                        if not self.layer_path(digest).exists():
+                            stored.append(digest)
+                        self._store_layer(tmp, digest)
+                        faults.point("import", "layer")
+                    finally:
+                        if tmp.exists():
+                            tmp.unlink()
+                    digests.append(digest)
+                    sizes.append(n)
+            except BaseException:
+                self._gc_layers(stored)  # layers this import added, unless an image uses them
+                raise
         name = name or tag or archive.name
         return self._save(Image(_image_id(digests), name, digests, sizes, content,
                                 f"archive:{archive.resolve()}", "", time.time()))
@@ -242,6 +271,65 @@ class ImageStore:
                 raise CowlabError(f"{where}: zstd-compressed layers are not supported (mediaType {mt})")
             out.append(blob(d))
         return out, tag
+
+    def compose(self, name: str, parts: list[Image]) -> Image:
+        """An image whose layers are the parts' layers stacked, bottom first (like FROM): no
+        layer is rebuilt, so every part keeps its exact bytes (engine mode puts a busybox base
+        layer under the primitive workloads' images this way)."""
+        digests = [d for p in parts for d in p.layers]
+        sizes = [n for p in parts for n in p.layer_bytes]
+        h = hashlib.sha256(json.dumps([p.id for p in parts]).encode()).hexdigest()
+        old = self.find(name)
+        if old is not None and old.spec_hash == h and all(self.layer_path(d).exists() for d in old.layers):
+            return old
+        return self._save(Image(_image_id(digests), name, digests, sizes,
+                                sum(p.content_bytes for p in parts),
+                                "compose:" + "+".join(p.name for p in parts), h, time.time()))
+
+    # --- exporting -------------------------------------------------------------------------
+    def save_archive(self, image: Image | str, f, ref: str | None = None,
+                     config: dict | None = None, progress: Progress | None = None) -> str:
+        """Write an image as a `docker save` archive (the format `docker load` reads) to the
+        binary file object f, its layers byte for byte the store's layer tars, so an engine
+        that loads it holds the very bytes cowlab's own drivers import. Returns the image id
+        an engine gives it (sha256 of the config written).
+
+        ref is the RepoTag (default: docker_ref(image)); config is merged into the image
+        config's "config" (Cmd, Env, ...)."""
+        img = image if isinstance(image, Image) else self.get(image)
+        ref = ref or docker_ref(img)
+        cfg_json, cfg_digest = docker_config(img, config)
+        mtime = int(img.created) if img.created else 0
+        with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            def add_bytes(name: str, data: bytes):
+                ti = tarfile.TarInfo(name)
+                ti.size, ti.mtime, ti.mode = len(data), mtime, 0o644
+                tar.addfile(ti, io.BytesIO(data))
+
+            parent, entries = "", []
+            for digest in img.layers:  # legacy v1 dirs, as `docker save` writes them
+                v1 = hashlib.sha256(f"{parent}\n{digest}".encode()).hexdigest()
+                d = tarfile.TarInfo(v1)
+                d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, mtime
+                tar.addfile(d)
+                add_bytes(f"{v1}/VERSION", b"1.0")
+                v1json = {"id": v1, "created": "1970-01-01T00:00:00Z", "os": "linux"}
+                if parent:
+                    v1json["parent"] = parent
+                add_bytes(f"{v1}/json", json.dumps(v1json, sort_keys=True).encode())
+                path = self.layer_path(digest)
+                ti = tarfile.TarInfo(f"{v1}/layer.tar")
+                ti.size, ti.mtime, ti.mode = path.stat().st_size, mtime, 0o644
+                with open(path, "rb") as src:
+                    tar.addfile(ti, _Counting(src, progress) if progress else src)
+                entries.append(f"{v1}/layer.tar")
+                parent = v1
+            add_bytes(f"{cfg_digest.split(':')[1]}.json", cfg_json)
+            manifest = [{"Config": f"{cfg_digest.split(':')[1]}.json", "RepoTags": [ref], "Layers": entries}]
+            add_bytes("manifest.json", json.dumps(manifest).encode())
+            repo, _, tag = ref.rpartition(":")
+            add_bytes("repositories", json.dumps({repo: {tag: parent}}).encode())
+        return cfg_digest
 
     # --- removing --------------------------------------------------------------------------
     def _gc_layers(self, digests: list[str]) -> None:
@@ -291,4 +379,40 @@ def _copy_uncompressed(src, dst: Path, where: str) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), n
 
 
-__all__ = ["Image", "ImageStore"]
+def docker_ref(img: Image) -> str:
+    """A reference Docker accepts for a cowlab image: lower case, [a-z0-9._-/], tagged with the
+    image's short id (so two names that differ only in case stay apart)."""
+    import re
+    repo = re.sub(r"[^a-z0-9._/-]+", "-", img.name.lower()).strip("-./") or "image"
+    repo = re.sub(r"[._-]{2,}", "-", repo)
+    return f"cowlab/{repo}:{img.short}"
+
+
+def docker_config(img: Image, config: dict | None = None) -> tuple[bytes, str]:
+    """The image config JSON of a `docker save` archive (rootfs.diff_ids = the store's layer
+    digests, which are sha256 of the plain tars) and its digest."""
+    import platform
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
+        platform.machine(), platform.machine())
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(img.created) if img.created else 0))
+    cfg = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+           "WorkingDir": "/", **(config or {})}
+    doc = {"architecture": arch, "os": "linux", "created": created, "config": cfg,
+           "rootfs": {"type": "layers", "diff_ids": list(img.layers)},
+           "history": [{"created": created, "created_by": f"cowlab {img.source} layer {i + 1}"}
+                       for i in range(len(img.layers))]}
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return raw, "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+class _Counting:
+    def __init__(self, f, progress: Progress):
+        self.f, self.progress = f, progress
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.progress(len(b))
+        return b
+
+
+__all__ = ["Image", "ImageStore", "docker_ref", "docker_config"]
