@@ -79,11 +79,16 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
                     os.unlink(d)
                 done.append(f"removed staging {d.name}")
     if everything:
+        def in_use(p: str) -> bool:  # a live run's data (a vfs home has no mount to show it)
+            return any(q == p or q.startswith(p + "/") or p.startswith(q + "/") for q in protected)
         for sub in (state.store, state.backings):
-            if sub.exists() and not sysutil.mounts_under(sub):
-                for child in sub.iterdir():
-                    sysutil.safe_rmtree(child, state.path)
-                done.append(f"emptied {sub}")
+            if not sub.exists():
+                continue
+            for child in sub.iterdir():
+                if in_use(str(child)) or sysutil.mounts_under(child):
+                    continue
+                sysutil.safe_rmtree(child, state.path)
+                done.append(f"removed {child}")
     return done
 
 

@@ -59,7 +59,7 @@ def headlines(records: list[dict]) -> list[str]:
     f = df[(df.get("workload") == "mount_floor")]
     if not f.empty and not c.empty:
         r = df[(df.get("workload") == "creation") & (df.get("metric") == "remove_seconds")]
-        for n in sorted(f["layers"].unique()):
+        for n in sorted(int(x) for x in f["layers"].unique()):
             sel = lambda d: d[(d["layers"] == n) & (d["image_size_bytes"] == f["image_size_bytes"].min())]["value"].median()
             total = sel(c) + sel(r)
             floor = sel(f)
