@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sysutil
+from . import faults, sysutil
 from .errors import CowlabError
 from .resources import Resources
 
@@ -74,8 +74,10 @@ def make_loop(state_backings: Path, res: Resources, fstype: str, size: int) -> B
     mnt = state_backings / name
     res.acquire("file", lambda: _sparse(img, size), path=str(img))
     sysutil.run(MKFS[fstype] + [str(img)])
+    faults.point("loop", "mkfs")
     h = res.add("loop", file=str(img))
     dev = sysutil.run(["losetup", "--find", "--show", str(img)]).stdout.strip()
+    faults.point("loop", "attached")
     res.update(h, device=dev)
     res.acquire("dir", lambda: mnt.mkdir(), path=str(mnt))
     res.acquire("mount", lambda: sysutil.mount(dev, mnt, fstype), target=str(mnt))

@@ -126,6 +126,10 @@ def image_rm(ctx, name):
             home = state.store / "persistent" / cls.name
             if home.exists():
                 cls(B.host(state.store / "persistent"), res, store).remove_image(img)
+            elif cls.backing_kinds:  # on the persistent loop filesystem of its kind (btrfs)
+                b = autobacking.existing_persistent(state, cls)
+                if b is not None and (b.path / cls.name).exists():
+                    cls(b, res, store).remove_image(img)
     store.remove(name)
     click.echo(f"removed {img.name} {img.short}")
 

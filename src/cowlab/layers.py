@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from . import faults
 from .content import Content
 from .errors import CowlabError
 from .spec import ImageSpec
@@ -45,6 +46,7 @@ class Inode:
     target: str = ""
     source: str = ""
     xattrs: dict = field(default_factory=dict)
+    mtime: int = 0  # 0: the spec's mtime
 
 
 def _seed(*parts) -> int:
@@ -57,20 +59,66 @@ class _Model:
     def __init__(self, spec: ImageSpec):
         self.spec = spec
         self.tree: dict[str, Inode] = {}
+        self.links: dict[int, set[str]] = {}  # id(inode) → its names, for hard-linked files
 
     def children(self, d: str) -> list[str]:
         pre = d.rstrip("/") + "/"
         return [p for p in self.tree if p.startswith(pre)]
 
     def layer_entries(self, index: int) -> list[tuple[str, object]]:
-        """Entries of one layer: (path, Inode) or (path, ('link', target)) or (path, 'whiteout')."""
+        """Entries of one layer: (path, Inode), (path, ('link', target, Inode)), (path, 'whiteout')
+        or (path, 'opaque')."""
         out: list[tuple[str, object]] = []
         emitted: dict[str, Inode] = {}
+        whited: set[str] = set()  # paths deleted in this layer
         where = f"{self.spec.source}, layer {index + 1}"
 
         def emit(p, node):
+            """An entry, after its parent directories (a union shows a directory's metadata
+            from the topmost layer that has it, so every layer carries its entries' parents with
+            their current metadata, as Docker's layers do) and followed by the other names of a
+            hard-linked file (an inode's metadata belongs to all its names)."""
+            ensure_parents(p, where)
             out.append((p, node))
             emitted[p] = node
+            if node.type == "file":
+                for q in sorted(self.links.get(id(node), ())):
+                    if q != p and self.tree.get(q) is node and emitted.get(q) is not node:
+                        ensure_parents(q, where)
+                        out.append((q, ("link", p, node)))
+                        emitted[q] = node
+
+        def purge(pre):
+            """Drop this layer's entries under pre (hidden by an opaque dir or a re-creation); a
+            hard link elsewhere to a dropped file becomes the file itself."""
+            gone = {e[0] for e in out if e[0].startswith(pre)}
+            kept, moved = [], {}
+            for q, node in out:
+                if q in gone:
+                    continue
+                if isinstance(node, tuple) and node[1] in gone:
+                    if node[1] in moved:
+                        node = ("link", moved[node[1]], node[2])
+                    else:
+                        moved[node[1]] = q
+                        node = node[2]
+                kept.append((q, node))
+            out[:] = kept
+            for q in gone:
+                emitted.pop(q, None)
+            whited.difference_update([q for q in whited if q.startswith(pre)])
+
+        def recreated(p, node):
+            """p was deleted earlier in this layer and exists again: drop the whiteout and what
+            the layer put under p before (an entry in the same layer shadows the lower one
+            anyway) and make a directory opaque, so the lower directory's content stays hidden
+            in every whiteout style."""
+            if p in whited:
+                whited.discard(p)
+                purge(p + "/")
+                out.remove((p, "whiteout"))
+                if node.type == "dir":
+                    out.append((p, "opaque"))
 
         def ensure_parents(p, w):
             par = posixpath.dirname(p)
@@ -84,17 +132,29 @@ class _Model:
                     node = Inode("dir", 0o755)
                     self.tree[d] = node
                     emit(d, node)
+                    recreated(d, node)
                 elif node.type != "dir":
                     raise CowlabError(f"{w}: {d} is a {node.type}, not a directory")
+                elif emitted.get(d) is not node:
+                    emit(d, node)
+
+        def unlink(p):
+            node = self.tree.pop(p)
+            group = self.links.get(id(node))
+            if group is not None:
+                group.discard(p)
 
         def put(p, node, w):
             ensure_parents(p, w)
             old = self.tree.get(p)
             if old is not None and old.type == "dir" and node.type != "dir":
                 for c in self.children(p):
-                    del self.tree[c]
+                    unlink(c)
+            if old is not None:
+                unlink(p)
             self.tree[p] = node
             emit(p, node)
+            recreated(p, node)
 
         def need(p, w) -> Inode:
             if p not in self.tree:
@@ -107,7 +167,7 @@ class _Model:
                 put(a["path"], Inode("file", a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0),
                                      a["size"], a.get("pattern", "random"),
                                      a.get("seed", _seed(self.spec.seed, index, a["path"])),
-                                     xattrs=dict(a.get("xattrs", {}))), w)
+                                     xattrs=dict(a.get("xattrs", {})), mtime=a.get("mtime", 0)), w)
             elif op.op == "files":
                 prefix = a.get("prefix", "f")
                 for k in range(a["count"]):
@@ -126,28 +186,43 @@ class _Model:
                 node.xattrs.update(a.get("xattrs", {}))
                 put(a["path"], node, w)
             elif op.op == "symlink":
-                put(a["path"], Inode("symlink", 0o777, a.get("uid", 0), a.get("gid", 0), target=a["target"]), w)
+                put(a["path"], Inode("symlink", 0o777, a.get("uid", 0), a.get("gid", 0), target=a["target"],
+                                     mtime=a.get("mtime", 0)), w)
             elif op.op == "hardlink":
                 tnode = need(a["target"], w)
                 if tnode.type != "file":
                     raise CowlabError(f"{w}: hard link target {a['target']} is a {tnode.type}")
-                if emitted.get(a["target"]) is not tnode:
-                    emit(a["target"], tnode)  # a link can't cross layers: copy the target up
+                if a["path"] == a["target"]:
+                    raise CowlabError(f"{w}: a hard link to itself")
                 ensure_parents(a["path"], w)
+                old = self.tree.get(a["path"])
+                if old is not None:
+                    for c in self.children(a["path"]) if old.type == "dir" else []:
+                        unlink(c)
+                    unlink(a["path"])
                 self.tree[a["path"]] = tnode
-                out.append((a["path"], ("link", a["target"])))
+                self.links.setdefault(id(tnode), {a["target"]}).add(a["path"])
+                if emitted.get(a["target"]) is not tnode:
+                    emit(a["target"], tnode)  # a link can't cross layers: copy the group up
+                else:
+                    out.append((a["path"], ("link", a["target"], tnode)))
+                    emitted[a["path"]] = tnode
+                recreated(a["path"], tnode)
             elif op.op == "delete":
                 node = need(a["path"], w)
                 for c in self.children(a["path"]) if node.type == "dir" else []:
-                    del self.tree[c]
-                del self.tree[a["path"]]
+                    unlink(c)
+                unlink(a["path"])
+                ensure_parents(a["path"], w)
                 out.append((a["path"], "whiteout"))
+                whited.add(a["path"])
             elif op.op == "opaque":
                 node = need(a["path"], w)
                 if node.type != "dir":
                     raise CowlabError(f"{w}: {a['path']} is a {node.type}; only directories can be opaque")
                 for c in self.children(a["path"]):
-                    del self.tree[c]
+                    unlink(c)
+                purge(a["path"] + "/")  # what this layer put there before is hidden too
                 emit(a["path"], node)
                 out.append((a["path"], "opaque"))
             elif op.op in ("chmod", "chown"):
@@ -203,6 +278,8 @@ def write_layer_tar(entries: list[tuple[str, object]], f, mtime: int, progress=N
                 tar.addfile(ti)
                 continue
             ti.mode, ti.uid, ti.gid = node.mode, node.uid, node.gid
+            if node.mtime:
+                ti.mtime = node.mtime
             if node.xattrs:
                 ti.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in sorted(node.xattrs.items())}
             if node.type == "dir":
@@ -248,12 +325,19 @@ def member_path(name: str, where: str) -> str:
 
 def check_member(m: tarfile.TarInfo, where: str) -> str:
     rel = member_path(m.name, where)
+    if posixpath.basename(rel) in (WH + ".", WH + ".."):
+        raise CowlabError(f"{where}: {m.name!r} is a whiteout of '.' or '..'")
+    if m.issparse():
+        raise CowlabError(f"{where}: {m.name!r} is a sparse member (it claims {m.size} bytes); cowlab "
+                          "does not import sparse tar members")
     if m.ischr() or m.isblk():
         raise CowlabError(f"{where}: {m.name!r} is a device node; cowlab does not import device nodes")
     if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.isfifo()):
         raise CowlabError(f"{where}: {m.name!r} has unsupported tar type {m.type!r}")
     if m.islnk():
         member_path(m.linkname, where + f", hard link {m.name!r}")
+    if m.issym() and (not m.linkname or "\0" in m.linkname):
+        raise CowlabError(f"{where}: symlink {m.name!r} has an empty or invalid target")
     for k in m.pax_headers:
         if k.startswith("SCHILY.xattr.") and not k[13:].startswith(_ALLOWED_XATTR):
             raise CowlabError(f"{where}: {m.name!r} carries xattr {k[13:]!r}, which cowlab refuses to import")
@@ -261,18 +345,49 @@ def check_member(m: tarfile.TarInfo, where: str) -> str:
 
 
 def check_tar(path: Path, where: str) -> int:
-    """Read a whole layer tar, checking every member; returns the content bytes it holds."""
+    """Read a whole layer tar, checking every member; returns the content bytes it holds.
+
+    Beyond each member on its own: nothing may be written through a symlink the layer itself
+    made (`link -> /etc` then `link/passwd`), and the archive must end where tar says it does
+    (a tar cut inside a header otherwise reads as a shorter, valid one)."""
     total = 0
+    links: set[str] = set()  # paths that are symlinks at this point of the layer
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
-                check_member(m, where)
+                rel = check_member(m, where)
+                for p in [rel] + ([member_path(m.linkname, where)] if m.islnk() else []):
+                    parts = p.split("/")
+                    for k in range(1, len(parts)):
+                        if "/".join(parts[:k]) in links:
+                            raise CowlabError(f"{where}: {m.name!r} would be written through the symlink "
+                                              f"{'/'.join(parts[:k])!r} of the same layer")
+                base = posixpath.basename(rel)
+                if base.startswith(WH):  # a whiteout removes what the name held
+                    gone = posixpath.join(posixpath.dirname(rel), base[len(WH):])
+                    links = {x for x in links if x != gone and not x.startswith(gone + "/")}
+                elif m.issym():
+                    links.add(rel)
+                else:
+                    links.discard(rel)
                 total += m.size if m.isreg() else 0
+            end = tar.offset
+        _check_end(path, end, where)
     except tarfile.TarError as e:
         raise CowlabError(f"{where}: not a readable tar ({e})") from None
     except EOFError:
         raise CowlabError(f"{where}: tar is truncated") from None
     return total
+
+
+def _check_end(path, end: int, where: str) -> None:
+    """After the last member only zeros (end-of-archive blocks, padding) may follow."""
+    with open(path, "rb") as f:
+        f.seek(end)
+        while chunk := f.read(1 << 16):
+            if chunk.strip(b"\0"):
+                raise CowlabError(f"{where}: tar is truncated (a partial header or data after its end "
+                                  f"at byte {end})")
 
 
 # --- applying ------------------------------------------------------------------------------
@@ -344,7 +459,7 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                         os.unlink(full)
                     if not os.path.isdir(full):
                         os.mkdir(full, 0o700)
-                    dirs.append((full, m))
+                    dirs.append((full, m, os.lstat(full).st_ino))
                     _meta(full, m, set_time=False)
                     continue
                 _remove(full, root)
@@ -357,8 +472,11 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                     os.symlink(m.linkname, full)
                 elif m.islnk():
                     trel = member_path(m.linkname, where)
-                    _no_symlink_parents(root, trel + "/x", where)
+                    _no_symlink_parents(root, trel, where)  # the target's parents, not the target
                     tfull = os.path.join(root, trel)
+                    if not os.path.lexists(tfull) or os.path.isdir(tfull) and not os.path.islink(tfull):
+                        raise CowlabError(f"{where}: hard link {rel!r} points to {m.linkname!r}, which is "
+                                          "not a file in the layer")
                     if os.path.islink(tfull) and style == "apply":
                         raise CowlabError(f"{where}: hard link {rel!r} to a symlink is not supported")
                     os.link(tfull, full, follow_symlinks=False)
@@ -366,6 +484,9 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                 elif m.isfifo():
                     os.mkfifo(full, 0o600)
                 _meta(full, m)
+                faults.point("apply", "member")
+            end = tar.offset
+        _check_end(path, end, where)
     except tarfile.TarError as e:
         raise CowlabError(f"{where}: not a readable tar ({e})") from None
     except EOFError:
@@ -373,14 +494,33 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise CowlabError(f"{where}: no space left while applying the layer to {dest}") from None
-        raise
+        # anything else a member does that the filesystem refuses is a bad layer: one line
+        raise CowlabError(f"{where}: cannot apply the layer: {e.strerror or e}"
+                          + (f" ({os.path.relpath(e.filename, root)})" if isinstance(e.filename, str)
+                             and e.filename.startswith(root) else "")) from None
+
+    def prune(dfull: str, d: str) -> None:
+        """Under an opaque directory only what this layer made stays, at every depth: a
+        directory the layer re-made keeps none of its lower content either."""
+        for name in os.listdir(dfull):
+            rel, full = posixpath.join(d, name), os.path.join(dfull, name)
+            if rel not in created:
+                _remove(full, root)
+            elif os.path.isdir(full) and not os.path.islink(full):
+                prune(full, rel)
+
     for d in opaque:  # lower content disappears; what this layer added in it stays
         dfull = os.path.join(root, d)
-        for name in os.listdir(dfull):
-            if posixpath.join(d, name) not in created:
-                _remove(os.path.join(dfull, name), root)
-    for full, m in reversed(dirs):  # children change a dir's mtime: set dirs' times last
-        os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)
+        if not os.path.isdir(dfull) or os.path.islink(dfull):
+            continue  # a later member of the layer deleted or replaced it
+        prune(dfull, d)
+    for full, m, ino in reversed(dirs):  # children change a dir's mtime: set dirs' times last
+        try:  # (unless a later member removed or replaced the directory)
+            st = os.lstat(full)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
+            os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)
 
 
 def _meta(full: str, m: tarfile.TarInfo, set_time: bool = True) -> None:

@@ -34,7 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import (FixedLocator, FuncFormatter, Locator, LogLocator,  # noqa: E402
+                               NullFormatter, NullLocator)
 
 # Spans wider than this many decades get a log axis when the scale is left to us.
 LOG_DECADES = 1.5
@@ -62,7 +63,25 @@ METRIC_PHRASES = {
     "remove_seconds": "removing a container",
     "floor_seconds": "a bare mount+umount",
     "import_seconds": "importing an image",
+    "copyup_seconds": "the first write (copy-up)",
+    "lookup_seconds": "one lookup",
+    "page_cache_bytes": "the growth of the page cache (Cached)",
+    "cgroup_memory_bytes": "the memory charged to the readers' cgroup",
+    "dentry_count": "the growth in dentries",
+    "slab_objects": "the growth in slab objects",
+    "slab_bytes": "the growth in slab memory",
+    "inodes_used": "the growth in inodes used",
+    "disk_bytes": "the growth in disk used",
+    "fio_bw_bytes_per_s": "fio bandwidth",
+    "fio_iops": "fio IOPS",
+    "fio_lat_p50_seconds": "fio's median completion latency",
+    "fio_lat_p99_seconds": "fio's p99 completion latency",
 }
+
+# How a parameter point is introduced in a sentence ("... from a 1 GiB image", "... for a 64 MiB
+# file", "... with 8 containers"); other parameters read "at <name> = <value>".
+PREPOSITIONS = {"image_size_bytes": "from", "layers": "from", "file_size_bytes": "for",
+                "containers": "with"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +233,15 @@ def human_value(v: float, unit: str, like: float | None = None) -> str:
     if unit == "B/s":
         return human_bytes(v) + "/s"
     if unit == "1/s":
-        return f"{_num(v)}/s"
+        return f"{_count(v)}/s"
+    if unit == "count":
+        return _count(v)
     return _num(v)
+
+
+def _count(v: float) -> str:
+    """Counts and rates: 1,952 rather than 1952 from a thousand up."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else _num(v)
 
 
 def _x_unit(x: str) -> str:
@@ -232,8 +258,20 @@ def human_x(x: str, v: Any) -> str:
     return str(v)
 
 
+# Axis names that the generic rule below would get wrong.
+PRETTY_NAMES = {
+    "copyup_seconds": "copy-up time",
+    "fio_bw_bytes_per_s": "fio bandwidth",
+    "fio_iops": "fio IOPS",
+    "fio_lat_p50_seconds": "fio median latency",
+    "fio_lat_p99_seconds": "fio p99 latency",
+}
+
+
 def pretty_name(col: str) -> str:
     """'image_size_bytes' -> 'image size', 'create_seconds' -> 'create time'."""
+    if col in PRETTY_NAMES:
+        return PRETTY_NAMES[col]
     if col.endswith("_seconds"):
         return col.removesuffix("_seconds").replace("_", " ") + " time"
     return col.removesuffix("_bytes").replace("_", " ")
@@ -252,6 +290,11 @@ def _at(x: str, v: Any) -> str:
     if x == "layers":
         n = human_x(x, v)
         return f"a {n}-layer image"
+    if x == "file_size_bytes":
+        return f"a {human_x(x, v)} file"
+    if x == "containers":
+        n = human_x(x, v)
+        return f"{n} container{'' if n == '1' else 's'}"
     return f"{pretty_name(x)} = {human_x(x, v)}"
 
 
@@ -259,8 +302,8 @@ def _phrase(metric: str) -> str:
     return METRIC_PHRASES.get(metric, pretty_name(metric))
 
 
-def _verb(unit: str) -> str:
-    return "takes" if unit == "s" else "is"
+def _verb(unit: str, metric: str = "") -> str:
+    return "takes" if unit == "s" and "_lat_" not in metric else "is"
 
 
 def _as(unit: str) -> str:
@@ -295,19 +338,29 @@ def _overlap(a: pd.Series, b: pd.Series) -> bool:
     return a.quantile(0.1) <= b.quantile(0.9) and b.quantile(0.1) <= a.quantile(0.9)
 
 
+def _times(r: float) -> str:
+    """A ratio as a multiplier: '1.1×', '56×', and '1/1,800' rather than '0.00056×'."""
+    return f"1/{_ratio(1 / r)}" if 0 < r < 0.1 else f"{_ratio(r)}×"
+
+
 def _comparison(a: pd.Series, b: pd.Series, unit: str, note: str) -> tuple[str, str]:
     ma, mb = a.median(), b.median()
     tail = f"medians of {len(a)} and {len(b)} samples"
     if _overlap(a, b):
         tail += "; their p10–p90 ranges overlap, so the gap is within run-to-run spread"
+    if not (mb > 0 and ma >= 0):  # growth deltas can be 0 or negative: no multiple means anything
+        return ("no meaningful multiple of what it is",
+                f"({human_value(ma, unit)} vs {human_value(mb, unit)}: a median ≤ 0 has no ratio; "
+                f"{tail}{note})")
     # one unit for both numbers, unless they are too far apart for it ("2.05 s vs 2 ms")
     like = max(ma, mb) if min(ma, mb) > 0 and max(ma, mb) / min(ma, mb) < 100 else None
-    return (f"{_ratio(ma / mb)}× {_as(unit)}",
+    return (f"{_times(ma / mb)} {_as(unit)}",
             f"({human_value(ma, unit, like)} vs {human_value(mb, unit, like)}, {tail}{note})")
 
 
 def ratio_sentence(df: pd.DataFrame, metric: str, x: str, lo: Any, hi: Any, driver: str,
-                   filter: Any = None, emulated: bool | None = None) -> str:
+                   filter: Any = None, emulated: bool | None = None, phrase: str | None = None,
+                   prep: str | None = None) -> str:
     """How much larger `metric` is at x=hi than at x=lo for one driver, as a sentence:
 
     "overlay2: creating a container from a 1 GiB image takes 1.1× as long as from a 1 MiB
@@ -316,6 +369,8 @@ def ratio_sentence(df: pd.DataFrame, metric: str, x: str, lo: Any, hi: Any, driv
     `filter` narrows rows as in line_by_driver (e.g. {"layers": 1} for the size sweep).
     `emulated`: None = native rows if there are any (a mix is never pooled), True/False = only
     those. When data is missing the sentence says what is missing and what there is.
+    `phrase` replaces the metric's words ("a cold PATH miss"), `prep` the word before each
+    point ("in": "... in a 32-layer image ... in a 1-layer image").
     """
     sel = _select(df, metric, filter)
     sel = sel[sel["driver"] == driver] if "driver" in sel.columns else sel.iloc[0:0]
@@ -333,12 +388,14 @@ def ratio_sentence(df: pd.DataFrame, metric: str, x: str, lo: Any, hi: Any, driv
         return (f"{name}: no {metric} data at {pretty_name(x)} {' or '.join(gone)}"
                 f"{_filter_text(filter)} (have: {_have(sel, x)}), so no ratio.")
     times, detail = _comparison(a, b, unit, note)
-    prep = "from" if x in ("image_size_bytes", "layers") else "at"
-    return f"{name}: {_phrase(metric)} {prep} {_at(x, hi)} {_verb(unit)} {times} {prep} {_at(x, lo)} {detail}."
+    prep = prep or PREPOSITIONS.get(x, "at")
+    return (f"{name}: {phrase or _phrase(metric)} {prep} {_at(x, hi)} {_verb(unit, metric)} {times} "
+            f"{prep} {_at(x, lo)} {detail}.")
 
 
 def driver_ratio_sentence(df: pd.DataFrame, metric: str, x: str, at: Any, num: str, den: str,
-                          filter: Any = None, emulated: bool | None = None) -> str:
+                          filter: Any = None, emulated: bool | None = None,
+                          phrase: str | None = None) -> str:
     """How much larger `metric` is for driver `num` than for driver `den` at x=at, e.g.
     "At a 1 GiB image, creating a container with vfs takes 55× as long as with overlay2 (…)"."""
     sel = _select(df, metric, filter)
@@ -355,7 +412,8 @@ def driver_ratio_sentence(df: pd.DataFrame, metric: str, x: str, at: Any, num: s
                 f"{_filter_text(filter)} for {' and '.join(missing)}, so no ratio.")
     unit = _unit(pd.concat([sa, sb]), metric)
     times, detail = _comparison(a, b, unit, note_a or note_b)
-    return f"At {_at(x, at)}, {_phrase(metric)} with {na} {_verb(unit)} {times} with {nb} {detail}."
+    return (f"At {_at(x, at)}, {phrase or _phrase(metric)} with {na} {_verb(unit, metric)} {times} "
+            f"with {nb} {detail}.")
 
 
 def _filter_text(filter: Any) -> str:
@@ -389,14 +447,41 @@ def _span_decades(values: Iterable[float]) -> float:
     return float(np.log10(v.max() / v.min()))
 
 
+def _signed_bytes(v: float) -> str:
+    return human_bytes(v) if v > 0 else "0" if v == 0 else "−" + human_bytes(-v)
+
+
 def _value_formatter(unit: str, scale: float = 1.0) -> FuncFormatter:
     if unit == "s":
         return FuncFormatter(lambda v, _: _num(v * scale))
     if unit == "B":
-        return FuncFormatter(lambda v, _: human_bytes(v) if v > 0 else "0")
+        return FuncFormatter(lambda v, _: _signed_bytes(v))
     if unit == "B/s":
-        return FuncFormatter(lambda v, _: human_bytes(v) + "/s" if v > 0 else "0")
+        return FuncFormatter(lambda v, _: _signed_bytes(v) + "/s" if v else "0")
+    if unit in ("count", "1/s"):
+        return FuncFormatter(lambda v, _: _count(v))
     return FuncFormatter(lambda v, _: _num(v))
+
+
+class _BinaryLocator(Locator):
+    """Linear ticks for byte axes at multiples of a power of two (0, 128 MiB, 256 MiB, …), so
+    the labels read as round sizes rather than 95.4 MiB, 191 MiB."""
+
+    def __init__(self, nbins: int = 6):
+        self.nbins = nbins
+
+    def __call__(self):
+        vmin, vmax = self.axis.get_view_interval()
+        return self.tick_values(vmin, vmax)
+
+    def tick_values(self, vmin, vmax):
+        vmin, vmax = sorted((float(vmin), float(vmax)))
+        span = vmax - vmin
+        if not math.isfinite(span) or span <= 0:
+            return [vmin]
+        step = 2.0 ** max(0, math.ceil(math.log2(span / self.nbins)))
+        start = math.ceil(vmin / step) * step
+        return list(np.arange(start, vmax + step * 1e-9, step))
 
 
 def _axis_label(name: str, unit: str, scale_unit: str | None = None) -> str:
@@ -420,11 +505,13 @@ def _format_axis(axis, unit: str, log: bool, values: list[float], ticks_at: list
     elif log:
         decades = _span_decades(vals)
         subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
-        if unit == "B":
+        if unit in ("B", "B/s"):
             axis.set_major_locator(LogLocator(base=2.0, numticks=12))
         else:
             axis.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=12))
         axis.set_minor_formatter(NullFormatter())
+    elif unit in ("B", "B/s"):
+        axis.set_major_locator(_BinaryLocator())
     axis.set_major_formatter(fmt)
     return su
 
@@ -572,4 +659,337 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
     ax.grid(True, axis="y", alpha=0.3)
     _legend(ax, {em for (_, em), _ in groups}, "medians; floor bars p10–p90", "small",
             loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook plumbing shared by the workload notebooks (02–05)
+
+BENCH_DRIVERS = ("overlay2", "vfs")
+
+
+def workload_data(workloads: str | Iterable[str], where: str | Path | None = None,
+                  mode: str = "primitive", include_failed: bool = False) -> pd.DataFrame:
+    """The samples of `workloads` in one `mode` ("primitive": cowlab's own drivers; "engine":
+    through dockerd) under `where` (default: results_dir()). No directory, no rows: an empty
+    frame with the usual columns, never an error. include_failed: also the failed and skipped
+    records (column `status`, reason in `error`)."""
+    from . import results as _results
+
+    path = Path(where) if where is not None else results_dir()
+    df = _results.load(path, include_failed=include_failed) if path.exists() else _results.load([])
+    ws = [workloads] if isinstance(workloads, str) else list(workloads)
+    if df.empty:
+        return df
+    return df[df["workload"].isin(ws) & (df["mode"] == mode)]
+
+
+def bench_command(driver: str, workload: str, quick: bool = False) -> str:
+    return f"nox -s bench-{driver} -- {'--quick ' if quick else ''}--workload {workload}"
+
+
+def no_results_text(workload: str, where: str | Path) -> str:
+    """What a notebook prints when `where` holds no results of `workload`: how to make some."""
+    cmds = "\n".join(f"    {bench_command(d, workload)}" for d in BENCH_DRIVERS)
+    return (f"No {workload} results under {where}.\n"
+            f"Produce some (as root) with:\n{cmds}\n"
+            f"(add --quick before --workload for the short grid), or point the COWLAB_RESULTS "
+            f"environment variable at a results directory.\nThe cells below skip their plots.")
+
+
+def driver_series(df: pd.DataFrame) -> list[tuple[str, bool]]:
+    """(driver, emulated) of every series in `df`, sorted: native before emulated per driver.
+    A notebook loops over these so emulated runs get their own sentences."""
+    if df.empty or "driver" not in df.columns:
+        return []
+    pairs = set(zip(df["driver"], is_emulated(df).map(bool)))
+    return sorted(pairs)
+
+
+def drivers_text(df: pd.DataFrame, workload: str) -> str:
+    """'drivers: overlay2, vfs', plus what is missing for a comparison and whether any runs
+    are emulated."""
+    drivers = sorted(set(df["driver"])) if not df.empty else []
+    lines = [f"drivers: {', '.join(drivers) or 'none'}"]
+    if len(drivers) == 1:
+        other = [d for d in BENCH_DRIVERS if d != drivers[0]]
+        hint = f" (e.g. {bench_command(other[0], workload)})" if other else ""
+        lines.append(f"Only {drivers[0]} has results: the driver comparison needs "
+                     f"{' and '.join(BENCH_DRIVERS)}{hint}.")
+    em = is_emulated(df)
+    if em.any():
+        lines.append("Some runs are emulated (TCG): they are plotted as separate, dashed series "
+                     "and get their own sentences; they are never pooled with native runs.")
+    return "\n".join(lines)
+
+
+def runs_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run in `df`: driver, host, kernel, emulated, backing filesystem(s), quick
+    grid or not, number of samples."""
+    if df.empty:
+        return pd.DataFrame(columns=["driver", "hostname", "kernel", "emulated", "backing_fs",
+                                     "quick", "samples"])
+
+    def values(s: pd.Series) -> str:
+        return ", ".join(sorted({str(v) for v in s.dropna()})) or "?"
+
+    d = df.assign(emulated=is_emulated(df))
+    cols = {"driver": ("driver", "first"), "hostname": ("hostname", "first"),
+            "kernel": ("kernel", "first"), "emulated": ("emulated", "first"),
+            "backing_fs": ("backing_fs", values), "quick": ("quick", "first"),
+            "samples": ("value", "size")}
+    cols = {k: v for k, v in cols.items() if v[0] in d.columns}
+    return d.groupby("run_id").agg(**cols)
+
+
+def compare_sentence(df: pd.DataFrame, metric: str, num: tuple[str, Any], den: tuple[str, Any],
+                     driver: str, filter: Any = None, emulated: bool | None = None,
+                     subject: str = "") -> str:
+    """How `metric` under one condition compares with another, for one driver, as a sentence:
+
+    "overlay2 (ext4, 64 MiB file): the second 1-byte append takes 1/1,800 as long as the first
+    (72 µs vs 130 ms, medians of 6 and 6 samples)".
+
+    num, den: (words, filter) for each side; each filter narrows the rows `filter` leaves (e.g.
+    ("with metacopy=on", {"metacopy": True})). `subject` follows the driver's name. Emulated rows
+    are handled as in ratio_sentence; missing data is said, not raised.
+    """
+    sel = _select(df, metric, filter)
+    sel = sel[sel["driver"] == driver] if "driver" in sel.columns else sel.iloc[0:0]
+    sel, suffix, note = _pick_emulated(sel, emulated) if len(sel) else (sel, "", "")
+    name = f"{driver}{suffix}" + (f" {subject}" if subject else "")
+    sides = []
+    for words, f in (num, den):
+        rows = _select(sel, None, f) if len(sel) else sel
+        if len(rows):
+            _mixed_params_warning(rows, "\0", f"compare_sentence({metric!r}, {driver!r}, {words!r})")
+        sides.append((words, rows, pd.to_numeric(rows["value"], errors="coerce").dropna()
+                      if len(rows) else pd.Series(dtype=float)))
+    gone = [w for w, _, v in sides if v.empty]
+    if gone:
+        return (f"{name}: no {metric} data for {' or '.join(gone)}{_filter_text(filter)}, "
+                f"so no comparison.")
+    (wa, ra, a), (wb, rb, b) = sides
+    unit = _unit(pd.concat([ra, rb]), metric)
+    times, detail = _comparison(a, b, unit, note)
+    return f"{name}: {wa} {_verb(unit, metric)} {times} {wb} {detail}."
+
+
+def reference_line(ax: Axes, xs: Iterable[float], ys: Iterable[float], label: str,
+                   linestyle: str = ":") -> None:
+    """A grey guide line (e.g. "one copy of the file set", "K copies"), not a driver's data;
+    the y limits grow to show it."""
+    xs, ys = list(map(float, xs)), list(map(float, ys))
+    if not xs:
+        return
+    ax.plot(xs, ys, color=FLOOR_COLOR, linestyle=linestyle, linewidth=1.4, label=label, zorder=1)
+    lo, hi = ax.get_ylim()
+    log = ax.get_yscale() == "log"
+    pos = [y for y in ys if y > 0]
+    new_lo = min(lo, min(pos) / 1.5) if log and pos else min(lo, min(ys))
+    new_hi = max(hi, max(ys) * (1.5 if log else 1.08))
+    ax.set_ylim(new_lo, new_hi)
+
+
+def _summary_values(sel: pd.DataFrame, keys: list[str]) -> list[float]:
+    if sel.empty:
+        return []
+    s = summarize(sel.assign(_emulated=is_emulated(sel)), [*keys, "_emulated"])
+    return [float(v) for v in (*s["p10"], *s["p90"], *s["median"]) if pd.notna(v)]
+
+
+def _auto_log(vals: list[float]) -> bool:
+    return bool(vals) and min(vals) > 0 and _span_decades(vals) > LOG_DECADES
+
+
+def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any], ncols: int = 3,
+                share: str | None = "all", logx: bool | None = False, logy: bool | None = None,
+                title: str | None = None, panel_size: tuple[float, float] = (4.2, 3.2),
+                each: Any = None, fit: str = "spread", ylabel: str | None = None):
+    """A grid of line_by_driver panels, one per entry of `panels`, with one legend.
+
+    panels: {title: filter} (the filter as in line_by_driver), or {title: (metric, filter)} to
+    plot another metric in that panel. share: "all", "row", "col" or None: panels in one group
+    get one y scale (log or linear for all of them, chosen from all their values when logy is
+    None and every value is > 0), the same limits and the same time unit, so a flat line and a
+    steep one can be told apart by eye. each(ax, title, rows): called per panel after its
+    lines are drawn (e.g. to add a reference_line); its labelled artists join the legend.
+    fit: "spread" (y limits take in every p10–p90 bar) or "medians" (limits from the medians
+    and guide lines; a bar reaching further runs off the panel, which says so). Use "medians"
+    when a few wild samples would squash every line flat. ylabel: words for the y axis instead
+    of the metric's name (the unit is added), e.g. when the panels plot different metrics.
+    Returns the Figure.
+    """
+    items = list(panels.items())
+    n = max(len(items), 1)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                             figsize=(panel_size[0] * ncols + 2.2, panel_size[1] * nrows + 0.6))
+
+    def group(r: int, c: int):
+        return {"all": 0, "row": r, "col": c}.get(share or "", (r, c))
+
+    specs = []
+    for i, (name, spec) in enumerate(items):
+        m, f = spec if isinstance(spec, tuple) else (metric, spec)
+        sel = _select(df, m, f)
+        if x in sel.columns:
+            sel = sel[sel[x].notna()]
+        else:
+            sel = sel.iloc[0:0]
+        specs.append((i // ncols, i % ncols, name, m, f, sel))
+    gvals: dict[Any, list[float]] = {}
+    for r, c, _, _, _, sel in specs:
+        gvals.setdefault(group(r, c), []).extend(_summary_values(sel, ["driver", x]))
+    glog = {g: (logy if logy is not None else _auto_log(v)) for g, v in gvals.items()}
+
+    handles: dict[str, Any] = {}
+    flags: set = set()
+    for r, c, name, m, f, sel in specs:
+        ax = axes[r][c]
+        line_by_driver(df, x, m, ax=ax, logx=logx, logy=glog[group(r, c)], filter=f)
+        ax.set_title(name, fontsize="medium")
+        if each is not None:
+            each(ax, name, sel)
+        leg = ax.get_legend()
+        if leg is not None:
+            leg.remove()
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+        if len(sel):
+            flags |= {bool(v) for v in is_emulated(sel)}
+        below = (r + 1) * ncols + c
+        if below < len(items):  # a panel below carries the x label
+            ax.set_xlabel("")
+    for i in range(len(items), nrows * ncols):
+        axes[i // ncols][i % ncols].set_visible(False)
+
+    for g in gvals:  # one scale per group: limits, unit, label
+        members = [(r, c, m, sel) for r, c, _, m, _, sel in specs if group(r, c) == g and len(sel)]
+        if not members:
+            continue
+        if fit == "medians":
+            lo, hi = _median_span([axes[r][c] for r, c, _, _ in members], glog[g])
+        else:
+            lims = [axes[r][c].get_ylim() for r, c, _, _ in members]
+            lo, hi = min(v[0] for v in lims), max(v[1] for v in lims)
+        if not share:
+            for r, c, _, _ in members:
+                axes[r][c].set_ylim(lo, hi)
+            continue
+        unit = _unit(pd.concat([sel for *_, sel in members]), metric)
+        for r, c, m, _ in members:
+            ax = axes[r][c]
+            ax.set_ylim(lo, hi)
+            su = _format_axis(ax.yaxis, unit, glog[g], gvals[g])
+            label = _axis_label(ylabel or pretty_name(m), unit, su) + ("  [log]" if glog[g] else "")
+            ax.set_ylabel(label if (c == 0 or share in ("col",)) else "")
+    if handles:
+        note = emulation_note(flags)
+        what = "median, bars p10–p90"
+        leg = fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
+                         bbox_to_anchor=(1.0, 0.93), fontsize="small", title_fontsize="small",
+                         title=f"{what}\n⚠ {note}" if note else what, alignment="left")
+        if note:
+            leg.get_title().set_color("firebrick")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _median_span(axs: list[Axes], log: bool) -> tuple[float, float]:
+    """y limits that take in the drawn medians and guide lines, not the error-bar caps."""
+    ys = []
+    for ax in axs:
+        for line in ax.lines:
+            if line.get_marker() == "_":  # an error bar's cap
+                continue
+            ys += [float(y) for y in np.asarray(line.get_ydata(), dtype=float) if math.isfinite(y)]
+    if log:
+        ys = [y for y in ys if y > 0]
+    if not ys:
+        return axs[0].get_ylim()
+    lo, hi = min(ys), max(ys)
+    if log:
+        return lo / 1.4, hi * 1.4
+    pad = 0.08 * (hi - lo) or abs(hi) * 0.1 or 1.0
+    return min(0.0, lo - pad), hi + pad
+
+
+HATCHES = ["", "///", "...", "xx", "\\\\\\", "++"]
+
+
+def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None = None,
+                   ax: Axes | None = None, filter: Any = None, logy: bool | None = None,
+                   order: Iterable[Any] | None = None, hue_order: Iterable[Any] | None = None,
+                   legend: bool = True) -> Axes:
+    """Grouped bars: one group per value of `category` (e.g. the fio job), in each group one
+    bar per driver (its colour) × value of `hue` (the first solid, the next hatched, …).
+    Emulated runs are their own paler, dashed-edged bars labelled "(emulated)". Bar height is
+    the median, the whisker p10–p90. logy None: log when the values span > LOG_DECADES
+    decades. Returns the Axes."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4.2))
+    sel = _select(df, metric, filter)
+    if sel.empty or category not in sel.columns or (hue and hue not in sel.columns):
+        ax.text(0.5, 0.5, f"no {metric} data{_filter_text(filter)}", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return ax
+    unit = _unit(sel, metric)
+    sel = sel.assign(_emulated=is_emulated(sel), _hue=sel[hue] if hue else "")
+    s = summarize(sel, [category, "driver", "_emulated", "_hue"])
+
+    def ordered(values, first):
+        first = [v for v in (first or []) if v in set(values)]
+        return first + sorted((v for v in set(values) if v not in first), key=str)
+
+    cats = ordered(s[category], order)
+    hues = ordered(s["_hue"], hue_order)
+    series = sorted({(d, bool(e), h) for d, e, h in zip(s["driver"], s["_emulated"], s["_hue"])},
+                    key=lambda k: (k[0], k[1], hues.index(k[2])))
+    vals = [float(v) for v in (*s["p10"], *s["p90"], *s["median"]) if pd.notna(v)]
+    if logy is None:
+        logy = _auto_log(vals)
+    if logy:
+        ax.set_yscale("log")
+    width = 0.8 / max(len(series), 1)
+    for si, (driver, em, h) in enumerate(series):
+        color = driver_color(driver)
+        hatch = HATCHES[hues.index(h) % len(HATCHES)]
+        rows = s[(s["driver"] == driver) & (s["_emulated"] == em) & (s["_hue"] == h)]
+        xs, med, lo, hi = [], [], [], []
+        for ci, cat in enumerate(cats):
+            r = rows[rows[category] == cat]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            xs.append(ci - 0.4 + (si + 0.5) * width)
+            med.append(r["median"])
+            lo.append(max(r["median"] - r["p10"], 0))
+            hi.append(max(r["p90"] - r["median"], 0))
+        label = series_label(driver, em) + (f" · {h}" if hue else "")
+        ax.bar(xs, med, width * 0.92, yerr=[lo, hi], capsize=3, label=label,
+               color="white" if hatch else color, edgecolor=color, hatch=hatch,
+               alpha=0.5 if em else 1.0, linestyle="--" if em else "-", linewidth=1.2,
+               error_kw={"elinewidth": 1, "ecolor": "0.25"})
+    ax.set_xticks(range(len(cats)))
+    ax.set_xticklabels([str(c) for c in cats])
+    ax.set_xlim(-0.6, len(cats) - 0.4)
+    su = _format_axis(ax.yaxis, unit, logy, vals)
+    ax.set_ylabel(_axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
+    if logy:
+        pos = [v for v in vals if v > 0]
+        if pos:
+            ax.set_ylim(min(pos) / 2, max(pos) * 2)
+    else:
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel(pretty_name(category))
+    ax.grid(True, axis="y", which="major", alpha=0.3)
+    if legend:
+        _legend(ax, {e for _, e, _ in series}, "median, bars p10–p90", "small",
+                loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax

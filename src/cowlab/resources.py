@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import sysutil
+from . import faults, sysutil
 from .errors import CowlabError
 from .state import StateRoot
 
@@ -158,6 +158,7 @@ class Resources:
         self._seq += 1
         _write_json(h.path, {"kind": kind, **args})
         self._live.append(h)
+        faults.point("journal", kind)
         return h
 
     def acquire(self, kind: str, create: Callable[[], object], **args):
@@ -168,6 +169,7 @@ class Resources:
         except BaseException:
             self.release(h)
             raise
+        faults.point("acquired", kind)
         return h
 
     def update(self, h: Handle, **args) -> None:
@@ -178,6 +180,7 @@ class Resources:
     # -- releasing -------------------------------------------------------------------------
     def release(self, h: Handle) -> None:
         RELEASERS[h.kind](h.args, self.state)
+        faults.point("release", h.kind)
         sysutil.ignore_enoent(os.unlink, h.path)
         if h in self._live:
             self._live.remove(h)
@@ -220,6 +223,7 @@ def spawn(res: "Resources", argv: list[str], **popen_kw) -> subprocess.Popen:
     except BaseException:
         res.release(h)
         raise
+    faults.point("spawn")
     res.update(h, pid=p.pid, starttime=sysutil.proc_starttime(p.pid))
     p._cowlab_handle = h  # type: ignore[attr-defined]
     return p
@@ -284,5 +288,8 @@ def owners(state: StateRoot) -> list[dict]:
 
 def owner_alive(info: dict) -> bool:
     if info["kind"] != "run":
+        creating = (info.get("meta") or {}).get("creating")
+        if creating:  # a container whose creator died half way never became persistent
+            return sysutil.pid_alive(creating.get("pid") or 0, creating.get("starttime"))
         return True  # persistent until removed on purpose
     return bool(info.get("pid")) and sysutil.pid_alive(info["pid"], info.get("starttime"))

@@ -68,5 +68,11 @@ class StateRoot:
     tmp = property(lambda self: self.path / "tmp")
 
     def inside(self, path: os.PathLike | str) -> bool:
+        """path is the root or below it, as given or once symlinks are resolved (the system
+        reports loop files and mounts by real path; the root may be given through a symlink)."""
         p = os.path.abspath(os.fspath(path))
-        return p == str(self.path) or p.startswith(str(self.path) + os.sep)
+        if p == str(self.path) or p.startswith(str(self.path) + os.sep):
+            return True
+        real = os.path.realpath(self.path)
+        rp = os.path.realpath(p)
+        return rp == real or rp.startswith(real + os.sep)

@@ -96,12 +96,19 @@ def _escape(s: str) -> str:
 
 
 def mounts_under(path: str | os.PathLike) -> list[MountEntry]:
-    """Mounts at or below path, deepest first (the order to unmount them)."""
+    """Mounts at or below path, deepest first (the order to unmount them).
+
+    mountinfo names mounts by their real paths, so a path reached through a symlink (a state
+    root given as /var/lib/cowlab -> /data/cowlab) is resolved before comparing: otherwise a
+    mount below it would go unseen, and a recursive delete would go through it."""
     p = os.path.abspath(os.fspath(path))
+    real = os.path.realpath(p)
     with open("/proc/self/mountinfo") as f:
-        if _escape(p) not in f.read():
+        text = f.read()
+        if _escape(p) not in text and _escape(real) not in text:
             return []  # the common case, without parsing every line
-    hits = [m for m in mountinfo() if m.target == p or m.target.startswith(p.rstrip("/") + "/")]
+    hits = [m for m in mountinfo() if any(m.target == q or m.target.startswith(q.rstrip("/") + "/")
+                                          for q in {p, real})]
     return sorted(hits, key=lambda m: m.target.count("/"), reverse=True)
 
 

@@ -42,6 +42,7 @@ class Driver:
     provision: ClassVar[str] = "host"   # vagrant/provision/<name>.sh installs what it needs
     option_names: ClassVar[frozenset[str]] = frozenset()  # driver options a workload may vary
     backing_kinds: ClassVar[tuple[str, ...] | None] = None  # None: any backing filesystem
+    services: ClassVar[bool] = False  # runs a daemon or pool that persistent containers keep alive
 
     def __init__(self, backing: Backing, res: Resources, store: ImageStore, home: Path | None = None,
                  options: dict | None = None):

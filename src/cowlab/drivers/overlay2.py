@@ -27,7 +27,7 @@ OVL_MAX_STACK = 500
 class Overlay2(Driver):
     name = "overlay2"
     description = "kernel overlayfs, one lower dir per layer (Docker's overlay2)"
-    capabilities = frozenset({"bare_mount", "union"})
+    capabilities = frozenset({"bare_mount", "union", "xattrs"})  # xattrs: user.* kept (conformance)
     max_layers = OVL_MAX_STACK
     option_names = frozenset({"metacopy"})
 
@@ -86,7 +86,11 @@ class Overlay2(Driver):
                               f"most {OVL_MAX_STACK} lower layers (OVL_MAX_STACK)")
         shorts = [self._import_layer(d) for d in image.layers]
         (self.home / "images").mkdir(exist_ok=True)
-        rec = {"layers": image.layers, "lower": ":".join(reversed(shorts))}  # top layer first
+        # Top layer first. A layer listed twice (e.g. two empty layers, which have one digest)
+        # would be the same lower dir twice, which overlayfs refuses (ELOOP); only its topmost
+        # occurrence matters, since an identical layer above shadows everything the lower copy
+        # does, so the others are dropped.
+        rec = {"layers": image.layers, "lower": ":".join(dict.fromkeys(reversed(shorts)))}
         tmp = self.staging()
         tmp.write_text(json.dumps(rec))
         os.replace(tmp, self._image_file(image))
@@ -132,6 +136,7 @@ class Overlay2(Driver):
         def mkdirs():
             for d in (upper, work, merged):
                 d.mkdir(parents=True)
+            os.chmod(upper, 0o755)  # the container root's mode: 0755 whatever our umask is
         h1 = res.acquire("dir", mkdirs, path=str(cdir))
         try:
             h2 = res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged),
@@ -152,8 +157,13 @@ class Overlay2(Driver):
         return (lambda: self._mount(data, merged)), (lambda: sysutil.umount(merged))
 
     def metadata(self) -> dict:
+        params = _module_params()
         return {"overlay_mount_options": self._options("<lower>", Path("<upper>"), Path("<work>")),
-                "overlay_params": _module_params()}
+                "overlay_params": params,
+                # Renaming a directory that comes from a lower layer needs redirect_dir; without it
+                # overlayfs returns EXDEV (and mv(1) falls back to copy + delete). The conformance
+                # suite checks this declaration.
+                "rename_dir": "rename" if params.get("redirect_dir") in ("Y", "on") else "exdev"}
 
 
 def _module_params() -> dict:

@@ -57,4 +57,4 @@ class Space(Workload):
             note("after_remove", u0)
             return out
 
-        yield Measured("space", {"big_file_bytes": size}, measure, reps=ctx.grid["reps"])
+        yield Measured("space", {"big_file_bytes": size}, measure, reps=ctx.grid["reps"], unit="B")

@@ -1,0 +1,158 @@
+"""The resource journal: written before the resource exists, released in reverse, by the same
+code for a normal teardown and for a sweep after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from cowlab import resources, sysutil
+from cowlab.errors import CowlabError
+from cowlab.resources import RELEASERS, Resources
+
+
+def entries(res: Resources) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(res.dir.glob("[0-9]*.json"))]
+
+
+def test_owner_and_entries_are_journaled(state):
+    res = Resources.for_run(state, purpose="test")
+    info = json.loads((res.dir / "owner.json").read_text())
+    assert info["kind"] == "run" and info["pid"] == os.getpid()
+    assert info["starttime"] == sysutil.proc_starttime(os.getpid())
+    assert info["meta"] == {"purpose": "test"}
+    d = state.tmp / "thing"
+    seen = []
+
+    def create():
+        seen.append(entries(res))  # the journal entry exists before the resource does
+        d.mkdir()
+    res.acquire("dir", create, path=str(d))
+    assert seen == [[{"kind": "dir", "path": str(d)}]]
+    assert d.is_dir()
+    assert res.close() == []
+    assert not d.exists() and not res.dir.exists()
+
+
+def test_failed_creation_is_released(state):
+    res = Resources.for_run(state)
+    d = state.tmp / "half"
+
+    def create():
+        d.mkdir()
+        (d / "part").write_text("x")
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        res.acquire("dir", create, path=str(d))
+    assert not d.exists()
+    assert entries(res) == []
+    res.close()
+
+
+def test_reverse_order_and_errors_do_not_stop_teardown(state, monkeypatch):
+    order = []
+
+    def rel(e, st):
+        order.append(e["n"])
+        if e.get("fail"):
+            raise OSError("stuck")
+    monkeypatch.setitem(RELEASERS, "test-order", rel)
+    res = Resources.for_run(state)
+    for n in range(4):
+        res.add("test-order", n=n, fail=(n == 2))
+    errs = res.close()
+    assert order == [3, 2, 1, 0]
+    assert len(errs) == 1 and "stuck" in errs[0]
+    assert [e["n"] for e in entries(res)] == [2]  # what could not be released stays journaled
+    assert res.dir.is_dir()
+
+
+def test_context_manager_raises_on_leftovers(state, monkeypatch):
+    monkeypatch.setitem(RELEASERS, "test-stuck", lambda e, st: (_ for _ in ()).throw(OSError("busy")))
+    with pytest.raises(CowlabError, match="teardown left resources behind"):
+        with Resources.for_run(state) as res:
+            res.add("test-stuck")
+
+
+def test_unknown_kind(state):
+    res = Resources.for_run(state)
+    with pytest.raises(KeyError):
+        res.add("teleporter")
+    res.close()
+
+
+def test_reopen_and_release(state):
+    res = Resources(state, "ctr-abc", "container", {"id": "abc"})
+    d1, d2 = state.tmp / "1", state.tmp / "2"
+    res.acquire("dir", d1.mkdir, path=str(d1))
+    res.acquire("dir", d2.mkdir, path=str(d2))
+    again = Resources.open(state, "ctr-abc")
+    assert again.kind == "container" and again.meta == {"id": "abc"}
+    assert [h.args["path"] for h in again._live] == [str(d1), str(d2)]
+    h = again.add("dir", path=str(state.tmp / "3"))
+    assert h.seq == 2  # numbering continues after the reopened entries
+    assert again.close() == []
+    assert not d1.exists() and not d2.exists() and not again.dir.exists()
+
+
+def test_releasers_refuse_paths_outside_the_root(state, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f").write_text("keep")
+    res = Resources.for_run(state)
+    res.add("dir", path=str(victim))
+    res.add("file", path=str(victim / "f"))
+    errs = res.close()
+    assert len(errs) == 2 and all("outside" in e for e in errs)
+    assert (victim / "f").read_text() == "keep"
+
+
+def test_release_is_idempotent(state):
+    res = Resources.for_run(state)
+    d = state.tmp / "d"
+    h = res.acquire("dir", d.mkdir, path=str(d))
+    os.rmdir(d)  # already gone: release must not fail
+    res.release(h)
+    res.add("mount", target=str(state.tmp / "never-mounted"))
+    res.add("loop", file=str(state.tmp / "no.img"))
+    assert res.close() == []
+
+
+def test_spawn_is_journaled_and_ended(state):
+    res = Resources.for_run(state)
+    p = resources.spawn(res, ["sleep", "600"])
+    e = [x for x in entries(res) if x["kind"] == "process"]
+    assert e == [{"kind": "process", "pid": p.pid, "starttime": sysutil.proc_starttime(p.pid), "tag": res.owner}]
+    # the tag is in the child's environment once it has exec'd (Popen may return before that)
+    deadline = time.monotonic() + 30
+    while p.pid not in resources.tagged_processes(res.owner) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.pid in resources.tagged_processes(res.owner)
+    assert res.close() == []
+    assert not sysutil.pid_alive(p.pid, e[0]["starttime"])
+    p.wait(timeout=5)
+
+
+def test_run_tool(state):
+    res = Resources.for_run(state)
+    cp = resources.run_tool(res, [sys.executable, "-c", "import os; print(os.environ['COWLAB_OWNER'])"])
+    assert cp.returncode == 0 and cp.stdout.strip() == res.owner
+    assert entries(res) == []
+    res.close()
+
+
+def test_owners_order(state):
+    Resources(state, "b-backing", "backing")
+    Resources(state, "c-ctr", "container")
+    run = Resources.for_run(state)
+    kinds = [o["kind"] for o in resources.owners(state)]
+    assert kinds == ["run", "container", "backing"]
+    assert resources.owner_alive({"kind": "run", "pid": os.getpid(),
+                                  "starttime": sysutil.proc_starttime(os.getpid())})
+    assert not resources.owner_alive({"kind": "run", "pid": os.getpid(), "starttime": 1})  # pid reused
+    assert resources.owner_alive({"kind": "container"})
+    run.close()
