@@ -420,7 +420,8 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases):
                               progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
     names = list(dict.fromkeys(r.driver for r in results))
     style = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "error": "[bold red]ERROR[/]",
-             "skip": "[yellow]skip[/]", "unavailable": "[dim]unavailable[/]"}
+             "skip": "[yellow]skip[/]", "unavailable": "[dim]unavailable[/]",
+             "deviation": "[cyan]deviation[/]"}
     t = Table("case", *names, title="conformance: driver × case (oracle: a plain directory)")
     by = {(r.driver, r.case): r for r in results}
     for c in chosen:
@@ -443,7 +444,8 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases):
     ran = [r for r in results if r.status != "unavailable"]
     passed = sum(r.status == "pass" for r in ran)
     out.print(f"{passed} of {len(ran)} case run(s) passed on {len({r.driver for r in ran})} available "
-              f"driver(s); {len(bad)} failed; {sum(r.status == 'skip' for r in ran)} skipped")
+              f"driver(s); {sum(r.status == 'deviation' for r in ran)} documented deviation(s); "
+              f"{len(bad)} failed; {sum(r.status == 'skip' for r in ran)} skipped")
     missing = [d for d in driver_names if by[(d, chosen[0].name)].status == "unavailable"]
     if missing:
         err.print(f"cowlab: error: driver {missing[0]} is unavailable: {by[(missing[0], chosen[0].name)].details[0]}",

@@ -42,7 +42,11 @@ class Driver:
     provision: ClassVar[str] = "host"   # vagrant/provision/<name>.sh installs what it needs
     option_names: ClassVar[frozenset[str]] = frozenset()  # driver options a workload may vary
     backing_kinds: ClassVar[tuple[str, ...] | None] = None  # None: any backing filesystem
-    services: ClassVar[bool] = False  # runs a daemon or pool that persistent containers keep alive
+    services: ClassVar[bool] = False
+    # Conformance cases where the driver knowingly differs from a plain directory:
+    # case → (what it does instead, a regex every difference the suite reports must match).
+    # The suite then asserts exactly that deviation, and fails if it stops happening.
+    deviations: ClassVar[dict[str, tuple[str, str]]] = {}  # runs a daemon or pool that persistent containers keep alive
 
     def __init__(self, backing: Backing, res: Resources, store: ImageStore, home: Path | None = None,
                  options: dict | None = None):

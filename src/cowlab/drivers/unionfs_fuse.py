@@ -166,6 +166,13 @@ class UnionfsFuse(Driver):
     name = "unionfs-fuse"
     description = "unionfs-fuse branches (RW on top of RO) in a FUSE daemon, with -o cow"
     capabilities = frozenset({"union", "fuse"})
+    deviations = {
+        "chown-lower-tree": ("chown of a lower symlink copies it up with the current time as its "
+                             "mtime", r"/link: mtime "),
+        "move-and-hardlink": ("a hard link made in the container to a lower file is a copy: writes "
+                              "through one name do not show through the other (unionfs-fuse copies "
+                              "up per path, it has no hard-link index)", r"-link: content differs"),
+    }
     provision = "unionfs-fuse"
 
     @classmethod
