@@ -484,7 +484,14 @@ class _BinaryLocator(Locator):
         return list(np.arange(start, vmax + step * 1e-9, step))
 
 
+# Log time axes spanning more decades than this label each tick in its own unit (10 µs, 1 ms,
+# 1 s) instead of one unit for the axis (which would read 1e-05 … 1).
+MIXED_TIME_DECADES = 3.5
+
+
 def _axis_label(name: str, unit: str, scale_unit: str | None = None) -> str:
+    if unit == "s" and scale_unit == "mixed":
+        return name  # every tick carries its own unit
     if unit == "s":
         return f"{name} ({scale_unit or 's'})"
     if unit in ("B", "B/s"):
@@ -499,6 +506,8 @@ def _format_axis(axis, unit: str, log: bool, values: list[float], ticks_at: list
     vals = [v for v in values if v is not None and math.isfinite(v)]
     scale, su = _time_scale(max((abs(v) for v in vals), default=1.0)) if unit == "s" else (1.0, None)
     fmt = _value_formatter(unit, scale)
+    if unit == "s" and log and ticks_at is None and _span_decades(vals) > MIXED_TIME_DECADES:
+        su, fmt = "mixed", FuncFormatter(lambda v, _: human_seconds(v) if v > 0 else "0")
     if ticks_at is not None and 0 < len(ticks_at) <= 12:
         axis.set_major_locator(FixedLocator(sorted(ticks_at)))
         axis.set_minor_locator(NullLocator())
@@ -850,6 +859,12 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         ax = axes[r][c]
         line_by_driver(df, x, m, ax=ax, logx=logx, logy=glog[group(r, c)], filter=f)
         ax.set_title(name, fontsize="medium")
+        if sel.empty:  # the title says what is missing; a long note would not fit the panel
+            for t in list(ax.texts):
+                t.remove()
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes,
+                    color="0.4")
+            ax.set_ylabel("")
         if each is not None:
             each(ax, name, sel)
         leg = ax.get_legend()
@@ -885,6 +900,9 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
             su = _format_axis(ax.yaxis, unit, glog[g], gvals[g])
             label = _axis_label(ylabel or pretty_name(m), unit, su) + ("  [log]" if glog[g] else "")
             ax.set_ylabel(label if (c == 0 or share in ("col",)) else "")
+    fig.tight_layout()
+    for r, c, *_ in specs:
+        _declutter_xticks(axes[r][c])
     if handles:
         note = emulation_note(flags)
         what = "median, bars p10–p90"
@@ -897,6 +915,22 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _declutter_xticks(ax: Axes) -> None:
+    """Tilt the x tick labels when neighbours would overlap (e.g. 64 MiB, 256 MiB, 1 GiB on a
+    log axis in a narrow panel)."""
+    try:
+        renderer = ax.figure.canvas.get_renderer()
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+    except Exception:  # a backend without a renderer: leave the labels as they are
+        return
+    boxes.sort(key=lambda b: b.x0)
+    if any(a.x1 + 2 > b.x0 for a, b in zip(boxes, boxes[1:])):
+        for t in ax.get_xticklabels():
+            t.set_rotation(35)
+            t.set_horizontalalignment("right")
+            t.set_rotation_mode("anchor")
 
 
 def _median_span(axs: list[Axes], log: bool) -> tuple[float, float]:
