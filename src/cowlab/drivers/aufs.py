@@ -23,7 +23,7 @@ from .. import sysutil
 from ..images import Image
 from ..resources import Resources
 from . import _util as U
-from .base import Container, Driver, Probe, image_key
+from .base import Container, Driver, Probe
 
 MS_REMOUNT = 32
 HINT = ("the Vagrant aufs machine (Ubuntu 20.04, whose kernel ships aufs): `cd vagrant && vagrant up aufs`, "
@@ -46,12 +46,6 @@ class Aufs(Driver):
 
     def _layer(self, digest: str) -> Path:
         return self.home / "layers" / digest.split(":")[-1]
-
-    def _image_file(self, image: Image) -> Path:
-        return self.home / "images" / f"{image_key(image)}.json"
-
-    def has_image(self, image: Image) -> bool:
-        return self._image_file(image).exists()
 
     def import_image(self, image: Image) -> None:
         if self.has_image(image):

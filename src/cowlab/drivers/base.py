@@ -62,8 +62,12 @@ class Driver:
     def probe(cls) -> Probe:
         raise NotImplementedError
 
+    def _image_file(self, image: Image) -> Path:
+        """Where a driver that keeps one record per imported image writes it."""
+        return self.home / "images" / f"{image_key(image)}.json"
+
     def has_image(self, image: Image) -> bool:
-        raise NotImplementedError
+        return self._image_file(image).exists()
 
     def import_image(self, image: Image) -> None:
         """Bring an image from the store into the driver's own form (idempotent)."""

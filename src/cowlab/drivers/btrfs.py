@@ -29,7 +29,7 @@ from ..images import Image
 from ..resources import Resources, releaser
 from ..state import StateRoot
 from . import _util as U
-from .base import Container, Driver, Probe, image_key
+from .base import Container, Driver, Probe
 
 # linux/btrfs.h: _IOW(0x94, nr, struct) with 4096-byte argument structs.
 _IOW = lambda nr: (1 << 30) | (4096 << 16) | (0x94 << 8) | nr  # noqa: E731
@@ -175,12 +175,6 @@ class Btrfs(Driver):
     # --- layers ----------------------------------------------------------------------------
     def _layer(self, chain: str) -> Path:
         return self.home / "layers" / U.chain_key(chain)
-
-    def _image_file(self, image: Image) -> Path:
-        return self.home / "images" / f"{image_key(image)}.json"
-
-    def has_image(self, image: Image) -> bool:
-        return self._image_file(image).exists()
 
     def import_image(self, image: Image) -> None:
         if self.has_image(image):

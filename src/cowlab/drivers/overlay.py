@@ -24,7 +24,7 @@ from .. import sysutil
 from ..images import Image
 from ..resources import Resources
 from . import _util as U
-from .base import Container, Driver, Probe, image_key
+from .base import Container, Driver, Probe
 
 
 class Overlay(Driver):
@@ -43,12 +43,6 @@ class Overlay(Driver):
 
     def _layer(self, chain: str) -> Path:
         return self.home / "layers" / U.chain_key(chain)
-
-    def _image_file(self, image: Image) -> Path:
-        return self.home / "images" / f"{image_key(image)}.json"
-
-    def has_image(self, image: Image) -> bool:
-        return self._image_file(image).exists()
 
     def import_image(self, image: Image) -> None:
         if self.has_image(image):

@@ -18,7 +18,7 @@ from .. import sysutil
 from ..errors import CowlabError
 from ..images import Image
 from ..resources import Resources
-from .base import Container, Driver, Probe, image_key
+from .base import Container, Driver, Probe
 
 # fs/overlayfs/params.h: OVL_MAX_STACK. The kernel refuses more lower layers than this.
 OVL_MAX_STACK = 500
@@ -71,12 +71,6 @@ class Overlay2(Driver):
         if not os.path.lexists(lnk):
             os.symlink(f"../layers/{digest.split(':')[-1]}/diff", lnk)
         return short
-
-    def _image_file(self, image: Image) -> Path:
-        return self.home / "images" / f"{image_key(image)}.json"
-
-    def has_image(self, image: Image) -> bool:
-        return self._image_file(image).exists()
 
     def import_image(self, image: Image) -> None:
         if self.has_image(image):

@@ -36,7 +36,7 @@ from .. import sysutil
 from ..images import Image
 from ..resources import Resources
 from . import _util as U
-from .base import Container, Driver, Probe, image_key
+from .base import Container, Driver, Probe
 
 META = ".unionfs"   # upstream's name; Debian 12's unionfs-fuse 1.0 uses ".unionfs-fuse" (meta_name())
 HIDETAG = "_HIDDEN~"
@@ -192,12 +192,6 @@ class UnionfsFuse(Driver):
 
     def _layer(self, chain: str) -> Path:
         return self.home / "layers" / U.chain_key(chain)
-
-    def _image_file(self, image: Image) -> Path:
-        return self.home / "images" / f"{image_key(image)}.json"
-
-    def has_image(self, image: Image) -> bool:
-        return self._image_file(image).exists()
 
     def import_image(self, image: Image) -> None:
         if self.has_image(image):
