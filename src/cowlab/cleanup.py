@@ -44,6 +44,8 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     # kernel call and the journal can't produce these (we journal first), but an older
     # cowlab or a manual experiment can.
     for m in sysutil.mounts_under(state.path):
+        if m.target == os.path.realpath(state.path):
+            continue  # the state root may itself be a mount (a disk given to cowlab): not ours
         if m.target not in protected and not any(m.target.startswith(p + "/") for p in protected):
             try:
                 sysutil.umount(m.target)

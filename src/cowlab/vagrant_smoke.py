@@ -9,7 +9,8 @@ On a machine like the CI one (no KVM that works, no network but the package regi
    the namespace (the host's `ip -br link` / `ip -br addr` are compared before and after);
 2. a small Debian 12 libvirt box built by vagrant/box/build.sh (debootstrap, generic kernel, the
    project's provisioning scripts run in the image, a wheelhouse of cowlab's Python dependencies
-   since the VM cannot reach PyPI), cached in build/vagrant-box/ under the hash of its inputs, and
+   since the VM cannot reach PyPI), cached in build/vagrant-box/ (or $COWLAB_VAGRANT_BOX_CACHE)
+   under the hash of its inputs, and
    `vagrant box add`ed under a local name into a VAGRANT_HOME of this run;
 3. `vagrant up MACHINE` (default btrfs, with its second disk) with libvirt's `qemu` driver (TCG
    emulation), `vagrant ssh MACHINE -c 'cd /cowlab && sudo nox -s bench-MACHINE -- --quick'`,
@@ -45,7 +46,9 @@ REPO = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = REPO / "vagrant"
 BUILD_SH = VAGRANT_DIR / "box" / "build.sh"
 PROVISION = VAGRANT_DIR / "provision"
-CACHE = REPO / "build" / "vagrant-box"
+# The built box, by input hash. A fresh clone starts empty: point this somewhere that outlives
+# clones (e.g. /var/cache/cowlab-vagrant-box in CI) to build only when the inputs change.
+CACHE = Path(os.environ.get("COWLAB_VAGRANT_BOX_CACHE") or REPO / "build" / "vagrant-box")
 # The machine's own script first: the box must make `<machine>.sh --check` pass offline.
 BOX_SCRIPTS = {"btrfs": ["host.sh", "btrfs.sh"], "overlay2": ["host.sh", "overlay2.sh"]}
 # libvirt state of this run, bind-mounted over the system paths in the daemons' mount namespace.
@@ -270,8 +273,9 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
                              "systemd-detect-virt; grep -m1 'model name' /proc/cpuinfo; uname -r; "
                              "echo COWLAB_ROOT=$COWLAB_ROOT; findmnt -no SOURCE,FSTYPE -T ${COWLAB_ROOT:-/var/lib/cowlab}",
                              capture=True, check=False)
-        log("guest says:\n" + (probe.stdout or "").strip())
-        self.guest_probe = (probe.stdout or "").strip()
+        self.guest_probe = "\n".join(l for l in (probe.stdout or "").splitlines()
+                                     if l.strip() and not l.startswith("==>")).strip()
+        log("guest says:\n" + self.guest_probe)
         session = self.session_for()
         cmd = f"cd /cowlab && sudo nox -s {session[0]} -- {' '.join(session[1:])}"
         log(f"bench: vagrant ssh {self.machine} -c '{cmd}'")
