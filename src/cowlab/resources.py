@@ -196,6 +196,8 @@ class Resources:
                     errors.append(f"{h.kind} {h.args}: {e}")
             if not self._live:
                 with contextlib.suppress(FileNotFoundError, OSError):
+                    for stray in self.dir.glob(".*.json.*"):  # a write a SIGKILL cut short
+                        stray.unlink()
                     os.unlink(self.dir / "owner.json")
                     self.dir.rmdir()
         return errors
@@ -257,8 +259,12 @@ def tagged_processes(owner: str) -> list[int]:
 
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)  # a crash mid-write never leaves half an entry
+    try:
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)  # a crash mid-write never leaves half an entry
+    finally:  # a Ctrl-C/SIGTERM between the two must not leave the temporary file
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 @contextlib.contextmanager
