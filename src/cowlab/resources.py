@@ -241,9 +241,9 @@ def run_tool(res: "Resources", argv: list[str], timeout: float | None = None) ->
     return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
 
-def tagged_processes(owner: str) -> list[int]:
-    """Pids whose environment carries COWLAB_OWNER=owner (children of a run, even orphans)."""
-    needle = f"{OWNER_ENV}={owner}".encode()
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids whose environment carries name=value (children tagged by cowlab, even orphans)."""
+    needle = f"{name}={value}".encode()
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():
@@ -254,7 +254,12 @@ def tagged_processes(owner: str) -> list[int]:
                     out.append(int(d))
         except OSError:
             continue
-    return out
+    return sorted(out)
+
+
+def tagged_processes(owner: str) -> list[int]:
+    """Pids whose environment carries COWLAB_OWNER=owner (children of a run, even orphans)."""
+    return processes_with_env(OWNER_ENV, owner)
 
 
 def _write_json(path: Path, obj: dict) -> None:

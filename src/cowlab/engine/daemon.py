@@ -57,18 +57,8 @@ class EngineRefused(CowlabError):
 # --- finding what is ours -----------------------------------------------------------------
 def engine_processes(engine_id: str) -> list[int]:
     """Pids whose environment carries COWLAB_ENGINE=engine_id (dockerd, containerd, shims)."""
-    needle = f"{ENGINE_ENV}={engine_id}".encode()
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    out.append(int(d))
-        except OSError:
-            continue
-    return sorted(out)
+    from ..resources import processes_with_env
+    return processes_with_env(ENGINE_ENV, engine_id)
 
 
 def cgroup_dirs(name: str) -> list[Path]:
