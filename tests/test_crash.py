@@ -299,6 +299,14 @@ def test_sigkill_then_cleanup_leaves_nothing(lab, p, tmp_path):
     after_results = tree_fingerprint(lab.out)  # results may gain files; existing ones stay as they were
     assert {k: after_results.get(k) for k in files_before} == files_before, "an existing result changed"
     _check_results(lab.out)
+    # a bench run killed after its run.json appeared is closed by cleanup, never left "running"
+    for d in results.run_dirs([lab.out]):
+        run = json.loads((d / "run.json").read_text())
+        assert run["status"] != "running", (d, "cleanup left the killed run marked running")
+        if str((d / "run.json").relative_to(lab.out)) not in results_before:  # this test's run
+            # killed mid-run: "killed"; killed in teardown: the status teardown was writing
+            assert "cowlab cleanup" in run.get("closed_by_cleanup", ""), run
+            assert run["status"] == "killed" or p.killpoint.startswith("release."), run
     # one cleanup was enough: a second finds nothing to do
     from cowlab import cleanup
     assert cleanup.sweep(st) == []
@@ -306,8 +314,8 @@ def test_sigkill_then_cleanup_leaves_nothing(lab, p, tmp_path):
 
 def test_results_of_killed_runs_load(shared_lab):
     """What the killed runs above wrote is readable by the one loader: every complete line, a
-    cut last line (if any) skipped with a warning; a run killed with SIGKILL keeps status
-    "running" in run.json (nothing could mark it), which a reader can tell from "complete"."""
+    cut last line (if any) skipped with a warning; a run killed with SIGKILL is marked "killed"
+    by the cleanup that followed, which a reader can tell from "complete"."""
     import warnings
     dirs = results.run_dirs([shared_lab.out])
     if not dirs:
@@ -319,7 +327,8 @@ def test_results_of_killed_runs_load(shared_lab):
     n = _check_results(shared_lab.out)
     assert len(df) == n
     statuses = {json.loads((d / "run.json").read_text())["status"] for d in dirs}
-    assert statuses <= {"running", "complete", "interrupted"}, statuses
+    assert statuses <= {"killed", "complete", "interrupted"}, statuses
+    assert "killed" in statuses
 
 
 def test_at_least_twenty_kill_points():

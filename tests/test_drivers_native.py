@@ -479,3 +479,34 @@ def test_container_create_btrfs_on_a_persistent_loop_btrfs(cli, root_dir, tmp_pa
     cp = cli("cleanup", "--all", root=root_dir)
     assert cp.returncode == 0 and "backing-btrfs" in cp.stdout
     assert mounts_under(root_dir) == []
+
+
+def test_zfs_fuse_user_lock_is_machine_wide_and_dies_with_its_holder():
+    """One cowlab process at a time talks to zfs-fuse. The lock is an abstract socket name: no
+    file anywhere, and a SIGKILLed holder can't leave it stale."""
+    import signal
+    import sys
+    import time
+
+    from cowlab.drivers import zfs as Z
+    from conftest import SRC
+    code = ("import sys,time; from cowlab.drivers import zfs as Z; Z.user_lock_acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    try:
+        assert p.stdout.readline().strip() == "held"
+        assert Z.lock_holder() == p.pid
+        with pytest.raises(Exception, match=f"cowlab process {p.pid} has been using zfs-fuse"):
+            Z.user_lock_acquire(wait=0.6)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        t0 = time.monotonic()
+        Z.user_lock_acquire(wait=10)  # freed by the kernel with the dead holder
+        assert time.monotonic() - t0 < 5 and Z.lock_holder() == os.getpid()
+        Z.user_lock_release()
+        assert Z.lock_holder() is None
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

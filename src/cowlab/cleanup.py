@@ -18,6 +18,7 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     """
     import cowlab.drivers  # noqa: F401  (registers every driver's releasers)
     import cowlab.engine.daemon  # noqa: F401  (a private dockerd's releasers)
+    import cowlab.results  # noqa: F401  (a killed run's run.json record)
 
     done: list[str] = []
     protected: set[str] = set()

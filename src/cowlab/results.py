@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import faults
+from .resources import releaser
 
 SCHEMA_VERSION = 1
 UNITS = {"s", "B", "count", "B/s", "1/s", "ratio"}
@@ -80,6 +81,48 @@ class RunWriter:
     def close(self, status: str, **updates) -> None:
         self._f.close()
         self.write_run(status=status, counts=self.counts, **updates)
+
+
+KILLED = "killed"
+
+
+@releaser("run_record")
+def _close_record(e: dict, state) -> None:
+    """A run's run.json still says "running" when its process died unannounced (SIGKILL, power
+    loss): `cowlab cleanup` closes the record so nobody reads it as in progress. In a normal
+    teardown this runs too, just before RunWriter.close() rewrites run.json from memory."""
+    close_if_running(Path(e["path"]), e.get("finishing") or KILLED,
+                     "the run's process died before it finished (SIGKILL or power loss); `cowlab cleanup` "
+                     "closed this record; samples.jsonl has what was measured")
+
+
+@releaser("vm_results")
+def _close_vm_runs(e: dict, state) -> None:
+    """Runs a kernel VM's guest started under out/<hostname>/: once the VM is gone, none of
+    them can still be running (the VM was killed, timed out, or its guest cowlab died)."""
+    d = Path(e["out"]) / e["hostname"]
+    if not d.is_dir():
+        return
+    before = set(e.get("before") or [])
+    for rj in d.glob("*/run.json"):
+        if str(rj.parent) not in before:
+            close_if_running(rj, KILLED, "the kernel VM ended before this run finished; "
+                             "closed by cowlab on the host; samples.jsonl has what was measured")
+
+
+def close_if_running(p: Path, status: str, why: str) -> bool:
+    try:
+        run = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False  # gone or never written: nothing to close
+    if run.get("status") != "running":
+        return False
+    run["status"] = status
+    run["closed_by_cleanup"] = why
+    tmp = p.with_name(".run.json.cleanup")
+    tmp.write_text(json.dumps(run, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, p)
+    return True
 
 
 def validate(rec: Any) -> str | None:

@@ -142,6 +142,8 @@ class BenchSession:
                         driver_metadata=self.driver.describe(), started=time.time(),
                         state_root=str(self.state.path), mode=self.mode)
             self.writer = RunWriter(Path(self.out), self.run_id, prov)
+            # So a run killed from here on is closed as "killed" by cleanup, not left "running".
+            self._record_h = self.res.add("run_record", path=str(self.writer.dir / "run.json"))
             store = ImageStore(self.state)
             self.images = {}
             for i, (name, spec) in enumerate(self.specs.items()):
@@ -172,6 +174,7 @@ class BenchSession:
                 self.record(Sample("workload", None, "count", {}, status="skipped",
                                    error=f"{self.driver_name} lacks {', '.join(sorted(missing))}"), wl.name)
                 continue
+            t_wl = time.perf_counter()
             ctx = self.context(wl)
             cases = list(wl.cases(ctx))
             total = sum(map(case_total, cases))
@@ -194,6 +197,10 @@ class BenchSession:
                 except (CowlabError, OSError) as e:  # recorded as a failure, never dropped
                     self.record(Sample(name, None, case.unit,
                                        dict(case.params), status="failed", error=str(e)), wl.name)
+            # Where a run's time goes (image imports included), so a slow grid can be trimmed
+            # from facts; the harness's own figure, never a measurement of the driver.
+            self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
+                               {"of": wl.name}), "harness")
         if self.mode != "primitive":
             self.engine.run(progress)  # after the primitive part, so the two never overlap
 
@@ -203,6 +210,8 @@ class BenchSession:
         if hasattr(self, "driver"):  # described while their backings are still mounted
             variants = Context(self.driver, self.res, self.state, {}, self.quick, {}, 0,
                                getattr(self, "_variants", {})).variant_metadata()
+        if hasattr(self, "_record_h"):  # a kill during teardown still gets the right status
+            self.res.update(self._record_h, finishing=status)
         errs = self.engine.close() if getattr(self, "engine", None) else []  # dockerd first
         errs += self.res.close()
         if hasattr(self, "writer"):

@@ -43,6 +43,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import results as _results  # noqa: F401  (the vm_results releaser)
 from . import sysutil
 from .errors import CowlabError
 from .resources import Resources, spawn, tagged_processes
@@ -175,6 +176,9 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         if out is not None:
             out = Path(os.path.abspath(out))
             out.mkdir(parents=True, exist_ok=True)
+        name = (socket.gethostname()[:40] + "-vm").replace("_", "-")
+        if out is not None:  # whatever the guest leaves "running" is closed once the VM is gone
+            res.add("vm_results", out=str(out), hostname=name, before=sorted(_runs(str(out))))
         config = {"argv": argv, "python_argv": python_argv, "scratch": str(scratch),
                   "host_root": str(state.path), "images": str(state.images), "layers": str(state.layers),
                   "disks": sorted(disks), "out": str(out) if out else None,
@@ -183,7 +187,6 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         (scratch / "config.json").write_text(json.dumps(config))
         guest_cmd = " ".join(shlex.quote(a) for a in
                              [sys.executable, "-m", "cowlab.vm", "guest", str(scratch / "config.json")])
-        name = (socket.gethostname()[:40] + "-vm").replace("_", "-")
         cmd = [find_vng(), "--run", str(kernel), "--memory", memory, "--cpus", str(cpus or os.cpu_count() or 1),
                "--name", name, "--rwdir", str(scratch), "--rodir", str(state.images), "--rodir", str(state.layers),
                f"--qemu-opts={' '.join(qemu_opts)}", "--exec", guest_cmd]

@@ -37,7 +37,7 @@ metric is recorded as skipped, with the configured ARC limit (`--max-arc-size`) 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import json
 import os
 import re
@@ -121,51 +121,76 @@ def fuse_daemons() -> list[tuple[int, bool]]:
     return out
 
 
-LOCK_FILE = "/var/run/zfs/cowlab-user.lock"
+# A machine-wide mutex that is no file: an abstract unix socket name (Linux), bound by the
+# process that holds it and gone with it, so nothing is written outside the state root and a
+# SIGKILL can't leave a stale lock. (Abstract names are per network namespace, as a machine's
+# one zfs-fuse socket is not: runs in other namespaces are not serialised against this one.)
+LOCK_NAME = b"\0cowlab-zfs-fuse-user"
 USER_WAIT = 900.0
 KEEP_PREFIX = POOL_PREFIX + "keep-"   # pools of persistent containers (owner service-zfs)
-_user = {"fd": None, "refs": 0}
+_user = {"sock": None, "refs": 0}
 
 
 def user_lock_acquire(wait: float = USER_WAIT) -> None:
     """One cowlab process at a time uses zfs-fuse. Its single daemon (one fixed socket per
     machine) is shared by whoever talks to it, and zfs-fuse 0.7 was seen to deadlock — every
     FUSE request of every client hanging — with three cowlab processes busy in it at once.
-    An flock on a file in the daemon's run directory, held from the driver's first use until
-    its daemon entry is released (counted, so several driver instances of one process share
-    it); another process waits for it, saying so. The kernel drops it if the process dies."""
-    if _user["fd"] is None:
-        os.makedirs(os.path.dirname(LOCK_FILE), mode=0o700, exist_ok=True)
-        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    Held from the driver's first use until its daemon entry is released (counted, so several
+    driver instances of one process share it); another process waits for it, saying so."""
+    if _user["sock"] is None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         deadline, told = time.monotonic() + wait, False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                sock.bind(LOCK_NAME)
                 break
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    sock.close()
+                    raise
+                holder = lock_holder() or "?"
                 if not told:
                     print(f"cowlab: waiting for cowlab process {holder} to finish with zfs-fuse",
                           file=sys.stderr, flush=True)
                     told = True
                 if time.monotonic() > deadline:
-                    os.close(fd)
+                    sock.close()
                     raise Unavailable("driver zfs", f"cowlab process {holder} has been using zfs-fuse for over "
                                       f"{wait:.0f} s (one process at a time: zfs-fuse deadlocks under several)",
                                       "wait for it to finish")
                 time.sleep(0.5)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _user["fd"] = fd
+        _user["sock"] = sock
     _user["refs"] += 1
+
+
+def lock_holder() -> int | None:
+    """The pid holding the lock: its socket's inode from /proc/net/unix, then whose fd it is."""
+    want = "@" + LOCK_NAME[1:].decode()
+    inode = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            f = line.split()
+            if len(f) >= 8 and f[7] == want:
+                inode = f[6]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{d}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{d}/fd/{fd}") == target:
+                            return int(d)
+    return None
 
 
 def user_lock_release() -> None:
     if _user["refs"] > 0:
         _user["refs"] -= 1
-    if _user["refs"] == 0 and _user["fd"] is not None:
-        fd, _user["fd"] = _user["fd"], None
-        os.close(fd)
+    if _user["refs"] == 0 and _user["sock"] is not None:
+        sock, _user["sock"] = _user["sock"], None
+        sock.close()
 
 
 def _end(pid: int, starttime: int | None, grace: float) -> None:
