@@ -111,6 +111,22 @@ def test_thinpool_timeout_queues_then_errors(guest):
     assert guest["report"]["param_after"] == "60"   # the module parameter was put back
 
 
+def test_sigkill_inside_the_vm_then_cleanup_leaves_nothing(guest):
+    """Kill points inside device mapper work (pool, thin volumes, snapshots, teardown, a writer
+    blocked on a full pool), each followed by `cowlab cleanup` in the same guest."""
+    _ok(guest)
+    kills = guest["report"]["kills"]
+    assert len(kills) >= 9
+    for k in kills:
+        assert k["rc"] == -9, f"{k['point']} was not reached ({k['what']}): rc {k['rc']}\n{k['stderr']}"
+        assert k["cleanup_rc"] == 0, k
+        assert k["left"] == {"dm": [], "loops": "", "mounts": []}, k
+        assert k["tagged"] == [], k                 # the writer too, once its pool let it go
+        assert "running" not in k["run_status"], k  # closed as killed (or as teardown had it)
+        assert k["param"] == "60", k                # a dm-thin module parameter changed is put back
+    assert any("killed" in k["run_status"] for k in kills)
+
+
 def test_nothing_left_behind(guest):
     _ok(guest)
     assert guest["report"]["after_all"] == {"dm": [], "loops": "", "mounts": []}

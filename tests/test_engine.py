@@ -159,6 +159,8 @@ def test_engine_releasers_refuse_foreign_paths(state):
         RELEASERS["engine-rundirs"]({"paths": ["/var/run/docker.sock"]}, state)
     with pytest.raises(CowlabError):
         RELEASERS["engine-cgroups"]({"name": "docker"}, state)
+    with pytest.raises(CowlabError):
+        RELEASERS["engine-dm"]({"dir": "/var/lib/docker/devicemapper", "home": "/var/lib/docker"}, state)
 
 
 # --- a private dockerd --------------------------------------------------------------------------
@@ -306,7 +308,14 @@ def test_cleanup_after_a_crash_ends_the_engine(short_root):
                         sockets_before=sockets_before)
 
 
-def test_engine_drivers_cover_the_issue():
+def test_engine_drivers_cover_the_issue(monkeypatch):
     assert {"overlay2", "overlay", "btrfs", "vfs", "fuse-overlayfs"} <= set(ED.ENGINE_DRIVERS)
     assert ED.get("btrfs").backing == "btrfs"
+    # cowlab's devicemapper-loop is Docker's devicemapper in loop-lvm mode (no dm.thinpooldev)
+    dm = ED.get("devicemapper-loop")
+    assert dm.storage_driver == "devicemapper" and not any("thinpooldev" in o for o in dm.options())
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/run/udev/control" else real_exists(p))
+    assert "dm.override_udev_sync_check=true" in dm.options()   # no udevd: a virtme guest
+    assert ED.get("overlay2").options() == [] and ED.get("overlay2").storage_driver == "overlay2"
     assert shutil.which("dockerd", path=PATH_EXTRA) or not ENGINE_OK

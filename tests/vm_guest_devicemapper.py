@@ -40,6 +40,52 @@ def leftovers() -> dict:
             "mounts": [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if "/store/" in l]}
 
 
+BENCH = ["bench", "devicemapper-loop", "--workload", "space", "--reps", "1", "--mode", "primitive",
+         "--out", str(OUT / "kill")]
+LAB = ["lab", "thinpool", "devicemapper-loop", "--mode", "queue", "--pool-size", "32M", "--out", str(OUT / "kill-lab")]
+KILLS = [  # (what the run was doing, COWLAB_KILLPOINT, argv)
+    ("pool: a loop device journaled, not attached", "journal.loop:1", BENCH),
+    ("pool: thin-pool device made", "acquired.dm:1", BENCH),
+    ("base: thin volume created in the pool", "acquired.dm_thin:1", BENCH),
+    ("base: thin device active, not mounted", "acquired.dm:2", BENCH),
+    ("import: a layer's snapshot mounted", "acquired.mount:2", BENCH),
+    ("container: snapshot of the top layer made", "acquired.dm_thin:3", BENCH),
+    ("between samples", "sample:2", BENCH),
+    ("teardown: a dm device removed, entry left", "release.dm:1", BENCH),
+    ("lab: a writer filling a 32 MiB pool that queues forever", "spawn:1", LAB),
+]
+
+
+def tagged(prefix: str) -> list[int]:
+    out = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{d}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(e.startswith(f"COWLAB_OWNER={prefix}".encode()) for e in env):
+            out.append(int(d))
+    return out
+
+
+def kill_then_cleanup(what: str, point: str, argv: list[str]) -> dict:
+    t0 = time.monotonic()
+    before = {str(p) for p in OUT.glob("kill*/*/*/run.json")}
+    p = subprocess.Popen([sys.executable, "-m", "cowlab", *argv], env={**os.environ, "COWLAB_KILLPOINT": point},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate(timeout=900)
+    if point == "spawn:1":
+        time.sleep(8)  # let the orphaned writer fill the pool and block on it
+    cp = cowlab("cleanup", check=False)
+    runs = [json.loads(Path(r).read_text()) for r in map(str, OUT.glob("kill*/*/*/run.json")) if r not in before]
+    rec = {"what": what, "point": point, "rc": p.returncode, "stderr": err[-800:], "cleanup_rc": cp.returncode,
+           "cleanup": cp.stdout[-1500:], "left": leftovers(), "tagged": tagged(f"run-{p.pid}-"),
+           "run_status": [r["status"] for r in runs], "seconds": round(time.monotonic() - t0, 1),
+           "param": Path("/sys/module/dm_thin_pool/parameters/no_space_timeout").read_text().strip()}
+    print(f"kill {point}: rc {p.returncode}, cleanup {cp.returncode}, left {rec['left']}", flush=True)
+    return rec
+
+
 try:
     # 1. the smoke test: a container of the 2-layer demo image (built on the host)
     mp = Path(cowlab("container", "create", "demo", "--driver", "devicemapper-loop").stdout.strip().splitlines()[-1])
@@ -79,6 +125,9 @@ try:
     report["lab_rc"] = cp.returncode
     report["lab"] = [json.loads(p.read_text()) for p in sorted((OUT / "lab").glob("*/*/raw/thinpool.json"))]
     report["param_after"] = Path("/sys/module/dm_thin_pool/parameters/no_space_timeout").read_text().strip()
+
+    # 4. SIGKILL at points inside device mapper work, each followed by `cowlab cleanup`
+    report["kills"] = [kill_then_cleanup(*k) for k in KILLS]
     report["after_all"] = leftovers()
     report["ok"] = True
 except Exception as e:  # the host reads the report and fails the right test

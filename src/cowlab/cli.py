@@ -266,8 +266,10 @@ def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_
     """Run workloads on DRIVER and write results/<host>/<run_id>/."""
     from . import vm
     dopts = dict(o.split("=", 1) if "=" in o else (o, "true") for o in opts)
-    # engine mode alone needs no cowlab driver (nor a VM): dockerd is asked, and its answer recorded
-    if not (mode == "engine" and vm_mode != "always") and vm.choose(drivers.get(driver_name), vm_mode) == "vm":
+    # A backend this kernel lacks goes to the kernel VM in every mode (dockerd's devicemapper needs
+    # the same kernel as cowlab's); an engine-only name (e.g. devicemapper) stays here, where
+    # dockerd is asked and its answer recorded.
+    if driver_name in drivers.DRIVERS and vm.choose(drivers.get(driver_name), vm_mode) == "vm":
         sys.exit(vm.bench_in_vm(driver_name, root=root or ctx.obj["root"], out=Path(out), quick=quick,
                                 workloads=list(workloads), backing=backing, reps=reps,
                                 backing_size=backing_size, mode=mode, options=dopts, device=device,

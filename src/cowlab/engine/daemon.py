@@ -127,6 +127,31 @@ def _release_engine_mounts(e: dict, state: StateRoot) -> None:
             RELEASERS["mount"]({"target": m.target}, state)
 
 
+@releaser("engine-dm")
+def _release_engine_dm(e: dict, state: StateRoot) -> None:
+    """The thin pool and devices dockerd's devicemapper driver left (it deactivates them on a
+    clean shutdown; a killed dockerd leaves them): named docker-MAJ:MIN-INODE-* after the
+    directory they belong to, which is under our state root. Then its loop devices."""
+    d, home = Path(e["dir"]), e["home"]
+    if not (state.inside(d) and state.inside(home)):
+        raise CowlabError(f"journal names {d}, outside the state root; not touching it")
+    from ..drivers import devicemapper as dm
+    if d.is_dir() and dm.has_device_mapper():
+        st = os.stat(d)
+        prefix = f"docker-{os.major(st.st_dev)}:{os.minor(st.st_dev)}-{st.st_ino}-"
+        names = [n for n in dm.list_devices() if n.startswith(prefix)]
+        for n in sorted(names, key=lambda n: n.endswith("-pool")):  # thin devices, then the pool
+            for attempt in range(50):
+                if dm.dmsetup("remove", n, check=False).returncode == 0 or not dm.exists(n):
+                    break
+                time.sleep(0.1)
+            else:
+                raise CowlabError(f"dm device {n} (dockerd's) stays busy")
+    for dev, f in sysutil.loop_devices().items():
+        if f.startswith(home.rstrip("/") + "/"):
+            sysutil.run(["losetup", "-d", dev], check=False)
+
+
 @releaser("engine-rundirs")
 def _release_engine_rundirs(e: dict, state: StateRoot) -> None:
     """rmdir (only if empty) the hard-coded /run paths this run's dockerd created."""
@@ -179,12 +204,12 @@ class PrivateDockerd:
                 "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
                 "-H", f"unix://{self.socket}", "--pidfile", str(self.pidfile),
                 "--config-file", str(self.config_file),
-                "--storage-driver", self.driver.name,
+                "--storage-driver", self.driver.storage_driver,
                 "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
                 "--userland-proxy=false",
                 "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", f"/{self.cgroup}",
                 "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
-        for o in self.driver.storage_opts:
+        for o in self.driver.options():
             argv += ["--storage-opt", o]
         return argv
 
@@ -199,6 +224,8 @@ class PrivateDockerd:
         self.config_file.write_text("{}\n")   # never read /etc/docker/daemon.json
         self.run_dirs_created = [p for p in RUN_DIRS if not os.path.lexists(p)]
         self.handles.append(res.add("engine-rundirs", paths=self.run_dirs_created))
+        if self.driver.device_mapper:  # released after the mounts and processes below
+            self.handles.append(res.add("engine-dm", dir=str(self.data_root / "devicemapper"), home=str(self.home)))
         self.handles.append(res.add("engine-mounts", paths=[str(self.home), str(self.exec_root)]))
         self.handles.append(res.add("engine-cgroups", name=self.cgroup))
         self.handles.append(res.add("engine-procs", tag=self.id))
@@ -221,7 +248,7 @@ class PrivateDockerd:
         api = None
         while True:
             if self.proc.poll() is not None:
-                raise EngineRefused(f"dockerd --storage-driver {self.driver.name} exited "
+                raise EngineRefused(f"dockerd --storage-driver {self.driver.storage_driver} exited "
                                     f"({self.proc.returncode}): {self.failure()}")
             if self.socket.exists():
                 try:

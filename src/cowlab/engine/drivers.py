@@ -8,21 +8,36 @@ is Docker's, not a guess.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class EngineDriver:
-    name: str                      # --storage-driver
+    name: str                      # cowlab's name for it (the bench's DRIVER)
     backing: str | None = None     # a backing filesystem the data-root must be on (loop made if not)
     storage_opts: tuple[str, ...] = ()
     binaries: tuple[str, ...] = ()  # host programs the driver runs (checked, for a clear reason)
     note: str = ""
     extra: dict = field(default_factory=dict)
+    docker_name: str = ""          # --storage-driver, where it differs from name
+    device_mapper: bool = False    # libdevmapper inside dockerd: udev sync, dm devices to sweep
+
+    @property
+    def storage_driver(self) -> str:
+        return self.docker_name or self.name
 
     def missing(self) -> list[str]:
         return [b for b in self.binaries if not shutil.which(b)]
+
+    def options(self) -> list[str]:
+        opts = list(self.storage_opts)
+        if self.device_mapper and not os.path.exists("/run/udev/control"):
+            # No udevd (a virtme guest, a container): libdevmapper makes its nodes itself and
+            # dockerd would refuse to run without udev sync unless told this is intended.
+            opts.append("dm.override_udev_sync_check=true")
+        return opts
 
 
 ENGINE_DRIVERS: dict[str, EngineDriver] = {d.name: d for d in (
@@ -32,9 +47,14 @@ ENGINE_DRIVERS: dict[str, EngineDriver] = {d.name: d for d in (
     EngineDriver("vfs", note="a full copy per layer and per container (no copy-on-write)"),
     EngineDriver("fuse-overlayfs", binaries=("fuse-overlayfs",),
                  note="overlay in userspace through FUSE"),
+    # Docker's devicemapper in its old default mode (loop-lvm: sparse data and metadata files
+    # on loop devices, 100G/2G, 10G base, xfs), as cowlab's devicemapper-loop builds it; through
+    # the kernel VM where this kernel has no device mapper.
+    EngineDriver("devicemapper-loop", docker_name="devicemapper", device_mapper=True,
+                 note="Docker's loop-lvm: a thin pool on loop devices over sparse files"),
     # Known to Docker 20.10 but not runnable natively on this kind of host: dockerd is still
     # started, and its refusal is recorded.
-    EngineDriver("devicemapper", note="needs device-mapper in the kernel (dm-thin-pool)"),
+    EngineDriver("devicemapper", device_mapper=True, note="needs device-mapper in the kernel (dm-thin-pool)"),
     EngineDriver("zfs", note="needs the data-root on a ZFS dataset (not made natively here)"),
     EngineDriver("aufs", note="needs a kernel with AUFS"),
 )}
