@@ -110,6 +110,20 @@ def test_unknown_workload(root_dir):
     assert not root_dir.exists()
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["overlay2", "--opt", "bogus=1"], "overlay2 has no option 'bogus' (its options: metacopy)"),
+    (["vfs", "--device", "/dev/null"], "vfs has no option 'device' (it takes none)"),
+    (["devicemapper-loop", "--opt", "block_size=3K"], "block_size 3072 must be a multiple of 64 KiB"),
+    (["devicemapper-loop", "--opt", "fs=ntfs"], "fs 'ntfs': choose xfs or ext4"),
+    (["devicemapper-loop", "--opt", "no_space_timeout=soon"], "bad option value"),
+])
+def test_bad_driver_option_refused_before_any_work(root_dir, args, needle):
+    """Found in check (or, for a VM-bound backend, before the images are built and the VM boots)."""
+    cp = run_cli("bench", *args, "--out", str(root_dir.parent / "out"), root=root_dir)
+    assert_clean_error(cp, needle)
+    assert not (root_dir / "images").exists() and not (root_dir.parent / "out").exists()
+
+
 def test_spec_error_names_file_layer_field(tmp_path, root_dir):
     bad = tmp_path / "bad.toml"
     bad.write_text(SPEC.replace('size = 10 }', 'size = "ten" }'))

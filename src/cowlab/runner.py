@@ -89,6 +89,7 @@ class BenchSession:
         probe = self.driver_cls.probe()
         if not probe.available:
             raise Unavailable(f"driver {self.driver_name}", probe.reason, probe.hint)
+        self.driver_cls.check_options(self.driver_options)
         self.state = StateRoot(resolve_root(self.root))
         # A driver that runs only on some filesystems (btrfs) gets a loop one of its kind.
         self.backing_kind = autobacking.kind_for(self.driver_cls, self.backing_kind, self.state.path)

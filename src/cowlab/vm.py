@@ -433,11 +433,12 @@ def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, w
     echo = echo or (lambda line: print(line, flush=True))
     require_root()
     cls = drivers.get(driver_name)
+    cls.check_options(options, here=False)  # bad input: refused before anything is built or booted
+    disks, dev_args = guest_disks(cls, device, disk_size)
     state = StateRoot(resolve_root(root)).ensure()
     for line in cleanup.sweep(state):
         echo(f"cleanup: {line}")
     prebuild(state, workloads or None, quick, reps, echo)
-    disks, dev_args = guest_disks(cls, device, disk_size)
     args = ["bench", driver_name, "--out", os.path.abspath(out), "--backing", backing,
             "--backing-size", backing_size, "--mode", mode or "primitive", *dev_args]
     args += ["--quick"] if quick else []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..backing import Backing
+from ..errors import CowlabError
 from ..images import Image, ImageStore
 from ..resources import Handle, Resources
 
@@ -56,6 +57,15 @@ class Driver:
         self.home = home or backing.path / self.name
         self.options = dict(options or {})
         self.home.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def check_options(cls, options: dict, here: bool = True) -> None:
+        """Bad --opt/--device input, found before any work starts. here=False: the run goes to
+        the kernel VM, whose guest checks what only it can see (its own disks)."""
+        bad = sorted(set(options) - cls.option_names)
+        if bad:
+            takes = f"its options: {', '.join(sorted(cls.option_names))}" if cls.option_names else "it takes none"
+            raise CowlabError(f"{cls.name} has no option {bad[0]!r} ({takes})")
 
     # --- to implement ----------------------------------------------------------------------
     @classmethod

@@ -338,6 +338,17 @@ def sweep_strays(state: StateRoot, protected: set[str]) -> list[str]:
 
 
 # --- the driver ----------------------------------------------------------------------------
+def _opt(options: dict, key: str):
+    v = options.get(key, DEFAULTS.get(key))
+    if key in ("block_size", "base_size", "data_size", "metadata_size"):
+        return _size(v)
+    if key in ("zero_blocks", "error_if_no_space", "force"):
+        return _bool(v) if v is not None else False
+    if key in ("no_space_timeout", "low_water_blocks"):
+        return None if v in (None, "") else int(v)
+    return v
+
+
 def _size(v) -> int:
     """Bytes from an int or '64K', '10G', '512M' (binary units, as Docker's options)."""
     if isinstance(v, int):
@@ -438,22 +449,26 @@ class _DeviceMapper(Driver):
 
     # --- options ----------------------------------------------------------------------------
     def opt(self, key: str):
-        v = self.options.get(key, DEFAULTS.get(key))
-        if key in ("block_size", "base_size", "data_size", "metadata_size"):
-            return _size(v)
-        if key in ("zero_blocks", "error_if_no_space", "force"):
-            return _bool(v) if v is not None else False
-        if key in ("no_space_timeout", "low_water_blocks"):
-            return None if v in (None, "") else int(v)
-        return v
+        return _opt(self.options, key)
 
     def _validate(self) -> None:
-        bs = self.opt("block_size")
+        self.check_options(self.options, here=False)
+
+    @classmethod
+    def check_options(cls, options: dict, here: bool = True) -> None:
+        super().check_options(options, here)
+        try:
+            bs = _opt(options, "block_size")
+            t = _opt(options, "no_space_timeout")
+            for k in ("base_size", "data_size", "metadata_size", "zero_blocks", "error_if_no_space",
+                      "force", "low_water_blocks"):
+                _opt(options, k)
+        except (ValueError, TypeError) as e:
+            raise CowlabError(f"{cls.name}: bad option value: {e}") from None
         if bs % MIN_BLOCK or not MIN_BLOCK <= bs <= MAX_BLOCK:
             raise CowlabError(f"block_size {bs} must be a multiple of 64 KiB between 64 KiB and 1 GiB")
-        if self.opt("fs") not in MKFS:
-            raise CowlabError(f"fs {self.opt('fs')!r}: choose {' or '.join(MKFS)}")
-        t = self.opt("no_space_timeout")
+        if _opt(options, "fs") not in MKFS:
+            raise CowlabError(f"fs {_opt(options, 'fs')!r}: choose {' or '.join(MKFS)}")
         if t is not None and t < 0:
             raise CowlabError("no_space_timeout is seconds, 0 (queue forever) or more")
 
@@ -808,6 +823,16 @@ class DeviceMapperDirect(_DeviceMapper):
         if p.available:
             p.details["needs"] = "a spare block device: --device /dev/XXX (or option device=...)"
         return p
+
+    @classmethod
+    def check_options(cls, options: dict, here: bool = True) -> None:
+        super().check_options(options, here)
+        if here:  # (in the kernel VM the guest checks the disk it was given)
+            dev = options.get("device")
+            if not dev:
+                raise CowlabError("devicemapper-direct needs a block device: --device /dev/XXX "
+                                  "(a spare disk; everything on it is lost)")
+            check_device(dev, _opt(options, "force"))
 
     def _areas(self, pres):
         dev = self.options.get("device")
