@@ -100,6 +100,19 @@ def test_vfs_has_no_copy_up_and_no_metacopy(overlay2_copyup, state_root, out_dir
     assert vfs_big < overlay2_copyup[("ext4", "append_1B", None, 64 * MiB)] / 10
 
 
+@pytest.mark.skipif(not shutil.which("mkfs.btrfs"), reason="mkfs.btrfs not installed")
+def test_btrfs_copies_up_in_its_own_filesystem_flat_with_size(state_root, out_dir):
+    """btrfs keeps containers in snapshots of its own filesystem: the backing_fs axis does not
+    apply (measured once, on its btrfs backing), and a first write costs about the same at any size."""
+    recs = run_session("btrfs", "copyup", dict(COPYUP, backing_fs=["ext4", "xfs"], reps=5,
+                                                ops={"append_1B": ["warm"]}), state_root, out_dir)
+    assert recs and {r["params"]["backing_fs"] for r in recs} == {"btrfs"}
+    assert [r for r in recs if r["status"] != "ok"] == []
+    m = medians(recs, "copyup_seconds", KEYS)
+    small, big = m[("btrfs", "append_1B", None, 4 * KiB)], m[("btrfs", "append_1B", None, 64 * MiB)]
+    assert big < 4 * small + 0.002, (small, big)
+
+
 # --- lookup ------------------------------------------------------------------------------------
 LOOKUP_KEYS = ("kind", "cache", "layers")
 EXEC = ["exec"] if static_busybox() else []  # without a static busybox, exec is skipped

@@ -33,7 +33,7 @@ HINT = ("the Vagrant aufs machine (Ubuntu 20.04, whose kernel ships aufs): `cd v
 class Aufs(Driver):
     name = "aufs"
     description = "AUFS branches (rw on top, ro+wh below) with .wh. whiteouts (Docker's aufs driver)"
-    capabilities = frozenset({"union"})
+    capabilities = frozenset({"union", "files_on_backing"})
     max_layers = 127     # aufs's default branch limit (CONFIG_AUFS_BRANCH_MAX_127)
     provision = "aufs"
 

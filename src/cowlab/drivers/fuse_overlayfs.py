@@ -23,7 +23,7 @@ from .overlay2 import Overlay2
 class FuseOverlayfs(Overlay2):
     name = "fuse-overlayfs"
     description = "overlay semantics in a FUSE daemon (Docker's fuse-overlayfs driver)"
-    capabilities = frozenset({"union", "fuse"})
+    capabilities = frozenset({"union", "fuse", "files_on_backing"})
     deviations = {"chown-lower-tree": (
         "chown of a lower symlink copies it up with the current time as its mtime "
         "(fuse-overlayfs 1.10 does not carry the symlink's mtime over)", r"/link: mtime ")}

@@ -30,7 +30,7 @@ from .base import Container, Driver, Probe
 class Overlay(Driver):
     name = "overlay"
     description = "legacy overlay: one lower dir, layers as hard-linked full trees (Docker's overlay)"
-    capabilities = frozenset({"bare_mount", "union"})
+    capabilities = frozenset({"bare_mount", "union", "files_on_backing"})
     provision = "overlay"
 
     @classmethod

@@ -27,7 +27,7 @@ OVL_MAX_STACK = 500
 class Overlay2(Driver):
     name = "overlay2"
     description = "kernel overlayfs, one lower dir per layer (Docker's overlay2)"
-    capabilities = frozenset({"bare_mount", "union", "xattrs"})  # xattrs: user.* kept (conformance)
+    capabilities = frozenset({"bare_mount", "union", "xattrs", "files_on_backing"})  # xattrs: user.* kept (conformance)
     max_layers = OVL_MAX_STACK
     option_names = frozenset({"metacopy"})
 

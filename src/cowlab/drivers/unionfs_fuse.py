@@ -165,7 +165,7 @@ def translate(branch: Path, lowers: list[Path], gone: list[str] = ()) -> int:
 class UnionfsFuse(Driver):
     name = "unionfs-fuse"
     description = "unionfs-fuse branches (RW on top of RO) in a FUSE daemon, with -o cow"
-    capabilities = frozenset({"union", "fuse"})
+    capabilities = frozenset({"union", "fuse", "files_on_backing"})
     deviations = {
         "chown-lower-tree": ("chown of a lower symlink copies it up with the current time as its "
                              "mtime", r"/link: mtime "),

@@ -20,7 +20,7 @@ from .base import Container, Driver, Probe, image_key
 class Vfs(Driver):
     name = "vfs"
     description = "a full copy of the image per container (the baseline)"
-    capabilities = frozenset({"xattrs"})  # cp -a keeps user.* xattrs (checked by conformance)
+    capabilities = frozenset({"xattrs", "files_on_backing"})  # cp -a keeps user.* xattrs (checked by conformance)
 
     @classmethod
     def probe(cls) -> Probe:

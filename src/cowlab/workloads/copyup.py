@@ -23,7 +23,10 @@ Cache (param `cache`): `cold` drops page cache, dentries and inodes after the co
 fresh copy is otherwise still dirty) and reads the file once through the container first.
 Backing (param `backing_fs`): ext4, xfs (reflink=1) and btrfs loop filesystems cowlab makes with
 ctx.variant(backing=...); expect copy-up cost to grow with size on ext4 and stay ~flat on xfs and
-btrfs, where the copy is a clone. Param metacopy is None for every op but chmod.
+btrfs, where the copy is a clone. Only for drivers whose containers' files are files on the
+backing filesystem (capability files_on_backing: the union drivers and vfs); the others copy
+inside a filesystem of their own and are measured once, on the run's backing. Param metacopy is
+None for every op but chmod.
 
 Trimming, so the full grid stays a few minutes on overlay2 (every repetition is a new container,
 and on ext4 each first write at 1 GiB copies and fsyncs 1 GiB): `cold` only for append_1B and
@@ -140,13 +143,19 @@ class Copyup(Workload):
                 synced.add(key)
             return v, img
 
-        for fs in g["backing_fs"]:
+        backings = g["backing_fs"]
+        if "files_on_backing" not in ctx.driver.capabilities:
+            # The copy happens inside the driver's own filesystem (a thin device's, a dataset's,
+            # a subvolume's), which the backing filesystem does not change: measured once, on
+            # the run's own backing, and param backing_fs says which that is.
+            backings = [None]
+        for fs in backings:
             for size in g["file_size_bytes"]:
                 for op, caches in g["ops"].items():
                     for mc in g["metacopy"].get(op, [None]):
                         for cache in caches:
                             params = {"file_size_bytes": size, "op": op, "cache": cache,
-                                      "backing_fs": fs, "metacopy": mc}
+                                      "backing_fs": fs or ctx.backing.mount.fstype, "metacopy": mc}
                             yield self._case(where, fs, mc, size, op, cache, params, g["reps"])
 
     @staticmethod
