@@ -22,9 +22,6 @@ THIN_EMPTY = "0 65536 thin 0 -\n"
 THIN_USED = "0 65536 thin 384 383\n"
 THIN_TABLE = "0 65536 thin 253:0 1\n"
 LINEAR_TABLE = "0 100 linear 7:1 0\n"
-LS = "cowlab-cap-pool\t(253:0)\ncowlab-cap-t1\t(253:1)\n"
-TARGETS = ("zero             v1.1.0\nthin-pool        v1.22.0\nthin             v1.22.0\n"
-           "striped          v1.6.0\nlinear           v1.4.0\nerror            v1.5.0\n")
 
 
 def test_pool_status_rw():
@@ -76,12 +73,6 @@ def test_thin_status_and_table():
     assert (t.target, t.args) == ("thin", ["253:0", "1"])
     assert dm.thin_table(65536, "/dev/mapper/p", 1) == "0 65536 thin /dev/mapper/p 1"
     assert dm.parse_table(LINEAR_TABLE)[0].args == ["7:1", "0"]
-
-
-def test_ls_and_targets():
-    assert dm.parse_ls(LS) == ["cowlab-cap-pool", "cowlab-cap-t1"]
-    assert dm.parse_ls("No devices found\n") == []
-    assert dm.parse_targets(TARGETS)["thin-pool"] == "v1.22.0"
 
 
 def test_sizes_and_options(tmp_path):

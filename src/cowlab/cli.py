@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -396,13 +397,19 @@ cli.add_command(_lab)
 @click.option("--case", "case_names", multiple=True, metavar="NAME", help="Only this case (repeatable).")
 @click.option("--every-layer", is_flag=True, help="Compare images of every depth of deep cases (slower).")
 @click.option("--list", "list_cases", is_flag=True, help="List the cases and exit.")
+@click.option("--vm", "vm_mode", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Drivers this kernel lacks (device mapper) run in the kernel VM (emulated).")
+@click.option("--device", default=None, metavar="DEV",
+              help="devicemapper-direct's block device (everything on it is lost; the VM brings its own).")
+@click.option("--json", "json_out", default=None, metavar="FILE", help="Also write the results as JSON.")
 @click.pass_context
-def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases):
+def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases, vm_mode, device, json_out):
     """Compare each driver's containers with a plain directory (the conformance suite).
 
     Prints a driver × case table; exits non-zero if any case fails on any driver (or a driver
     named with --driver is unavailable)."""
     from . import conformance as C
+    from . import vm
     chosen = C.cases(case_names)
     if list_cases:
         t = Table("case", "layers", "what it checks")
@@ -412,14 +419,25 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases):
         return
     for n in driver_names:
         drivers.get(n)  # an unknown name is an error before any work
+    options = {"devicemapper-direct": {"device": device}} if device else {}
+    if device:
+        drivers.get("devicemapper-direct").check_options(options["devicemapper-direct"],
+                                                         here=vm.choose(drivers.get("devicemapper-direct"),
+                                                                        vm_mode) == "native")
     require_root()
     state = _state(ctx)
     with sigterm_as_interrupt(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                           TimeElapsedColumn(), console=err, transient=True) as prog:
         task = prog.add_task("conformance", total=None)
         results = C.run_suite(state, list(driver_names) or None, [c.name for c in chosen],
-                              every_layer=every_layer,
+                              every_layer=every_layer, options=options, keep_images=bool(os.environ.get(vm.IN_VM)),
                               progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
+    in_vm = [d for d in dict.fromkeys(r.driver for r in results if r.status == "unavailable")
+             if vm.choose(drivers.get(d), vm_mode) == "vm"]
+    if in_vm:
+        results = _conformance_in_vm(state, results, in_vm, chosen, every_layer, device)
+    if json_out:
+        Path(json_out).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
     names = list(dict.fromkeys(r.driver for r in results))
     style = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "error": "[bold red]ERROR[/]",
              "skip": "[yellow]skip[/]", "unavailable": "[dim]unavailable[/]",
@@ -454,6 +472,41 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases):
                   markup=False, highlight=False, soft_wrap=True)
     if bad or missing:
         sys.exit(1)
+
+
+def _conformance_in_vm(state, results, names, chosen, every_layer, device):
+    """Run the suite for `names` in one kernel VM (images built here first: the guest reads this
+    store) and put its results in place of the 'unavailable' ones, marked as emulated."""
+    import tempfile
+
+    from . import conformance as C
+    from . import vm
+    if device:
+        raise CowlabError(f"--device {device} names a device of this host, which the VM does not see; "
+                          "in the VM cowlab attaches a fresh sparse disk of its own (leave --device out)")
+    err.print(f"conformance: {', '.join(names)} not available natively: building the case images, then "
+              f"running them in a {vm.accel().upper()} VM ({vm.find_kernel()})", markup=False, highlight=False)
+    C.prebuild(state, [c.name for c in chosen], every_layer)
+    args = ["conformance", "--vm", "never", *[a for c in chosen for a in ("--case", c.name)]]
+    args += ["--every-layer"] if every_layer else []
+    disks: dict = {}
+    for n in names:
+        d, dev_args = vm.guest_disks(drivers.get(n), None, 16 << 30)
+        disks.update(d)
+        args += ["--driver", n, *dev_args]
+    with tempfile.TemporaryDirectory(dir=state.tmp, prefix=f"{os.getpid()}-vmconf-") as tmp:
+        args += ["--json", f"{tmp}/conformance.json"]
+        r = vm.run(state, args, out=Path(tmp), disks=disks, echo=lambda line: err.print(line, markup=False,
+                                                                                    highlight=False))
+        f = Path(tmp) / "conformance.json"
+        if not f.exists():
+            raise CowlabError(f"the kernel VM wrote no conformance results (exit {r.returncode})")
+        got = [C.Result(**x) for x in json.loads(f.read_text())]
+    note = f"ran in the kernel VM ({r.guest.get('kernel')}, {vm.accel()}, emulated; boot {r.boot_seconds} s)"
+    for x in got:
+        x.notes.append(note)
+    by = {(x.driver, x.case): x for x in got}
+    return [by.get((x.driver, x.case), x) if x.driver in names else x for x in results]
 
 
 def main() -> None:

@@ -708,8 +708,9 @@ class ImageCache:
     """Images built once per suite run (shared by every driver) and removed from the store at
     the end, so `cowlab image ls` does not fill up with conformance images."""
 
-    def __init__(self, store: ImageStore):
+    def __init__(self, store: ImageStore, keep: bool = False):
         self.store = store
+        self.keep = keep  # kept: built on the host for a kernel VM, whose store is read-only
         self.built: dict[str, Image] = {}
 
     def get(self, case: Case, k: int) -> Image:
@@ -719,7 +720,7 @@ class ImageCache:
         return self.built[sp.name]
 
     def close(self) -> None:
-        for name in list(self.built):
+        for name in list(self.built) if not self.keep else []:
             with contextlib.suppress(CowlabError):
                 self.store.remove(name)
         self.built.clear()
@@ -761,8 +762,10 @@ class DriverSession:
     cases run on it, with its own journal owner: `cowlab cleanup` releases it all if this
     process dies."""
 
-    def __init__(self, state: StateRoot, cls: type[Driver], images: ImageCache, umask: int = 0o000):
+    def __init__(self, state: StateRoot, cls: type[Driver], images: ImageCache, umask: int = 0o000,
+                 options: dict | None = None):
         self.state, self.cls, self.images, self.umask = state, cls, images, umask
+        self.options = options or None
 
     def __enter__(self) -> "DriverSession":
         pid = os.getpid()
@@ -775,7 +778,7 @@ class DriverSession:
             self.backing = pick_backing(self.cls, self.state, self.res, self.tag)
             with _umask(self.umask):
                 self.drv = self.cls(self.backing, self.res, self.images.store,
-                                    home=self.backing.path / self.cls.name)
+                                    home=self.backing.path / self.cls.name, options=self.options)
         except BaseException:
             self.res.close()
             raise
@@ -1107,15 +1110,28 @@ def available(names: Iterable[str] | None = None) -> list[tuple[type[Driver], st
     return out
 
 
+def prebuild(state: StateRoot, case_names: Iterable[str] | None = None, every_layer: bool = False) -> int:
+    """Build every image the chosen cases compare (for a kernel VM, whose store is the host's,
+    read-only); returns how many."""
+    state.ensure()
+    cache = ImageCache(ImageStore(state), keep=True)
+    for case in cases(case_names):
+        for k in case.ks(every_layer):
+            cache.get(case, k)
+    return len(cache.built)
+
+
 def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
               case_names: Iterable[str] | None = None, *, every_layer: bool = False,
-              progress: Callable[[str, int, int], None] | None = None) -> list[Result]:
+              progress: Callable[[str, int, int], None] | None = None,
+              options: dict[str, dict] | None = None, keep_images: bool = False) -> list[Result]:
     """Every case on every driver (or the named ones); unavailable drivers yield one
-    'unavailable' result per case with the reason, never a pass."""
+    'unavailable' result per case with the reason, never a pass. options: per driver name
+    (e.g. devicemapper-direct's device)."""
     state.ensure()
     chosen = cases(case_names)
     drivers = available(driver_names)
-    images = ImageCache(ImageStore(state))
+    images = ImageCache(ImageStore(state), keep=keep_images)
     results: list[Result] = []
     total = len(drivers) * len(chosen)
     try:
@@ -1124,6 +1140,7 @@ def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
                 results += [Result(cls.name, case.name, "unavailable", [why]) for case in chosen]
                 continue
             results += run_driver(state, cls, chosen, images, every_layer=every_layer,
+                                  options=(options or {}).get(cls.name),
                                   progress=progress and (lambda d, i, n, base=len(results):
                                                          progress(d, base + i, total)))
     finally:
@@ -1133,11 +1150,12 @@ def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
 
 def run_driver(state: StateRoot, cls: type[Driver], chosen: list[Case], images: ImageCache, *,
                every_layer: bool = False, depths: Iterable[int] | None = None, umask: int = 0o000,
-               progress: Callable[[str, int, int], None] | None = None) -> list[Result]:
+               progress: Callable[[str, int, int], None] | None = None,
+               options: dict | None = None) -> list[Result]:
     """Every chosen case on one (available) driver, sharing one driver session."""
     out: list[Result] = []
     try:
-        with DriverSession(state, cls, images, umask) as session:
+        with DriverSession(state, cls, images, umask, options) as session:
             for case in chosen:
                 if progress:
                     progress(f"{cls.name}: {case.name}", len(out), len(chosen))
@@ -1152,4 +1170,4 @@ def run_driver(state: StateRoot, cls: type[Driver], chosen: list[Case], images: 
 
 
 __all__ = ["CASES", "Case", "Act", "Result", "DriverSession", "compare", "scan", "reference_apply",
-           "run_case", "run_driver", "run_suite", "cases", "available", "declares_rename_dir_exdev"]
+           "run_case", "run_driver", "run_suite", "prebuild", "cases", "available", "declares_rename_dir_exdev"]
