@@ -37,6 +37,8 @@ def guest(tmp_path_factory):
     state = StateRoot(base / "root").ensure()
     ImageStore(state).build(spec.load(DEMO))  # natively, before the boot (the guest's store is read-only)
     vm.prebuild(state, ["space"], quick=False, reps=1)
+    from cowlab import conformance
+    conformance.prebuild(state)  # every case's images: the guest's store is this one, read-only
     out = base / "results"
     lines: list[str] = []
     r = vm.run(state, [], out=out, python_argv=[str(HERE / "vm_guest_devicemapper.py"), str(out)],
@@ -109,6 +111,20 @@ def test_thinpool_timeout_queues_then_errors(guest):
     rep = _lab(guest, "timeout")
     assert rep["enospc"] and rep["blocked_seconds"] is not None and rep["blocked_seconds"] >= 3
     assert guest["report"]["param_after"] == "60"   # the module parameter was put back
+
+
+def test_conformance_suite_passes_on_devicemapper_loop(guest):
+    """The same oracle as every native driver (a plain directory), on thin snapshots."""
+    _ok(guest)
+    res = guest["report"]["conformance"]
+    from cowlab import conformance
+    assert {r["case"] for r in res} == {c.name for c in conformance.CASES}, "not every case ran"
+    bad = [(r["case"], r["status"], r["details"][:5]) for r in res if r["status"] not in ("pass", "skip")]
+    assert bad == [], bad
+    skipped = [r for r in res if r["status"] == "skip"]
+    assert all(r["details"] for r in skipped)  # a skip says why (e.g. no xattrs declared)
+    assert guest["report"]["conformance_rc"] == 0
+    assert guest["report"]["after_conformance"] == {"dm": [], "loops": "", "mounts": []}
 
 
 def test_sigkill_inside_the_vm_then_cleanup_leaves_nothing(guest):

@@ -126,7 +126,14 @@ try:
     report["lab"] = [json.loads(p.read_text()) for p in sorted((OUT / "lab").glob("*/*/raw/thinpool.json"))]
     report["param_after"] = Path("/sys/module/dm_thin_pool/parameters/no_space_timeout").read_text().strip()
 
-    # 4. SIGKILL at points inside device mapper work, each followed by `cowlab cleanup`
+    # 4. the conformance suite on devicemapper-loop (its images were built on the host)
+    cp = cowlab("conformance", "--driver", "devicemapper-loop", "--vm", "never", "--json", str(OUT / "conformance.json"),
+                check=False)
+    report["conformance_rc"] = cp.returncode
+    report["conformance"] = json.loads((OUT / "conformance.json").read_text()) if (OUT / "conformance.json").exists() else []
+    report["after_conformance"] = leftovers()
+
+    # 5. SIGKILL at points inside device mapper work, each followed by `cowlab cleanup`
     report["kills"] = [kill_then_cleanup(*k) for k in KILLS]
     report["after_all"] = leftovers()
     report["ok"] = True

@@ -62,16 +62,12 @@ class Aufs(Driver):
             os.chmod(stage / "diff", 0o755)
             os.replace(stage, dst)
             self.res.release(h)
-        tmp = self.staging()
-        tmp.write_text(json.dumps({"layers": image.layers}))
-        os.replace(tmp, self._image_file(image))
+        self._write_image_record(image, {"layers": image.layers})
 
     def remove_image(self, image: Image) -> None:
-        f = self._image_file(image)
-        if not f.exists():
+        used = self._forget_image(image, "layers")
+        if used is None:
             return
-        f.unlink()
-        used = {d for p in (self.home / "images").glob("*.json") for d in json.loads(p.read_text())["layers"]}
         for d in image.layers:
             if d not in used:
                 sysutil.safe_rmtree(self._layer(d), self.home)

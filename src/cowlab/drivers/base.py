@@ -6,6 +6,7 @@ stays behind them. Optional abilities are named in `capabilities`, never guessed
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -78,6 +79,24 @@ class Driver:
 
     def has_image(self, image: Image) -> bool:
         return self._image_file(image).exists()
+
+    def _write_image_record(self, image: Image, rec: dict) -> None:
+        """The image's record, whole or not at all (written aside, then renamed into place): its
+        existence is what says the image is imported."""
+        f = self._image_file(image)
+        f.parent.mkdir(exist_ok=True)
+        tmp = self.staging()
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, f)
+
+    def _forget_image(self, image: Image, key: str) -> set | None:
+        """Drop the image's record; what the remaining images' records still list under `key`
+        (the layers they share, which must stay), or None if the image was not imported."""
+        f = self._image_file(image)
+        if not f.exists():
+            return None
+        f.unlink()
+        return {x for p in f.parent.glob("*.json") for x in json.loads(p.read_text())[key]}
 
     def import_image(self, image: Image) -> None:
         """Bring an image from the store into the driver's own form (idempotent)."""

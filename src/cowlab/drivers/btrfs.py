@@ -197,16 +197,12 @@ class Btrfs(Driver):
                     self.res.release(h)  # gone if renamed into place; deleted if not
             parent = dst
         rec = {"layers": image.layers, "chains": chains, "top": U.chain_key(chains[-1])}
-        tmp = self.staging()
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self._image_file(image))
+        self._write_image_record(image, rec)
 
     def remove_image(self, image: Image) -> None:
-        f = self._image_file(image)
-        if not f.exists():
+        used = self._forget_image(image, "chains")
+        if used is None:
             return
-        f.unlink()
-        used = {c for p in (self.home / "images").glob("*.json") for c in json.loads(p.read_text())["chains"]}
         for chain in reversed(U.chain_ids(image)):  # children before parents
             p = self._layer(chain)
             if chain not in used and is_subvolume(p):

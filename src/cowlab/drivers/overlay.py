@@ -69,16 +69,12 @@ class Overlay(Driver):
                 self.res.release(h)
             parent = dst
         rec = {"layers": image.layers, "chains": chains, "top": U.chain_key(chains[-1])}
-        tmp = self.staging()
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self._image_file(image))
+        self._write_image_record(image, rec)
 
     def remove_image(self, image: Image) -> None:
-        f = self._image_file(image)
-        if not f.exists():
+        used = self._forget_image(image, "chains")
+        if used is None:
             return
-        f.unlink()
-        used = {c for p in (self.home / "images").glob("*.json") for c in json.loads(p.read_text())["chains"]}
         for chain in U.chain_ids(image):
             if chain not in used:
                 sysutil.safe_rmtree(self._layer(chain), self.home)

@@ -85,16 +85,12 @@ class Overlay2(Driver):
         # occurrence matters, since an identical layer above shadows everything the lower copy
         # does, so the others are dropped.
         rec = {"layers": image.layers, "lower": ":".join(dict.fromkeys(reversed(shorts)))}
-        tmp = self.staging()
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self._image_file(image))
+        self._write_image_record(image, rec)
 
     def remove_image(self, image: Image) -> None:
-        f = self._image_file(image)
-        if not f.exists():
+        used = self._forget_image(image, "layers")
+        if used is None:
             return
-        f.unlink()
-        used = {d for p in (self.home / "images").glob("*.json") for d in json.loads(p.read_text())["layers"]}
         for d in image.layers:
             if d in used:
                 continue

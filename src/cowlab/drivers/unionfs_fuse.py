@@ -213,16 +213,12 @@ class UnionfsFuse(Driver):
                 self.res.release(h)
             below.insert(0, dst / "diff")
         rec = {"layers": image.layers, "chains": [U.chain_key(c) for c in chains]}
-        tmp = self.staging()
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self._image_file(image))
+        self._write_image_record(image, rec)
 
     def remove_image(self, image: Image) -> None:
-        f = self._image_file(image)
-        if not f.exists():
+        used = self._forget_image(image, "chains")
+        if used is None:
             return
-        f.unlink()
-        used = {c for p in (self.home / "images").glob("*.json") for c in json.loads(p.read_text())["chains"]}
         for chain in U.chain_ids(image):
             if U.chain_key(chain) not in used:
                 sysutil.safe_rmtree(self._layer(chain), self.home)

@@ -538,9 +538,7 @@ class Zfs(Driver):
             parent = ds
         rec = {"layers": image.layers, "chains": [U.chain_key(c) for c in chains], "top": self._ds(chains[-1]),
                "pool": pool}
-        tmp = self.staging()
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self._image_file(image))
+        self._write_image_record(image, rec)
 
     def remove_image(self, image: Image) -> None:
         f = self._image_file(image)
