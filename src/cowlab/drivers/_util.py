@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from .. import sysutil
 from ..errors import CowlabError
@@ -36,6 +37,26 @@ def chain_ids(image: Image) -> list[str]:
 
 def chain_key(chain_id: str) -> str:
     return chain_id.split(":")[-1][:32]
+
+
+def union_container(res: Resources, cdir: Path, upper_name: str,
+                    mount: "Callable[[Path, Path, Path], list[Handle]]") -> tuple[Path, list[Handle]]:
+    """An overlay-shaped container: cdir/{upper,work,merged}, the upper dir (the container's
+    root) 0755 whatever our umask, journaled; then mount(upper, work, merged) returns the
+    mount's handles. If the mount fails, the directories go again. Returns merged and handles."""
+    upper, work, merged = cdir / upper_name, cdir / "work", cdir / "merged"
+
+    def mkdirs():
+        for d in (upper, work, merged):
+            d.mkdir(parents=True)
+        os.chmod(upper, 0o755)
+    h1 = res.acquire("dir", mkdirs, path=str(cdir))
+    try:
+        hs = mount(upper, work, merged)
+    except BaseException:
+        res.release(h1)
+        raise
+    return merged, [h1, *hs]
 
 
 def which(tool: str) -> str | None:

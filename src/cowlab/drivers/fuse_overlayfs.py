@@ -10,7 +10,6 @@ journaled child; removing it unmounts, after which the daemon exits (and is ende
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..images import Image
@@ -55,21 +54,10 @@ class FuseOverlayfs(Overlay2):
         lower = self._lowers(image)
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        upper, work, merged = cdir / "diff", cdir / "work", cdir / "merged"
-
-        def mkdirs():
-            for d in (upper, work, merged):
-                d.mkdir(parents=True)
-            os.chmod(upper, 0o755)  # the container root's mode: 0755 whatever our umask is
-        h1 = res.acquire("dir", mkdirs, path=str(cdir))
-        try:
-            hs = U.fuse_mount(res, [U.which("fuse-overlayfs") or "fuse-overlayfs", "-f", "-o",
-                                    self._fuse_options(lower, upper, work), str(merged)],
-                              merged, cdir / "daemon.log")
-        except BaseException:
-            res.release(h1)
-            raise
-        return Container(cid, image.id, self.name, merged, [h1, *hs])
+        merged, hs = U.union_container(res, cdir, "diff", lambda upper, work, merged: U.fuse_mount(
+            res, [U.which("fuse-overlayfs") or "fuse-overlayfs", "-f", "-o",
+                  self._fuse_options(lower, upper, work), str(merged)], merged, cdir / "daemon.log"))
+        return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
         return {"fuse_overlayfs_version": self._version(),

@@ -89,22 +89,10 @@ class Overlay(Driver):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         lower = self._lower(image)
         cid = cid or self.new_id()
-        cdir = self.home / "containers" / cid
-        upper, work, merged = cdir / "upper", cdir / "work", cdir / "merged"
-
-        def mkdirs():
-            for d in (upper, work, merged):
-                d.mkdir(parents=True)
-            os.chmod(upper, 0o755)  # the container root's mode: 0755 whatever our umask is
-        h1 = res.acquire("dir", mkdirs, path=str(cdir))
-        try:
-            h2 = res.acquire("mount", lambda: sysutil.mount("overlay", merged, "overlay",
-                                                            self._options(lower, upper, work)),
-                             target=str(merged))
-        except BaseException:
-            res.release(h1)
-            raise
-        return Container(cid, image.id, self.name, merged, [h1, h2])
+        merged, hs = U.union_container(res, self.home / "containers" / cid, "upper", lambda upper, work, merged: [
+            res.acquire("mount", lambda: sysutil.mount("overlay", merged, "overlay", self._options(lower, upper, work)),
+                        target=str(merged))])
+        return Container(cid, image.id, self.name, merged, hs)
 
     def bare_mount(self, image: Image, scratch: Path):
         lower = self._lower(image)

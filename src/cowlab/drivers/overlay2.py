@@ -18,6 +18,7 @@ from .. import sysutil
 from ..errors import CowlabError
 from ..images import Image
 from ..resources import Resources
+from . import _util as U
 from .base import Container, Driver, Probe
 
 # fs/overlayfs/params.h: OVL_MAX_STACK. The kernel refuses more lower layers than this.
@@ -120,21 +121,10 @@ class Overlay2(Driver):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         lower = json.loads(self._image_file(image).read_text())["lower"]
         cid = cid or self.new_id()
-        cdir = self.home / "containers" / cid
-        upper, work, merged = cdir / "diff", cdir / "work", cdir / "merged"
-
-        def mkdirs():
-            for d in (upper, work, merged):
-                d.mkdir(parents=True)
-            os.chmod(upper, 0o755)  # the container root's mode: 0755 whatever our umask is
-        h1 = res.acquire("dir", mkdirs, path=str(cdir))
-        try:
-            h2 = res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged),
-                             target=str(merged))
-        except BaseException:
-            res.release(h1)
-            raise
-        return Container(cid, image.id, self.name, merged, [h1, h2])
+        merged, hs = U.union_container(res, self.home / "containers" / cid, "diff", lambda upper, work, merged: [
+            res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged),
+                        target=str(merged))])
+        return Container(cid, image.id, self.name, merged, hs)
 
     # --- bare mount, for the harness floor -------------------------------------------------
     def bare_mount(self, image: Image, scratch: Path):
