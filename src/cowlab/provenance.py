@@ -33,6 +33,8 @@ def tool_version(cmd: list[str]) -> str | None:
 
 
 def git_sha() -> str | None:
+    if os.environ.get("COWLAB_GIT_SHA"):  # the kernel VM's guest: the host's, same checkout
+        return os.environ["COWLAB_GIT_SHA"]  # (git in an emulated guest can take longer than 5 s)
     here = Path(__file__).resolve().parent
     try:
         cp = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import results as _results  # noqa: F401  (the vm_results releaser)
-from . import sysutil
+from . import provenance, sysutil
 from .errors import CowlabError
 from .resources import Resources, spawn, tagged_processes
 from .state import StateRoot
@@ -183,7 +183,7 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
                   "host_root": str(state.path), "images": str(state.images), "layers": str(state.layers),
                   "disks": sorted(disks), "out": str(out) if out else None,
                   "host": {"hostname": socket.gethostname(), "kernel": platform.release()},
-                  "kernel_image": str(kernel), "accel": accel()}
+                  "kernel_image": str(kernel), "accel": accel(), "git_sha": provenance.git_sha()}
         (scratch / "config.json").write_text(json.dumps(config))
         guest_cmd = " ".join(shlex.quote(a) for a in
                              [sys.executable, "-m", "cowlab.vm", "guest", str(scratch / "config.json")])
@@ -349,6 +349,8 @@ def guest_main(config_path: str) -> int:
         env = dict(os.environ, COWLAB_ROOT=str(root), COWLAB_VIRTUALIZATION=cfg["accel"],
                    COWLAB_HYPERVISOR=f"QEMU {cfg['accel'].upper()} (virtme-ng), host {cfg['host']['hostname']}",
                    PYTHONDONTWRITEBYTECODE="1", **{IN_VM: "1"})
+        if cfg.get("git_sha"):
+            env["COWLAB_GIT_SHA"] = cfg["git_sha"]
         env.pop("COWLAB_OWNER", None)
         args = [_subst(a, disks) for a in (cfg.get("argv") or [])]
         report["setup_seconds"] = round(time.perf_counter() - t0, 3)
