@@ -117,7 +117,7 @@ try:
     report["smoke"]["after_teardown"] = leftovers()
 
     # 2. a bench run (results with run.json, virtualization tcg)
-    cowlab("bench", "devicemapper-loop", "--workload", "space", "--reps", "1", "--out", str(OUT))
+    cowlab("bench", "devicemapper-loop", "--workload", "space", "--reps", "1", "--mode", "primitive", "--out", str(OUT))
 
     # 3. the thin pool labs: queue (then grow), error_if_no_space, and a 5 s no_space_timeout
     cp = cowlab("lab", "thinpool", "devicemapper-loop", "--mode", "queue", "--mode", "error", "--mode", "timeout",

@@ -173,9 +173,11 @@ class Resources:
         return h
 
     def update(self, h: Handle, **args) -> None:
-        """Record what is only known after creation (a loop device's name, a child's pid)."""
+        """Record what is only known after creation (a loop device's name, a child's pid).
+        A handle already released has no entry left to update."""
         h.args.update(args)
-        _write_json(h.path, {"kind": h.kind, **h.args})
+        if h in self._live:
+            _write_json(h.path, {"kind": h.kind, **h.args})
 
     # -- releasing -------------------------------------------------------------------------
     def release(self, h: Handle) -> None:

@@ -400,11 +400,13 @@ DIRECT_SERIAL = "cowlab-direct"
 
 
 def prebuild(state: StateRoot, workload_names: list[str] | None, quick: bool, reps: int | None,
-             echo=None) -> None:
-    """Build the images the workloads need on the host, natively (the guest reads them)."""
+             echo=None, engine: bool = False) -> None:
+    """Build the images the workloads need on the host, natively (the guest reads them), and
+    for engine mode the same images with the busybox base layer under them."""
     from . import workloads as W
     from .images import ImageStore
     store = ImageStore(state)
+    built = {}
     for wl in W.get(workload_names):
         g = dict(wl.grid(quick))
         if reps is not None:
@@ -412,7 +414,11 @@ def prebuild(state: StateRoot, workload_names: list[str] | None, quick: bool, re
         for spec in wl.specs(g):
             if echo:
                 echo(f"cowlab-vm: image {spec.name} (built on the host)")
-            store.build(spec)
+            built[spec.name] = store.build(spec)
+    if engine:
+        from .engine.images import build_engine_images, static_busybox
+        if static_busybox():  # (without one the guest's engine check says so)
+            build_engine_images(store, built)
 
 
 def guest_disks(driver_cls, device: str | None, size: int) -> tuple[dict[str, int], list[str]]:
@@ -440,7 +446,7 @@ def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, w
     state = StateRoot(resolve_root(root)).ensure()
     for line in cleanup.sweep(state):
         echo(f"cleanup: {line}")
-    prebuild(state, workloads or None, quick, reps, echo)
+    prebuild(state, workloads or None, quick, reps, echo, engine=mode in ("engine", "both"))
     args = ["bench", driver_name, "--out", os.path.abspath(out), "--backing", backing,
             "--backing-size", backing_size, "--mode", mode or "primitive", *dev_args]
     args += ["--quick"] if quick else []
