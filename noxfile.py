@@ -104,8 +104,9 @@ def vagrant_smoke(session):
 
 @nox.session
 def conformance(session):
-    """The conformance suite on every driver available here: each driver's containers compared
-    with a plain directory, a driver × case table, non-zero exit on any failure (as root).
+    """The conformance suite on every driver available here (device mapper in the kernel VM):
+    each driver's containers compared with a plain directory, a driver × case table, non-zero
+    exit on any failure (as root).
     `-- --driver NAME` for one driver, `-- --case NAME`, `-- --every-layer`, `-- --list`."""
     _provision(session, "host")
     _install(session)
