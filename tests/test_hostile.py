@@ -408,7 +408,9 @@ def test_cli_error_paths_for_every_driver(tmp_path, tiny_root):
         if not probe.available:
             cp = run_cli("container", "create", "x", "--driver", driver, root=tiny_root)
             assert_one_line_error(cp, f"driver {driver} is unavailable", probe.reason[:30])
-            cp = run_cli("conformance", "--driver", driver, "--case", "basic", root=tiny_root)
+            # (--vm never: where the kernel VM could run it, `auto` would boot one; this checks
+            # the error a driver that can't run here gives)
+            cp = run_cli("conformance", "--driver", driver, "--case", "basic", "--vm", "never", root=tiny_root)
             assert cp.returncode == 1 and "unavailable" in cp.stdout + cp.stderr, cp.stderr
             seen[driver] = "unavailable"
             continue
@@ -429,3 +431,37 @@ def test_cli_error_paths_for_every_driver(tmp_path, tiny_root):
     # nothing but the marker (touched), the journal (made and emptied) and persistent driver homes
     assert all(k.split("/")[0] in (".", ".cowlab-root", "journal", "store") for k in changed), changed
     assert not any(k.startswith("journal/") for k in after), after.keys()
+
+
+@pytest.mark.parametrize("style", ["overlay", "apply", "aufs"])
+def test_whiteout_that_is_not_a_marker_is_refused(tmp_path, style):
+    """Found by test_fuzz_layer_apply: an opaque marker recorded as a hard link to another path
+    was taken by apply_tar (which only looks at the name) while check_tar refused it. A whiteout
+    is an empty regular file (or, from AUFS, a hard link to another whiteout); anything else is
+    refused the same way by both."""
+    def layer(kind):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            d = tarfile.TarInfo("a")
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            t.addfile(d)
+            f = tarfile.TarInfo("a/b")
+            t.addfile(f, io.BytesIO(b""))
+            w = tarfile.TarInfo("a/.wh..wh..opq")
+            if kind == "link":
+                w.type, w.linkname = tarfile.LNKTYPE, "a/b"
+            elif kind == "symlink":
+                w.type, w.linkname = tarfile.SYMTYPE, "b"
+            t.addfile(w, io.BytesIO(b"") if kind == "file" else None)
+        p = tmp_path / f"{kind}.tar"
+        p.write_bytes(buf.getvalue())
+        return p
+    for kind in ("link", "symlink"):
+        p = layer(kind)
+        with pytest.raises(CowlabError, match="is not a regular file"):
+            layers.check_tar(p, "t")
+        dest = tmp_path / f"dest-{kind}-{style}"
+        dest.mkdir()
+        with pytest.raises(CowlabError, match="is not a regular file"):
+            layers.apply_tar(p, dest, style, "t")
+    layers.check_tar(layer("file"), "t")  # the ordinary marker still passes

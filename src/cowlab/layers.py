@@ -335,7 +335,12 @@ def check_member(m: tarfile.TarInfo, where: str) -> str:
     if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.isfifo()):
         raise CowlabError(f"{where}: {m.name!r} has unsupported tar type {m.type!r}")
     if m.islnk():
-        member_path(m.linkname, where + f", hard link {m.name!r}")
+        target = member_path(m.linkname, where + f", hard link {m.name!r}")
+    if posixpath.basename(rel).startswith(WH) and not (
+            m.isreg() or (m.islnk() and posixpath.basename(target).startswith(WH))):
+        # A whiteout is a marker, an empty regular file (AUFS hard-links its whiteouts to one
+        # another, which tar records as links between .wh. names): anything else is not one.
+        raise CowlabError(f"{where}: whiteout {m.name!r} is not a regular file (tar type {m.type!r})")
     if m.issym() and (not m.linkname or "\0" in m.linkname):
         raise CowlabError(f"{where}: symlink {m.name!r} has an empty or invalid target")
     for k in m.pax_headers:
