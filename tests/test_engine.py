@@ -319,3 +319,20 @@ def test_engine_drivers_cover_the_issue(monkeypatch):
     assert "dm.override_udev_sync_check=true" in dm.options()   # no udevd: a virtme guest
     assert ED.get("overlay2").options() == [] and ED.get("overlay2").storage_driver == "overlay2"
     assert shutil.which("dockerd", path=PATH_EXTRA) or not ENGINE_OK
+
+
+def test_apparmor_unconfined_only_where_the_kernel_enforces_it_without_a_parser(monkeypatch):
+    from cowlab.engine import daemon as D
+    real_read = Path.read_text
+
+    def kernel(enabled):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: enabled + "\n"
+                            if str(self) == "/sys/module/apparmor/parameters/enabled" else real_read(self, *a, **k))
+    kernel("Y")
+    monkeypatch.setattr(D.shutil, "which", lambda name, path=None: None)
+    assert D.container_security_opts() == ["apparmor=unconfined"]
+    monkeypatch.setattr(D.shutil, "which", lambda name, path=None: "/sbin/apparmor_parser")
+    assert D.container_security_opts() == []       # Docker loads its own docker-default profile
+    kernel("N")
+    monkeypatch.setattr(D.shutil, "which", lambda name, path=None: None)
+    assert D.container_security_opts() == []

@@ -164,6 +164,20 @@ def _release_engine_rundirs(e: dict, state: StateRoot) -> None:
             pass  # not empty (a system docker uses it now) or already gone
 
 
+def container_security_opts() -> list[str]:
+    """`apparmor=unconfined` where the kernel has AppArmor enabled but apparmor_parser is not
+    installed (Debian's kernel in cowlab's VM, on a host without the apparmor package): dockerd
+    would otherwise refuse to start any container, failing to load its docker-default profile.
+    Recorded in run.json (engine.container_security_opt)."""
+    try:
+        enabled = Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
+    except OSError:
+        enabled = False
+    if enabled and not shutil.which("apparmor_parser", path=os.environ.get("PATH", "") + ":" + PATH_EXTRA):
+        return ["apparmor=unconfined"]
+    return []
+
+
 def check_socket_room(state: StateRoot) -> None:
     """dockerd's and containerd's sockets live in the exec-root under <root>/tmp: refuse a state
     root whose path leaves no room for them (sun_path holds 107 bytes)."""
@@ -306,6 +320,7 @@ class PrivateDockerd:
             "kernel_version": info.get("KernelVersion"), "security_options": info.get("SecurityOptions"),
             "default_runtime": info.get("DefaultRuntime"), "docker_root_dir": info.get("DockerRootDir"),
             "sdk_version": _sdk_version(),
+            "container_security_opt": container_security_opts(),
             "loadavg_at_start": list(os.getloadavg()),  # other work on the machine shows up in timings
         }
 

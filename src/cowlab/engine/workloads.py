@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 from .. import probes, sysutil
 from ..errors import CowlabError, NotApplicable
+from .daemon import container_security_opts
 from ..results import Sample
 from ..workloads.base import Case, GiB, Measured, Timed
 
@@ -45,7 +46,8 @@ class EngineContext:
                  quick: bool):
         self.daemon, self.refs, self.load_errors, self.grid, self.quick = daemon, refs, load_errors, grid, quick
         self.api = daemon.client.api
-        self.host_config = self.api.create_host_config(network_mode="none")
+        self.host_config = self.api.create_host_config(network_mode="none",
+                                                       security_opt=container_security_opts() or None)
 
     @property
     def data_root(self):
