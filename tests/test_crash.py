@@ -366,7 +366,11 @@ def test_signal_tears_down_and_keeps_samples(lab, tmp_path, sig, workload):
     env["COWLAB_FAULTS_TRACE"] = str(trace)
     argv = [sys.executable, "-m", "cowlab", "--root", str(lab.root), "bench", "overlay2", "--quick",
             "--reps", "3", "--workload", workload, "--out", str(out)] + lab.extra
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=lab.cwd)
+    # As a foreground run at a terminal gets it: SIGINT at its default, even when this test runs
+    # from a background job (whose children start with SIGINT ignored, so Python installs no
+    # KeyboardInterrupt handler and Ctrl-C would never reach cowlab).
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=lab.cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # creation: after a few samples; density: while 8 readers are alive (the 6th reader spawned)
     want = ("sample", 4) if workload == "creation" else ("spawn", 6)
     deadline = time.monotonic() + 300
