@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import contextlib
 import os
 import shutil
 import signal
@@ -178,8 +179,21 @@ def pid_alive(pid: int, starttime: int | None) -> bool:
     return st is not None and (starttime is None or st == starttime)
 
 
+def running(pid: int, starttime: int | None = None) -> bool:
+    """Alive and not a zombie (one that has exited but whose parent has not reaped it yet is
+    as good as gone to whoever wants it ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except OSError:
+        return False
+    fields = s[s.rindex(")") + 2:].split()
+    return fields[0] not in ("Z", "X") and (starttime is None or int(fields[19]) == starttime)
+
+
 def kill_pid(pid: int, starttime: int | None, grace: float = 5.0) -> None:
-    """End a process cowlab started: SIGTERM, then SIGKILL; only if pid and start time match."""
+    """End a process cowlab started: SIGTERM, then SIGKILL; only if pid and start time match.
+    (A zombie is signalled too, harmlessly, so that a child of ours is reaped below.)"""
     if not pid_alive(pid, starttime):
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
@@ -195,7 +209,9 @@ def kill_pid(pid: int, starttime: int | None, grace: float = 5.0) -> None:
                     return
             except ChildProcessError:
                 pass  # not our child: poll /proc instead
-            if not pid_alive(pid, starttime):
+            if not running(pid, starttime):  # gone, or a zombie: reap it if it is our child
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
                 return
             time.sleep(0.02)
 

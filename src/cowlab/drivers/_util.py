@@ -39,24 +39,25 @@ def chain_key(chain_id: str) -> str:
     return chain_id.split(":")[-1][:32]
 
 
-def union_container(res: Resources, cdir: Path, upper_name: str,
-                    mount: "Callable[[Path, Path, Path], list[Handle]]") -> tuple[Path, list[Handle]]:
-    """An overlay-shaped container: cdir/{upper,work,merged}, the upper dir (the container's
-    root) 0755 whatever our umask, journaled; then mount(upper, work, merged) returns the
-    mount's handles. If the mount fails, the directories go again. Returns merged and handles."""
-    upper, work, merged = cdir / upper_name, cdir / "work", cdir / "merged"
+def union_container(res: Resources, cdir: Path, names: tuple[str, ...],
+                    mount: "Callable[..., list[Handle]]") -> tuple[Path, list[Handle]]:
+    """A union container's directories cdir/<names> (the first is the writable upper dir, the
+    container's root, made 0755 whatever our umask; the last the mount point), journaled; then
+    mount(*dirs) returns the mount's handles. If the mount fails, the directories go again.
+    Returns the mount point and every handle."""
+    dirs = [cdir / n for n in names]
 
     def mkdirs():
-        for d in (upper, work, merged):
+        for d in dirs:
             d.mkdir(parents=True)
-        os.chmod(upper, 0o755)
+        os.chmod(dirs[0], 0o755)
     h1 = res.acquire("dir", mkdirs, path=str(cdir))
     try:
-        hs = mount(upper, work, merged)
+        hs = mount(*dirs)
     except BaseException:
         res.release(h1)
         raise
-    return merged, [h1, *hs]
+    return dirs[-1], [h1, *hs]
 
 
 def which(tool: str) -> str | None:

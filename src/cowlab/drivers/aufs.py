@@ -88,19 +88,9 @@ class Aufs(Driver):
         lowers = [self._layer(d) / "diff" for d in reversed(layers)]  # top layer first
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        upper, merged = cdir / "diff", cdir / "mnt"
-
-        def mkdirs():
-            for d in (upper, merged):
-                d.mkdir(parents=True)
-            os.chmod(upper, 0o755)  # the container root's mode: 0755 whatever our umask is
-        h1 = res.acquire("dir", mkdirs, path=str(cdir))
-        try:
-            h2 = res.acquire("mount", lambda: self._mount(upper, lowers, merged, cdir / "xino"), target=str(merged))
-        except BaseException:
-            res.release(h1)
-            raise
-        return Container(cid, image.id, self.name, merged, [h1, h2])
+        merged, hs = U.union_container(res, cdir, ("diff", "mnt"), lambda upper, merged: [
+            res.acquire("mount", lambda: self._mount(upper, lowers, merged, cdir / "xino"), target=str(merged))])
+        return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
         return {"aufs_mount": "br:<upper>=rw:<layerN>=ro+wh:...,dio,xino=<container>/xino (+ remount,append:)",

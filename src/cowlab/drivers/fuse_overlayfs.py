@@ -54,7 +54,7 @@ class FuseOverlayfs(Overlay2):
         lower = self._lowers(image)
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        merged, hs = U.union_container(res, cdir, "diff", lambda upper, work, merged: U.fuse_mount(
+        merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), lambda upper, work, merged: U.fuse_mount(
             res, [U.which("fuse-overlayfs") or "fuse-overlayfs", "-f", "-o",
                   self._fuse_options(lower, upper, work), str(merged)], merged, cdir / "daemon.log"))
         return Container(cid, image.id, self.name, merged, hs)

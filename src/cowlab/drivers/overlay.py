@@ -89,7 +89,7 @@ class Overlay(Driver):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         lower = self._lower(image)
         cid = cid or self.new_id()
-        merged, hs = U.union_container(res, self.home / "containers" / cid, "upper", lambda upper, work, merged: [
+        merged, hs = U.union_container(res, self.home / "containers" / cid, ("upper", "work", "merged"), lambda upper, work, merged: [
             res.acquire("mount", lambda: sysutil.mount("overlay", merged, "overlay", self._options(lower, upper, work)),
                         target=str(merged))])
         return Container(cid, image.id, self.name, merged, hs)

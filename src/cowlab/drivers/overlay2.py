@@ -121,7 +121,7 @@ class Overlay2(Driver):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         lower = json.loads(self._image_file(image).read_text())["lower"]
         cid = cid or self.new_id()
-        merged, hs = U.union_container(res, self.home / "containers" / cid, "diff", lambda upper, work, merged: [
+        merged, hs = U.union_container(res, self.home / "containers" / cid, ("diff", "work", "merged"), lambda upper, work, merged: [
             res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged),
                         target=str(merged))])
         return Container(cid, image.id, self.name, merged, hs)

@@ -234,23 +234,12 @@ class UnionfsFuse(Driver):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        upper, merged = cdir / "upper", cdir / "merged"
-        branches = self._branches(image, upper)
-
-        def mkdirs():
-            for d in (upper, merged):
-                d.mkdir(parents=True)
-            os.chmod(upper, 0o755)  # the container root's mode: 0755 whatever our umask is
-        h1 = res.acquire("dir", mkdirs, path=str(cdir))
-        try:
-            # stderr discarded: with hide_meta_files, unionfs-fuse 1.0 prints two debug lines
-            # for every directory entry it lists, which would cost time in every readdir.
-            hs = U.fuse_mount(res, [U.which("unionfs") or "unionfs", "-f", "-o", self.OPTIONS, branches,
-                                    str(merged)], merged, None)
-        except BaseException:
-            res.release(h1)
-            raise
-        return Container(cid, image.id, self.name, merged, [h1, *hs])
+        # stderr discarded: with hide_meta_files, unionfs-fuse 1.0 prints two debug lines
+        # for every directory entry it lists, which would cost time in every readdir.
+        merged, hs = U.union_container(res, cdir, ("upper", "merged"), lambda upper, merged: U.fuse_mount(
+            res, [U.which("unionfs") or "unionfs", "-f", "-o", self.OPTIONS, self._branches(image, upper),
+                  str(merged)], merged, None))
+        return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
         return {"unionfs_version": self._version(),

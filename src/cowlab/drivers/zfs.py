@@ -41,7 +41,6 @@ import errno
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -94,16 +93,6 @@ def version(impl: str | None) -> str:
     return ""
 
 
-def _running(pid: int, starttime: int | None = None) -> bool:
-    """Alive and not a zombie (a killed daemon whose parent has not reaped it yet)."""
-    try:
-        st = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = st[st.rindex(")") + 2:].split()
-    return fields[0] not in ("Z", "X") and (starttime is None or int(fields[19]) == starttime)
-
-
 def fuse_daemons() -> list[tuple[int, bool]]:
     """(pid, started by cowlab) of every running zfs-fuse daemon."""
     out = []
@@ -116,7 +105,7 @@ def fuse_daemons() -> list[tuple[int, bool]]:
             env = Path(f"/proc/{d}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if _running(int(d)):
+        if sysutil.running(int(d)):
             out.append((int(d), any(e.startswith(OWNER_ENV.encode() + b"=") for e in env)))
     return out
 
@@ -193,22 +182,6 @@ def user_lock_release() -> None:
         sock.close()
 
 
-def _end(pid: int, starttime: int | None, grace: float) -> None:
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    return
-            if not _running(pid, starttime):
-                return
-            time.sleep(0.05)
-
-
 def _daemon_owner(pid: int) -> str:
     """The journal owner that started a cowlab zfs-fuse daemon (from its environment)."""
     try:
@@ -243,7 +216,7 @@ def _release_daemon(e: dict, state: StateRoot) -> None:
         user_lock_acquire()  # a dead run's or a persistent owner's entry: wait for the live user
     try:
         for pid, st in pids:
-            if not _running(pid, st):
+            if not sysutil.running(pid, st):
                 continue
             starter = _daemon_owner(pid)
             if starter not in (e.get("tag"), e.get("owner")) and not _owner_gone(starter):
@@ -251,7 +224,7 @@ def _release_daemon(e: dict, state: StateRoot) -> None:
             cp = _zfs_cli(["zpool", "list", "-H", "-o", "name"], check=False)
             if cp.returncode == 0 and any(n.startswith(KEEP_PREFIX) for n in cp.stdout.split()):
                 continue  # serves persistent containers
-            _end(pid, st, e.get("grace", 30.0))
+            sysutil.kill_pid(pid, st, e.get("grace", 30.0))
     finally:
         user_lock_release()
 
@@ -413,7 +386,7 @@ class Zfs(Driver):
     def _wait_socket(self, pid: int) -> bool:
         deadline = time.monotonic() + 30
         while not _socket_up():
-            if not _running(pid):
+            if not sysutil.running(pid):
                 raise CowlabError(f"zfs-fuse (pid {pid}) exited before opening {FUSE_SOCKET}; "
                                   f"see {self.home / 'zfs-fuse.log'}")
             if time.monotonic() > deadline:
