@@ -364,13 +364,20 @@ def test_signal_tears_down_and_keeps_samples(lab, tmp_path, sig, workload):
     out = tmp_path / "results"
     env = lab.env()
     env["COWLAB_FAULTS_TRACE"] = str(trace)
+    # creation: enough repetitions that the run is still busy when the signal lands (with 3, a
+    # warm machine finished the whole grid between the 4th sample and the signal)
+    reps = "100" if workload == "creation" else "3"
     argv = [sys.executable, "-m", "cowlab", "--root", str(lab.root), "bench", "overlay2", "--quick",
-            "--reps", "3", "--workload", workload, "--out", str(out)] + lab.extra
-    # As a foreground run at a terminal gets it: SIGINT at its default, even when this test runs
-    # from a background job (whose children start with SIGINT ignored, so Python installs no
-    # KeyboardInterrupt handler and Ctrl-C would never reach cowlab).
+            "--reps", reps, "--workload", workload, "--out", str(out)] + lab.extra
+    # As a foreground run at a terminal gets it: SIGINT at its default and not blocked, even when
+    # this test runs from a background job (whose children start with SIGINT ignored, so Python
+    # installs no KeyboardInterrupt handler) or from a thread that has it blocked (the mask is
+    # inherited): either way Ctrl-C would never reach cowlab.
+    def foreground():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=lab.cwd,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=foreground)
     # creation: after a few samples; density: while 8 readers are alive (the 6th reader spawned)
     want = ("sample", 4) if workload == "creation" else ("spawn", 6)
     deadline = time.monotonic() + 300
@@ -380,9 +387,11 @@ def test_signal_tears_down_and_keeps_samples(lab, tmp_path, sig, workload):
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before {want}: {proc.stderr.read()[-2000:]}"
     pid = proc.pid
+    with open(f"/proc/{pid}/status") as f:  # (for the message below, if the signal is lost)
+        masks = [line.strip() for line in f if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 130, (masks, err[-3000:])
     assert "Traceback" not in err
     assert "interrupted" in err
     assert mounts_under(lab.base) == [] and loops_under(lab.base) == []

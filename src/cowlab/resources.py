@@ -156,8 +156,10 @@ class Resources:
             raise KeyError(f"no releaser for resource kind {kind!r}")
         h = Handle(self._seq, kind, args, self.dir / f"{self._seq:08d}.json")
         self._seq += 1
-        _write_json(h.path, {"kind": kind, **args})
+        # Live before the entry is written: a Ctrl-C between the two must not leave an entry
+        # close() does not know of (releasers are idempotent, so one never written is harmless).
         self._live.append(h)
+        _write_json(h.path, {"kind": kind, **args})
         faults.point("journal", kind)
         return h
 
