@@ -156,3 +156,54 @@ def test_owners_order(state):
     assert not resources.owner_alive({"kind": "run", "pid": os.getpid(), "starttime": 1})  # pid reused
     assert resources.owner_alive({"kind": "container"})
     run.close()
+
+
+# A process whose main thread has ended while another thread still runs: its /proc stat shows
+# the leader as a zombie, but it cannot be reaped yet. (A multithreaded FUSE daemon passes
+# through this state as it exits; CI once saw kill_pid return there and leave it running.)
+_LEADER_GONE_THREAD_ON = r"""
+import ctypes, os, signal, threading, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def late():
+    time.sleep(1.0)
+    os._exit(0)
+threading.Thread(target=late).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def _stat(pid: int) -> list[str]:
+    s = open(f"/proc/{pid}/stat").read()
+    return s[s.rindex(")") + 2:].split()
+
+
+def test_kill_pid_waits_for_a_zombie_leader_whose_threads_still_run():
+    import subprocess
+    p = subprocess.Popen([sys.executable, "-c", _LEADER_GONE_THREAD_ON])
+    st = sysutil.proc_starttime(p.pid)
+    deadline = time.monotonic() + 10
+    while _stat(p.pid)[0] != "Z":
+        assert time.monotonic() < deadline, "the main thread never ended"
+        time.sleep(0.01)
+    assert int(_stat(p.pid)[17]) > 1  # the other thread still runs
+    assert sysutil.running(p.pid, st)
+    t0 = time.monotonic()
+    sysutil.kill_pid(p.pid, st, grace=5.0)
+    # SIGTERM is ignored: the process ends when its thread does (~1 s), and is reaped
+    assert 0.3 < time.monotonic() - t0 < 5.0
+    assert not sysutil.pid_alive(p.pid, None)
+    p.returncode = 0
+
+
+def test_kill_pid_reaps_a_dead_zombie_child_at_once():
+    import subprocess
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    st = sysutil.proc_starttime(p.pid)
+    while _stat(p.pid)[0] != "Z":
+        time.sleep(0.01)
+    assert not sysutil.running(p.pid, st)
+    t0 = time.monotonic()
+    sysutil.kill_pid(p.pid, st)
+    assert time.monotonic() - t0 < 1.0
+    assert not sysutil.pid_alive(p.pid, None)
+    p.returncode = 0

@@ -180,40 +180,49 @@ def pid_alive(pid: int, starttime: int | None) -> bool:
 
 
 def running(pid: int, starttime: int | None = None) -> bool:
-    """Alive and not a zombie (one that has exited but whose parent has not reaped it yet is
-    as good as gone to whoever wants it ended)."""
+    """Alive and not a dead zombie. A zombie that has exited but whose parent has not reaped it
+    yet is as good as gone to whoever wants it ended; but a zombie thread-group leader whose other
+    threads still run (a multithreaded FUSE daemon mid-exit, or one whose main thread ended) is
+    still running: its stat shows Z with num_threads > 1."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             s = f.read()
     except OSError:
         return False
     fields = s[s.rindex(")") + 2:].split()
-    return fields[0] not in ("Z", "X") and (starttime is None or int(fields[19]) == starttime)
+    if starttime is not None and int(fields[19]) != starttime:
+        return False
+    return fields[0] not in ("Z", "X") or int(fields[17]) > 1
+
+
+def _ended(pid: int, starttime: int | None) -> bool:
+    """Our child: ended once waitpid has reaped it (a zombie leader whose threads still run is
+    not reapable yet, and is not gone). Anyone else's: once it no longer runs."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return bool(done)
+    except ChildProcessError:
+        return not running(pid, starttime)
 
 
 def kill_pid(pid: int, starttime: int | None, grace: float = 5.0) -> None:
     """End a process cowlab started: SIGTERM, then SIGKILL; only if pid and start time match.
-    (A zombie is signalled too, harmlessly, so that a child of ours is reaped below.)"""
+    Returns once it is gone (reaped, if it is our child); raises if even SIGKILL did not end it."""
     if not pid_alive(pid, starttime):
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
         try:
-            os.kill(pid, sig)
+            os.kill(pid, sig)  # a zombie of ours is signalled too, harmlessly, and reaped below
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    return
-            except ChildProcessError:
-                pass  # not our child: poll /proc instead
-            if not running(pid, starttime):  # gone, or a zombie: reap it if it is our child
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-                return
+        while not _ended(pid, starttime):
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.02)
+        else:
+            return
+    raise CowlabError(f"process {pid} is still there 30 s after SIGKILL (see /proc/{pid}/stat)")
 
 
 def loop_devices() -> dict[str, str]:
