@@ -73,6 +73,11 @@ class Driver:
     def probe(cls) -> Probe:
         raise NotImplementedError
 
+    def _layer(self, chain: str) -> Path:
+        """Where a driver keeps a layer by chain id (a layer's form depends on those below it)."""
+        from ._util import chain_key
+        return self.home / "layers" / chain_key(chain)
+
     def _image_file(self, image: Image) -> Path:
         """Where a driver that keeps one record per imported image writes it."""
         return self.home / "images" / f"{image_key(image)}.json"

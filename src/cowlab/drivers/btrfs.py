@@ -173,9 +173,6 @@ class Btrfs(Driver):
                               "(run with the host backing on a non-btrfs root and cowlab makes a loop btrfs)")
 
     # --- layers ----------------------------------------------------------------------------
-    def _layer(self, chain: str) -> Path:
-        return self.home / "layers" / U.chain_key(chain)
-
     def import_image(self, image: Image) -> None:
         if self.has_image(image):
             return

@@ -41,9 +41,6 @@ class Overlay(Driver):
             return Probe(False, "cp (GNU coreutils) not found", "sudo bash vagrant/provision/overlay.sh")
         return Probe(True)
 
-    def _layer(self, chain: str) -> Path:
-        return self.home / "layers" / U.chain_key(chain)
-
     def import_image(self, image: Image) -> None:
         if self.has_image(image):
             return

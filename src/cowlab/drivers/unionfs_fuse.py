@@ -190,9 +190,6 @@ class UnionfsFuse(Driver):
         v = U.pkg_version("unionfs-fuse")
         return f"unionfs-fuse {v}" if v else U.tool_version([U.which("unionfs") or "unionfs", "--version"], "unionfs")
 
-    def _layer(self, chain: str) -> Path:
-        return self.home / "layers" / U.chain_key(chain)
-
     def import_image(self, image: Image) -> None:
         if self.has_image(image):
             return
