@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import contextlib
 import os
 import shutil
 import signal
