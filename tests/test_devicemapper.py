@@ -139,6 +139,53 @@ def test_direct_in_vm_gets_its_own_disk():
         vm.guest_disks(dm.DeviceMapperDirect, "/dev/sdb", 1 << 30)
 
 
+def test_direct_in_vm_in_mode_both_gets_a_second_disk_for_dockerd():
+    disks, args = vm.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {})
+    assert disks == {vm.DIRECT_SERIAL: 1 << 30, vm.ENGINE_SERIAL: 1 << 30}
+    assert args == ["--device", "{disk:cowlab-direct}", "--opt", "engine_device={disk:cowlab-engine}"]
+    assert vm.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "engine", {})[0] == {vm.DIRECT_SERIAL: 1 << 30}
+    with pytest.raises(CowlabError, match="does not see"):
+        vm.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {"engine_device": "/dev/sdc"})
+
+
+def test_engine_pool_options_by_mode():
+    from types import SimpleNamespace
+    from cowlab.engine.session import EnginePart
+    opts = {"device": "/dev/vdb", "engine_device": "/dev/vdc", "block_size": "128K"}
+    both = EnginePart(SimpleNamespace(driver_options=opts, mode="both", driver_name="devicemapper-direct"))
+    assert both.pool_options() == {"device": "/dev/vdc", "block_size": "128K"}
+    alone = EnginePart(SimpleNamespace(driver_options={"device": "/dev/vdb"}, mode="engine",
+                                       driver_name="devicemapper-direct"))
+    assert alone.pool_options() == {"device": "/dev/vdb"}
+    lacking = EnginePart(SimpleNamespace(driver_options={"device": "/dev/vdb"}, mode="both",
+                                         driver_name="devicemapper-direct"))
+    with pytest.raises(CowlabError, match="engine_device"):
+        lacking.pool_options()
+
+
+def test_engine_device_must_be_another_device():
+    with pytest.raises(CowlabError, match="pool of its own"):
+        dm.DeviceMapperDirect.check_options({"device": "/dev/vdb", "engine_device": "/dev/vdb"}, here=False)
+    dm.DeviceMapperDirect.check_options({"device": "/dev/vdb", "engine_device": "/dev/vdc"}, here=False)
+    with pytest.raises(CowlabError, match="no option 'engine_device'"):
+        dm.DeviceMapperLoop.check_options({"engine_device": "/dev/vdc"}, here=False)
+
+
+def test_engine_only_stand_in_takes_the_pool_drivers_options():
+    from cowlab.engine.session import engine_only_driver
+    assert "engine_device" in engine_only_driver("devicemapper-direct").option_names
+    assert engine_only_driver("overlay2").option_names == frozenset()
+
+
+def test_mapper_node_releaser_touches_only_this_roots_links(state):
+    from cowlab.resources import RELEASERS
+    with pytest.raises(CowlabError, match="not touching"):
+        RELEASERS["dm_node"]({"path": "/dev/mapper/control"}, state)
+    with pytest.raises(CowlabError, match="not touching"):
+        RELEASERS["dm_node"]({"path": f"/tmp/{dm.root_prefix(state)}pool"}, state)
+    RELEASERS["dm_node"]({"path": f"/dev/mapper/{dm.root_prefix(state)}gone-pool"}, state)  # absent: fine
+
+
 def test_kernel_choice_skips_cloud(tmp_path, monkeypatch):
     monkeypatch.setenv("COWLAB_VM_KERNEL", str(tmp_path / "missing"))
     assert vm.find_kernel() is None

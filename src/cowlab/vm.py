@@ -397,6 +397,7 @@ if __name__ == "__main__":
 
 # --- `cowlab bench` and `cowlab lab` through the VM ----------------------------------------------
 DIRECT_SERIAL = "cowlab-direct"
+ENGINE_SERIAL = "cowlab-engine"   # dockerd's own pool in --mode both
 
 
 def prebuild(state: StateRoot, workload_names: list[str] | None, quick: bool, reps: int | None,
@@ -421,14 +422,21 @@ def prebuild(state: StateRoot, workload_names: list[str] | None, quick: bool, re
             build_engine_images(store, built)
 
 
-def guest_disks(driver_cls, device: str | None, size: int) -> tuple[dict[str, int], list[str]]:
-    """Extra disks and the CLI args naming them, for a driver that needs a block device."""
+def guest_disks(driver_cls, device: str | None, size: int, mode: str | None = None,
+                options: dict | None = None) -> tuple[dict[str, int], list[str]]:
+    """Extra disks and the CLI args naming them, for a driver that needs a block device: one
+    for its pool, and in --mode both a second for dockerd's (option engine_device)."""
     if not getattr(driver_cls, "needs_device", False):
         return {}, []
-    if device:
-        raise CowlabError(f"--device {device} names a device of this host, which the VM does not see; "
-                          f"in the VM cowlab attaches a fresh sparse disk of its own (leave --device out)")
-    return {DIRECT_SERIAL: size}, ["--device", "{disk:%s}" % DIRECT_SERIAL]
+    for given in (device, (options or {}).get("engine_device")):
+        if given:
+            raise CowlabError(f"{given} names a device of this host, which the VM does not see; in the VM "
+                              "cowlab attaches fresh sparse disks of its own (leave --device and engine_device out)")
+    disks, args = {DIRECT_SERIAL: size}, ["--device", "{disk:%s}" % DIRECT_SERIAL]
+    if mode == "both":
+        disks[ENGINE_SERIAL] = size
+        args += ["--opt", "engine_device={disk:%s}" % ENGINE_SERIAL]
+    return disks, args
 
 
 def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, workloads: list[str],
@@ -442,7 +450,7 @@ def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, w
     require_root()
     cls = drivers.get(driver_name)
     cls.check_options(options, here=False)  # bad input: refused before anything is built or booted
-    disks, dev_args = guest_disks(cls, device, disk_size)
+    disks, dev_args = guest_disks(cls, device, disk_size, mode, options)
     state = StateRoot(resolve_root(root)).ensure()
     for line in cleanup.sweep(state):
         echo(f"cleanup: {line}")
@@ -452,7 +460,7 @@ def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, w
     args += ["--quick"] if quick else []
     args += [x for w in workloads for x in ("--workload", w)]
     args += ["--reps", str(reps)] if reps is not None else []
-    args += [x for k, v in options.items() if k not in ("device",) for x in ("--opt", f"{k}={v}")]
+    args += [x for k, v in options.items() if k not in ("device", "engine_device") for x in ("--opt", f"{k}={v}")]
     echo(f"cowlab-vm: {driver_name} is not available natively; running `cowlab {' '.join(args)}` in a "
          f"{accel().upper()} VM ({find_kernel()}); its boot time is reported, not measured")
     r = run(state, args, out=Path(out), disks=disks, echo=echo)

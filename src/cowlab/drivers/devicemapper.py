@@ -95,6 +95,29 @@ def exists(name: str) -> bool:
     return dmio.exists(name)
 
 
+MAPPER = Path("/dev/mapper")
+
+
+def mapper_node(name: str, res: Resources) -> str:
+    """/dev/mapper/NAME, the path dockerd's devicemapper driver writes into its thin tables for
+    a pool it is given. udev makes it where udev runs; elsewhere (a virtme guest, no udevd)
+    cowlab links it to /dev/dm-N itself, journaled, and removes the link before the device."""
+    p = MAPPER / name
+    if not os.path.lexists(p):
+        target = dev_path(name)
+        res.acquire("dm_node", lambda: os.symlink(os.path.relpath(target, MAPPER), p), path=str(p))
+    return str(p)
+
+
+@releaser("dm_node")
+def _release_dm_node(e: dict, state: StateRoot) -> None:
+    p = Path(e["path"])
+    if p.parent != MAPPER or not p.name.startswith(root_prefix(state)):
+        raise CowlabError(f"journal names {p}, not a /dev/mapper link of this state root; not touching it")
+    if p.is_symlink():
+        p.unlink()
+
+
 # --- parsing (pure, unit-tested with captured text) ------------------------------------------
 @dataclass
 class TableLine:
@@ -812,6 +835,8 @@ class DeviceMapperDirect(_DeviceMapper):
     name = "devicemapper-direct"
     description = "dm-thin pool on a block device you name (Docker's direct-lvm, without LVM)"
     needs_device = True  # the kernel VM attaches a disk of its own for it
+    # engine_device: in --mode both, the device for dockerd's pool (engine mode alone uses device)
+    option_names = _DeviceMapper.option_names | {"engine_device"}
 
     @classmethod
     def probe(cls) -> Probe:
@@ -829,6 +854,12 @@ class DeviceMapperDirect(_DeviceMapper):
                 raise CowlabError("devicemapper-direct needs a block device: --device /dev/XXX "
                                   "(a spare disk; everything on it is lost)")
             check_device(dev, _opt(options, "force"))
+        eng = options.get("engine_device")
+        if eng and options.get("device") and os.path.realpath(eng) == os.path.realpath(options["device"]):
+            raise CowlabError(f"engine_device {eng} is --device itself: dockerd needs a pool of its own, "
+                              "on a second spare device")
+        if eng and here:
+            check_device(eng, _opt(options, "force"))
 
     def _areas(self, pres):
         dev = self.options.get("device")

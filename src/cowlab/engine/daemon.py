@@ -192,8 +192,10 @@ def check_socket_room(state: StateRoot) -> None:
 class PrivateDockerd:
     """One dockerd for one driver. start() → client → stop(); every step journaled in res."""
 
-    def __init__(self, state: StateRoot, res: Resources, driver: EngineDriver, data_parent: Path):
+    def __init__(self, state: StateRoot, res: Resources, driver: EngineDriver, data_parent: Path,
+                 storage_opts: list[str] | None = None):
         self.state, self.res, self.driver = state, res, driver
+        self.storage_opts = list(storage_opts or [])  # the run's own (a thin pool cowlab made)
         self.id = uuid.uuid4().hex[:8]
         self.cgroup = f"{CGROUP_PREFIX}{self.id}"
         self.home = Path(data_parent) / f"engine-{driver.name}-{self.id}"
@@ -223,7 +225,7 @@ class PrivateDockerd:
                 "--userland-proxy=false",
                 "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", f"/{self.cgroup}",
                 "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
-        for o in self.driver.options():
+        for o in self.driver.options() + self.storage_opts:
             argv += ["--storage-opt", o]
         return argv
 

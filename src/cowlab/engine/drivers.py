@@ -23,6 +23,9 @@ class EngineDriver:
     extra: dict = field(default_factory=dict)
     docker_name: str = ""          # --storage-driver, where it differs from name
     device_mapper: bool = False    # libdevmapper inside dockerd: udev sync, dm devices to sweep
+    # A cowlab driver whose pool code makes dockerd's thin pool (given as dm.thinpooldev): the
+    # pool is then cowlab's, on the device the user names, journaled like the driver's own.
+    pool_driver: str = ""
 
     @property
     def storage_driver(self) -> str:
@@ -52,6 +55,11 @@ ENGINE_DRIVERS: dict[str, EngineDriver] = {d.name: d for d in (
     # the kernel VM where this kernel has no device mapper.
     EngineDriver("devicemapper-loop", docker_name="devicemapper", device_mapper=True,
                  note="Docker's loop-lvm: a thin pool on loop devices over sparse files"),
+    # Docker's direct-lvm without LVM: a pristine pool cowlab makes on a block device (in mode
+    # both a second one, option engine_device: the first holds cowlab's own pool).
+    EngineDriver("devicemapper-direct", docker_name="devicemapper", device_mapper=True,
+                 pool_driver="devicemapper-direct",
+                 note="dm.thinpooldev: a thin pool cowlab makes on a block device (direct-lvm without LVM)"),
     # Known to Docker 20.10 but not runnable natively on this kind of host: dockerd is still
     # started, and its refusal is recorded.
     EngineDriver("devicemapper", device_mapper=True, note="needs device-mapper in the kernel (dm-thin-pool)"),

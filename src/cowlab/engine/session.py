@@ -33,6 +33,8 @@ def engine_only_driver(name: str) -> type[Driver]:
     class EngineOnly(Driver):
         description = f"Docker Engine storage driver {name} (engine mode only)"
         backing_kinds = (ed.backing,) if ed.backing else None
+        # the options of the cowlab driver that makes dockerd's pool (checked in EnginePart.check)
+        option_names = _pool_cls(ed).option_names if ed.pool_driver else frozenset()
 
         @classmethod
         def probe(cls) -> Probe:
@@ -70,6 +72,7 @@ class EnginePart:
         self.daemon: PrivateDockerd | None = None
         self.refs: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
+        self.pool_meta: dict | None = None
 
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> None:
@@ -85,8 +88,38 @@ class EnginePart:
             raise Unavailable("engine mode", "no static busybox for containers to run", HINT)
         self.workloads = [w for w in s.workloads if w.name in CASES]
         check_socket_room(s.state)
+        if self.driver.pool_driver:
+            _pool_cls(self.driver).check_options(self.pool_options(), here=True)
         # Docker holds a second copy of every image (its own layer store), and vfs one per container.
         s.need_bytes += sum(_spec_bytes(sp) for sp in s.specs.values()) * 2
+
+    def pool_options(self) -> dict:
+        """Options of dockerd's own pool: the run's, on engine_device in mode both (device
+        holds cowlab's pool then), on device when the engine runs alone."""
+        opts = dict(self.s.driver_options)
+        eng = opts.pop("engine_device", None)
+        if self.s.mode == "both":
+            if not eng:
+                raise CowlabError(f"--mode both on {self.s.driver_name} needs a second spare device for "
+                                  "dockerd's thin pool: --opt engine_device=/dev/YYY (--device holds cowlab's "
+                                  "own pool); or run --mode primitive and --mode engine one after the other")
+            opts["device"] = eng
+        return opts
+
+    def _thin_pool(self) -> list[str]:
+        """dockerd's storage options for a pool cowlab makes (dm.thinpooldev): a pristine pool
+        (Docker refuses one with used blocks or a transaction id), made by cowlab's own driver
+        code and journaled in the run's resources, so it goes only after dockerd has stopped."""
+        if not self.driver.pool_driver:
+            return []
+        from ..drivers import devicemapper as dm
+        s = self.s
+        home = s.backing.path / f"engine-pool-{self.driver.name}"
+        drv = _pool_cls(self.driver)(s.backing, s.res, ImageStore(s.state), home=home,
+                                     options=self.pool_options())
+        node = dm.mapper_node(drv.pool, s.res)
+        self.pool_meta = {"thinpooldev": node, **drv.metadata()}
+        return [f"dm.thinpooldev={node}"]
 
     # -- prepare --------------------------------------------------------------------------------
     def prepare(self, progress: Progress | None = None) -> None:
@@ -123,9 +156,10 @@ class EnginePart:
             return
         if progress:
             progress(f"engine: starting dockerd --storage-driver {self.driver.name}", 0, 1)
-        self.daemon = PrivateDockerd(s.state, s.res, self.driver, self._data_parent())
-        t0 = time.perf_counter()
+        self.pool_meta = None
         try:
+            self.daemon = PrivateDockerd(s.state, s.res, self.driver, self._data_parent(), self._thin_pool())
+            t0 = time.perf_counter()
             self.daemon.start()
         except Exception as e:  # EngineRefused (dockerd's own words), or anything on the way
             why = str(e) if isinstance(e, EngineRefused) else _why(e)
@@ -134,12 +168,15 @@ class EnginePart:
             self.record(Sample("engine_start_seconds", None, "s", {"storage_driver": self.driver.name},
                                status="failed", error=why), "engine")
             s.writer.write_run(engine={"requested_driver": self.driver.name, "refused": why,
-                                       "dockerd_argv": self.daemon.argv})
+                                       "dockerd_argv": self.daemon.argv if self.daemon else None,
+                                       "thin_pool": self.pool_meta})
             self.close()
             return
         self.record(Sample("engine_start_seconds", time.perf_counter() - t0, "s",
                            {"storage_driver": self.driver.name}), "engine")
         desc = self.daemon.describe()
+        if self.pool_meta:
+            desc["thin_pool"] = self.pool_meta
         desc["images"] = {n: {"name": img.name, "layers": len(img.layers), "content_bytes": img.content_bytes,
                               "base_layers": 1} for n, img in self.images.items()}
         s.writer.write_run(engine=desc)
@@ -207,6 +244,11 @@ class EnginePart:
             errs = d.stop(keep_log=keep)
             left = d.leftovers()
         return errs + [f"engine left {x}" for x in left]
+
+
+def _pool_cls(ed: ED.EngineDriver) -> type[Driver]:
+    from .. import drivers
+    return drivers.get(ed.pool_driver)
 
 
 def _spec_bytes(spec) -> int:
