@@ -206,10 +206,12 @@ def _ended(pid: int, starttime: int | None) -> bool:
 
 def kill_pid(pid: int, starttime: int | None, grace: float = 5.0) -> None:
     """End a process cowlab started: SIGTERM, then SIGKILL; only if pid and start time match.
-    Returns once it is gone (reaped, if it is our child); raises if even SIGKILL did not end it."""
+    Returns once it is gone (reaped, if it is our child), or 5 s after SIGKILL: a process in
+    uninterruptible sleep ends only when its I/O returns, which may take a later release (a
+    writer blocked on a full thin pool that queues dies once the pool is torn down)."""
     if not pid_alive(pid, starttime):
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.kill(pid, sig)  # a zombie of ours is signalled too, harmlessly, and reaped below
         except ProcessLookupError:
@@ -221,7 +223,6 @@ def kill_pid(pid: int, starttime: int | None, grace: float = 5.0) -> None:
             time.sleep(0.02)
         else:
             return
-    raise CowlabError(f"process {pid} is still there 30 s after SIGKILL (see /proc/{pid}/stat)")
 
 
 def loop_devices() -> dict[str, str]:
