@@ -234,14 +234,13 @@ def test_bench_session_engine_mode(driver, short_root, tmp_path):
     assert_nothing_left(short_root, run["engine"], s.res.owner, sockets_before)
 
 
-@pytest.mark.root
-@needs_engine
-def test_refused_driver_is_recorded(short_root, tmp_path):
-    """aufs is not in this kernel: dockerd refuses, the run records dockerd's own reason."""
+def refused_engine_run(driver: str, root: Path, tmp_path: Path):
+    """An engine-mode run of one tiny creation case whose engine does not start: the session
+    and its one failed engine_start_seconds sample (the teardown itself must be clean)."""
     from cowlab.runner import BenchSession
 
-    s = BenchSession("aufs", quick=True, workload_names=["creation"], out=tmp_path / "out",
-                     root=str(short_root), reps=1, mode="engine",
+    s = BenchSession(driver, quick=True, workload_names=["creation"], out=tmp_path / "out",
+                     root=str(root), reps=1, mode="engine",
                      grid_overrides={"creation": {"image_size_bytes": [MiB], "layers": [1]}})
     s.check()
     try:
@@ -252,10 +251,54 @@ def test_refused_driver_is_recorded(short_root, tmp_path):
     assert errs == []
     bad = [r for r in s.records if r["metric"] == "engine_start_seconds"]
     assert len(bad) == 1 and bad[0]["status"] == "failed" and bad[0]["mode"] == "engine"
-    assert "aufs" in bad[0]["error"].lower() or "driver" in bad[0]["error"].lower()
+    return s, bad[0]
+
+
+@pytest.mark.root
+@needs_engine
+def test_refused_driver_is_recorded(short_root, tmp_path):
+    """aufs is not in this kernel: dockerd refuses, the run records dockerd's own reason."""
+    s, bad = refused_engine_run("aufs", short_root, tmp_path)
+    assert "aufs" in bad["error"].lower() or "driver" in bad["error"].lower()
     run = json.loads((s.writer.dir / "run.json").read_text())
     assert run["engine"]["refused"]
     assert_nothing_left(short_root, {"exec_root": ""}, s.res.owner)
+
+
+@pytest.mark.root
+@needs_engine
+def test_zfs_engine_without_kernel_zfs_is_recorded_with_the_way_to_get_it(short_root, tmp_path):
+    """Docker's zfs driver opens /dev/zfs: with zfs-fuse only (this host), cowlab says so before
+    starting dockerd, and names the kernel VM route; nothing is left."""
+    from cowlab.drivers import zfs
+
+    if zfs.implementation() == "kernel":
+        pytest.skip("this host has kernel ZFS: the refusal does not happen here")
+    s, bad = refused_engine_run("zfs", short_root, tmp_path)
+    assert "needs kernel ZFS" in bad["error"] and "--vm always" in bad["error"]
+    run = json.loads((s.writer.dir / "run.json").read_text())
+    assert run["engine"]["refused"] and run["engine"]["dockerd_argv"] is None
+    assert_nothing_left(short_root, {"exec_root": ""}, s.res.owner)
+
+
+def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
+    from cowlab.drivers import zfs
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    for name, out in (("zfs", "zfs-2.1.11-1\nzfs-kmod-2.1.11-1"), ("zpool", "")):
+        (sbin / name).write_text(f"#!/bin/sh\nprintf '{out}\\n'\n")
+        (sbin / name).chmod(0o755)
+    monkeypatch.setattr(zfs, "KERNEL_TOOLS", tmp_path)
+    monkeypatch.setattr(zfs, "implementation", lambda: "kernel")
+    assert zfs._tool("zfs") == str(sbin / "zfs") and zfs._tool("zpool") == str(sbin / "zpool")
+    assert zfs.kernel_tools_ok() == ""
+    (sbin / "zfs").write_text("#!/bin/sh\necho 'unrecognized command version' >&2; exit 1\n")
+    assert "not zfsutils-linux's" in zfs.kernel_tools_ok()
+    monkeypatch.setattr(zfs, "implementation", lambda: "fuse")  # zfs-fuse's own tools then
+    assert zfs._tool("zfs") != str(sbin / "zfs")
+    from cowlab.engine.session import engine_only_driver
+    assert engine_only_driver("zfs").option_names == zfs.Zfs.option_names
+    assert ED.get("zfs").pool_driver == "zfs"
 
 
 CRASHER = r"""

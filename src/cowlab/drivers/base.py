@@ -136,6 +136,12 @@ class Driver:
             res.release(h)
         container.handles.clear()
 
+    def engine_storage(self) -> dict:
+        """For engine mode, where dockerd's storage driver takes storage cowlab makes (a thin pool,
+        a ZFS dataset): make it, in this driver's resources, and say how dockerd gets it:
+        {"storage_opts": [...], "path": [dirs dockerd's PATH needs first], "meta": {...}}."""
+        raise CowlabError(f"{self.name} makes no storage for dockerd")
+
     def describe(self) -> dict:
         return {"driver": self.name, **self.backing.metadata(), **self.metadata()}
 

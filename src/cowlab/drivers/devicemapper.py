@@ -561,6 +561,13 @@ class _DeviceMapper(Driver):
         """(metadata device, data device, data bytes, dm slices made) for a new pool."""
         raise NotImplementedError
 
+    def engine_storage(self) -> dict:
+        """A pristine pool for dockerd (dm.thinpooldev): Docker refuses one with used blocks or a
+        non-zero transaction id, so it is a pool of this instance's own, never the bench's."""
+        node = mapper_node(self.pool, self.res)
+        return {"storage_opts": [f"dm.thinpooldev={node}"], "path": [],
+                "meta": {"thinpooldev": node, **self.metadata()}}
+
     # --- thin device bookkeeping (a small json file, under a lock: CLI commands may overlap) ---
     @contextlib.contextmanager
     def _lock(self):

@@ -65,15 +65,52 @@ HINT = "sudo bash vagrant/provision/zfs.sh"
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
+# zfsutils-linux unpacked beside zfs-fuse (the packages conflict; both ship /sbin/zfs and
+# /sbin/zpool): where the kernel VM gets kernel ZFS (vagrant/provision/zfs-kernel-vm.sh).
+KERNEL_TOOLS = Path(os.environ.get("COWLAB_ZFS_KERNEL_TOOLS", "/opt/cowlab-zfs"))
+KERNEL_HINT = "sudo bash vagrant/provision/zfs-kernel-vm.sh, then --vm always"
+
+
+def _kernel_tool(name: str) -> str | None:
+    for d in ("sbin", "usr/sbin"):
+        p = KERNEL_TOOLS / d / name
+        if os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
 def _tool(name: str) -> str:
+    """zfs and zpool talk to kernel ZFS or to zfs-fuse's daemon, whichever ships them: with
+    kernel ZFS, the kernel tools unpacked in KERNEL_TOOLS come first."""
+    if name in ("zfs", "zpool") and implementation() == "kernel":
+        return _kernel_tool(name) or U.which(name) or name
     return U.which(name) or name
+
+
+def kernel_tools_ok() -> str:
+    """'' if the zfs tool found for kernel ZFS is zfsutils-linux's, else why not (zfs-fuse's
+    own zfs has no `version` subcommand and talks only to its daemon's socket)."""
+    cp = subprocess.run([_tool("zfs"), "version"], capture_output=True, text=True)
+    if cp.returncode != 0 or "zfs-" not in cp.stdout:
+        return (f"kernel ZFS (/dev/zfs) but {_tool('zfs')} is not zfsutils-linux's zfs "
+                f"(zfs-fuse's?); zfsutils-linux belongs in {KERNEL_TOOLS} or on PATH")
+    return ""
 
 
 def _zfs_cli(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
     return sysutil.run([_tool(args[0]), *args[1:]], check=check, timeout=300)
 
 
+_modprobed: list[bool] = []
+
+
 def implementation() -> str | None:
+    if not os.path.exists("/dev/zfs") and not _modprobed:
+        # a zfs module built for this kernel but not loaded (the kernel VM's: zfs-dkms for
+        # Debian's 6.1); where there is none, modprobe just fails
+        _modprobed.append(True)
+        with contextlib.suppress(CowlabError):  # (no modprobe at all)
+            sysutil.run(["modprobe", "-q", "zfs"], check=False, timeout=120)
     if os.path.exists("/dev/zfs"):
         return "kernel"
     if U.which("zfs-fuse"):
@@ -314,9 +351,13 @@ class Zfs(Driver):
     def probe(cls) -> Probe:
         impl = implementation()
         if impl == "kernel":
-            if not (U.which("zfs") and U.which("zpool")):
+            if not (_kernel_tool("zfs") or U.which("zfs")) or not (_kernel_tool("zpool") or U.which("zpool")):
                 return Probe(False, "kernel ZFS (/dev/zfs) but no zfs/zpool tools (zfsutils-linux)", HINT)
-            return Probe(True, details={"implementation": "kernel", "version": version(impl)})
+            why = kernel_tools_ok()
+            if why:
+                return Probe(False, why, KERNEL_HINT)
+            return Probe(True, details={"implementation": "kernel", "version": version(impl),
+                                        "tools": _tool("zfs")})
         if impl is None:
             return Probe(False, "no /dev/zfs and zfs-fuse not installed", HINT)
         ok, why = U.has_fuse()
@@ -591,6 +632,19 @@ class Zfs(Driver):
             out["arc_note"] = ("zfs-fuse exports its ARC statistics only through a FUSE mount at "
                                "/zfs-kstat (outside the state root, which cowlab does not make)")
         return out
+
+    def engine_storage(self) -> dict:
+        """For engine mode: Docker's zfs driver on a dataset of a pool this driver makes, given as
+        zfs.fsname (Docker then makes its layer and container datasets below it, legacy-mounted
+        under its data-root). Docker's driver opens /dev/zfs: zfs-fuse can't serve it."""
+        if self.impl != "kernel":
+            raise CowlabError("dockerd's zfs driver needs kernel ZFS (/dev/zfs); this kernel has only "
+                              f"zfs-fuse here. Kernel ZFS in the kernel VM: {KERNEL_HINT}")
+        pool = self._ensure()
+        ds = f"{pool}/docker"
+        _zfs_cli(["zfs", "create", "-o", "mountpoint=none", ds])  # destroyed with the pool
+        return {"storage_opts": [f"zfs.fsname={ds}"], "path": [os.path.dirname(_tool("zfs"))],
+                "meta": {"zfs_fsname": ds, **self.metadata()}}
 
     def metadata(self) -> dict:
         m = {"zfs_implementation": self.impl, "zfs_version": version(self.impl),

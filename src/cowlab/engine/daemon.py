@@ -193,9 +193,10 @@ class PrivateDockerd:
     """One dockerd for one driver. start() → client → stop(); every step journaled in res."""
 
     def __init__(self, state: StateRoot, res: Resources, driver: EngineDriver, data_parent: Path,
-                 storage_opts: list[str] | None = None):
+                 storage_opts: list[str] | None = None, path_first: list[str] | None = None):
         self.state, self.res, self.driver = state, res, driver
-        self.storage_opts = list(storage_opts or [])  # the run's own (a thin pool cowlab made)
+        self.storage_opts = list(storage_opts or [])  # the run's own (a pool cowlab made)
+        self.path_first = list(path_first or [])      # tools dockerd's driver runs (kernel zfs)
         self.id = uuid.uuid4().hex[:8]
         self.cgroup = f"{CGROUP_PREFIX}{self.id}"
         self.home = Path(data_parent) / f"engine-{driver.name}-{self.id}"
@@ -247,7 +248,7 @@ class PrivateDockerd:
         self.handles.append(res.add("engine-procs", tag=self.id))
         env = dict(os.environ)
         env[ENGINE_ENV] = self.id
-        env["PATH"] = env.get("PATH", "") + ":" + PATH_EXTRA
+        env["PATH"] = ":".join([*self.path_first, env.get("PATH", ""), PATH_EXTRA])
         for k in ("DOCKER_HOST", "DOCKER_CONFIG", "NOTIFY_SOCKET"):
             env.pop(k, None)
         with open(self.log, "ab") as logf:

@@ -23,8 +23,8 @@ class EngineDriver:
     extra: dict = field(default_factory=dict)
     docker_name: str = ""          # --storage-driver, where it differs from name
     device_mapper: bool = False    # libdevmapper inside dockerd: udev sync, dm devices to sweep
-    # A cowlab driver whose pool code makes dockerd's thin pool (given as dm.thinpooldev): the
-    # pool is then cowlab's, on the device the user names, journaled like the driver's own.
+    # A cowlab driver whose engine_storage() makes what dockerd's driver is given (a thin pool
+    # as dm.thinpooldev, a ZFS dataset as zfs.fsname): cowlab's, journaled like its own pools.
     pool_driver: str = ""
 
     @property
@@ -63,7 +63,10 @@ ENGINE_DRIVERS: dict[str, EngineDriver] = {d.name: d for d in (
     # Known to Docker 20.10 but not runnable natively on this kind of host: dockerd is still
     # started, and its refusal is recorded.
     EngineDriver("devicemapper", device_mapper=True, note="needs device-mapper in the kernel (dm-thin-pool)"),
-    EngineDriver("zfs", note="needs the data-root on a ZFS dataset (not made natively here)"),
+    # Docker's zfs driver on a dataset of a pool cowlab makes; it needs kernel ZFS (/dev/zfs):
+    # through the kernel VM (--vm always) where the host has only zfs-fuse.
+    EngineDriver("zfs", pool_driver="zfs",
+                 note="a dataset of a pool cowlab makes (zfs.fsname); needs kernel ZFS, not zfs-fuse"),
     EngineDriver("aufs", note="needs a kernel with AUFS"),
 )}
 

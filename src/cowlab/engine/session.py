@@ -94,32 +94,28 @@ class EnginePart:
         s.need_bytes += sum(_spec_bytes(sp) for sp in s.specs.values()) * 2
 
     def pool_options(self) -> dict:
-        """Options of dockerd's own pool: the run's, on engine_device in mode both (device
-        holds cowlab's pool then), on device when the engine runs alone."""
+        """Options of the driver that makes dockerd's storage: the run's, but on engine_device
+        when the run's own device already holds cowlab's pool (mode both)."""
         opts = dict(self.s.driver_options)
         eng = opts.pop("engine_device", None)
-        if self.s.mode == "both":
-            if not eng:
-                raise CowlabError(f"--mode both on {self.s.driver_name} needs a second spare device for "
-                                  "dockerd's thin pool: --opt engine_device=/dev/YYY (--device holds cowlab's "
-                                  "own pool); or run --mode primitive and --mode engine one after the other")
+        if self.s.mode == "both" and "device" in opts and not eng:
+            raise CowlabError(f"--mode both on {self.s.driver_name} needs a second spare device for "
+                              "dockerd's storage: --opt engine_device=/dev/YYY (--device holds cowlab's "
+                              "own pool); or run --mode primitive and --mode engine one after the other")
+        if eng:
             opts["device"] = eng
         return opts
 
-    def _thin_pool(self) -> list[str]:
-        """dockerd's storage options for a pool cowlab makes (dm.thinpooldev): a pristine pool
-        (Docker refuses one with used blocks or a transaction id), made by cowlab's own driver
-        code and journaled in the run's resources, so it goes only after dockerd has stopped."""
+    def _storage(self) -> dict:
+        """dockerd's storage where its driver takes storage cowlab makes (pool_driver): made by
+        cowlab's own driver code in the run's resources, so it goes only after dockerd stops."""
         if not self.driver.pool_driver:
-            return []
-        from ..drivers import devicemapper as dm
+            return {"storage_opts": [], "path": [], "meta": None}
         s = self.s
         home = s.backing.path / f"engine-pool-{self.driver.name}"
         drv = _pool_cls(self.driver)(s.backing, s.res, ImageStore(s.state), home=home,
                                      options=self.pool_options())
-        node = dm.mapper_node(drv.pool, s.res)
-        self.pool_meta = {"thinpooldev": node, **drv.metadata()}
-        return [f"dm.thinpooldev={node}"]
+        return drv.engine_storage()
 
     # -- prepare --------------------------------------------------------------------------------
     def prepare(self, progress: Progress | None = None) -> None:
@@ -158,7 +154,10 @@ class EnginePart:
             progress(f"engine: starting dockerd --storage-driver {self.driver.name}", 0, 1)
         self.pool_meta = None
         try:
-            self.daemon = PrivateDockerd(s.state, s.res, self.driver, self._data_parent(), self._thin_pool())
+            st = self._storage()
+            self.pool_meta = st["meta"]
+            self.daemon = PrivateDockerd(s.state, s.res, self.driver, self._data_parent(),
+                                         st["storage_opts"], st["path"])
             t0 = time.perf_counter()
             self.daemon.start()
         except Exception as e:  # EngineRefused (dockerd's own words), or anything on the way
@@ -169,14 +168,14 @@ class EnginePart:
                                status="failed", error=why), "engine")
             s.writer.write_run(engine={"requested_driver": self.driver.name, "refused": why,
                                        "dockerd_argv": self.daemon.argv if self.daemon else None,
-                                       "thin_pool": self.pool_meta})
+                                       "storage": self.pool_meta})
             self.close()
             return
         self.record(Sample("engine_start_seconds", time.perf_counter() - t0, "s",
                            {"storage_driver": self.driver.name}), "engine")
         desc = self.daemon.describe()
         if self.pool_meta:
-            desc["thin_pool"] = self.pool_meta
+            desc["storage"] = self.pool_meta  # what cowlab made for dockerd (pool_driver)
         desc["images"] = {n: {"name": img.name, "layers": len(img.layers), "content_bytes": img.content_bytes,
                               "base_layers": 1} for n, img in self.images.items()}
         s.writer.write_run(engine=desc)
