@@ -461,7 +461,8 @@ def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, w
     args += [x for w in workloads for x in ("--workload", w)]
     args += ["--reps", str(reps)] if reps is not None else []
     args += [x for k, v in options.items() if k not in ("device", "engine_device") for x in ("--opt", f"{k}={v}")]
-    echo(f"cowlab-vm: {driver_name} is not available natively; running `cowlab {' '.join(args)}` in a "
+    why = "is not available natively" if not cls.probe().available else "runs natively too, but --vm always"
+    echo(f"cowlab-vm: {driver_name} {why}; running `cowlab {' '.join(args)}` in a "
          f"{accel().upper()} VM ({find_kernel()}); its boot time is reported, not measured")
     r = run(state, args, out=Path(out), disks=disks, echo=echo)
     echo(f"cowlab-vm: boot {r.boot_seconds} s (not part of any measurement), whole VM {r.wall_seconds:.1f} s, "
