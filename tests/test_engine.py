@@ -379,3 +379,16 @@ def test_apparmor_unconfined_only_where_the_kernel_enforces_it_without_a_parser(
     kernel("N")
     monkeypatch.setattr(D.shutil, "which", lambda name, path=None: None)
     assert D.container_security_opts() == []
+
+
+def test_engine_space_is_measured_on_the_pool_cowlab_made_for_dockerd(tmp_path):
+    """dm.thinpooldev and zfs.fsname put dockerd's layers in a pool on another device: its space
+    is the pool's, not the data-root filesystem's (which then holds only metadata)."""
+    from types import SimpleNamespace
+    from cowlab.engine.workloads import EngineContext
+    daemon = SimpleNamespace(client=SimpleNamespace(api=SimpleNamespace(create_host_config=lambda **kw: kw)),
+                             data_root=tmp_path)
+    calls = []
+    pooled = EngineContext(daemon, {}, {}, {}, True, lambda: calls.append(1) or 12345)
+    assert pooled.used_bytes() == 12345 and calls == [1]
+    assert EngineContext(daemon, {}, {}, {}, True).used_bytes() > 0   # statfs of the data-root's fs

@@ -73,6 +73,7 @@ class EnginePart:
         self.refs: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
         self.pool_meta: dict | None = None
+        self.pool_drv: Driver | None = None   # the cowlab driver whose pool dockerd uses
 
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> None:
@@ -113,9 +114,9 @@ class EnginePart:
             return {"storage_opts": [], "path": [], "meta": None}
         s = self.s
         home = s.backing.path / f"engine-pool-{self.driver.name}"
-        drv = _pool_cls(self.driver)(s.backing, s.res, ImageStore(s.state), home=home,
-                                     options=self.pool_options())
-        return drv.engine_storage()
+        self.pool_drv = _pool_cls(self.driver)(s.backing, s.res, ImageStore(s.state), home=home,
+                                               options=self.pool_options())
+        return self.pool_drv.engine_storage()
 
     # -- prepare --------------------------------------------------------------------------------
     def prepare(self, progress: Progress | None = None) -> None:
@@ -176,12 +177,15 @@ class EnginePart:
         desc = self.daemon.describe()
         if self.pool_meta:
             desc["storage"] = self.pool_meta  # what cowlab made for dockerd (pool_driver)
+        desc["space_measured_on"] = (f"the {self.pool_drv.name} pool cowlab made for dockerd (used_bytes)"
+                                     if self.pool_drv else "the data-root's filesystem (statfs after syncfs)")
         desc["images"] = {n: {"name": img.name, "layers": len(img.layers), "content_bytes": img.content_bytes,
                               "base_layers": 1} for n, img in self.images.items()}
         s.writer.write_run(engine=desc)
         self._load(progress)
         for w in self.workloads:
-            ctx = EngineContext(self.daemon, self.refs, self.load_errors, s.grids[w.name], s.quick)
+            ctx = EngineContext(self.daemon, self.refs, self.load_errors, s.grids[w.name], s.quick,
+                                self.pool_drv.used_bytes if self.pool_drv else None)
             cases = list(CASES[w.name](ctx))
             total, done = sum(map(case_total, cases)), 0
             for case in cases:

@@ -12,7 +12,8 @@ density   K running containers of one image, each reading the whole set then sle
           probes as primitive density (page_cache_bytes, dentry_count, slab_bytes/objects,
           inodes_used, disk_bytes), and cgroup_memory_bytes of the engine's cgroup parent
           (every container's cgroup is below it)
-space     space_bytes: growth of the data-root's filesystem (statfs after syncfs) at the
+space     space_bytes: growth of the data-root's filesystem (statfs after syncfs), or of the
+          pool cowlab made for dockerd (run.json engine.space_measured_on), at the
           primitive events: create, write_new_1KiB (a 1 KiB file put into the container through
           the API, like `docker cp`), append_1KiB_to_64MiB (the container runs `head -c 1024
           /dev/urandom >> /data/big`; this also counts the few small files a start writes:
@@ -43,8 +44,9 @@ class EngineContext:
     """What an engine workload sees: the daemon's API, the loaded references, the grid."""
 
     def __init__(self, daemon, refs: dict[str, str], load_errors: dict[str, str], grid: dict,
-                 quick: bool):
+                 quick: bool, storage_used: Callable[[], int] | None = None):
         self.daemon, self.refs, self.load_errors, self.grid, self.quick = daemon, refs, load_errors, grid, quick
+        self.storage_used = storage_used
         self.api = daemon.client.api
         self.host_config = self.api.create_host_config(network_mode="none",
                                                        security_opt=container_security_opts() or None)
@@ -52,6 +54,14 @@ class EngineContext:
     @property
     def data_root(self):
         return self.daemon.data_root
+
+    def used_bytes(self) -> int:
+        """Where dockerd's layers and containers take space: the pool cowlab made for it (a thin
+        pool, a ZFS pool: the data-root's filesystem holds only metadata then), else the
+        data-root's filesystem after syncfs."""
+        if self.storage_used:
+            return self.storage_used()
+        return probes.synced_statfs(self.data_root)["used_bytes"]
 
     def ref(self, spec_name: str) -> str:
         if spec_name in self.load_errors:
@@ -161,6 +171,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
 
         cids: list[str] = []
         fs0 = probes.synced_statfs(path)
+        used0 = ctx.used_bytes()
         try:
             for i in range(k):
                 cids.append(ctx.create(ref, cmd))
@@ -180,6 +191,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
             after = _snapshot(fstype)
             cg1 = _cgroup_memory(ctx)
             fs1 = probes.synced_statfs(path)
+            used1 = ctx.used_bytes()
             add("page_cache_bytes", after["cached"] - before["cached"], "B")
             add("dentry_count", after["dentries"] - before["dentries"], "count")
             for cache, s1 in after["slabs"].items():
@@ -188,7 +200,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
                     add("slab_bytes", s1.bytes - s0.bytes, "B", cache=cache)
                     add("slab_objects", s1.active_objs - s0.active_objs, "count", cache=cache)
             add("inodes_used", fs1["inodes_used"] - fs0["inodes_used"], "count")
-            add("disk_bytes", fs1["used_bytes"] - fs0["used_bytes"], "B")
+            add("disk_bytes", used1 - used0, "B")
             if cg1 is not None:
                 stat1, version = cg1
                 stat0 = cg0[0] if cg0 else {}
@@ -225,9 +237,6 @@ def space_cases(ctx: EngineContext) -> Iterator[Case]:
     size = ctx.grid["big_file_bytes"]
     append = ["sh", "-c", f"head -c 1024 /dev/urandom >> {BIG}"]
 
-    def used() -> int:
-        return probes.synced_statfs(ctx.data_root)["used_bytes"]
-
     def df() -> dict[str, int]:
         d = ctx.api.df()
         return {"layers": int(d.get("LayersSize") or 0),
@@ -236,11 +245,11 @@ def space_cases(ctx: EngineContext) -> Iterator[Case]:
     def measure(rep: int) -> list[Sample]:
         ref = ctx.ref(IMAGE)
         out: list[Sample] = []
-        last = {"used": used()}
+        last = {"used": ctx.used_bytes()}
         u0 = last["used"]
 
         def note(event, base=None):
-            now = used()
+            now = ctx.used_bytes()
             out.append(Sample("space_bytes", now - (last["used"] if base is None else base), "B",
                               {"event": event, "big_file_bytes": size}, rep))
             last["used"] = now
