@@ -388,7 +388,8 @@ def test_engine_space_is_measured_on_the_pool_cowlab_made_for_dockerd(tmp_path):
     from cowlab.engine.workloads import EngineContext
     daemon = SimpleNamespace(client=SimpleNamespace(api=SimpleNamespace(create_host_config=lambda **kw: kw)),
                              data_root=tmp_path)
-    calls = []
-    pooled = EngineContext(daemon, {}, {}, {}, True, lambda: calls.append(1) or 12345)
-    assert pooled.used_bytes() == 12345 and calls == [1]
-    assert EngineContext(daemon, {}, {}, {}, True).used_bytes() > 0   # statfs of the data-root's fs
+    pool = SimpleNamespace(used_bytes=lambda: 12345, inodes_used=lambda: None)
+    pooled = EngineContext(daemon, {}, {}, {}, True, pool)
+    assert pooled.used_bytes() == 12345 and pooled.inodes_used() is None   # a pool has no inode table
+    plain = EngineContext(daemon, {}, {}, {}, True)                          # statfs of the data-root's fs
+    assert plain.used_bytes() > 0 and plain.inodes_used() > 0

@@ -188,9 +188,10 @@ def test_kill_pid_waits_for_a_zombie_leader_whose_threads_still_run():
     assert int(_stat(p.pid)[17]) > 1  # the other thread still runs
     assert sysutil.running(p.pid, st)
     t0 = time.monotonic()
-    sysutil.kill_pid(p.pid, st, grace=5.0)
-    # SIGTERM is ignored: the process ends when its thread does (~1 s), and is reaped
-    assert 0.3 < time.monotonic() - t0 < 5.0
+    sysutil.kill_pid(p.pid, st, grace=60.0)
+    # SIGTERM is ignored: the process ends when its thread does (~1 s), and is reaped, well
+    # before the grace would send SIGKILL (the old code returned at once, leaving it running)
+    assert 0.3 < time.monotonic() - t0 < 50.0
     assert not sysutil.pid_alive(p.pid, None)
     p.returncode = 0
 
@@ -203,7 +204,7 @@ def test_kill_pid_reaps_a_dead_zombie_child_at_once():
         time.sleep(0.01)
     assert not sysutil.running(p.pid, st)
     t0 = time.monotonic()
-    sysutil.kill_pid(p.pid, st)
-    assert time.monotonic() - t0 < 1.0
+    sysutil.kill_pid(p.pid, st, grace=60.0)
+    assert time.monotonic() - t0 < 50.0  # reaped, not waited out to SIGKILL
     assert not sysutil.pid_alive(p.pid, None)
     p.returncode = 0

@@ -351,7 +351,7 @@ class Zfs(Driver):
     def probe(cls) -> Probe:
         impl = implementation()
         if impl == "kernel":
-            if not (_kernel_tool("zfs") or U.which("zfs")) or not (_kernel_tool("zpool") or U.which("zpool")):
+            if any(_tool(t) == t for t in ("zfs", "zpool")):  # found neither beside zfs-fuse nor on PATH
                 return Probe(False, "kernel ZFS (/dev/zfs) but no zfs/zpool tools (zfsutils-linux)", HINT)
             why = kernel_tools_ok()
             if why:

@@ -184,8 +184,7 @@ class EnginePart:
         s.writer.write_run(engine=desc)
         self._load(progress)
         for w in self.workloads:
-            ctx = EngineContext(self.daemon, self.refs, self.load_errors, s.grids[w.name], s.quick,
-                                self.pool_drv.used_bytes if self.pool_drv else None)
+            ctx = EngineContext(self.daemon, self.refs, self.load_errors, s.grids[w.name], s.quick, self.pool_drv)
             cases = list(CASES[w.name](ctx))
             total, done = sum(map(case_total, cases)), 0
             for case in cases:

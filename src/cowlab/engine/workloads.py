@@ -13,7 +13,8 @@ density   K running containers of one image, each reading the whole set then sle
           inodes_used, disk_bytes), and cgroup_memory_bytes of the engine's cgroup parent
           (every container's cgroup is below it)
 space     space_bytes: growth of the data-root's filesystem (statfs after syncfs), or of the
-          pool cowlab made for dockerd (run.json engine.space_measured_on), at the
+          pool cowlab made for dockerd (run.json engine.space_measured_on; density's disk_bytes
+          and inodes_used likewise), at the
           primitive events: create, write_new_1KiB (a 1 KiB file put into the container through
           the API, like `docker cp`), append_1KiB_to_64MiB (the container runs `head -c 1024
           /dev/urandom >> /data/big`; this also counts the few small files a start writes:
@@ -44,9 +45,9 @@ class EngineContext:
     """What an engine workload sees: the daemon's API, the loaded references, the grid."""
 
     def __init__(self, daemon, refs: dict[str, str], load_errors: dict[str, str], grid: dict,
-                 quick: bool, storage_used: Callable[[], int] | None = None):
+                 quick: bool, storage=None):
         self.daemon, self.refs, self.load_errors, self.grid, self.quick = daemon, refs, load_errors, grid, quick
-        self.storage_used = storage_used
+        self.storage = storage  # the cowlab driver whose pool dockerd's layers live in, if any
         self.api = daemon.client.api
         self.host_config = self.api.create_host_config(network_mode="none",
                                                        security_opt=container_security_opts() or None)
@@ -59,9 +60,16 @@ class EngineContext:
         """Where dockerd's layers and containers take space: the pool cowlab made for it (a thin
         pool, a ZFS pool: the data-root's filesystem holds only metadata then), else the
         data-root's filesystem after syncfs."""
-        if self.storage_used:
-            return self.storage_used()
+        if self.storage:
+            return self.storage.used_bytes()
         return probes.synced_statfs(self.data_root)["used_bytes"]
+
+    def inodes_used(self) -> int | None:
+        """Inodes in use where dockerd's layers live; None where the notion does not apply (a
+        ZFS or thin pool: the driver says so, and the sample is left out, as in primitive mode)."""
+        if self.storage:
+            return self.storage.inodes_used()
+        return probes.synced_statfs(self.data_root)["inodes_used"]
 
     def ref(self, spec_name: str) -> str:
         if spec_name in self.load_errors:
@@ -171,7 +179,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
 
         cids: list[str] = []
         fs0 = probes.synced_statfs(path)
-        used0 = ctx.used_bytes()
+        used0, inodes0 = ctx.used_bytes(), ctx.inodes_used()
         try:
             for i in range(k):
                 cids.append(ctx.create(ref, cmd))
@@ -190,8 +198,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
             _wait_ready(ctx, cids)
             after = _snapshot(fstype)
             cg1 = _cgroup_memory(ctx)
-            fs1 = probes.synced_statfs(path)
-            used1 = ctx.used_bytes()
+            used1, inodes1 = ctx.used_bytes(), ctx.inodes_used()
             add("page_cache_bytes", after["cached"] - before["cached"], "B")
             add("dentry_count", after["dentries"] - before["dentries"], "count")
             for cache, s1 in after["slabs"].items():
@@ -199,7 +206,8 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
                 if s0 is not None:
                     add("slab_bytes", s1.bytes - s0.bytes, "B", cache=cache)
                     add("slab_objects", s1.active_objs - s0.active_objs, "count", cache=cache)
-            add("inodes_used", fs1["inodes_used"] - fs0["inodes_used"], "count")
+            if inodes0 is not None and inodes1 is not None:
+                add("inodes_used", inodes1 - inodes0, "count")
             add("disk_bytes", used1 - used0, "B")
             if cg1 is not None:
                 stat1, version = cg1
