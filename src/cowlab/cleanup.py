@@ -29,6 +29,10 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
         if live:
             protected.update(_paths(entries))
             continue
+        for e in entries:  # a lab's workspace may hold a state root of its own: sweep it first
+            if e.get("kind") == "workspace":
+                for nested in nested_roots(e["path"]):
+                    done += [f"{nested}: {line}" for line in sweep(StateRoot(nested), everything=True)]
         res = Resources.open(state, info["owner"]) if (info["dir"] / "owner.json").exists() else None
         if res is None:
             res = Resources(state, info["owner"], "run", claim=False)
@@ -95,6 +99,17 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     return done
 
 
+def nested_roots(path: str) -> list:
+    """State roots cowlab commands made inside a workspace (a lab's `COWLAB_ROOT=$LAB/...`), at
+    most two levels down: deeper would mean walking through whatever the lab mounted."""
+    from pathlib import Path
+    from .state import MARKER
+    base = Path(path)
+    if not base.is_dir():
+        return []
+    return sorted({m.parent for pat in (f"*/{MARKER}", f"*/*/{MARKER}") for m in base.glob(pat)})
+
+
 def _entries(d) -> list[dict]:
     out = []
     for p in sorted(d.glob("[0-9]*.json")):
@@ -121,4 +136,4 @@ def kinds() -> list[str]:
     return sorted(RELEASERS)
 
 
-__all__ = ["sweep", "kinds"]
+__all__ = ["sweep", "kinds", "nested_roots"]

@@ -19,7 +19,149 @@ from .state import StateRoot, resolve_root
 
 @click.group()
 def lab():
-    """Lab demonstrations (thin pool exhaustion, ...)."""
+    """The workshop: list, replay and check the labs in labs/ (and the thin-pool demonstration)."""
+
+
+_labs_opt = click.option("--labs", "labs_path", metavar="DIR", envvar="COWLAB_LABS",
+                         help="The labs directory (default: labs/ of this checkout, or $COWLAB_LABS).")
+
+
+def _state_of(ctx) -> StateRoot:
+    return StateRoot(resolve_root((ctx.obj or {}).get("root")))
+
+
+@lab.command("list")
+@_labs_opt
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable: id, title, minutes, runnable, reason...")
+def lab_list(labs_path, as_json):
+    """Every lab: id, title, minutes, what it needs, and whether it runs here (or why not)."""
+    from .labs import lesson, needs
+    rows = []
+    for les in lesson.load_all(lesson.labs_dir(labs_path)):
+        v = needs.evaluate(les.needs)
+        rows.append({"id": les.id, "title": les.title, "minutes": les.minutes, "file": les.path.name,
+                     "needs": les.needs, "runnable": v.runnable, "route": v.route, "reason": v.reason,
+                     "hint": "; ".join(dict.fromkeys(v.hints)), "steps": len(les.body_steps),
+                     "replay_seconds": les.replay_seconds})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    t = Table("id", "lab", "min", "here", box=None, pad_edge=False)
+    for r in rows:
+        here = ("[green]yes[/]" if r["route"] == "native" else "[yellow]in kernel VM[/]") if r["runnable"] \
+            else f"[red]no[/]: {escape(r['reason'])}" + (f" — {escape(r['hint'])}" if r["hint"] else "")
+        t.add_row(r["id"], escape(r["title"]), str(r["minutes"]), here)
+    Console().print(t)
+
+
+@lab.command("run")
+@click.argument("lab_ids", nargs=-1, metavar="ID...")
+@click.option("--all", "run_all", is_flag=True, help="Every lab runnable here (the VM ones in one VM boot).")
+@_labs_opt
+@click.option("--vm", "vm_mode", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Labs that need what only the kernel VM has run there (auto); never: skip them.")
+@click.option("--json-report", type=click.Path(dir_okay=False), help="Write the reports as JSON to this file.")
+@click.pass_context
+def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, json_report):
+    """Replay labs unattended: every step run as typed, every expectation checked.
+
+    Exits 0 only when every lab asked for ran and held; with --all, labs that can't run here are
+    listed with the reason and do not count as passed."""
+    from .labs import lesson, needs, replay
+    from .runner import require_root, sigterm_as_interrupt
+    d = lesson.labs_dir(labs_path)
+    if run_all == bool(lab_ids):
+        raise CowlabError("name lab ids (see `cowlab lab list`) or --all, not both")
+    chosen = lesson.load_all(d) if run_all else [lesson.find(d, i) for i in lab_ids]
+    require_root()
+    state = _state_of(ctx)
+    native, in_vm, skipped = [], [], []
+    for les in chosen:
+        v = needs.evaluate(les.needs, vm_mode)
+        if not v.runnable:
+            if not run_all:
+                from .errors import Unavailable
+                raise Unavailable(f"lab {les.id} ({les.title})", v.reason, "; ".join(dict.fromkeys(v.hints)))
+            skipped.append((les, v))
+        else:
+            (in_vm if v.route == "vm" else native).append(les)
+    reports = []
+    with sigterm_as_interrupt():
+        for les in native:
+            reports.append(replay.run(les, state, echo=click.echo, vm_mode="never"))
+        if in_vm:
+            click.echo(f"=== labs {', '.join(les.id for les in in_vm)} need the kernel VM: one boot for all ===")
+            reports += replay.run_in_vm(in_vm, state, click.echo, d)
+    if json_report:
+        Path(json_report).write_text(json.dumps([r.as_dict() for r in reports], indent=1))
+    click.echo("")
+    for r in reports:
+        click.echo(f"{'PASS' if r.ok else 'FAIL'}  lab {r.id}  {r.title}  ({r.seconds:.0f} s, {r.route})"
+                   + (f"  {r.skipped}" if r.skipped else ""))
+        for s in r.steps:
+            if not s.ok:
+                click.echo(f"        step {s.n} {s.title}: {s.failures[0] if s.failures else 'failed'}")
+    for les, v in skipped:
+        click.echo(f"SKIP  lab {les.id}  {les.title}: {v.reason}")
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        raise CowlabError(f"{len(bad)} of {len(reports)} lab(s) failed: {', '.join(r.id for r in bad)}")
+    if not reports:
+        raise CowlabError("no lab could run here")
+
+
+@lab.command("check")
+@click.argument("lab_id", metavar="ID")
+@_labs_opt
+@click.pass_context
+def lab_check(ctx, lab_id, labs_path):
+    """For attendees: is my machine where the lab expects it? One line per step, with hints."""
+    from .labs import lesson, replay
+    les = lesson.find(lesson.labs_dir(labs_path), lab_id)
+    results = replay.check(les, _state_of(ctx))
+    if not results:
+        raise CowlabError(f"lab {les.id} has no checks")
+    done = max((i for i, (_, ok, _) in enumerate(results) if ok), default=-1)
+    for i, (step, ok, out) in enumerate(results):
+        mark = "✓" if ok else ("·" if i > done else "✗")
+        click.echo(f"{mark} step {step.n}: {step.title}")
+        if not ok and i <= done + 1:
+            for h in step.hints or ["redo this step as the lab shows it"]:
+                click.echo(f"    hint: {h}")
+    nxt = results[done + 1][0] if done + 1 < len(results) else None
+    if nxt is None:
+        click.echo(f"lab {les.id}: every step is done")
+    else:
+        click.echo(f"lab {les.id}: next is step {nxt.n} ({nxt.title})")
+    if any(not ok for i, (_, ok, _) in enumerate(results) if i <= done):
+        sys.exit(1)
+
+
+@lab.command("workdir")
+@click.argument("lab_id", metavar="ID")
+@click.pass_context
+def lab_workdir(ctx, lab_id):
+    """Print (and make) the lab's own directory, $LAB: everything the lab makes lives there."""
+    from .labs import replay
+    from .runner import require_root
+    require_root()
+    click.echo(str(replay.workdir_for(_state_of(ctx), lab_id.zfill(2) if lab_id.isdigit() else lab_id)))
+
+
+@lab.command("reset")
+@click.argument("lab_id", metavar="ID")
+@click.pass_context
+def lab_reset(ctx, lab_id):
+    """Release everything the lab's directory holds (mounts, loop devices, cowlab state) and remove it."""
+    from .labs import replay
+    from .runner import require_root
+    require_root()
+    for line in replay.reset(_state_of(ctx), lab_id.zfill(2) if lab_id.isdigit() else lab_id):
+        click.echo(line)
+    click.echo(f"lab {lab_id}: reset")
 
 
 @lab.command("thinpool")

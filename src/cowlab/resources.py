@@ -76,6 +76,36 @@ def _release_loop(e: dict, state: StateRoot) -> None:
         sysutil.run(["losetup", "-d", dev])
 
 
+@releaser("workspace")
+def _release_workspace(e: dict, state: StateRoot) -> None:
+    """A directory someone else's commands work in (a lab's $LAB): whatever was mounted or
+    loop-attached under it by hand is released with it, deepest first, then the tree goes.
+    State roots nested inside it (a lab's own COWLAB_ROOT) are swept by cleanup before this runs."""
+    path = e["path"]
+    if not state.inside(path) or os.path.abspath(path) == os.path.abspath(state.path):
+        raise CowlabError(f"journal names workspace {path}, outside the state root; not touching it")
+    if e.get("tag"):  # what the session started in the background and that left its group
+        for pid in tagged_processes(e["tag"]):
+            sysutil.kill_pid(pid, sysutil.proc_starttime(pid))
+    for attempt in range(3):
+        for m in sysutil.mounts_under(path):
+            try:
+                sysutil.umount(m.target)
+            except OSError as err:
+                if err.errno == errno.EBUSY and attempt == 2:
+                    sysutil.umount(m.target, detach=True)  # a reader we don't own: let go lazily
+                elif err.errno not in (errno.EINVAL, errno.ENOENT, errno.EBUSY):
+                    raise
+        if not sysutil.mounts_under(path):
+            break
+        time.sleep(0.2)
+    real = os.path.realpath(path)
+    for dev, f in sysutil.loop_devices().items():
+        if f == real or f.startswith(real + "/"):
+            sysutil.run(["losetup", "-d", dev], check=False)
+    sysutil.safe_rmtree(path, state.path)
+
+
 @releaser("process")
 def _release_process(e: dict, state: StateRoot) -> None:
     if e.get("pid"):

@@ -1,0 +1,321 @@
+"""Replay a lab unattended, and check an attendee's machine against it.
+
+A replay gives the lab a workspace of its own under the state root (journaled: Ctrl-C, an error
+and `cowlab cleanup` after a kill all release what the lab mounted or attached there), starts
+one bash session in it, and sources every ```sh step as typed. A step passes when its commands
+succeeded (or failed, if it expects that), every expectation holds on its real output, and its
+```check script says the machine is where the step should leave it. The first failing step ends
+the body; the lab's cleanup steps run whatever happened; then the workspace is released.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import cleanup
+from ..errors import CowlabError, Unavailable
+from ..resources import Resources
+from ..state import MARKER, StateRoot
+from . import expect, needs
+from .lesson import Lesson, Step
+from .shell import Session, StepResult
+
+WORKDIR_ENV = "COWLAB_LAB_WORKDIR"   # set in a replay: `cowlab lab workdir` answers with it
+LAB_MARKER = ".cowlab-lab"
+
+
+@dataclass
+class StepReport:
+    n: int
+    title: str
+    ok: bool
+    seconds: float
+    cleanup: bool = False
+    rc: int = 0
+    failures: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LabReport:
+    id: str
+    title: str
+    route: str
+    ok: bool
+    seconds: float
+    steps: list[StepReport] = field(default_factory=list)
+    skipped: str | None = None
+    interrupted: bool = False
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+
+def _bin_dir() -> str:
+    """The environment this cowlab runs from: the lab's `cowlab` is this one."""
+    return str(Path(sys.executable).parent)
+
+
+def session_env(state: StateRoot, workdir: Path, tag_env: dict | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(tag_env or {})
+    env["PATH"] = _bin_dir() + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env[WORKDIR_ENV] = str(workdir)
+    env["COWLAB_ROOT"] = str(state.path)
+    env.pop("LAB", None)        # the lab sets it itself, as the attendee does
+    # Output the expectations can rely on: no colours, no pager, C number formats, 100 columns.
+    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", TERM="dumb", NO_COLOR="1", COLUMNS="100",
+               PAGER="cat", SYSTEMD_PAGER="cat", PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def run(lesson: Lesson, state: StateRoot, echo=print, vm_mode: str = "auto",
+        labs_path: Path | None = None) -> LabReport:
+    """Replay one lab here (or in the kernel VM when it needs what only the VM has)."""
+    verdict = needs.evaluate(lesson.needs, vm_mode)
+    if not verdict.runnable:
+        raise Unavailable(f"lab {lesson.id} ({lesson.title})", verdict.reason, "; ".join(dict.fromkeys(verdict.hints)))
+    if verdict.route == "vm":
+        return run_in_vm([lesson], state, echo, labs_path or lesson.path.parent)[0]
+    return _run_native(lesson, state, echo)
+
+
+def _run_native(lesson: Lesson, state: StateRoot, echo) -> LabReport:
+    state.ensure()
+    t0 = time.monotonic()
+    report = LabReport(lesson.id, lesson.title, "native", False, 0.0)
+    names: dict = {}
+    echo(f"=== lab {lesson.id}: {lesson.title} ({lesson.path.name}) ===")
+    with Resources.for_run(state, lab=lesson.id) as res:
+        labs_base = state.path / "labs"
+        labs_base.mkdir(exist_ok=True)
+        workdir = labs_base / f"{lesson.id}-replay-{os.getpid()}"
+        res.acquire("workspace", lambda: _make_workdir(workdir, lesson.id), path=str(workdir), tag=res.owner)
+        scratch = state.tmp / f"{os.getpid()}-lab-{lesson.id}"
+        res.acquire("dir", lambda: scratch.mkdir(parents=True), path=str(scratch))
+        env = session_env(state, workdir, {"COWLAB_OWNER": res.owner})
+        sess = Session(res, workdir, env, scratch)
+        try:
+            failed = False
+            try:
+                for step in lesson.body_steps:
+                    sr = _step(sess, step, names, workdir, env, echo)
+                    report.steps.append(sr)
+                    if not sr.ok:
+                        failed = True
+                        break
+            except KeyboardInterrupt:
+                report.interrupted = True
+                echo("interrupted: ending the lab's shell; its workspace is released")
+                raise
+            finally:
+                if not report.interrupted:
+                    if sess.proc.poll() is not None:  # a timeout ended it: cleanup gets a new one
+                        sess.close()
+                        sess = Session(res, workdir, env, scratch)
+                    for step in lesson.cleanup_steps:
+                        report.steps.append(_step(sess, step, names, workdir, env, echo))
+            report.ok = not failed and all(s.ok for s in report.steps)
+        finally:
+            sess.close()
+            for nested in cleanup.nested_roots(str(workdir)):  # a lab's own COWLAB_ROOT
+                for line in cleanup.sweep(StateRoot(nested), everything=True):
+                    if not line.startswith("released 0 "):
+                        echo(f"  teardown {nested.name}: {line}")
+    report.seconds = round(time.monotonic() - t0, 1)
+    mark = "PASSED" if report.ok else "FAILED"
+    echo(f"=== lab {lesson.id} {mark} in {report.seconds:.1f} s "
+         f"({sum(s.ok for s in report.steps)}/{len(report.steps)} steps) ===")
+    return report
+
+
+def _make_workdir(workdir: Path, lab_id: str) -> None:
+    workdir.mkdir()
+    (workdir / LAB_MARKER).write_text(lab_id + "\n")
+
+
+def _step(sess: Session, step: Step, names: dict, workdir: Path, env: dict, echo) -> StepReport:
+    kind = "cleanup" if step.cleanup else "step"
+    echo(f"--- {kind} {step.n}: {_title(step)}")
+    for line in prompt_lines(step.script):
+        echo(line)
+    r = sess.run(step.script, step.timeout, echo=lambda line: echo(f"  {line}"))
+    failures = judge(step, r, names)
+    checked = []
+    if not failures and step.check:
+        ok, out = run_check(step.check, workdir, env)
+        if not ok:
+            failures.append("check failed: the machine is not where this step should leave it"
+                            + (f" ({out.strip().splitlines()[-1]})" if out.strip() else ""))
+        else:
+            checked.append("check passed")
+    for f in failures:
+        echo(f"  ✗ {f}")
+    if not failures:
+        echo(f"  ✓ {len(step.expects)} expectation(s) held" + (", check passed" if step.check else "")
+             + f" ({r.seconds:.1f} s)")
+    return StepReport(step.n, step.title, not failures, r.seconds, step.cleanup, r.rc, failures, checked)
+
+
+def _title(step: Step) -> str:
+    """The heading without a leading "Step N:" (the transcript numbers steps itself)."""
+    import re
+    return re.sub(r"^step\s+\d+\s*[:.—-]\s*", "", step.title, flags=re.I) or step.title
+
+
+def prompt_lines(script: str) -> list[str]:
+    """The step as a terminal shows it being typed: `$ ` before each command, `> ` before the
+    lines a command continues on (a trailing backslash, a here-document)."""
+    import re
+    out, heredoc, cont = [], None, False
+    for line in script.rstrip("\n").splitlines():
+        if heredoc is not None:
+            out.append(f"> {line}")
+            if line.strip() == heredoc:
+                heredoc = None
+            continue
+        out.append(f"> {line}" if cont else f"$ {line}")
+        m = re.search(r"<<-?\s*['\"]?(\w+)['\"]?", line)
+        if m:
+            heredoc = m.group(1)
+        cont = line.rstrip().endswith("\\")
+    return out
+
+
+def judge(step: Step, r: StepResult, names: dict) -> list[str]:
+    """Every way this step's run differs from what the lab says; empty when it held."""
+    failures = []
+    if r.timed_out:
+        return [f"timed out after {step.timeout:.0f} s"]
+    explicit_exit = [e for e in step.expects if e.kind == "exit"]
+    if not explicit_exit and r.rc != 0:
+        failures.append(f"exit status {r.rc} (the lab expects success)")
+    if not step.expects_failure and r.failed_commands:
+        failures += [f"a command failed (status, command): {c}" for c in r.failed_commands]
+    for e in step.expects:
+        o = expect.evaluate(e, r.output, r.rc, r.failed_commands, names)
+        if not o.ok:
+            failures.append(f"expected `{o.text}`: {o.detail}")
+    return failures
+
+
+def run_check(script: str, workdir: Path, env: dict) -> tuple[bool, str]:
+    cenv = dict(env, LAB=str(workdir))
+    cp = subprocess.run(["bash", "-c", script], cwd=str(workdir) if workdir.is_dir() else "/",
+                        env=cenv, capture_output=True, text=True, timeout=60)
+    return cp.returncode == 0, cp.stdout + cp.stderr
+
+
+# --- the kernel VM -------------------------------------------------------------------------------
+def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path) -> list[LabReport]:
+    """Replay labs that need the kernel VM, all in one boot; reports come back as JSON."""
+    from .. import vm
+    state.ensure()
+    out = state.tmp / f"{os.getpid()}-lab-vm-reports"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        report_file = out / "reports.json"
+        argv = ["lab", "run", *[les.id for les in lessons], "--vm", "never", "--labs", str(labs_path),
+                "--json-report", str(report_file)]
+        t0 = time.monotonic()
+        r = vm.run(state, argv, out=out, state_disk=16 << 30, echo=echo,
+                   timeout=600 + 600 * len(lessons))
+        wall = time.monotonic() - t0
+        got = json.loads(report_file.read_text()) if report_file.exists() else []
+    finally:
+        import shutil
+        shutil.rmtree(out, ignore_errors=True)
+    by_id = {g["id"]: g for g in got}
+    reports = []
+    for les in lessons:
+        g = by_id.get(les.id)
+        if g is None:
+            reports.append(LabReport(les.id, les.title, "vm", False, round(wall, 1),
+                                     skipped=f"the VM ended (status {r.returncode}) without a report"))
+            continue
+        rep = LabReport(g["id"], g["title"], f"vm ({vm.accel()}, boot {r.boot_seconds} s)", g["ok"], g["seconds"],
+                        [StepReport(**s) for s in g["steps"]], g.get("skipped"), g.get("interrupted", False))
+        reports.append(rep)
+    return reports
+
+
+# --- an attendee's workspace -----------------------------------------------------------------
+def workdir_for(state: StateRoot, lab_id: str) -> Path:
+    """$LAB for an attendee: <root>/labs/<id>, kept between commands until `cowlab lab reset`.
+    In a replay, the replay's own workspace."""
+    if os.environ.get(WORKDIR_ENV):
+        return Path(os.environ[WORKDIR_ENV])
+    state.ensure()
+    wd = state.path / "labs" / lab_id
+    owner = f"lab-{lab_id}"
+    if not (state.journal / owner / "owner.json").exists() or not wd.is_dir():
+        (state.path / "labs").mkdir(exist_ok=True)
+        res = Resources(state, owner, "lab", {"lab": lab_id})
+        if not wd.is_dir():
+            res.acquire("workspace", lambda: _make_workdir(wd, lab_id), path=str(wd))
+        elif not any(h.kind == "workspace" for h in res._live):
+            res.add("workspace", path=str(wd))
+    return wd
+
+
+def find_workdir(state: StateRoot, lab_id: str) -> Path:
+    """The attendee's workspace: $LAB when it is this lab's, else <root>/labs/<id>."""
+    lab = os.environ.get("LAB")
+    if lab and (Path(lab) / LAB_MARKER).is_file() and (Path(lab) / LAB_MARKER).read_text().strip() == lab_id:
+        return Path(lab)
+    wd = state.path / "labs" / lab_id
+    # $LAB may name a state root of the lab's own ($LAB/cowlab): its parent holds the labs
+    if not wd.exists() and state.path.parent.joinpath(LAB_MARKER).is_file():
+        return state.path.parent
+    return wd
+
+
+def reset(state: StateRoot, lab_id: str) -> list[str]:
+    """Release everything an attendee's lab workspace holds, and the workspace itself."""
+    wd = find_workdir(state, lab_id)
+    here = os.path.realpath(os.getcwd())
+    if here == os.path.realpath(wd) or here.startswith(os.path.realpath(wd) + "/"):
+        raise CowlabError(f"your shell is inside {wd}: `cd /` first, then run this again")
+    owner_state = state if (state.journal / f"lab-{lab_id}").exists() else StateRoot(wd.parent.parent)
+    done = []
+    for nested in cleanup.nested_roots(str(wd)):
+        done += [f"{nested.name}: {line}" for line in cleanup.sweep(StateRoot(nested), everything=True)]
+    jd = owner_state.journal / f"lab-{lab_id}"
+    if jd.exists():
+        errs = Resources.open(owner_state, f"lab-{lab_id}").close()
+        if errs:
+            raise CowlabError("could not release: " + "; ".join(errs))
+        done.append(f"released {wd}")
+    elif os.environ.get(WORKDIR_ENV) == str(wd):  # a replay's own workspace: release it the same way
+        from ..resources import RELEASERS
+        RELEASERS["workspace"]({"path": str(wd)}, StateRoot(wd.parent.parent))
+        done.append(f"released {wd}")
+    elif wd.exists():
+        raise CowlabError(f"{wd} is not a lab workspace cowlab made (no journal entry); not touching it")
+    return done
+
+
+def check(lesson: Lesson, state: StateRoot) -> list[tuple[Step, bool, str]]:
+    """Run every step's check against the attendee's workspace, in order."""
+    wd = find_workdir(state, lesson.id)
+    if not wd.is_dir():
+        raise CowlabError(f"no workspace for lab {lesson.id} yet: start with its first step "
+                          f"(`export LAB=$(cowlab lab workdir {lesson.id})`)")
+    env = session_env(state, wd)
+    env.pop(WORKDIR_ENV, None)
+    if (wd / "cowlab" / MARKER).exists():
+        env["COWLAB_ROOT"] = str(wd / "cowlab")
+    out = []
+    for step in lesson.body_steps:
+        if step.check is None:
+            continue
+        ok, text = run_check(step.check, wd, env)
+        out.append((step, ok, text))
+    return out
