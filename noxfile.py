@@ -71,6 +71,17 @@ def tests(session):
 
 
 @nox.session
+def labs(session):
+    """Replay every workshop lab runnable here, checking each expectation (as root; the device
+    mapper lab in the kernel VM). `-- 03` replays one; `cowlab lab list` says what runs here."""
+    for script in ("host", "btrfs", "zfs", "unionfs-fuse", "engine", "devicemapper"):
+        _provision(session, script)
+    _install(session, "test,engine,vm")
+    ids = list(session.posargs) or ["--all"]
+    session.run("cowlab", "lab", "run", *ids)
+
+
+@nox.session
 def notebooks(session):
     """Execute every notebook in notebooks/ against results/ (fails on any cell error)."""
     _install(session, "notebooks")

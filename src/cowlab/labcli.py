@@ -127,7 +127,7 @@ def lab_check(ctx, lab_id, labs_path):
     done = max((i for i, (_, ok, _) in enumerate(results) if ok), default=-1)
     for i, (step, ok, out) in enumerate(results):
         mark = "✓" if ok else ("·" if i > done else "✗")
-        click.echo(f"{mark} step {step.n}: {step.title}")
+        click.echo(f"{mark} step {step.n}: {step.label}")
         if not ok and i <= done + 1:
             for h in step.hints or ["redo this step as the lab shows it"]:
                 click.echo(f"    hint: {h}")
@@ -135,7 +135,7 @@ def lab_check(ctx, lab_id, labs_path):
     if nxt is None:
         click.echo(f"lab {les.id}: every step is done")
     else:
-        click.echo(f"lab {les.id}: next is step {nxt.n} ({nxt.title})")
+        click.echo(f"lab {les.id}: next is step {nxt.n} ({nxt.label})")
     if any(not ok for i, (_, ok, _) in enumerate(results) if i <= done):
         sys.exit(1)
 

@@ -35,6 +35,11 @@ class Step:
     hints: list[str] = field(default_factory=list)
 
     @property
+    def label(self) -> str:
+        """The heading without a leading "Step N:" (transcripts number steps themselves)."""
+        return re.sub(r"^step\s+\d+\s*[:.—-]\s*", "", self.title, flags=re.I) or self.title
+
+    @property
     def expects_failure(self) -> bool:
         return any(e.kind == "exit" and e.wants_failure for e in self.expects)
 
@@ -138,8 +143,8 @@ def _steps(path: Path, text: str) -> list[Step]:
             if step.check is not None:
                 raise CowlabError(f"{where}: step {step.n} has two ```check blocks")
             step.check = t.content
-            step.hints = [ln.split(":", 1)[1].strip() for ln in t.content.splitlines()
-                          if ln.strip().lower().startswith("# hint:")]
+            step.hints = [ln.split("# hint:", 1)[1].strip() for ln in t.content.splitlines()
+                          if "# hint:" in ln]
     return steps
 
 

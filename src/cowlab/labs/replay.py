@@ -143,7 +143,7 @@ def _make_workdir(workdir: Path, lab_id: str) -> None:
 
 def _step(sess: Session, step: Step, names: dict, workdir: Path, env: dict, echo) -> StepReport:
     kind = "cleanup" if step.cleanup else "step"
-    echo(f"--- {kind} {step.n}: {_title(step)}")
+    echo(f"--- {kind} {step.n}: {step.label}")
     for line in prompt_lines(step.script):
         echo(line)
     r = sess.run(step.script, step.timeout, echo=lambda line: echo(f"  {line}"))
@@ -161,13 +161,7 @@ def _step(sess: Session, step: Step, names: dict, workdir: Path, env: dict, echo
     if not failures:
         echo(f"  ✓ {len(step.expects)} expectation(s) held" + (", check passed" if step.check else "")
              + f" ({r.seconds:.1f} s)")
-    return StepReport(step.n, step.title, not failures, r.seconds, step.cleanup, r.rc, failures, checked)
-
-
-def _title(step: Step) -> str:
-    """The heading without a leading "Step N:" (the transcript numbers steps itself)."""
-    import re
-    return re.sub(r"^step\s+\d+\s*[:.—-]\s*", "", step.title, flags=re.I) or step.title
+    return StepReport(step.n, step.label, not failures, r.seconds, step.cleanup, r.rc, failures, checked)
 
 
 def prompt_lines(script: str) -> list[str]:

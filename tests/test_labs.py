@@ -1,0 +1,327 @@
+"""The lab replayer: a lesson's expectations decide, a false one fails the replay, every step's
+commands count, cleanup steps run after a failure, and nothing a lab made outlives it — after a
+failure, a timeout, Ctrl-C, or a SIGKILL followed by `cowlab cleanup`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cowlab.errors import CowlabError
+from cowlab.labs import expect, lesson
+
+from conftest import SRC, mounts_under
+
+REPO_LABS = Path(__file__).resolve().parent.parent / "labs"
+IS_ROOT = os.geteuid() == 0
+
+
+# --- the expectation language ------------------------------------------------------------------
+def _eval(line: str, output: str = "", rc: int = 0, names=None):
+    names = {} if names is None else names
+    return expect.evaluate(expect.parse_line(line), output, rc, [], names)
+
+
+def test_expectations_read_the_output():
+    out = "total 4\n65M\tupper\ncharacter special file 0/0 upper/x\n"
+    names: dict = {}
+    assert _eval('contains "character special file 0/0"', out).ok
+    assert not _eval('contains "regular file"', out).ok
+    assert _eval('not contains "regular file"', out).ok
+    assert _eval(r'matches "^\d+M\tupper$"', out).ok
+    assert not _eval('matches "^upper"', out).ok
+    assert _eval(r'let upper = size "^(\S+)\s+upper$"', out, names=names).ok
+    assert names["upper"] == 65 * (1 << 20)
+    assert _eval("upper >= 60 * MiB   # the whole file was copied up", names=names).ok
+    assert not _eval("upper < 1 * MiB", names=names).ok
+    assert _eval('let n = "total (\\d+)"', out, names=names).ok and names["n"] == 4
+    assert _eval("1 <= n / 2 < 3", names=names).ok
+
+
+def test_exit_expectations():
+    assert _eval("exit 0", rc=0).ok and not _eval("exit 0", rc=1).ok
+    assert _eval("exit != 0", rc=32).ok and not _eval("exit != 0", rc=0).ok
+    assert expect.parse_line("exit != 0").wants_failure and not expect.parse_line("exit 0").wants_failure
+
+
+@pytest.mark.parametrize("s,v", [("4096", 4096), ("4.0K", 4096), ("64M", 64 << 20), ("64MiB", 64 << 20),
+                                 ("1.5G", 1.5 * (1 << 30)), ("12 KB", 12 << 10)])
+def test_sizes(s, v):
+    assert expect.parse_size(s) == v
+
+
+def test_a_missing_name_fails_with_its_reason():
+    o = _eval("ratio > 10")
+    assert not o.ok and "ratio is not defined" in o.detail
+
+
+@pytest.mark.parametrize("bad", ["__import__('os').system('x') == 0", "open('/etc/passwd') == 1",
+                                 "x.y > 1", "[1][0] == 1", "lambda: 1", "1 + 1", "let 9x = \"a\"",
+                                 "contains unquoted text", "exit maybe", 'matches "("'])
+def test_bad_expectations_are_refused_when_the_lab_is_read(bad):
+    with pytest.raises(CowlabError):
+        expect.parse_expectations(bad, "lab.md:1")
+
+
+# --- the lessons in labs/ ------------------------------------------------------------------------
+def test_every_lab_in_the_repo_parses_with_steps_and_a_cleanup():
+    labs = lesson.load_all(REPO_LABS)
+    assert labs, "no labs found"
+    for les in labs:
+        assert les.body_steps and les.cleanup_steps, les.path
+        assert "cowlab lab workdir" in les.body_steps[0].script, f"{les.path}: first step makes $LAB"
+        assert "cowlab lab reset" in les.cleanup_steps[-1].script, f"{les.path}: last step resets"
+        assert les.slide, f"{les.path}: quotes no slide line"
+        answers = REPO_LABS / "answers" / les.path.name
+        assert answers.exists(), f"{les.path.name}: no instructor answers in labs/answers/"
+
+
+def test_slide_quotes_are_the_slides_words():
+    ref = Path(__file__).resolve().parents[2] / "shared" / "reference"
+    texts = " ".join(p.read_text() for p in ref.glob("*.txt")) if ref.is_dir() else ""
+    if not texts:
+        pytest.skip("the slide text (../shared/reference) is not beside this checkout")
+    norm = " ".join(texts.split())
+    for les in lesson.load_all(REPO_LABS):
+        for q in les.slide:
+            assert " ".join(q.split()) in norm, f"{les.path.name}: {q!r} is not in the slides"
+
+
+def _write_lab(d: Path, body: str, lab_id: str = "90", needs: str = "{}") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "README.md").write_text("test labs\n")
+    p = d / f"{lab_id}-test.md"
+    p.write_text(f"---\nid: \"{lab_id}\"\ntitle: test lab\nminutes: 1\nslide: []\nneeds: {needs}\n---\n"
+                 + textwrap.dedent(body))
+    return p
+
+
+def test_lesson_errors_name_the_file_and_line(tmp_path):
+    p = _write_lab(tmp_path / "labs", """
+        ## one
+        ```sh bogus
+        true
+        ```
+        """)
+    with pytest.raises(CowlabError, match=r"90-test.md:\d+: unknown flag 'bogus'"):
+        lesson.parse(p)
+    p.write_text("no front matter\n```sh\ntrue\n```\n")
+    with pytest.raises(CowlabError, match="front matter"):
+        lesson.parse(p)
+    _write_lab(tmp_path / "labs", "```sh\ntrue\n```\n", needs="{features: [warp-drive]}")
+    with pytest.raises(CowlabError, match="unknown feature 'warp-drive'"):
+        lesson.parse(tmp_path / "labs" / "90-test.md")
+
+
+# --- replays -----------------------------------------------------------------------------------
+LAB = """
+## Step 1: workspace
+```sh
+export LAB=$(cowlab lab workdir 90) && cd "$LAB"
+```
+
+## Step 2: a mount of our own, and a background process
+```sh
+mkdir -p m && mount -t tmpfs -o size=1m lab90 m
+echo hello > m/f
+(sleep 300 & echo $! > sleeper.pid)
+cat m/f
+du -sk m
+```
+```expect
+contains "hello"
+let kib = "^([0-9]+)\\s+m$"
+kib >= 1
+{extra}
+```
+```check
+findmnt -n "$LAB/m" >/dev/null   # hint: mount it
+```
+
+## Step 3
+```sh
+echo step three > three
+```
+
+## Cleanup
+```sh cleanup
+cd /
+echo cleanup ran > /dev/null
+cowlab lab reset 90
+```
+"""
+
+
+def _replay(tmp_path, body: str, *ids: str, timeout: float = 120, extra_env=None):
+    labs = tmp_path / "labs"
+    if not (labs / "90-test.md").exists():
+        _write_lab(labs, body)
+    env = {"COWLAB_LABS": str(labs), **(extra_env or {})}
+    from conftest import run_cli
+    return run_cli("lab", "run", *(ids or ("90",)), "--json-report", str(tmp_path / "rep.json"),
+                   root=tmp_path / "root", env=env, timeout=timeout)
+
+
+def _sleeper_gone(root: Path) -> None:
+    # the background sleep the lab started must not outlive the replay
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+                env = Path(f"/proc/{d}/environ").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"sleep\x00300") and str(root).encode() in env:
+                pytest.fail(f"the lab's background process {d} outlived the replay")
+
+
+@pytest.mark.root
+def test_a_true_lab_passes_and_leaves_nothing(tmp_path):
+    cp = _replay(tmp_path, LAB.replace("{extra}", "kib < 1024"))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    rep = json.loads((tmp_path / "rep.json").read_text())[0]
+    assert rep["ok"] and [s["ok"] for s in rep["steps"]] == [True] * 4
+    assert "PASS  lab 90" in cp.stdout
+    assert not mounts_under(tmp_path)
+    assert not list((tmp_path / "root" / "labs").iterdir())
+    _sleeper_gone(tmp_path / "root")
+
+
+@pytest.mark.root
+def test_a_false_expectation_fails_the_replay_and_cleanup_still_runs(tmp_path):
+    cp = _replay(tmp_path, LAB.replace("{extra}", "kib > 10 * GiB   # false: a 1 MiB tmpfs"))
+    assert cp.returncode == 1, cp.stdout
+    rep = json.loads((tmp_path / "rep.json").read_text())[0]
+    assert not rep["ok"]
+    steps = {s["n"]: s for s in rep["steps"]}
+    assert not steps[2]["ok"] and "kib > 10 * GiB" in steps[2]["failures"][0]
+    assert 3 not in steps, "the body stops at the first failing step"
+    assert steps[4]["cleanup"] and steps[4]["ok"], "cleanup steps run after a failure"
+    assert "FAIL  lab 90" in cp.stdout and "1 of 1 lab(s) failed" in cp.stderr
+    assert not mounts_under(tmp_path)
+    _sleeper_gone(tmp_path / "root")
+
+
+@pytest.mark.root
+def test_a_failing_command_early_in_a_step_fails_it(tmp_path):
+    body = LAB.replace("{extra}", "").replace("echo step three > three",
+                                              "ls /no/such/dir\necho but the last command succeeds")
+    cp = _replay(tmp_path, body)
+    assert cp.returncode == 1
+    rep = json.loads((tmp_path / "rep.json").read_text())[0]
+    s3 = [s for s in rep["steps"] if s["n"] == 3][0]
+    assert not s3["ok"] and "ls /no/such/dir" in s3["failures"][0]
+
+
+@pytest.mark.root
+def test_a_step_that_expects_failure_passes_only_when_it_fails(tmp_path):
+    body = LAB.replace("{extra}", "").replace("echo step three > three\n```",
+                                              "cat /no/such/file\n```\n```expect\nexit != 0\ncontains \"No such file\"\n```")
+    cp = _replay(tmp_path, body)
+    assert cp.returncode == 0, cp.stdout
+
+
+@pytest.mark.root
+def test_a_check_that_does_not_match_its_step_fails_the_replay(tmp_path):
+    cp = _replay(tmp_path, LAB.replace("{extra}", "").replace('findmnt -n "$LAB/m"', 'test -e "$LAB/nothing"; false'))
+    assert cp.returncode == 1
+    rep = json.loads((tmp_path / "rep.json").read_text())[0]
+    assert "check failed" in [s for s in rep["steps"] if s["n"] == 2][0]["failures"][0]
+
+
+@pytest.mark.root
+def test_a_step_over_its_timeout_is_ended_with_what_it_started(tmp_path):
+    body = LAB.replace("{extra}", "").replace("echo step three > three", "sleep 600")
+    body = body.replace("## Step 3\n```sh\n", "## Step 3\n```sh timeout=2\n")
+    assert "timeout=2" in body
+    cp = _replay(tmp_path, body, timeout=60)
+    assert cp.returncode == 1
+    rep = json.loads((tmp_path / "rep.json").read_text())[0]
+    s3 = [s for s in rep["steps"] if s["n"] == 3][0]
+    assert "timed out after 2 s" in s3["failures"][0]
+    assert [s for s in rep["steps"] if s["cleanup"]][0]["ok"], "cleanup ran in a fresh shell"
+    assert not mounts_under(tmp_path)
+    _sleeper_gone(tmp_path / "root")
+
+
+def _start_replay(tmp_path, body, signal_at: str):
+    labs = tmp_path / "labs"
+    _write_lab(labs, body)
+    env = {k: v for k, v in os.environ.items() if k != "COWLAB_ROOT"}
+    env.update(PYTHONPATH=str(SRC), COWLAB_LABS=str(labs))
+    p = subprocess.Popen([sys.executable, "-m", "cowlab", "--root", str(tmp_path / "root"), "lab", "run", "90"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    deadline = time.monotonic() + 60
+    for line in p.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if signal_at in line or time.monotonic() > deadline:
+            break
+    return p, seen
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupt_or_kill_mid_lab_leaves_nothing_after_cleanup(tmp_path, sig, cli):
+    body = LAB.replace("{extra}", "").replace("echo step three > three", "echo waiting-now; sleep 600")
+    p, seen = _start_replay(tmp_path, body, "waiting-now")
+    assert any("waiting-now" in s for s in seen), "".join(seen)
+    assert mounts_under(tmp_path), "the lab's mount exists while it runs"
+    p.send_signal(sig)
+    p.communicate(timeout=60)
+    if sig == signal.SIGKILL:
+        cp = cli("cleanup", root=tmp_path / "root")
+        assert cp.returncode == 0, cp.stderr
+    else:
+        assert p.returncode != 0
+    assert not mounts_under(tmp_path)
+    assert not list((tmp_path / "root" / "labs").iterdir())
+    assert not list((tmp_path / "root" / "journal").iterdir())
+    _sleeper_gone(tmp_path / "root")
+
+
+@pytest.mark.root
+def test_check_tells_an_attendee_where_they_are(tmp_path, cli):
+    labs = tmp_path / "labs"
+    _write_lab(labs, LAB.replace("{extra}", ""))
+    root = tmp_path / "root"
+    env = {"COWLAB_LABS": str(labs)}
+    wd = cli("lab", "workdir", "90", root=root, env=env)
+    assert wd.returncode == 0, wd.stderr
+    lab = Path(wd.stdout.strip())
+    assert lab == root / "labs" / "90" and lab.is_dir()
+    cp = cli("lab", "check", "90", root=root, env=env)
+    assert "· step 2" in cp.stdout or "✗ step 2" in cp.stdout
+    assert "hint: mount it" in cp.stdout and "next is step 2" in cp.stdout
+    (lab / "m").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "lab90", str(lab / "m")], check=True)
+    cp = cli("lab", "check", "90", root=root, env=env)
+    assert "✓ step 2" in cp.stdout and "every step is done" in cp.stdout, cp.stdout
+    cp = cli("lab", "reset", "90", root=root, env=env)
+    assert cp.returncode == 0, cp.stderr
+    assert not lab.exists() and not mounts_under(tmp_path)
+
+
+def test_lab_list_json_says_what_runs_here_and_why_not(tmp_path, cli):
+    labs = tmp_path / "labs"
+    _write_lab(labs, "```sh\ntrue\n```\n", lab_id="90")
+    _write_lab(labs, "```sh\ntrue\n```\n", lab_id="91", needs="{features: [aufs]}")
+    (labs / "91-test.md").rename(labs / "91-aufs.md")
+    cp = cli("lab", "list", "--json", env={"COWLAB_LABS": str(labs)})
+    assert cp.returncode == 0, cp.stderr
+    rows = {r["id"]: r for r in json.loads(cp.stdout)}
+    for r in rows.values():
+        assert {"id", "title", "minutes", "runnable", "reason"} <= set(r)
+    aufs = rows["91"]
+    if not Path("/proc/filesystems").read_text().count("aufs"):
+        assert aufs["runnable"] is False and "aufs" in aufs["reason"] and "Vagrant" in aufs["hint"]
+    assert rows["90"]["runnable"] is IS_ROOT
