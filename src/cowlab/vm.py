@@ -196,6 +196,8 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
             cmd.insert(1, "--disable-kvm")
         # A session of its own: the terminal's Ctrl-C reaches cowlab, which then ends QEMU itself.
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        # vng starts virtme-run, which sits beside it (the venv's bin), on PATH or not.
+        env["PATH"] = os.path.dirname(cmd[0]) + os.pathsep + env.get("PATH", "")
         started = time.time()
         p = spawn(res, cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                   start_new_session=True, env=env, cwd=str(scratch))

@@ -159,8 +159,8 @@ def _step(sess: Session, step: Step, names: dict, workdir: Path, env: dict, echo
     for f in failures:
         echo(f"  ✗ {f}")
     if not failures:
-        echo(f"  ✓ {len(step.expects)} expectation(s) held" + (", check passed" if step.check else "")
-             + f" ({r.seconds:.1f} s)")
+        held = f"{len(step.expects)} expectation(s) held" if step.expects else "done"
+        echo(f"  ✓ {held}" + (", check passed" if step.check else "") + f" ({r.seconds:.1f} s)")
     return StepReport(step.n, step.label, not failures, r.seconds, step.cleanup, r.rc, failures, checked)
 
 
