@@ -325,3 +325,12 @@ def test_lab_list_json_says_what_runs_here_and_why_not(tmp_path, cli):
     if not Path("/proc/filesystems").read_text().count("aufs"):
         assert aufs["runnable"] is False and "aufs" in aufs["reason"] and "Vagrant" in aufs["hint"]
     assert rows["90"]["runnable"] is IS_ROOT
+
+
+def test_the_agenda_in_labs_readme_is_made_from_the_labs():
+    from cowlab.labs import agenda
+    assert agenda.main(["--check", str(REPO_LABS)]) == 0, \
+        "labs/README.md's agenda is stale: run python -m cowlab.labs.agenda"
+    text = (REPO_LABS / "README.md").read_text()
+    for les in lesson.load_all(REPO_LABS):
+        assert f"]({les.path.name})" in text
