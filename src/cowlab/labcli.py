@@ -57,6 +57,19 @@ def lab_list(labs_path, as_json):
     Console().print(t)
 
 
+@lab.command("scripts")
+@click.argument("lab_ids", nargs=-1, metavar="[ID...]")
+@_labs_opt
+def lab_scripts(lab_ids, labs_path):
+    """The provisioning scripts (vagrant/provision/NAME.sh) these labs need (all labs by default),
+    one name a line: what `nox -s labs` runs before replaying them."""
+    from .labs import lesson, needs
+    d = lesson.labs_dir(labs_path)
+    chosen = [lesson.find(d, i) for i in lab_ids] if lab_ids else lesson.load_all(d)
+    for name in needs.scripts([les.needs for les in chosen], d.parent):
+        click.echo(name)
+
+
 @lab.command("run")
 @click.argument("lab_ids", nargs=-1, metavar="ID...")
 @click.option("--all", "run_all", is_flag=True, help="Every lab runnable here (the VM ones in one VM boot).")

@@ -65,6 +65,7 @@ class Feature:
     what: str               # said when missing
     hint: str               # how to get it
     in_vm: bool = False     # the kernel VM (Debian's 6.1 kernel) has it
+    script: str | None = None  # vagrant/provision/<script>.sh installs what it takes, if a package can
 
 
 FEATURES: dict[str, Feature] = {
@@ -77,22 +78,22 @@ FEATURES: dict[str, Feature] = {
     "idmap": Feature(lambda: _kernel_at_least(5, 19), "idmapped overlay mounts need kernel ≥ 5.19",
                      "a kernel ≥ 5.19"),
     "ext4": Feature(lambda: _fs("ext4") and bool(shutil.which("mkfs.ext4")), "no ext4 or mkfs.ext4",
-                    f"sudo bash {PROVISION}/host.sh"),
+                    f"sudo bash {PROVISION}/host.sh", script="host"),
     "xfs": Feature(lambda: _fs("xfs") and bool(shutil.which("mkfs.xfs")), "no xfs in the kernel or no mkfs.xfs",
-                   f"sudo bash {PROVISION}/host.sh (xfsprogs)"),
+                   f"sudo bash {PROVISION}/host.sh (xfsprogs)", script="host"),
     "btrfs": Feature(lambda: _fs("btrfs") and bool(shutil.which("btrfs")), "no btrfs in the kernel or no btrfs-progs",
-                     f"sudo bash {PROVISION}/btrfs.sh"),
+                     f"sudo bash {PROVISION}/btrfs.sh", script="btrfs"),
     "erofs": Feature(lambda: _fs("erofs") and bool(shutil.which("mkfs.erofs")), "no erofs in the kernel or no mkfs.erofs",
-                     "sudo apt-get install erofs-utils (and a kernel with CONFIG_EROFS_FS)"),
+                     "sudo apt-get install erofs-utils (and a kernel with CONFIG_EROFS_FS)", script="erofs"),
     "dm-thin": Feature(_dm_thin, "the running kernel has no device-mapper thin-pool target",
                        f"sudo bash {PROVISION}/devicemapper.sh (then the lab runs in the kernel VM), "
-                       "or the Vagrant devicemapper-loop machine", in_vm=True),
+                       "or the Vagrant devicemapper-loop machine", in_vm=True, script="devicemapper"),
     "aufs": Feature(lambda: _fs("aufs"), "the running kernel has no aufs (Debian 12's has none)",
                     "the Vagrant `aufs` machine (Ubuntu 20.04's kernel ships aufs)"),
     "docker": Feature(_docker, "Docker Engine (dockerd, docker) or the Docker SDK is not installed",
-                      f"sudo bash {PROVISION}/engine.sh; pip install 'cowlab[engine]' (the nox sessions do)"),
+                      f"sudo bash {PROVISION}/engine.sh; pip install 'cowlab[engine]' (the nox sessions do)", script="engine"),
     "fuse": Feature(lambda: Path("/dev/fuse").exists() and _fs("fuse"), "no FUSE in this kernel",
-                    "a kernel with CONFIG_FUSE_FS and /dev/fuse"),
+                    "a kernel with CONFIG_FUSE_FS and /dev/fuse", script="host"),
     "cgroup-memory": Feature(lambda: Path("/sys/fs/cgroup/memory").is_dir() or
                              "memory" in (Path("/sys/fs/cgroup/cgroup.controllers").read_text()
                                           if Path("/sys/fs/cgroup/cgroup.controllers").exists() else ""),
@@ -131,6 +132,23 @@ class Verdict:
     @property
     def reason(self) -> str:
         return "; ".join(self.missing)
+
+
+def scripts(needs_list: list[dict], root: Path | None = None) -> list[str]:
+    """The provisioning scripts (vagrant/provision/NAME.sh) that install what these labs need,
+    host first; only scripts that exist in the checkout are named."""
+    out = ["host"]
+    for n in needs_list:
+        out += [FEATURES[f].script for f in n.get("features", []) if FEATURES[f].script]
+        if n.get("drivers"):
+            from .. import drivers
+            out += [drivers.get(d).provision for d in n["drivers"]]
+        if "dm-thin" in n.get("features", []) or any(d.startswith("devicemapper") for d in n.get("drivers", [])):
+            out.append("devicemapper")  # the kernel VM: QEMU, virtme-ng's kernel
+    out = list(dict.fromkeys(s for s in out if s))
+    if root is not None:
+        out = [s for s in out if (root / PROVISION / f"{s}.sh").exists()]
+    return out
 
 
 def evaluate(needs: dict, vm_mode: str = "auto") -> Verdict:
