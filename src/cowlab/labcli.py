@@ -146,7 +146,7 @@ def lab_check(ctx, lab_id, labs_path):
                 click.echo(f"    hint: {h}")
     nxt = results[done + 1][0] if done + 1 < len(results) else None
     if nxt is None:
-        click.echo(f"lab {les.id}: every step is done")
+        click.echo(f"lab {les.id}: every step with a check is done")
     else:
         click.echo(f"lab {les.id}: next is step {nxt.n} ({nxt.label})")
     if any(not ok for i, (_, ok, _) in enumerate(results) if i <= done):
