@@ -265,7 +265,7 @@ def _start_replay(tmp_path, body, signal_at: str):
     deadline = time.monotonic() + 60
     for line in p.stdout:  # type: ignore[union-attr]
         seen.append(line)
-        if signal_at in line or time.monotonic() > deadline:
+        if line == f"  {signal_at}\n" or time.monotonic() > deadline:  # its output, not its prompt line
             break
     return p, seen
 
@@ -335,3 +335,22 @@ def test_the_agenda_in_labs_readme_is_made_from_the_labs():
     text = (REPO_LABS / "README.md").read_text()
     for les in lesson.load_all(REPO_LABS):
         assert f"]({les.path.name})" in text
+
+
+@pytest.mark.root
+def test_a_cgroup_the_lab_listed_goes_with_its_workspace_after_a_kill(tmp_path, cli):
+    base = "/sys/fs/cgroup/pids" if os.path.isdir("/sys/fs/cgroup/pids") else "/sys/fs/cgroup"
+    name = f"cowlab-labtest-{os.getpid()}"
+    body = LAB.replace("{extra}", "").replace(
+        "echo step three > three",
+        f"CG={base}/{name}; echo $CG >> .cowlab-cgroups; mkdir $CG\n"
+        "(echo $BASHPID > $CG/cgroup.procs; exec sleep 300) &\necho waiting-now; sleep 600")
+    p, seen = _start_replay(tmp_path, body, "waiting-now")
+    assert os.path.isdir(f"{base}/{name}"), "".join(seen)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    cp = cli("cleanup", root=tmp_path / "root")
+    assert cp.returncode == 0, cp.stderr
+    assert not os.path.exists(f"{base}/{name}"), cp.stdout
+    assert not mounts_under(tmp_path)
+    _sleeper_gone(tmp_path / "root")

@@ -87,6 +87,15 @@ def _release_workspace(e: dict, state: StateRoot) -> None:
     if e.get("tag"):  # what the session started in the background and that left its group
         for pid in tagged_processes(e["tag"]):
             sysutil.kill_pid(pid, sysutil.proc_starttime(pid))
+    # Cgroups live outside the workspace: a lab names each in .cowlab-cgroups before making it.
+    listed = Path(path) / ".cowlab-cgroups"
+    if listed.is_file():
+        for cg in reversed(listed.read_text().split()):
+            procs = Path(cg) / "cgroup.procs"
+            if cg.startswith("/sys/fs/cgroup/") and os.path.basename(cg).startswith("cowlab-") and procs.exists():
+                for pid in procs.read_text().split():  # the lab's own readers, put there by the lab
+                    sysutil.kill_pid(int(pid), sysutil.proc_starttime(int(pid)))
+            _release_cgroup({"path": cg}, state)
     for attempt in range(3):
         for m in sysutil.mounts_under(path):
             try:

@@ -42,8 +42,9 @@ class Session:
         self.handle = self.proc._cowlab_handle  # type: ignore[attr-defined]
         self.res = res
         self._buf = b""
-        # Every failing command, with its status and text, on the session's output.
-        self._send(f"trap 'printf \"{ERR_MARK} %s %s\\n\" \"$?\" \"$BASH_COMMAND\" >&2' ERR\n")
+        # Every failing command, with its status and text, on the session's output; errtrace
+        # carries the trap into functions, $(...) and subshells, where a step hides work too.
+        self._send(f"set -o errtrace; trap 'printf \"{ERR_MARK} %s %s\\n\" \"$?\" \"$BASH_COMMAND\" >&2' ERR\n")
         self._n = 0
 
     def _send(self, text: str) -> None:
