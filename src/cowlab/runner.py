@@ -15,45 +15,22 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from . import backing as B
-from . import autobacking, cleanup, drivers, provenance
+from . import autobacking, cleanup, drivers, provenance, vmroute
 from . import workloads as W
-from .errors import CowlabError, NotApplicable, Unavailable
+from .errors import CowlabError, Unavailable
 from .images import ImageStore
 from .layers import spec_bytes
 from .resources import Resources
 from .results import RunWriter, Sample
 from .state import StateRoot, resolve_root
-from .workloads.base import Case, Context, Measured, Timed
+from .sysutil import require_root  # noqa: F401  (cli's, labcli's name for it)
+from .workloads.base import (Context, case_name, case_total, describe_params, run_case,  # noqa: F401
+                             run_measured, run_timed)  # (run_measured, run_timed: bench/'s names)
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        raise CowlabError("cowlab needs root: it mounts filesystems and sets up loop devices (try sudo)")
-
-
-def run_timed(case: Timed) -> Iterator[Sample]:
-    for i in range(case.warmup + case.reps):
-        state = case.setup()
-        t0 = time.perf_counter_ns()
-        result = case.op(state)
-        dt = time.perf_counter_ns() - t0
-        case.teardown(state, result)
-        if i >= case.warmup:
-            yield Sample(case.metric, dt / 1e9, "s", dict(case.params), i - case.warmup)
-
-
-def run_measured(case: Measured) -> Iterator[Sample]:
-    for rep in range(case.reps):
-        yield from case.measure(rep)
-
-
-def case_total(case: Case) -> int:
-    return case.reps
 
 
 @dataclass
@@ -86,7 +63,7 @@ class BenchSession:
         if self.reps is not None and self.reps < 1:
             raise CowlabError("--reps must be at least 1")
         require_root()
-        probe = self.driver_cls.probe()
+        probe = vmroute.probe(self.driver_cls)
         if not probe.available:
             raise Unavailable(f"driver {self.driver_name}", probe.reason, probe.hint)
         self.driver_cls.check_options(self.driver_options)
@@ -181,23 +158,12 @@ class BenchSession:
             total = sum(map(case_total, cases))
             done = 0
             for case in cases:
-                it = run_timed(case) if isinstance(case, Timed) else run_measured(case)
-                name = case.metric if isinstance(case, Timed) else case.name
-                try:
-                    last = None
-                    for s in it:
-                        self.record(s, wl.name)
-                        if s.repetition != last:
-                            done += 1
-                            last = s.repetition
-                            if progress:
-                                progress(f"{wl.name}: {name} {_fmt(case.params)}", done, total)
-                except NotApplicable as e:
-                    self.record(Sample(name, None, case.unit,
-                                       dict(case.params), status="skipped", error=str(e)), wl.name)
-                except (CowlabError, OSError) as e:  # recorded as a failure, never dropped
-                    self.record(Sample(name, None, case.unit,
-                                       dict(case.params), status="failed", error=str(e)), wl.name)
+                def rep_done(case=case):
+                    nonlocal done
+                    done += 1
+                    if progress:
+                        progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
+                run_case(case, lambda s: self.record(s, wl.name), rep_done)
             # Where a run's time goes (image imports included), so a slow grid can be trimmed
             # from facts; the harness's own figure, never a measurement of the driver.
             self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
@@ -221,17 +187,6 @@ class BenchSession:
             self.writer.close(status, ended=time.time(), teardown_errors=errs, variants=variants,
                               loadavg_end=provenance.loadavg())
         return errs
-
-
-def _fmt(params: dict) -> str:
-    return " ".join(f"{k}={_human(v) if k.endswith('bytes') else v}" for k, v in params.items())
-
-
-def _human(n) -> str:
-    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if isinstance(n, int) and n >= div and n % div == 0:
-            return f"{n // div}{unit}"
-    return str(n)
 
 
 @contextmanager

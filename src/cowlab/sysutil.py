@@ -24,6 +24,11 @@ MNT_DETACH = 2
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise CowlabError("cowlab needs root: it mounts filesystems and sets up loop devices (try sudo)")
+
+
 def _b(s) -> bytes | None:
     return None if s is None else os.fsencode(s)
 

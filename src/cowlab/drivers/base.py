@@ -45,6 +45,9 @@ class Driver:
     option_names: ClassVar[frozenset[str]] = frozenset()  # driver options a workload may vary
     backing_kinds: ClassVar[tuple[str, ...] | None] = None  # None: any backing filesystem
     services: ClassVar[bool] = False
+    # This kernel may lack what the driver needs (its probe then names it in details
+    # `kernel_lacks`) while the kernel VM has it: the run layer (cowlab.vmroute) routes it there.
+    vm_route: ClassVar[bool] = False
     # Conformance cases where the driver knowingly differs from a plain directory:
     # case → (what it does instead, a regex every difference the suite reports must match).
     # The suite then asserts exactly that deviation, and fails if it stops happening.

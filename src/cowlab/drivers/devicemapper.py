@@ -95,6 +95,11 @@ def exists(name: str) -> bool:
     return dmio.exists(name)
 
 
+def try_remove(name: str) -> bool:
+    """Remove a device; False instead of an error while it is busy (callers retry)."""
+    return _dm(dmio.remove, name, check=False) is None
+
+
 MAPPER = Path("/dev/mapper")
 
 
@@ -436,26 +441,25 @@ class _DeviceMapper(Driver):
     provision = "devicemapper"
     option_names = frozenset(DEFAULTS) | {"device", "force"}
     services = True  # the pool: kept containers keep it (see the module docstring)
-    vm_route = True  # when the kernel lacks dm-thin, cowlab can run this driver in a kernel VM
+    vm_route = True  # when the kernel lacks dm-thin, cowlab can run this driver in a kernel VM (vmroute)
 
     # --- probe ------------------------------------------------------------------------------
     @classmethod
     def probe(cls) -> Probe:
-        from .. import vm
         if not has_device_mapper():
             sysutil.run(["modprobe", "dm-mod"], check=False)
         if not has_device_mapper():
             why = "kernel has no dm-thin-pool (no device-mapper at all: not in /proc/misc)"
-            return _unavailable(why, vm.available())
+            return _unavailable(why)
         if not dmio.available():
             return _unavailable("device-mapper is in /proc/misc but /dev/mapper/control does not answer "
-                                "(no node? `dmsetup mknodes` makes it)", vm.available())
+                                "(no node? `dmsetup mknodes` makes it)")
         targets = _targets()
         if "thin-pool" not in targets:
             sysutil.run(["modprobe", "dm-thin-pool"], check=False)
             targets = _targets()
         if "thin-pool" not in targets:
-            return _unavailable("kernel has no dm-thin-pool (modprobe dm-thin-pool failed)", vm.available())
+            return _unavailable("kernel has no dm-thin-pool (modprobe dm-thin-pool failed)")
         missing = [t for t in MKFS.values() if not _which(t[0])]
         if len(missing) == len(MKFS):
             return Probe(False, "neither mkfs.xfs nor mkfs.ext4 installed", "apt-get install xfsprogs e2fsprogs")
@@ -528,7 +532,7 @@ class _DeviceMapper(Driver):
         # pool.json goes when the pool does (journaled first, so released last)
         pres.add("file", path=str(self._pool_file()))
         pres.add("file", path=str(self.home / "devices.json"))
-        mark = len(pres._live)
+        mark = len(pres.handles())
         try:
             meta_dev, data_dev, data_bytes, slices = self._areas(pres)
             bs = self.opt("block_size")
@@ -547,7 +551,7 @@ class _DeviceMapper(Driver):
                                            pool_table(data_sectors, meta_dev, data_dev, bs // SECTOR,
                                                       low, feats)), name=name)
         except BaseException:
-            for h in reversed(pres._live[mark - 2:]):
+            for h in reversed(pres.handles()[mark - 2:]):
                 pres.release(h)
             raise
         info.update(block_bytes=bs, slices=slices, features=feats, data_bytes=data_sectors * SECTOR)
@@ -643,7 +647,7 @@ class _DeviceMapper(Driver):
             d = self._devices()
             d["base"] = i
             self._write_devices(d)
-        _forget(self.res, h)  # the base stays in the pool; the pool's teardown frees it
+        self.res.forget(h)  # the base stays in the pool; the pool's teardown frees it
         return i
 
     def _snapshot(self, origin: int, res: Resources, **journal) -> tuple[int, object]:
@@ -677,7 +681,7 @@ class _DeviceMapper(Driver):
                 d = self._devices()
                 d["chains"][chain] = i
                 self._write_devices(d)
-            _forget(self.res, h)  # the layer stays in the pool; the pool's teardown frees it
+            self.res.forget(h)  # the layer stays in the pool; the pool's teardown frees it
             parent = i
         with self._lock():
             d = self._devices()
@@ -776,13 +780,6 @@ def _chains(digests: list[str]) -> list[str]:
     return out
 
 
-def _forget(res: Resources, h) -> None:
-    """Stop journaling h without releasing it (what it made now belongs to something else)."""
-    sysutil.ignore_enoent(os.unlink, h.path)
-    if h in res._live:
-        res._live.remove(h)
-
-
 def _param() -> int | None:
     try:
         return int(PARAM.read_text().strip())
@@ -800,13 +797,11 @@ def _which(tool: str) -> bool:
     return bool(shutil.which(tool) or any(os.access(f"{d}/{tool}", os.X_OK) for d in ("/sbin", "/usr/sbin")))
 
 
-def _unavailable(reason: str, vm_ok: bool) -> Probe:
-    from .. import vm
-    if vm_ok:
-        return Probe(False, reason, "cowlab runs it in a kernel VM (--vm auto)",
-                     details={"route": "vm", "vm": vm.describe()})
-    return Probe(False, reason, f"a kernel with CONFIG_DM_THIN_PROVISIONING, or the kernel VM: {vm.hint()}",
-                 details={"route": None, "vm_unavailable": vm.why_unavailable()})
+def _unavailable(reason: str) -> Probe:
+    """This kernel lacks what the pool needs; whether the kernel VM stands in is the run layer's
+    call (cowlab.vmroute, since vm_route is set)."""
+    return Probe(False, reason, "a kernel with CONFIG_DM_THIN_PROVISIONING",
+                 details={"kernel_lacks": "dm-thin-pool"})
 
 
 class DeviceMapperLoop(_DeviceMapper):

@@ -100,8 +100,8 @@ class Overlay(Driver):
         return (lambda: sysutil.mount("overlay", merged, "overlay", data)), (lambda: sysutil.umount(merged))
 
     def metadata(self) -> dict:
-        from .overlay2 import _module_params
-        redirect = _module_params().get("redirect_dir") in ("Y", "on")
+        from .overlay2 import module_params
+        redirect = module_params().get("redirect_dir") in ("Y", "on")
         return {"overlay_mount_options": self._options(Path("<top layer tree>"), Path("<upper>"), Path("<work>")),
                 # as overlay2: renaming a lower directory needs redirect_dir, else EXDEV
                 "rename_dir": "rename" if redirect else "exdev",

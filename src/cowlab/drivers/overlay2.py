@@ -36,7 +36,7 @@ class Overlay2(Driver):
     def probe(cls) -> Probe:
         if "\toverlay\n" not in Path("/proc/filesystems").read_text():
             return Probe(False, "this kernel has no overlayfs", "a kernel with CONFIG_OVERLAY_FS (modprobe overlay)")
-        return Probe(True, details={"params": _module_params()})
+        return Probe(True, details={"params": module_params()})
 
     # --- layers ----------------------------------------------------------------------------
     def _layer_dir(self, digest: str) -> Path:
@@ -137,7 +137,7 @@ class Overlay2(Driver):
         return (lambda: self._mount(data, merged)), (lambda: sysutil.umount(merged))
 
     def metadata(self) -> dict:
-        params = _module_params()
+        params = module_params()
         return {"overlay_mount_options": self._options("<lower>", Path("<upper>"), Path("<work>")),
                 "overlay_params": params,
                 # Renaming a directory that comes from a lower layer needs redirect_dir; without it
@@ -146,7 +146,7 @@ class Overlay2(Driver):
                 "rename_dir": "rename" if params.get("redirect_dir") in ("Y", "on") else "exdev"}
 
 
-def _module_params() -> dict:
+def module_params() -> dict:
     d = Path("/sys/module/overlay/parameters")
     out = {}
     if d.is_dir():
