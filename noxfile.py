@@ -67,6 +67,7 @@ def tests(session):
     _provision(session, "host")
     _provision(session, "devicemapper")  # the kernel VM of tests/test_devicemapper_vm.py
     _install(session, "test,notebooks,engine,vm")
+    session.run("lint-imports")  # the layers contract of pyproject.toml: imports point down
     session.run("pytest", *(session.posargs or ["tests", "-q", "-rs"]))
 
 
