@@ -438,7 +438,6 @@ class _DeviceMapper(Driver):
     """Shared by both variants; a subclass only says where data and metadata live."""
 
     capabilities = frozenset({"block_cow", "thin_pool"})
-    provision = "devicemapper"
     option_names = frozenset(DEFAULTS) | {"device", "force"}
     services = True  # the pool: kept containers keep it (see the module docstring)
     vm_route = True  # when the kernel lacks dm-thin, cowlab can run this driver in a kernel VM (vmroute)
@@ -465,6 +464,11 @@ class _DeviceMapper(Driver):
             return Probe(False, "neither mkfs.xfs nor mkfs.ext4 installed", "apt-get install xfsprogs e2fsprogs")
         return Probe(True, details={"route": "native", "thin_pool_target": targets["thin-pool"],
                                     "no_space_timeout": _param()})
+
+    @classmethod
+    def sweep_strays(cls, state: StateRoot, journal_entries: list[dict]) -> list[str]:
+        """Stray dm devices of this state root (thin volumes, then pools, then slices)."""
+        return sweep_strays(state, {e.get("name") for e in journal_entries if e.get("kind") == "dm"})
 
     # --- options ----------------------------------------------------------------------------
     def opt(self, key: str):
@@ -807,6 +811,15 @@ def _unavailable(reason: str) -> Probe:
 class DeviceMapperLoop(_DeviceMapper):
     name = "devicemapper-loop"
     description = "dm-thin pool on loop devices over sparse files (Docker's old loop-lvm default)"
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:brown"
+    # Docker's devicemapper in its old default mode (loop-lvm: sparse data and metadata files
+    # on loop devices, 100G/2G, 10G base, xfs), as this driver builds it; through the kernel VM
+    # where this kernel has no device mapper.
+    engine = {"docker_name": "devicemapper", "device_mapper": True,
+              "note": "Docker's loop-lvm: a thin pool on loop devices over sparse files"}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "dm-loop",
+               "scripts": ["devicemapper-loop.sh", "devicemapper.sh"]}
 
     def _areas(self, pres):
         d = self.home / "pool"
@@ -836,6 +849,13 @@ class DeviceMapperLoop(_DeviceMapper):
 class DeviceMapperDirect(_DeviceMapper):
     name = "devicemapper-direct"
     description = "dm-thin pool on a block device you name (Docker's direct-lvm, without LVM)"
+    color = "tab:cyan"  # registry: see DeviceMapperLoop
+    # Docker's direct-lvm without LVM: a pristine pool cowlab makes on a block device (in mode
+    # both a second one, option engine_device: the first holds cowlab's own pool).
+    engine = {"docker_name": "devicemapper", "device_mapper": True, "pool_driver": "devicemapper-direct",
+              "note": "dm.thinpooldev: a thin pool cowlab makes on a block device (direct-lvm without LVM)"}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": True, "storage": "dm-direct",
+               "scripts": ["devicemapper-direct.sh", "devicemapper.sh"]}
     needs_device = True  # the kernel VM attaches a disk of its own for it
     # engine_device: in --mode both, the device for dockerd's pool (engine mode alone uses device)
     option_names = _DeviceMapper.option_names | {"engine_device"}

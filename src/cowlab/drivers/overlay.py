@@ -31,7 +31,10 @@ class Overlay(Driver):
     name = "overlay"
     description = "legacy overlay: one lower dir, layers as hard-linked full trees (Docker's overlay)"
     capabilities = frozenset({"bare_mount", "union", "files_on_backing"})
-    provision = "overlay"
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "#666666"
+    engine = {"note": "legacy overlayfs driver: one lower dir, layers chained by hard links"}
+    vagrant = None
 
     @classmethod
     def probe(cls) -> Probe:

@@ -29,6 +29,11 @@ class Overlay2(Driver):
     name = "overlay2"
     description = "kernel overlayfs, one lower dir per layer (Docker's overlay2)"
     capabilities = frozenset({"bare_mount", "union", "xattrs", "files_on_backing"})  # xattrs: user.* kept (conformance)
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:blue"
+    engine = {"note": "overlayfs, up to 128 lower layers per mount (multi-lower)"}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
+               "scripts": ["overlay2.sh"]}
     max_layers = OVL_MAX_STACK
     option_names = frozenset({"metacopy"})
 

@@ -343,9 +343,14 @@ class Zfs(Driver):
     name = "zfs"
     description = "ZFS datasets, snapshots and clones (Docker's zfs driver); kernel ZFS or zfs-fuse"
     capabilities = frozenset({"snapshot", "pool_stats"})
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:purple"
+    engine = {"pool_driver": "zfs",  # Docker's zfs driver on a dataset of a pool cowlab makes
+              "note": "a dataset of a pool cowlab makes (zfs.fsname); needs kernel ZFS, not zfs-fuse"}
+    vagrant = {"os": "debian", "memory": 3072, "cpus": 2, "disk": True, "storage": "zfs",
+               "scripts": ["zfs-kernel.sh"]}  # zfs-kernel.sh runs zfs.sh
     option_names = frozenset({"recordsize", "compression", "dedup"})
     services = True
-    provision = "zfs"
 
     @classmethod
     def probe(cls) -> Probe:
