@@ -76,9 +76,10 @@ def test_thin_status_and_table():
 
 
 def test_sizes_and_options(tmp_path):
-    assert dm._size("64K") == 65536 and dm._size("10G") == 10 << 30 and dm._size(512) == 512
+    assert dm._opt({"block_size": "64K"}, "block_size") == 65536
+    assert dm._opt({"data_size": "10G"}, "data_size") == 10 << 30 and dm._opt({"base_size": 512}, "base_size") == 512
     with pytest.raises(CowlabError):
-        dm._size("lots")
+        dm._opt({"block_size": "lots"}, "block_size")
 
 
 def test_root_prefix_separates_state_roots(tmp_path):

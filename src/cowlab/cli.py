@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__, autobacking, cleanup, drivers, spec, vmroute
+from . import __version__, autobacking, cleanup, drivers, spec, units, vmroute
 from . import backing as B
 from .errors import CowlabError, Unavailable
 from .images import ImageStore
@@ -278,7 +278,7 @@ def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_
         dopts.update(device=device, force=force)
     s = BenchSession(driver_name, quick, list(workloads) or None, Path(out), root or ctx.obj["root"], backing,
                      argv=["cowlab", *sys.argv[1:]], reps=reps,
-                     backing_size=autobacking.parse_size(backing_size))
+                     backing_size=units.parse_size(backing_size))
     from .engine.session import resolve_mode
     s.mode, why = resolve_mode(mode, driver_name, drivers.DRIVERS)
     s.driver_options = dopts

@@ -153,7 +153,7 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         qemu_opts = []
         for serial, size in [(STATE_SERIAL, state_disk), *disks.items()]:
             img = scratch / f"{serial}.img"
-            res.acquire("file", lambda img=img, size=size: _sparse(img, size), path=str(img))
+            res.acquire("file", lambda img=img, size=size: sysutil.sparse_file(img, size), path=str(img))
             qemu_opts += ["-drive", f"if=none,id={serial},file={img},format=raw,cache=unsafe",
                           "-device", f"virtio-blk-pci,drive={serial},serial={serial}"]
         if out is not None:
@@ -297,11 +297,6 @@ def _first_line(cmd: list[str]) -> str | None:
         return None
     t = (cp.stdout or cp.stderr).strip().splitlines()
     return t[0] if t else None
-
-
-def _sparse(path: Path, size: int) -> None:
-    with open(path, "xb") as f:
-        f.truncate(size)
 
 
 # --- the guest side ----------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import stat
 import time
 import uuid
@@ -47,6 +46,7 @@ from ..errors import CowlabError
 from ..images import Image
 from ..resources import Resources, releaser
 from ..state import StateRoot
+from ..units import parse_size
 from .base import Container, Driver, Probe, image_key
 
 SECTOR = 512
@@ -360,22 +360,12 @@ def sweep_strays(state: StateRoot, protected: set[str]) -> list[str]:
 def _opt(options: dict, key: str):
     v = options.get(key, DEFAULTS.get(key))
     if key in ("block_size", "base_size", "data_size", "metadata_size"):
-        return _size(v)
+        return parse_size(v)  # binary units, as Docker reads its dm options
     if key in ("zero_blocks", "error_if_no_space", "force"):
         return _bool(v) if v is not None else False
     if key in ("no_space_timeout", "low_water_blocks"):
         return None if v in (None, "") else int(v)
     return v
-
-
-def _size(v) -> int:
-    """Bytes from an int or '64K', '10G', '512M' (binary units, as Docker's options)."""
-    if isinstance(v, int):
-        return v
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(v))
-    if not m:
-        raise CowlabError(f"not a size: {v!r} (e.g. 64K, 512M, 10G)")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
 
 
 def _bool(v) -> bool:
@@ -828,7 +818,7 @@ class DeviceMapperLoop(_DeviceMapper):
         for part, size in (("metadata", min(self.opt("metadata_size"), MAX_METADATA)),
                            ("data", self.opt("data_size"))):
             f = d / f"{self._pool_id}-{part}"
-            pres.acquire("file", lambda f=f, size=size: _sparse(f, size), path=str(f))
+            pres.acquire("file", lambda f=f, size=size: sysutil.sparse_file(f, size), path=str(f))
             h = pres.add("loop", file=str(f))
             dev = sysutil.run(["losetup", "--find", "--show", str(f)]).stdout.strip()
             pres.update(h, device=dev)
@@ -926,11 +916,6 @@ class DeviceMapperDirect(_DeviceMapper):
                 if name:
                     m["dm_device_rotational"] = Path(f"/sys/class/block/{name}/queue/rotational").read_text().strip() == "1"
         return m
-
-
-def _sparse(path: Path, size: int) -> None:
-    with open(path, "xb") as f:
-        f.truncate(size)
 
 
 def _zero(dev: str, n: int) -> None:
