@@ -126,3 +126,35 @@ def test_no_module_imports_anothers_private_names():
                 elif n.startswith("_") and f"{mod}.{n}" in mods and not m.startswith(mod + "."):
                     bad.append(f"{m} imports {mod}.{n}")
     assert not bad, bad
+
+
+def test_package_data_ships_the_fio_jobs(tmp_path):
+    """A build of the package (setuptools' build_py, what a wheel holds) has the io workload's
+    job files: the installed library finds them beside its code, not in a source tree."""
+    from cowlab.workloads.io import JOBS
+    cp = subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
+                         "-d", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    shipped = {p.stem for p in (tmp_path / "cowlab" / "fio").glob("*.fio")}
+    assert set(JOBS) <= shipped, (sorted(JOBS), sorted(shipped))
+
+
+def test_every_import_is_a_declared_dependency():
+    import tomllib
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = meta["dependencies"] + [r for extra in meta["optional-dependencies"].values() for r in extra]
+    declared = {r.split(">")[0].split("=")[0].split("[")[0].split("<")[0].strip().lower().replace("-", "_")
+                for r in reqs}
+    dist = {"yaml": "pyyaml", "markdown_it": "markdown_it_py"}  # import name → distribution
+    missing = set()
+    for p in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            for n in names:
+                top = n.split(".")[0]
+                if top in sys.stdlib_module_names or top == "cowlab":
+                    continue
+                if dist.get(top, top).lower() not in declared:
+                    missing.add(f"{top} ({p.relative_to(SRC)})")
+    assert not missing, sorted(missing)
