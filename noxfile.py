@@ -64,6 +64,17 @@ for _b in BACKENDS:
     globals()[f"bench_{_b.replace('-', '_')}"] = _bench_session(_b)
 
 
+@nox.session(name="bench-pytest")
+def bench_pytest(session):
+    """`pytest bench`: pytest-benchmark over the same case runner and results layout as
+    `cowlab bench` (as root). `-- --driver vfs --quick --workload space --out DIR`."""
+    args = list(session.posargs) or ["--driver", "vfs", "--quick"]
+    driver = next((b for a, b in zip(args, args[1:]) if a == "--driver"), "overlay2")
+    _provision(session, driver)
+    _install(session)
+    session.run("pytest", "bench", "-p", "no:cacheprovider", *args)
+
+
 @nox.session
 def tests(session):
     """The test suite (as root: it mounts filesystems). CI runs this."""

@@ -1,7 +1,7 @@
 """A bench run in PerfKitBenchmarker's stages: check → prepare → run → cleanup.
 
-`cowlab bench` and `pytest bench/` both drive a BenchSession, so they measure with the same
-code and write the same samples.
+`cowlab bench` and `pytest bench/` both drive a BenchSession (pytest one workload per test,
+through run_workload), so they measure with the same code and write the same samples.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from .resources import Resources
 from .results import RunWriter, Sample
 from .state import StateRoot, resolve_root
 from .sysutil import require_root  # noqa: F401  (cli's, labcli's name for it)
-from .workloads.base import (Context, case_name, case_total, describe_params, run_case,  # noqa: F401
-                             run_measured, run_timed)  # (run_measured, run_timed: bench/'s names)
+from .workloads.base import Context, case_name, case_total, describe_params, run_case
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -147,29 +146,35 @@ class BenchSession:
     # --- run ---------------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> None:
         for wl in (self.workloads if self.mode != "engine" else []):
-            missing = wl.requires - self.driver.capabilities
-            if missing:
-                self.record(Sample("workload", None, "count", {}, status="skipped",
-                                   error=f"{self.driver_name} lacks {', '.join(sorted(missing))}"), wl.name)
-                continue
-            t_wl = time.perf_counter()
-            ctx = self.context(wl)
-            cases = list(wl.cases(ctx))
-            total = sum(map(case_total, cases))
-            done = 0
-            for case in cases:
-                def rep_done(case=case):
-                    nonlocal done
-                    done += 1
-                    if progress:
-                        progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
-                run_case(case, lambda s: self.record(s, wl.name), rep_done)
-            # Where a run's time goes (image imports included), so a slow grid can be trimmed
-            # from facts; the harness's own figure, never a measurement of the driver.
-            self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
-                               {"of": wl.name}), "harness")
+            self.run_workload(wl, progress)
         if self.mode != "primitive":
             self.engine.run(progress)  # after the primitive part, so the two never overlap
+
+    def run_workload(self, wl, progress: Progress | None = None) -> None:
+        """Every case of one workload, each sample recorded as measured; a failed or
+        inapplicable case, or a workload the driver can't run, is recorded with its reason
+        (`pytest bench` runs a workload per test through this too)."""
+        missing = wl.requires - self.driver.capabilities
+        if missing:
+            self.record(Sample("workload", None, "count", {}, status="skipped",
+                               error=f"{self.driver_name} lacks {', '.join(sorted(missing))}"), wl.name)
+            return
+        t_wl = time.perf_counter()
+        ctx = self.context(wl)
+        cases = list(wl.cases(ctx))
+        total = sum(map(case_total, cases))
+        done = 0
+        for case in cases:
+            def rep_done(case=case):
+                nonlocal done
+                done += 1
+                if progress:
+                    progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
+            run_case(case, lambda s: self.record(s, wl.name), rep_done)
+        # Where a run's time goes (image imports included), so a slow grid can be trimmed
+        # from facts; the harness's own figure, never a measurement of the driver.
+        self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
+                           {"of": wl.name}), "harness")
 
     # --- cleanup -----------------------------------------------------------------------------
     def finish(self, status: str) -> list[str]:
