@@ -49,6 +49,13 @@ class BenchSession:
     mode: str = "primitive"  # primitive | engine | both: engine = a private dockerd (cowlab.engine)
     driver_options: dict = field(default_factory=dict)  # --opt/--device (e.g. devicemapper's block_size)
 
+    def resolve_mode(self, mode: str | None) -> str:
+        """Set the mode: the one asked for, or the default (both where Docker is present and has
+        the driver, engine alone for an engine-only name, else primitive); returns why."""
+        from .engine.session import resolve_mode
+        self.mode, why = resolve_mode(mode, self.driver_name, drivers.DRIVERS)
+        return why
+
     # --- check: everything that can be wrong is found before any work ----------------------
     def check(self) -> None:
         if self.mode != "primitive":

@@ -5,7 +5,9 @@ the driver needs. The run layer decides this; a driver's probe only says what th
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
 
 from . import cleanup, drivers, vm
@@ -45,6 +47,17 @@ def choose(driver_cls: type[Driver], mode: str) -> str:
             raise CowlabError(f"--vm always: the kernel VM can't run here: {why}")
         return "vm"
     return "vm" if probe(driver_cls).details.get("route") == "vm" else "native"
+
+
+def bench_route(driver_name: str, mode: str) -> str:
+    """'native' or 'vm' for `cowlab bench DRIVER`: a backend this kernel lacks goes to the kernel
+    VM in every mode (dockerd's devicemapper needs the same kernel as cowlab's); an engine-only
+    name (e.g. devicemapper) stays here, where dockerd is asked and its answer recorded."""
+    if driver_name not in drivers.DRIVERS:
+        if mode not in MODES:
+            raise CowlabError(f"--vm {mode!r}: choose {', '.join(MODES)}")
+        return "native"
+    return choose(drivers.get(driver_name), mode)
 
 
 # --- `cowlab bench` and `cowlab lab` through the VM ----------------------------------------------
@@ -117,3 +130,37 @@ def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, w
     for d in r.run_dirs:
         echo(f"cowlab-vm: results {d} (virtualization {vm.accel()}, emulated)")
     return r.returncode
+
+
+def conformance_in_vm(state: StateRoot, results: list, names: list[str], case_names: list[str],
+                      every_layer: bool, device: str | None, echo=None) -> list:
+    """Run the conformance suite for `names` in one kernel VM (images built here first: the
+    guest reads this store) and put its results in place of the 'unavailable' ones, marked as
+    emulated."""
+    from . import conformance as C
+    echo = echo or (lambda line: print(line, flush=True))
+    if device:
+        raise CowlabError(f"--device {device} names a device of this host, which the VM does not see; "
+                          "in the VM cowlab attaches a fresh sparse disk of its own (leave --device out)")
+    echo(f"conformance: {', '.join(names)} not available natively: building the case images, then "
+         f"running them in a {vm.accel().upper()} VM ({vm.find_kernel()})")
+    C.prebuild(state, case_names, every_layer)
+    args = ["conformance", "--vm", "never", *[a for c in case_names for a in ("--case", c)]]
+    args += ["--every-layer"] if every_layer else []
+    disks: dict = {}
+    for n in names:
+        d, dev_args = guest_disks(drivers.get(n), None, 16 * GiB)
+        disks.update(d)
+        args += ["--driver", n, *dev_args]
+    with tempfile.TemporaryDirectory(dir=state.tmp, prefix=f"{os.getpid()}-vmconf-") as tmp:
+        args += ["--json", f"{tmp}/conformance.json"]
+        r = vm.run(state, args, out=Path(tmp), disks=disks, echo=echo)
+        f = Path(tmp) / "conformance.json"
+        if not f.exists():
+            raise CowlabError(f"the kernel VM wrote no conformance results (exit {r.returncode})")
+        got = [C.Result(**x) for x in json.loads(f.read_text())]
+    note = f"ran in the kernel VM ({r.guest.get('kernel')}, {vm.accel()}, emulated; boot {r.boot_seconds} s)"
+    for x in got:
+        x.notes.append(note)
+    by = {(x.driver, x.case): x for x in got}
+    return [by.get((x.driver, x.case), x) if x.driver in names else x for x in results]
