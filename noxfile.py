@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import nox
 
 HERE = Path(__file__).parent
-# One session per backend; each is the same thin layer over `cowlab bench`.
-BACKENDS = ["overlay2", "vfs", "btrfs", "zfs", "aufs", "overlay", "fuse-overlayfs", "unionfs-fuse",
-            "devicemapper-loop", "devicemapper-direct"]
+sys.path.insert(0, str(HERE / "src"))
+from cowlab.drivers import DRIVERS, provision_script  # noqa: E402  (the registry; stdlib only)
+
+# One session per backend of the driver registry; each is the same thin layer over `cowlab bench`.
+BACKENDS = list(DRIVERS)
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -26,7 +29,7 @@ def _install(session, extras: str = "test") -> None:
 
 def _provision(session, backend: str) -> None:
     """Install what the backend needs (as root), or stop with the exact command to run."""
-    script = HERE / "vagrant" / "provision" / f"{backend}.sh"
+    script = HERE / provision_script(backend)
     check = subprocess.run(["bash", str(script), "--check"], capture_output=True, text=True)
     if check.returncode == 0:
         return
@@ -61,12 +64,24 @@ for _b in BACKENDS:
     globals()[f"bench_{_b.replace('-', '_')}"] = _bench_session(_b)
 
 
+@nox.session(name="bench-pytest")
+def bench_pytest(session):
+    """`pytest bench`: pytest-benchmark over the same case runner and results layout as
+    `cowlab bench` (as root). `-- --driver vfs --quick --workload space --out DIR`."""
+    args = list(session.posargs) or ["--driver", "vfs", "--quick"]
+    driver = next((b for a, b in zip(args, args[1:]) if a == "--driver"), "overlay2")
+    _provision(session, driver)
+    _install(session)
+    session.run("pytest", "bench", "-p", "no:cacheprovider", *args)
+
+
 @nox.session
 def tests(session):
     """The test suite (as root: it mounts filesystems). CI runs this."""
     _provision(session, "host")
     _provision(session, "devicemapper")  # the kernel VM of tests/test_devicemapper_vm.py
     _install(session, "test,notebooks,engine,vm")
+    session.run("lint-imports")  # the layers contract of pyproject.toml: imports point down
     session.run("pytest", *(session.posargs or ["tests", "-q", "-rs"]))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cowlab import vm
+from cowlab import vm, vmroute
 from cowlab.drivers import devicemapper as dm
 from cowlab.errors import CowlabError
 
@@ -76,9 +76,10 @@ def test_thin_status_and_table():
 
 
 def test_sizes_and_options(tmp_path):
-    assert dm._size("64K") == 65536 and dm._size("10G") == 10 << 30 and dm._size(512) == 512
+    assert dm._opt({"block_size": "64K"}, "block_size") == 65536
+    assert dm._opt({"data_size": "10G"}, "data_size") == 10 << 30 and dm._opt({"base_size": 512}, "base_size") == 512
     with pytest.raises(CowlabError):
-        dm._size("lots")
+        dm._opt({"block_size": "lots"}, "block_size")
 
 
 def test_root_prefix_separates_state_roots(tmp_path):
@@ -104,9 +105,11 @@ def test_check_device_refuses_non_block(tmp_path):
 
 def test_vm_route_choice(monkeypatch):
     class Missing:
+        vm_route = True
+
         @staticmethod
         def probe():
-            return dm.Probe(False, "kernel has no dm-thin-pool", details={"route": "vm"})
+            return dm.Probe(False, "kernel has no dm-thin-pool", details={"kernel_lacks": "dm-thin-pool"})
 
     class Native:
         @staticmethod
@@ -114,16 +117,16 @@ def test_vm_route_choice(monkeypatch):
             return dm.Probe(True)
 
     monkeypatch.setattr(vm, "why_unavailable", lambda: "")
-    assert vm.choose(Missing, "auto") == "vm"
-    assert vm.choose(Native, "auto") == "native"
-    assert vm.choose(Native, "always") == "vm"
-    assert vm.choose(Missing, "never") == "native"
+    assert vmroute.choose(Missing, "auto") == "vm"
+    assert vmroute.choose(Native, "auto") == "native"
+    assert vmroute.choose(Native, "always") == "vm"
+    assert vmroute.choose(Missing, "never") == "native"
     monkeypatch.setattr(vm, "why_unavailable", lambda: "no kernel")
-    assert vm.choose(Missing, "auto") == "native"   # then check() says why it is unavailable
+    assert vmroute.choose(Missing, "auto") == "native"   # then check() says why it is unavailable
     with pytest.raises(CowlabError, match="no kernel"):
-        vm.choose(Missing, "always")
+        vmroute.choose(Missing, "always")
     monkeypatch.setenv(vm.IN_VM, "1")
-    assert vm.choose(Missing, "always") == "native"  # never a VM inside the VM
+    assert vmroute.choose(Missing, "always") == "native"  # never a VM inside the VM
 
 
 def test_vm_guest_arg_substitution():
@@ -132,20 +135,20 @@ def test_vm_guest_arg_substitution():
 
 
 def test_direct_in_vm_gets_its_own_disk():
-    disks, args = vm.guest_disks(dm.DeviceMapperDirect, None, 1 << 30)
-    assert disks == {vm.DIRECT_SERIAL: 1 << 30} and args == ["--device", "{disk:cowlab-direct}"]
-    assert vm.guest_disks(dm.DeviceMapperLoop, None, 1 << 30) == ({}, [])
+    disks, args = vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30)
+    assert disks == {vmroute.DIRECT_SERIAL: 1 << 30} and args == ["--device", "{disk:cowlab-direct}"]
+    assert vmroute.guest_disks(dm.DeviceMapperLoop, None, 1 << 30) == ({}, [])
     with pytest.raises(CowlabError, match="does not see"):
-        vm.guest_disks(dm.DeviceMapperDirect, "/dev/sdb", 1 << 30)
+        vmroute.guest_disks(dm.DeviceMapperDirect, "/dev/sdb", 1 << 30)
 
 
 def test_direct_in_vm_in_mode_both_gets_a_second_disk_for_dockerd():
-    disks, args = vm.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {})
-    assert disks == {vm.DIRECT_SERIAL: 1 << 30, vm.ENGINE_SERIAL: 1 << 30}
+    disks, args = vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {})
+    assert disks == {vmroute.DIRECT_SERIAL: 1 << 30, vmroute.ENGINE_SERIAL: 1 << 30}
     assert args == ["--device", "{disk:cowlab-direct}", "--opt", "engine_device={disk:cowlab-engine}"]
-    assert vm.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "engine", {})[0] == {vm.DIRECT_SERIAL: 1 << 30}
+    assert vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "engine", {})[0] == {vmroute.DIRECT_SERIAL: 1 << 30}
     with pytest.raises(CowlabError, match="does not see"):
-        vm.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {"engine_device": "/dev/sdc"})
+        vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {"engine_device": "/dev/sdc"})
 
 
 def test_engine_pool_options_by_mode():
@@ -192,7 +195,7 @@ def test_kernel_choice_skips_cloud(tmp_path, monkeypatch):
 
 
 def test_probe_names_the_reason_here():
-    p = dm.DeviceMapperLoop.probe()
+    p = vmroute.probe(dm.DeviceMapperLoop)
     if not dm.has_device_mapper():
         assert not p.available and "dm-thin-pool" in p.reason
         assert p.details["route"] in ("vm", None)

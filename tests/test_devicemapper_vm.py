@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import spec, vm
+from cowlab import spec, vm, vmroute
 from cowlab.images import ImageStore
 from cowlab.state import StateRoot
 
@@ -36,7 +36,7 @@ def guest(tmp_path_factory):
     base = tmp_path_factory.mktemp("dmvm")
     state = StateRoot(base / "root").ensure()
     ImageStore(state).build(spec.load(DEMO))  # natively, before the boot (the guest's store is read-only)
-    vm.prebuild(state, ["space"], quick=False, reps=1)
+    vmroute.prebuild(state, ["space"], quick=False, reps=1)
     from cowlab import conformance
     conformance.prebuild(state)  # every case's images: the guest's store is this one, read-only
     out = base / "results"

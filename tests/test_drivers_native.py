@@ -207,7 +207,7 @@ def test_registered_with_provisioning_and_nox(name):
     assert script.exists(), script
     assert "common.sh" in script.read_text() or "host.sh" in script.read_text()
     nox = (here / "noxfile.py").read_text()
-    assert f'"{name}"' in nox.split("BACKENDS", 1)[1].split("\n", 1)[0]
+    assert "BACKENDS = list(DRIVERS)" in nox  # a bench session per registered driver
     p = cls.probe()
     if not p.available:  # the reason names what is missing, the hint how to get it
         assert p.reason and p.hint

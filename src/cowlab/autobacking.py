@@ -16,6 +16,7 @@ from . import sysutil
 from .errors import CowlabError
 from .resources import Resources, owners
 from .state import StateRoot
+from .units import parse_size  # noqa: F401  (the CLI's sizes; one parser: cowlab.units)
 
 DEFAULT_SIZE = 32 << 30   # sparse: costs what is written
 
@@ -39,18 +40,6 @@ def kind_for(driver_cls, requested: str, where: Path) -> str:
         raise CowlabError(f"{driver_cls.name} runs on {'/'.join(kinds)} only, not on a {requested} backing "
                           f"(leave --backing at host and cowlab makes a {kinds[0]} loop filesystem)")
     return requested
-
-
-def parse_size(text: str) -> int:
-    """'8G', '512M', '1073741824' → bytes (binary units)."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    try:
-        if t and t[-1] in mult:
-            return int(float(t[:-1]) * mult[t[-1]])
-        return int(t)
-    except ValueError:
-        raise CowlabError(f"not a size: {text!r} (examples: 8G, 512M)") from None
 
 
 def existing_persistent(state: StateRoot, driver_cls) -> B.Backing | None:

@@ -72,7 +72,7 @@ def make_loop(state_backings: Path, res: Resources, fstype: str, size: int) -> B
     name = f"{fstype}-{uuid.uuid4().hex[:8]}"
     img = state_backings / f"{name}.img"
     mnt = state_backings / name
-    res.acquire("file", lambda: _sparse(img, size), path=str(img))
+    res.acquire("file", lambda: sysutil.sparse_file(img, size), path=str(img))
     sysutil.run(MKFS[fstype] + [str(img)])
     faults.point("loop", "mkfs")
     h = res.add("loop", file=str(img))
@@ -82,8 +82,3 @@ def make_loop(state_backings: Path, res: Resources, fstype: str, size: int) -> B
     res.acquire("dir", lambda: mnt.mkdir(), path=str(mnt))
     res.acquire("mount", lambda: sysutil.mount(dev, mnt, fstype), target=str(mnt))
     return Backing(fstype, mnt, dev, str(img))
-
-
-def _sparse(path: Path, size: int) -> None:
-    with open(path, "xb") as f:
-        f.truncate(size)

@@ -57,11 +57,16 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
                 done.append(f"unmounted stray {m.target}")
             except OSError as e:
                 done.append(f"  could not unmount {m.target}: {e}")
-    # Device mapper devices with this state root's name prefix that no remaining journal names
-    # (thin volumes, then pools, then slices), before the loop devices a stray pool may hold.
-    from .drivers import devicemapper as _dm
-    dm_live = {e.get("name") for info in owners(state) for e in _entries(info["dir"]) if e.get("kind") == "dm"}
-    done += _dm.sweep_strays(state, dm_live)
+    # What a backend keeps outside the filesystem that no remaining journal names (device
+    # mapper's devices with this state root's prefix), before the loop devices a stray pool may
+    # hold: each registered driver's own sweep, once per implementation.
+    from .drivers import DRIVERS
+    entries = [e for info in owners(state) for e in _entries(info["dir"])]
+    sweepers: dict = {}
+    for cls in DRIVERS.values():
+        sweepers.setdefault(cls.sweep_strays.__func__, cls)
+    for cls in sweepers.values():
+        done += cls.sweep_strays(state, entries)
     for dev, f in sysutil.loop_devices().items():
         if state.inside(f) and f not in protected:
             sysutil.run(["losetup", "-d", dev], check=False)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__, autobacking, cleanup, drivers, spec
+from . import __version__, autobacking, cleanup, drivers, spec, units, vmroute
 from . import backing as B
 from .errors import CowlabError, Unavailable
 from .images import ImageStore
@@ -49,7 +49,7 @@ def drivers_cmd(as_json):
     """Every backend: available here, or why not and how to get it."""
     rows = []
     for name, cls in drivers.DRIVERS.items():
-        p = cls.probe()
+        p = vmroute.probe(cls)
         rows.append({"driver": name, "available": p.available,
                      "route": "native" if p.available else p.details.get("route"),
                      "reason": p.reason, "hint": p.hint, "description": cls.description,
@@ -149,7 +149,7 @@ def container_create(ctx, image_ref, driver_name):
     """Create a container; its mountpoint is the last line printed."""
     cls = drivers.get(driver_name)
     require_root()
-    p = cls.probe()
+    p = vmroute.probe(cls)
     if not p.available:
         raise Unavailable(f"driver {driver_name}", p.reason, p.hint)
     state = _state(ctx)
@@ -265,23 +265,18 @@ def container_rm(ctx, ref):
 def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_size, mode,
           vm_mode="auto", device=None, force=False, opts=()):
     """Run workloads on DRIVER and write results/<host>/<run_id>/."""
-    from . import vm
     dopts = dict(o.split("=", 1) if "=" in o else (o, "true") for o in opts)
-    # A backend this kernel lacks goes to the kernel VM in every mode (dockerd's devicemapper needs
-    # the same kernel as cowlab's); an engine-only name (e.g. devicemapper) stays here, where
-    # dockerd is asked and its answer recorded.
-    if driver_name in drivers.DRIVERS and vm.choose(drivers.get(driver_name), vm_mode) == "vm":
-        sys.exit(vm.bench_in_vm(driver_name, root=root or ctx.obj["root"], out=Path(out), quick=quick,
-                                workloads=list(workloads), backing=backing, reps=reps,
-                                backing_size=backing_size, mode=mode, options=dopts, device=device,
-                                echo=lambda line: click.echo(line)))
+    if vmroute.bench_route(driver_name, vm_mode) == "vm":
+        sys.exit(vmroute.bench_in_vm(driver_name, root=root or ctx.obj["root"], out=Path(out), quick=quick,
+                                     workloads=list(workloads), backing=backing, reps=reps,
+                                     backing_size=backing_size, mode=mode, options=dopts, device=device,
+                                     echo=lambda line: click.echo(line)))
     if device:
         dopts.update(device=device, force=force)
     s = BenchSession(driver_name, quick, list(workloads) or None, Path(out), root or ctx.obj["root"], backing,
                      argv=["cowlab", *sys.argv[1:]], reps=reps,
-                     backing_size=autobacking.parse_size(backing_size))
-    from .engine.session import resolve_mode
-    s.mode, why = resolve_mode(mode, driver_name, drivers.DRIVERS)
+                     backing_size=units.parse_size(backing_size))
+    why = s.resolve_mode(mode)
     s.driver_options = dopts
     s.check()
     err.print(f"mode: {s.mode} ({why})", markup=False, highlight=False)  # (after check: errors are one line)
@@ -422,8 +417,8 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases, vm_m
     options = {"devicemapper-direct": {"device": device}} if device else {}
     if device:
         drivers.get("devicemapper-direct").check_options(options["devicemapper-direct"],
-                                                         here=vm.choose(drivers.get("devicemapper-direct"),
-                                                                        vm_mode) == "native")
+                                                         here=vmroute.choose(drivers.get("devicemapper-direct"),
+                                                                             vm_mode) == "native")
     require_root()
     state = _state(ctx)
     with sigterm_as_interrupt(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -431,11 +426,12 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases, vm_m
         task = prog.add_task("conformance", total=None)
         results = C.run_suite(state, list(driver_names) or None, [c.name for c in chosen],
                               every_layer=every_layer, options=options, keep_images=bool(os.environ.get(vm.IN_VM)),
-                              progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
+                              probe=vmroute.probe, progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
     in_vm = [d for d in dict.fromkeys(r.driver for r in results if r.status == "unavailable")
-             if vm.choose(drivers.get(d), vm_mode) == "vm"]
+             if vmroute.choose(drivers.get(d), vm_mode) == "vm"]
     if in_vm:
-        results = _conformance_in_vm(state, results, in_vm, chosen, every_layer, device)
+        results = vmroute.conformance_in_vm(state, results, in_vm, [c.name for c in chosen], every_layer, device,
+                                            echo=lambda line: err.print(line, markup=False, highlight=False))
     if json_out:
         Path(json_out).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
     names = list(dict.fromkeys(r.driver for r in results))
@@ -472,41 +468,6 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases, vm_m
                   markup=False, highlight=False, soft_wrap=True)
     if bad or missing:
         sys.exit(1)
-
-
-def _conformance_in_vm(state, results, names, chosen, every_layer, device):
-    """Run the suite for `names` in one kernel VM (images built here first: the guest reads this
-    store) and put its results in place of the 'unavailable' ones, marked as emulated."""
-    import tempfile
-
-    from . import conformance as C
-    from . import vm
-    if device:
-        raise CowlabError(f"--device {device} names a device of this host, which the VM does not see; "
-                          "in the VM cowlab attaches a fresh sparse disk of its own (leave --device out)")
-    err.print(f"conformance: {', '.join(names)} not available natively: building the case images, then "
-              f"running them in a {vm.accel().upper()} VM ({vm.find_kernel()})", markup=False, highlight=False)
-    C.prebuild(state, [c.name for c in chosen], every_layer)
-    args = ["conformance", "--vm", "never", *[a for c in chosen for a in ("--case", c.name)]]
-    args += ["--every-layer"] if every_layer else []
-    disks: dict = {}
-    for n in names:
-        d, dev_args = vm.guest_disks(drivers.get(n), None, 16 << 30)
-        disks.update(d)
-        args += ["--driver", n, *dev_args]
-    with tempfile.TemporaryDirectory(dir=state.tmp, prefix=f"{os.getpid()}-vmconf-") as tmp:
-        args += ["--json", f"{tmp}/conformance.json"]
-        r = vm.run(state, args, out=Path(tmp), disks=disks, echo=lambda line: err.print(line, markup=False,
-                                                                                    highlight=False))
-        f = Path(tmp) / "conformance.json"
-        if not f.exists():
-            raise CowlabError(f"the kernel VM wrote no conformance results (exit {r.returncode})")
-        got = [C.Result(**x) for x in json.loads(f.read_text())]
-    note = f"ran in the kernel VM ({r.guest.get('kernel')}, {vm.accel()}, emulated; boot {r.boot_seconds} s)"
-    for x in got:
-        x.notes.append(note)
-    by = {(x.driver, x.case): x for x in got}
-    return [by.get((x.driver, x.case), x) if x.driver in names else x for x in results]
 
 
 def main() -> None:

@@ -77,10 +77,10 @@ from . import backing as B
 from . import sysutil
 from .content import Content
 from .drivers import DRIVERS
-from .drivers.base import Container, Driver
+from .drivers.base import Container, Driver, Probe
 from .errors import CowlabError
 from .images import Image, ImageStore
-from .layers import _seed
+from .layers import file_seed
 from .resources import Resources
 from .spec import ImageSpec, from_dict
 from .state import StateRoot
@@ -388,14 +388,14 @@ def _ref_op(root: str, spec: ImageSpec, index: int, kind: str, a: dict) -> None:
     if "path" in a:
         _parents(root, a["path"])
     if kind == "file":
-        seed = a.get("seed", _seed(spec.seed, index, a["path"]))
+        seed = a.get("seed", file_seed(spec.seed, index, a["path"]))
         _new_file(P(a["path"]), Content(a["size"], a.get("pattern", "random"), seed), a.get("mode", 0o644),
                   a.get("uid", 0), a.get("gid", 0), a.get("xattrs", {}), a.get("mtime", spec.mtime))
     elif kind == "files":
         _parents(root, a["dir"] + "/x")
         for k in range(a["count"]):
             p = f"{a['dir']}/{a.get('prefix', 'f')}{k:06d}"
-            _new_file(P(p), Content(a["size"], a.get("pattern", "random"), _seed(spec.seed, index, p)),
+            _new_file(P(p), Content(a["size"], a.get("pattern", "random"), file_seed(spec.seed, index, p)),
                       a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0), {}, spec.mtime)
     elif kind == "copy":
         st = os.stat(a["source"])
@@ -1095,14 +1095,16 @@ def run_case(state: StateRoot, cls: type[Driver], case: Case, images: ImageCache
     return r
 
 
-def available(names: Iterable[str] | None = None) -> list[tuple[type[Driver], str | None]]:
-    """(driver class, None if available else the reason) for the named drivers or all of them."""
+def available(names: Iterable[str] | None = None,
+              probe: Callable[[type[Driver]], Probe] | None = None) -> list[tuple[type[Driver], str | None]]:
+    """(driver class, None if available else the reason) for the named drivers or all of them.
+    probe: how to ask (the run layer's, which also names the kernel VM; the driver's own by default)."""
     from .drivers import get
     out = []
     for name in (names or list(DRIVERS)):
         cls = get(name)
         try:
-            p = cls.probe()
+            p = probe(cls) if probe else cls.probe()
             why = None if p.available else p.reason + (f" (to get it: {p.hint})" if p.hint else "")
         except Exception as e:
             why = f"probe failed: {type(e).__name__}: {e}"
@@ -1124,13 +1126,14 @@ def prebuild(state: StateRoot, case_names: Iterable[str] | None = None, every_la
 def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
               case_names: Iterable[str] | None = None, *, every_layer: bool = False,
               progress: Callable[[str, int, int], None] | None = None,
-              options: dict[str, dict] | None = None, keep_images: bool = False) -> list[Result]:
+              options: dict[str, dict] | None = None, keep_images: bool = False,
+              probe: Callable[[type[Driver]], Probe] | None = None) -> list[Result]:
     """Every case on every driver (or the named ones); unavailable drivers yield one
     'unavailable' result per case with the reason, never a pass. options: per driver name
     (e.g. devicemapper-direct's device)."""
     state.ensure()
     chosen = cases(case_names)
-    drivers = available(driver_names)
+    drivers = available(driver_names, probe)
     images = ImageCache(ImageStore(state), keep=keep_images)
     results: list[Result] = []
     total = len(drivers) * len(chosen)

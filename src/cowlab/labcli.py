@@ -194,16 +194,16 @@ def lab_reset(ctx, lab_id):
 @click.pass_context
 def thinpool(ctx, driver_name, modes, timeout, pool_size, device, force, out, vm_mode):
     """Fill a thin pool and show what the writer sees: blocked, ENOSPC, or blocked then ENOSPC."""
-    from . import autobacking, thinlab, vm
-    from .runner import require_root
+    from . import autobacking, thinlab, vm, vmroute
+    from .sysutil import require_root
     modes = list(modes) or list(thinlab.MODES)
     pool_bytes = autobacking.parse_size(pool_size)
     cls = drivers.get(driver_name)
     root = (ctx.obj or {}).get("root")
-    if vm.choose(cls, vm_mode) == "vm":
+    if vmroute.choose(cls, vm_mode) == "vm":
         require_root()
         state = StateRoot(resolve_root(root)).ensure()
-        disks, dev_args = vm.guest_disks(cls, device, pool_bytes * 4)
+        disks, dev_args = vmroute.guest_disks(cls, device, pool_bytes * 4)
         args = ["lab", "thinpool", driver_name, "--timeout", str(timeout), "--pool-size", pool_size,
                 "--out", os.path.abspath(out), *dev_args, *[x for m in modes for x in ("--mode", m)]]
         args += ["--force"] if force else []

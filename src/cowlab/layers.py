@@ -49,7 +49,7 @@ class Inode:
     mtime: int = 0  # 0: the spec's mtime
 
 
-def _seed(*parts) -> int:
+def file_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
@@ -166,14 +166,14 @@ class _Model:
             if op.op == "file":
                 put(a["path"], Inode("file", a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0),
                                      a["size"], a.get("pattern", "random"),
-                                     a.get("seed", _seed(self.spec.seed, index, a["path"])),
+                                     a.get("seed", file_seed(self.spec.seed, index, a["path"])),
                                      xattrs=dict(a.get("xattrs", {})), mtime=a.get("mtime", 0)), w)
             elif op.op == "files":
                 prefix = a.get("prefix", "f")
                 for k in range(a["count"]):
                     p = f"{a['dir']}/{prefix}{k:06d}"
                     put(p, Inode("file", a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0),
-                                 a["size"], a.get("pattern", "random"), _seed(self.spec.seed, index, p)), w)
+                                 a["size"], a.get("pattern", "random"), file_seed(self.spec.seed, index, p)), w)
             elif op.op == "copy":
                 src = Path(a["source"])
                 put(a["path"], Inode("file", a.get("mode", stat.S_IMODE(src.stat().st_mode)),

@@ -37,19 +37,13 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import (FixedLocator, FuncFormatter, Locator, LogLocator,  # noqa: E402
                                NullFormatter, NullLocator)
 
+from . import drivers as _drivers  # noqa: E402  (the registry: each driver's colour)
+
 # Spans wider than this many decades get a log axis when the scale is left to us.
 LOG_DECADES = 1.5
 
-# Fixed colours for the drivers we know of; others get a stable colour from their name.
-DRIVER_COLORS = {
-    "overlay2": "tab:blue",
-    "vfs": "tab:orange",
-    "aufs": "tab:green",
-    "btrfs": "tab:red",
-    "zfs": "tab:purple",
-    "devicemapper": "tab:brown",
-    "fuse-overlayfs": "tab:pink",
-}
+# Each driver's colour, from the registry; other names get a stable colour from their name.
+DRIVER_COLORS = {n: cls.color for n, cls in _drivers.DRIVERS.items()}  # each driver declares its own
 _SPARE_COLORS = ["tab:olive", "tab:cyan", "#1b9e77", "#7570b3", "#e6ab02", "#a6761d",
                  "#666666", "#e7298a"]
 FLOOR_COLOR = "0.55"  # grey: the reference floor is not a driver
@@ -429,9 +423,11 @@ def _filter_text(filter: Any) -> str:
 # Plots
 
 def driver_color(driver: str) -> str:
-    """The colour of a driver in every notebook: fixed for known drivers, else from its name."""
-    if driver in DRIVER_COLORS:
-        return DRIVER_COLORS[driver]
+    """The colour of a driver in every notebook: the one its module declares (the registry),
+    else (an engine-only name) a stable one from its name."""
+    cls = _drivers.DRIVERS.get(driver)
+    if cls is not None:
+        return cls.color
     return _SPARE_COLORS[zlib.crc32(driver.encode()) % len(_SPARE_COLORS)]
 
 

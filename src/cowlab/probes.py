@@ -47,14 +47,19 @@ def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
     return parse_meminfo(Path(path).read_text())
 
 
-# --- /proc/vmstat ----------------------------------------------------------------------------
-def parse_vmstat(text: str) -> dict[str, int]:
+# --- "name value" counters: /proc/vmstat, cgroup memory.stat ---------------------------------
+def parse_counters(text: str) -> dict[str, int]:
+    """'name 1234' lines → dict of ints (/proc/vmstat; memory.stat: 'cache 1234\\nrss 0' in v1,
+    'anon 0\\nfile 1234' in v2); other lines are ignored."""
     out = {}
     for line in text.splitlines():
         f = line.split()
         if len(f) == 2 and f[1].lstrip("-").isdigit():
             out[f[0]] = int(f[1])
     return out
+
+
+parse_vmstat = parse_counters
 
 
 def vmstat(path: str = "/proc/vmstat") -> dict[str, int]:
@@ -112,6 +117,40 @@ def fs_inode_cache(fstype: str) -> str | None:
     return FS_INODE_CACHE.get(fstype)
 
 
+# --- what density reads: one definition for engine and primitive mode --------------------------
+DENSITY_SLABS = ("dentry", "ovl_inode", "fuse_inode")
+
+
+def density_slab_caches(fstype: str) -> list[str]:
+    """The slab caches density watches: dentries, overlayfs's and FUSE's inodes, and the inode
+    cache of the backing filesystem."""
+    fs = fs_inode_cache(fstype)
+    return [*DENSITY_SLABS] + ([fs] if fs else [])
+
+
+def cache_snapshot(fstype: str) -> dict:
+    """Every machine-wide memory reading density takes, together: Cached, nr_dentry, slabs."""
+    slabs = slabinfo()
+    return {"cached": meminfo()["Cached"], "dentries": dentry_state()["nr_dentry"],
+            "slabs": {n: slabs[n] for n in density_slab_caches(fstype) if n in slabs}}
+
+
+def cache_growth(before: dict, after: dict) -> list[tuple[str, int, str, dict]]:
+    """(metric, value, unit, extra params) between two cache_snapshots: page_cache_bytes,
+    dentry_count, and per slab cache (param `cache`) slab_bytes and slab_objects. slab_bytes
+    is the growth of active objects × the object size: a cache's pages grow only once the free
+    slots drop_caches left in them are used up, so whole pages would read 0 at small K."""
+    out = [("page_cache_bytes", after["cached"] - before["cached"], "B", {}),
+           ("dentry_count", after["dentries"] - before["dentries"], "count", {})]
+    for cache, s1 in after["slabs"].items():
+        s0 = before["slabs"].get(cache)
+        if s0 is not None:
+            objs = s1.active_objs - s0.active_objs
+            out.append(("slab_bytes", objs * s1.objsize, "B", {"cache": cache}))
+            out.append(("slab_objects", objs, "count", {"cache": cache}))
+    return out
+
+
 # --- /proc/sys/fs/dentry-state ---------------------------------------------------------------
 DENTRY_FIELDS = ("nr_dentry", "nr_unused", "age_limit", "want_pages", "nr_negative", "dummy")
 
@@ -126,14 +165,7 @@ def dentry_state(path: str = "/proc/sys/fs/dentry-state") -> dict[str, int]:
 
 
 # --- cgroup memory.stat ----------------------------------------------------------------------
-def parse_memory_stat(text: str) -> dict[str, int]:
-    """'cache 1234\\nrss 0\\n...' (v1) or 'anon 0\\nfile 1234\\n...' (v2) → dict of ints."""
-    out = {}
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) == 2 and f[1].lstrip("-").isdigit():
-            out[f[0]] = int(f[1])
-    return out
+parse_memory_stat = parse_counters
 
 
 def normalize_memory_stat(stat: dict[str, int], version: int, kmem: int | None = None) -> dict[str, int]:

@@ -220,6 +220,16 @@ class Resources:
         if h in self._live:
             _write_json(h.path, {"kind": h.kind, **h.args})
 
+    def handles(self) -> list[Handle]:
+        """What this journal holds now, oldest first (a copy)."""
+        return list(self._live)
+
+    def forget(self, h: Handle) -> None:
+        """Stop journaling h without releasing it (what it made now belongs to something else)."""
+        sysutil.ignore_enoent(os.unlink, h.path)
+        if h in self._live:
+            self._live.remove(h)
+
     # -- releasing -------------------------------------------------------------------------
     def release(self, h: Handle) -> None:
         RELEASERS[h.kind](h.args, self.state)
@@ -231,7 +241,7 @@ class Resources:
     def close(self) -> list[str]:
         """Release everything in reverse; Ctrl-C is held off so teardown itself is not torn."""
         errors = []
-        with _signals_blocked():
+        with signals_blocked():
             for h in reversed(list(self._live)):
                 try:
                     self.release(h)
@@ -316,7 +326,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 @contextlib.contextmanager
-def _signals_blocked():
+def signals_blocked():
     sigs = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     try:

@@ -1,7 +1,7 @@
 """A bench run in PerfKitBenchmarker's stages: check → prepare → run → cleanup.
 
-`cowlab bench` and `pytest bench/` both drive a BenchSession, so they measure with the same
-code and write the same samples.
+`cowlab bench` and `pytest bench/` both drive a BenchSession (pytest one workload per test,
+through run_workload), so they measure with the same code and write the same samples.
 """
 
 from __future__ import annotations
@@ -15,45 +15,21 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from . import backing as B
-from . import autobacking, cleanup, drivers, provenance
+from . import autobacking, cleanup, drivers, provenance, vmroute
 from . import workloads as W
-from .errors import CowlabError, NotApplicable, Unavailable
+from .errors import CowlabError, Unavailable
 from .images import ImageStore
 from .layers import spec_bytes
 from .resources import Resources
 from .results import RunWriter, Sample
 from .state import StateRoot, resolve_root
-from .workloads.base import Case, Context, Measured, Timed
+from .sysutil import require_root  # noqa: F401  (cli's, labcli's name for it)
+from .workloads.base import Context, case_name, case_total, describe_params, run_case
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        raise CowlabError("cowlab needs root: it mounts filesystems and sets up loop devices (try sudo)")
-
-
-def run_timed(case: Timed) -> Iterator[Sample]:
-    for i in range(case.warmup + case.reps):
-        state = case.setup()
-        t0 = time.perf_counter_ns()
-        result = case.op(state)
-        dt = time.perf_counter_ns() - t0
-        case.teardown(state, result)
-        if i >= case.warmup:
-            yield Sample(case.metric, dt / 1e9, "s", dict(case.params), i - case.warmup)
-
-
-def run_measured(case: Measured) -> Iterator[Sample]:
-    for rep in range(case.reps):
-        yield from case.measure(rep)
-
-
-def case_total(case: Case) -> int:
-    return case.reps
 
 
 @dataclass
@@ -73,6 +49,13 @@ class BenchSession:
     mode: str = "primitive"  # primitive | engine | both: engine = a private dockerd (cowlab.engine)
     driver_options: dict = field(default_factory=dict)  # --opt/--device (e.g. devicemapper's block_size)
 
+    def resolve_mode(self, mode: str | None) -> str:
+        """Set the mode: the one asked for, or the default (both where Docker is present and has
+        the driver, engine alone for an engine-only name, else primitive); returns why."""
+        from .engine.session import resolve_mode
+        self.mode, why = resolve_mode(mode, self.driver_name, drivers.DRIVERS)
+        return why
+
     # --- check: everything that can be wrong is found before any work ----------------------
     def check(self) -> None:
         if self.mode != "primitive":
@@ -86,7 +69,7 @@ class BenchSession:
         if self.reps is not None and self.reps < 1:
             raise CowlabError("--reps must be at least 1")
         require_root()
-        probe = self.driver_cls.probe()
+        probe = vmroute.probe(self.driver_cls)
         if not probe.available:
             raise Unavailable(f"driver {self.driver_name}", probe.reason, probe.hint)
         self.driver_cls.check_options(self.driver_options)
@@ -170,40 +153,35 @@ class BenchSession:
     # --- run ---------------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> None:
         for wl in (self.workloads if self.mode != "engine" else []):
-            missing = wl.requires - self.driver.capabilities
-            if missing:
-                self.record(Sample("workload", None, "count", {}, status="skipped",
-                                   error=f"{self.driver_name} lacks {', '.join(sorted(missing))}"), wl.name)
-                continue
-            t_wl = time.perf_counter()
-            ctx = self.context(wl)
-            cases = list(wl.cases(ctx))
-            total = sum(map(case_total, cases))
-            done = 0
-            for case in cases:
-                it = run_timed(case) if isinstance(case, Timed) else run_measured(case)
-                name = case.metric if isinstance(case, Timed) else case.name
-                try:
-                    last = None
-                    for s in it:
-                        self.record(s, wl.name)
-                        if s.repetition != last:
-                            done += 1
-                            last = s.repetition
-                            if progress:
-                                progress(f"{wl.name}: {name} {_fmt(case.params)}", done, total)
-                except NotApplicable as e:
-                    self.record(Sample(name, None, case.unit,
-                                       dict(case.params), status="skipped", error=str(e)), wl.name)
-                except (CowlabError, OSError) as e:  # recorded as a failure, never dropped
-                    self.record(Sample(name, None, case.unit,
-                                       dict(case.params), status="failed", error=str(e)), wl.name)
-            # Where a run's time goes (image imports included), so a slow grid can be trimmed
-            # from facts; the harness's own figure, never a measurement of the driver.
-            self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
-                               {"of": wl.name}), "harness")
+            self.run_workload(wl, progress)
         if self.mode != "primitive":
             self.engine.run(progress)  # after the primitive part, so the two never overlap
+
+    def run_workload(self, wl, progress: Progress | None = None) -> None:
+        """Every case of one workload, each sample recorded as measured; a failed or
+        inapplicable case, or a workload the driver can't run, is recorded with its reason
+        (`pytest bench` runs a workload per test through this too)."""
+        missing = wl.requires - self.driver.capabilities
+        if missing:
+            self.record(Sample("workload", None, "count", {}, status="skipped",
+                               error=f"{self.driver_name} lacks {', '.join(sorted(missing))}"), wl.name)
+            return
+        t_wl = time.perf_counter()
+        ctx = self.context(wl)
+        cases = list(wl.cases(ctx))
+        total = sum(map(case_total, cases))
+        done = 0
+        for case in cases:
+            def rep_done(case=case):
+                nonlocal done
+                done += 1
+                if progress:
+                    progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
+            run_case(case, lambda s: self.record(s, wl.name), rep_done)
+        # Where a run's time goes (image imports included), so a slow grid can be trimmed
+        # from facts; the harness's own figure, never a measurement of the driver.
+        self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
+                           {"of": wl.name}), "harness")
 
     # --- cleanup -----------------------------------------------------------------------------
     def finish(self, status: str) -> list[str]:
@@ -221,17 +199,6 @@ class BenchSession:
             self.writer.close(status, ended=time.time(), teardown_errors=errs, variants=variants,
                               loadavg_end=provenance.loadavg())
         return errs
-
-
-def _fmt(params: dict) -> str:
-    return " ".join(f"{k}={_human(v) if k.endswith('bytes') else v}" for k, v in params.items())
-
-
-def _human(n) -> str:
-    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if isinstance(n, int) and n >= div and n % div == 0:
-            return f"{n // div}{unit}"
-    return str(n)
 
 
 @contextmanager

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from .content import PATTERNS
+from . import units
 from .errors import CowlabError
 
-_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
-          "KB": 10**3, "MB": 10**6, "GB": 10**9}
 MAX_FILE = 1 << 40
 
 OPS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -89,10 +88,10 @@ def parse_size(v: Any, where: str) -> int:
     if isinstance(v, int):
         n = v
     elif isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d{1,16})\s*([KMGT]?i?B?)\s*", v, re.I)
-        if not m or m.group(2).upper() not in _UNITS:
-            raise CowlabError(f"{where}: cannot read size {v!r} (use e.g. 4096, '4KiB', '64MiB', '1GiB')")
-        n = int(m.group(1)) * _UNITS[m.group(2).upper()]
+        try:  # KB is decimal here, KiB binary (a file's size as a user writes it)
+            n = units.parse_size(v, decimal_si=True, fractions=False)
+        except CowlabError:
+            raise CowlabError(f"{where}: cannot read size {v!r} (use e.g. 4096, '4KiB', '64MiB', '1GiB')") from None
     else:
         raise CowlabError(f"{where}: size must be a number or a string like '64MiB', not {v!r}")
     if n < 0 or n > MAX_FILE:

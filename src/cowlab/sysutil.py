@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ _libc.syncfs.argtypes = [ctypes.c_int]
 
 MNT_DETACH = 2
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise CowlabError("cowlab needs root: it mounts filesystems and sets up loop devices (try sudo)")
 
 
 def _b(s) -> bytes | None:
@@ -242,3 +248,39 @@ def ignore_enoent(fn, *a, **kw):
     except OSError as e:
         if e.errno not in (errno.ENOENT, errno.EINVAL):
             raise
+
+
+def sparse_file(path: str | os.PathLike, size: int) -> None:
+    """A new sparse file of `size` bytes (never an existing one: O_EXCL)."""
+    with open(path, "xb") as f:
+        f.truncate(size)
+
+
+def static_busybox() -> str | None:
+    """A busybox binary that runs in an empty chroot or an image without a dynamic loader (Debian's
+    busybox-static): an ELF without a PT_INTERP header. None if this host has none."""
+    for cand in ("/bin/busybox", "/usr/bin/busybox", shutil.which("busybox")):
+        if cand and os.path.isfile(cand) and is_static_elf(cand):
+            return cand
+    return None
+
+
+def is_static_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            ident = f.read(64)
+            if ident[:4] != b"\x7fELF":
+                return False
+            is64, end = ident[4] == 2, "<" if ident[5] == 1 else ">"
+            if is64:
+                phoff, = struct.unpack_from(end + "Q", ident, 32)
+                phentsize, phnum = struct.unpack_from(end + "HH", ident, 54)
+            else:
+                phoff, = struct.unpack_from(end + "I", ident, 28)
+                phentsize, phnum = struct.unpack_from(end + "HH", ident, 42)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+        # PT_INTERP (3): needs a dynamic loader the chroot doesn't have
+        return all(struct.unpack_from(end + "I", table, i * phentsize)[0] != 3 for i in range(phnum))
+    except (OSError, struct.error):
+        return False

@@ -42,7 +42,8 @@ def run(driver_name: str, state: StateRoot, mode: str, timeout: int = 5, pool_by
     cls = drivers.get(driver_name)
     if "thin_pool" not in cls.capabilities:
         raise CowlabError(f"{driver_name} has no thin pool (capability thin_pool)")
-    p = cls.probe()
+    from .vmroute import probe
+    p = probe(cls)
     if not p.available:
         from .errors import Unavailable
         raise Unavailable(f"driver {driver_name}", p.reason, p.hint)

@@ -117,23 +117,6 @@ def _kernel_release(k: Path) -> str:
     return k.name.removeprefix("vmlinuz-")
 
 
-def choose(driver_cls, mode: str) -> str:
-    """'native' or 'vm' for this driver; raises when `always` can't be honoured."""
-    if mode not in MODES:
-        raise CowlabError(f"--vm {mode!r}: choose {', '.join(MODES)}")
-    if os.environ.get(IN_VM) or mode == "never":
-        return "native"
-    if mode == "always":
-        why = why_unavailable()
-        if why:
-            raise CowlabError(f"--vm always: the kernel VM can't run here: {why}")
-        return "vm"
-    p = driver_cls.probe()
-    if p.available:
-        return "native"
-    return "vm" if p.details.get("route") == "vm" and available() else "native"
-
-
 # --- running a command in the VM (host side) -------------------------------------------------
 @dataclass
 class VMResult:
@@ -170,7 +153,7 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         qemu_opts = []
         for serial, size in [(STATE_SERIAL, state_disk), *disks.items()]:
             img = scratch / f"{serial}.img"
-            res.acquire("file", lambda img=img, size=size: _sparse(img, size), path=str(img))
+            res.acquire("file", lambda img=img, size=size: sysutil.sparse_file(img, size), path=str(img))
             qemu_opts += ["-drive", f"if=none,id={serial},file={img},format=raw,cache=unsafe",
                           "-device", f"virtio-blk-pci,drive={serial},serial={serial}"]
         if out is not None:
@@ -316,11 +299,6 @@ def _first_line(cmd: list[str]) -> str | None:
     return t[0] if t else None
 
 
-def _sparse(path: Path, size: int) -> None:
-    with open(path, "xb") as f:
-        f.truncate(size)
-
-
 # --- the guest side ----------------------------------------------------------------------------
 def guest_main(config_path: str) -> int:
     """Runs in the VM: prepare a state root on the local disk, then the cowlab command."""
@@ -395,80 +373,3 @@ if __name__ == "__main__":
         sys.exit(guest_main(sys.argv[2]))
     print("usage: python -m cowlab.vm guest CONFIG.json (run by cowlab inside its VM)", file=sys.stderr)
     sys.exit(2)
-
-
-# --- `cowlab bench` and `cowlab lab` through the VM ----------------------------------------------
-DIRECT_SERIAL = "cowlab-direct"
-ENGINE_SERIAL = "cowlab-engine"   # dockerd's own pool in --mode both
-
-
-def prebuild(state: StateRoot, workload_names: list[str] | None, quick: bool, reps: int | None,
-             echo=None, engine: bool = False) -> None:
-    """Build the images the workloads need on the host, natively (the guest reads them), and
-    for engine mode the same images with the busybox base layer under them."""
-    from . import workloads as W
-    from .images import ImageStore
-    store = ImageStore(state)
-    built = {}
-    for wl in W.get(workload_names):
-        g = dict(wl.grid(quick))
-        if reps is not None:
-            g["reps"] = reps
-        for spec in wl.specs(g):
-            if echo:
-                echo(f"cowlab-vm: image {spec.name} (built on the host)")
-            built[spec.name] = store.build(spec)
-    if engine:
-        from .engine.images import build_engine_images, static_busybox
-        if static_busybox():  # (without one the guest's engine check says so)
-            build_engine_images(store, built)
-
-
-def guest_disks(driver_cls, device: str | None, size: int, mode: str | None = None,
-                options: dict | None = None) -> tuple[dict[str, int], list[str]]:
-    """Extra disks and the CLI args naming them, for a driver that needs a block device: one
-    for its pool, and in --mode both a second for dockerd's (option engine_device)."""
-    if not getattr(driver_cls, "needs_device", False):
-        return {}, []
-    for given in (device, (options or {}).get("engine_device")):
-        if given:
-            raise CowlabError(f"{given} names a device of this host, which the VM does not see; in the VM "
-                              "cowlab attaches fresh sparse disks of its own (leave --device and engine_device out)")
-    disks, args = {DIRECT_SERIAL: size}, ["--device", "{disk:%s}" % DIRECT_SERIAL]
-    if mode == "both":
-        disks[ENGINE_SERIAL] = size
-        args += ["--opt", "engine_device={disk:%s}" % ENGINE_SERIAL]
-    return disks, args
-
-
-def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, workloads: list[str],
-                backing: str, reps: int | None, backing_size: str, mode: str | None, options: dict,
-                device: str | None, disk_size: int = 16 * GiB, echo=None) -> int:
-    """`cowlab bench` of a driver the host kernel can't run, in the kernel VM."""
-    from . import cleanup, drivers
-    from .runner import require_root
-    from .state import resolve_root
-    echo = echo or (lambda line: print(line, flush=True))
-    require_root()
-    cls = drivers.get(driver_name)
-    cls.check_options(options, here=False)  # bad input: refused before anything is built or booted
-    disks, dev_args = guest_disks(cls, device, disk_size, mode, options)
-    state = StateRoot(resolve_root(root)).ensure()
-    for line in cleanup.sweep(state):
-        echo(f"cleanup: {line}")
-    prebuild(state, workloads or None, quick, reps, echo, engine=mode in ("engine", "both"))
-    args = ["bench", driver_name, "--out", os.path.abspath(out), "--backing", backing,
-            "--backing-size", backing_size, "--mode", mode or "primitive", *dev_args]
-    args += ["--quick"] if quick else []
-    args += [x for w in workloads for x in ("--workload", w)]
-    args += ["--reps", str(reps)] if reps is not None else []
-    args += [x for k, v in options.items() if k not in ("device", "engine_device") for x in ("--opt", f"{k}={v}")]
-    why = "is not available natively" if not cls.probe().available else "runs natively too, but --vm always"
-    echo(f"cowlab-vm: {driver_name} {why}; running `cowlab {' '.join(args)}` in a "
-         f"{accel().upper()} VM ({find_kernel()}); its boot time is reported, not measured")
-    r = run(state, args, out=Path(out), disks=disks, echo=echo)
-    echo(f"cowlab-vm: boot {r.boot_seconds} s (not part of any measurement), whole VM {r.wall_seconds:.1f} s, "
-         f"guest kernel {r.guest.get('kernel')}, exit {r.returncode}")
-    for d in r.run_dirs:
-        echo(f"cowlab-vm: results {d} (virtualization {accel()}, emulated)")
-    return r.returncode

@@ -34,8 +34,12 @@ class Aufs(Driver):
     name = "aufs"
     description = "AUFS branches (rw on top, ro+wh below) with .wh. whiteouts (Docker's aufs driver)"
     capabilities = frozenset({"union", "files_on_backing"})
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:green"
+    engine = {"note": "needs a kernel with AUFS"}
+    vagrant = {"os": "ubuntu", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
+               "scripts": ["aufs-focal.sh"]}  # aufs-focal.sh runs aufs.sh
     max_layers = 127     # aufs's default branch limit (CONFIG_AUFS_BRANCH_MAX_127)
-    provision = "aufs"
 
     @classmethod
     def probe(cls) -> Probe:

@@ -41,10 +41,20 @@ class Driver:
     description: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
     max_layers: ClassVar[int | None] = None
-    provision: ClassVar[str] = "host"   # vagrant/provision/<name>.sh installs what it needs
+    # --- the registry: everything else about a backend derives from these (each driver
+    # declares them itself; tests/test_registry.py checks). What it needs installed is
+    # vagrant/provision/<name>.sh (nox, CI and the Vagrant machines run it).
+    color: ClassVar[str]                 # its colour in every figure (cowlab.plots)
+    engine: ClassVar[dict | None]        # dockerd's driver for it: cowlab.engine.drivers.EngineDriver
+    #                                      fields (note, backing, docker_name...); None: Docker has none
+    vagrant: ClassVar[dict | None]       # its workshop VM (vagrant/machines.json: os, memory, cpus,
+    #                                      disk, storage, scripts); None: no machine of its own
     option_names: ClassVar[frozenset[str]] = frozenset()  # driver options a workload may vary
     backing_kinds: ClassVar[tuple[str, ...] | None] = None  # None: any backing filesystem
     services: ClassVar[bool] = False
+    # This kernel may lack what the driver needs (its probe then names it in details
+    # `kernel_lacks`) while the kernel VM has it: the run layer (cowlab.vmroute) routes it there.
+    vm_route: ClassVar[bool] = False
     # Conformance cases where the driver knowingly differs from a plain directory:
     # case → (what it does instead, a regex every difference the suite reports must match).
     # The suite then asserts exactly that deviation, and fails if it stops happening.
@@ -58,6 +68,12 @@ class Driver:
         self.home = home or backing.path / self.name
         self.options = dict(options or {})
         self.home.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def sweep_strays(cls, state, journal_entries: list[dict]) -> list[str]:
+        """`cowlab cleanup`: release what this backend left under the state root that no
+        remaining journal entry names (e.g. device mapper devices); lines saying what it did."""
+        return []
 
     @classmethod
     def check_options(cls, options: dict, here: bool = True) -> None:

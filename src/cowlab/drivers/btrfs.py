@@ -152,8 +152,12 @@ class Btrfs(Driver):
     name = "btrfs"
     description = "btrfs subvolumes and snapshots (Docker's btrfs driver)"
     capabilities = frozenset({"snapshot", "btrfs_chunks"})
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:red"
+    engine = {"backing": "btrfs", "note": "a subvolume per layer, snapshots for containers"}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": True, "storage": "btrfs",
+               "scripts": ["btrfs.sh"]}
     backing_kinds = ("btrfs",)
-    provision = "btrfs"
 
     @classmethod
     def probe(cls) -> Probe:

@@ -33,7 +33,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import stat
 import time
 import uuid
@@ -47,6 +46,7 @@ from ..errors import CowlabError
 from ..images import Image
 from ..resources import Resources, releaser
 from ..state import StateRoot
+from ..units import parse_size
 from .base import Container, Driver, Probe, image_key
 
 SECTOR = 512
@@ -93,6 +93,11 @@ def dev_path(name: str) -> str:
 
 def exists(name: str) -> bool:
     return dmio.exists(name)
+
+
+def try_remove(name: str) -> bool:
+    """Remove a device; False instead of an error while it is busy (callers retry)."""
+    return _dm(dmio.remove, name, check=False) is None
 
 
 MAPPER = Path("/dev/mapper")
@@ -355,22 +360,12 @@ def sweep_strays(state: StateRoot, protected: set[str]) -> list[str]:
 def _opt(options: dict, key: str):
     v = options.get(key, DEFAULTS.get(key))
     if key in ("block_size", "base_size", "data_size", "metadata_size"):
-        return _size(v)
+        return parse_size(v)  # binary units, as Docker reads its dm options
     if key in ("zero_blocks", "error_if_no_space", "force"):
         return _bool(v) if v is not None else False
     if key in ("no_space_timeout", "low_water_blocks"):
         return None if v in (None, "") else int(v)
     return v
-
-
-def _size(v) -> int:
-    """Bytes from an int or '64K', '10G', '512M' (binary units, as Docker's options)."""
-    if isinstance(v, int):
-        return v
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(v))
-    if not m:
-        raise CowlabError(f"not a size: {v!r} (e.g. 64K, 512M, 10G)")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
 
 
 def _bool(v) -> bool:
@@ -433,34 +428,37 @@ class _DeviceMapper(Driver):
     """Shared by both variants; a subclass only says where data and metadata live."""
 
     capabilities = frozenset({"block_cow", "thin_pool"})
-    provision = "devicemapper"
     option_names = frozenset(DEFAULTS) | {"device", "force"}
     services = True  # the pool: kept containers keep it (see the module docstring)
-    vm_route = True  # when the kernel lacks dm-thin, cowlab can run this driver in a kernel VM
+    vm_route = True  # when the kernel lacks dm-thin, cowlab can run this driver in a kernel VM (vmroute)
 
     # --- probe ------------------------------------------------------------------------------
     @classmethod
     def probe(cls) -> Probe:
-        from .. import vm
         if not has_device_mapper():
             sysutil.run(["modprobe", "dm-mod"], check=False)
         if not has_device_mapper():
             why = "kernel has no dm-thin-pool (no device-mapper at all: not in /proc/misc)"
-            return _unavailable(why, vm.available())
+            return _unavailable(why)
         if not dmio.available():
             return _unavailable("device-mapper is in /proc/misc but /dev/mapper/control does not answer "
-                                "(no node? `dmsetup mknodes` makes it)", vm.available())
+                                "(no node? `dmsetup mknodes` makes it)")
         targets = _targets()
         if "thin-pool" not in targets:
             sysutil.run(["modprobe", "dm-thin-pool"], check=False)
             targets = _targets()
         if "thin-pool" not in targets:
-            return _unavailable("kernel has no dm-thin-pool (modprobe dm-thin-pool failed)", vm.available())
+            return _unavailable("kernel has no dm-thin-pool (modprobe dm-thin-pool failed)")
         missing = [t for t in MKFS.values() if not _which(t[0])]
         if len(missing) == len(MKFS):
             return Probe(False, "neither mkfs.xfs nor mkfs.ext4 installed", "apt-get install xfsprogs e2fsprogs")
         return Probe(True, details={"route": "native", "thin_pool_target": targets["thin-pool"],
                                     "no_space_timeout": _param()})
+
+    @classmethod
+    def sweep_strays(cls, state: StateRoot, journal_entries: list[dict]) -> list[str]:
+        """Stray dm devices of this state root (thin volumes, then pools, then slices)."""
+        return sweep_strays(state, {e.get("name") for e in journal_entries if e.get("kind") == "dm"})
 
     # --- options ----------------------------------------------------------------------------
     def opt(self, key: str):
@@ -528,7 +526,7 @@ class _DeviceMapper(Driver):
         # pool.json goes when the pool does (journaled first, so released last)
         pres.add("file", path=str(self._pool_file()))
         pres.add("file", path=str(self.home / "devices.json"))
-        mark = len(pres._live)
+        mark = len(pres.handles())
         try:
             meta_dev, data_dev, data_bytes, slices = self._areas(pres)
             bs = self.opt("block_size")
@@ -547,7 +545,7 @@ class _DeviceMapper(Driver):
                                            pool_table(data_sectors, meta_dev, data_dev, bs // SECTOR,
                                                       low, feats)), name=name)
         except BaseException:
-            for h in reversed(pres._live[mark - 2:]):
+            for h in reversed(pres.handles()[mark - 2:]):
                 pres.release(h)
             raise
         info.update(block_bytes=bs, slices=slices, features=feats, data_bytes=data_sectors * SECTOR)
@@ -643,7 +641,7 @@ class _DeviceMapper(Driver):
             d = self._devices()
             d["base"] = i
             self._write_devices(d)
-        _forget(self.res, h)  # the base stays in the pool; the pool's teardown frees it
+        self.res.forget(h)  # the base stays in the pool; the pool's teardown frees it
         return i
 
     def _snapshot(self, origin: int, res: Resources, **journal) -> tuple[int, object]:
@@ -677,7 +675,7 @@ class _DeviceMapper(Driver):
                 d = self._devices()
                 d["chains"][chain] = i
                 self._write_devices(d)
-            _forget(self.res, h)  # the layer stays in the pool; the pool's teardown frees it
+            self.res.forget(h)  # the layer stays in the pool; the pool's teardown frees it
             parent = i
         with self._lock():
             d = self._devices()
@@ -776,13 +774,6 @@ def _chains(digests: list[str]) -> list[str]:
     return out
 
 
-def _forget(res: Resources, h) -> None:
-    """Stop journaling h without releasing it (what it made now belongs to something else)."""
-    sysutil.ignore_enoent(os.unlink, h.path)
-    if h in res._live:
-        res._live.remove(h)
-
-
 def _param() -> int | None:
     try:
         return int(PARAM.read_text().strip())
@@ -800,18 +791,25 @@ def _which(tool: str) -> bool:
     return bool(shutil.which(tool) or any(os.access(f"{d}/{tool}", os.X_OK) for d in ("/sbin", "/usr/sbin")))
 
 
-def _unavailable(reason: str, vm_ok: bool) -> Probe:
-    from .. import vm
-    if vm_ok:
-        return Probe(False, reason, "cowlab runs it in a kernel VM (--vm auto)",
-                     details={"route": "vm", "vm": vm.describe()})
-    return Probe(False, reason, f"a kernel with CONFIG_DM_THIN_PROVISIONING, or the kernel VM: {vm.hint()}",
-                 details={"route": None, "vm_unavailable": vm.why_unavailable()})
+def _unavailable(reason: str) -> Probe:
+    """This kernel lacks what the pool needs; whether the kernel VM stands in is the run layer's
+    call (cowlab.vmroute, since vm_route is set)."""
+    return Probe(False, reason, "a kernel with CONFIG_DM_THIN_PROVISIONING",
+                 details={"kernel_lacks": "dm-thin-pool"})
 
 
 class DeviceMapperLoop(_DeviceMapper):
     name = "devicemapper-loop"
     description = "dm-thin pool on loop devices over sparse files (Docker's old loop-lvm default)"
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:brown"
+    # Docker's devicemapper in its old default mode (loop-lvm: sparse data and metadata files
+    # on loop devices, 100G/2G, 10G base, xfs), as this driver builds it; through the kernel VM
+    # where this kernel has no device mapper.
+    engine = {"docker_name": "devicemapper", "device_mapper": True,
+              "note": "Docker's loop-lvm: a thin pool on loop devices over sparse files"}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "dm-loop",
+               "scripts": ["devicemapper-loop.sh", "devicemapper.sh"]}
 
     def _areas(self, pres):
         d = self.home / "pool"
@@ -820,7 +818,7 @@ class DeviceMapperLoop(_DeviceMapper):
         for part, size in (("metadata", min(self.opt("metadata_size"), MAX_METADATA)),
                            ("data", self.opt("data_size"))):
             f = d / f"{self._pool_id}-{part}"
-            pres.acquire("file", lambda f=f, size=size: _sparse(f, size), path=str(f))
+            pres.acquire("file", lambda f=f, size=size: sysutil.sparse_file(f, size), path=str(f))
             h = pres.add("loop", file=str(f))
             dev = sysutil.run(["losetup", "--find", "--show", str(f)]).stdout.strip()
             pres.update(h, device=dev)
@@ -841,6 +839,13 @@ class DeviceMapperLoop(_DeviceMapper):
 class DeviceMapperDirect(_DeviceMapper):
     name = "devicemapper-direct"
     description = "dm-thin pool on a block device you name (Docker's direct-lvm, without LVM)"
+    color = "tab:cyan"  # registry: see DeviceMapperLoop
+    # Docker's direct-lvm without LVM: a pristine pool cowlab makes on a block device (in mode
+    # both a second one, option engine_device: the first holds cowlab's own pool).
+    engine = {"docker_name": "devicemapper", "device_mapper": True, "pool_driver": "devicemapper-direct",
+              "note": "dm.thinpooldev: a thin pool cowlab makes on a block device (direct-lvm without LVM)"}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": True, "storage": "dm-direct",
+               "scripts": ["devicemapper-direct.sh", "devicemapper.sh"]}
     needs_device = True  # the kernel VM attaches a disk of its own for it
     # engine_device: in --mode both, the device for dockerd's pool (engine mode alone uses device)
     option_names = _DeviceMapper.option_names | {"engine_device"}
@@ -911,11 +916,6 @@ class DeviceMapperDirect(_DeviceMapper):
                 if name:
                     m["dm_device_rotational"] = Path(f"/sys/class/block/{name}/queue/rotational").read_text().strip() == "1"
         return m
-
-
-def _sparse(path: Path, size: int) -> None:
-    with open(path, "xb") as f:
-        f.truncate(size)
 
 
 def _zero(dev: str, n: int) -> None:

@@ -23,11 +23,14 @@ class FuseOverlayfs(Overlay2):
     name = "fuse-overlayfs"
     description = "overlay semantics in a FUSE daemon (Docker's fuse-overlayfs driver)"
     capabilities = frozenset({"union", "fuse", "files_on_backing"})
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:pink"
+    engine = {"binaries": ("fuse-overlayfs",), "note": "overlay in userspace through FUSE"}
+    vagrant = None
     deviations = {"chown-lower-tree": (
         "chown of a lower symlink copies it up with the current time as its mtime "
         "(fuse-overlayfs 1.10 does not carry the symlink's mtime over)", r"/link: mtime ")}
     option_names = frozenset()
-    provision = "fuse-overlayfs"
 
     @classmethod
     def probe(cls) -> Probe:

@@ -31,7 +31,10 @@ class Overlay(Driver):
     name = "overlay"
     description = "legacy overlay: one lower dir, layers as hard-linked full trees (Docker's overlay)"
     capabilities = frozenset({"bare_mount", "union", "files_on_backing"})
-    provision = "overlay"
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "#666666"
+    engine = {"note": "legacy overlayfs driver: one lower dir, layers chained by hard links"}
+    vagrant = None
 
     @classmethod
     def probe(cls) -> Probe:
@@ -100,8 +103,8 @@ class Overlay(Driver):
         return (lambda: sysutil.mount("overlay", merged, "overlay", data)), (lambda: sysutil.umount(merged))
 
     def metadata(self) -> dict:
-        from .overlay2 import _module_params
-        redirect = _module_params().get("redirect_dir") in ("Y", "on")
+        from .overlay2 import module_params
+        redirect = module_params().get("redirect_dir") in ("Y", "on")
         return {"overlay_mount_options": self._options(Path("<top layer tree>"), Path("<upper>"), Path("<work>")),
                 # as overlay2: renaming a lower directory needs redirect_dir, else EXDEV
                 "rename_dir": "rename" if redirect else "exdev",

@@ -29,6 +29,11 @@ class Overlay2(Driver):
     name = "overlay2"
     description = "kernel overlayfs, one lower dir per layer (Docker's overlay2)"
     capabilities = frozenset({"bare_mount", "union", "xattrs", "files_on_backing"})  # xattrs: user.* kept (conformance)
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:blue"
+    engine = {"note": "overlayfs, up to 128 lower layers per mount (multi-lower)"}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
+               "scripts": ["overlay2.sh"]}
     max_layers = OVL_MAX_STACK
     option_names = frozenset({"metacopy"})
 
@@ -36,7 +41,7 @@ class Overlay2(Driver):
     def probe(cls) -> Probe:
         if "\toverlay\n" not in Path("/proc/filesystems").read_text():
             return Probe(False, "this kernel has no overlayfs", "a kernel with CONFIG_OVERLAY_FS (modprobe overlay)")
-        return Probe(True, details={"params": _module_params()})
+        return Probe(True, details={"params": module_params()})
 
     # --- layers ----------------------------------------------------------------------------
     def _layer_dir(self, digest: str) -> Path:
@@ -137,7 +142,7 @@ class Overlay2(Driver):
         return (lambda: self._mount(data, merged)), (lambda: sysutil.umount(merged))
 
     def metadata(self) -> dict:
-        params = _module_params()
+        params = module_params()
         return {"overlay_mount_options": self._options("<lower>", Path("<upper>"), Path("<work>")),
                 "overlay_params": params,
                 # Renaming a directory that comes from a lower layer needs redirect_dir; without it
@@ -146,7 +151,7 @@ class Overlay2(Driver):
                 "rename_dir": "rename" if params.get("redirect_dir") in ("Y", "on") else "exdev"}
 
 
-def _module_params() -> dict:
+def module_params() -> dict:
     d = Path("/sys/module/overlay/parameters")
     out = {}
     if d.is_dir():

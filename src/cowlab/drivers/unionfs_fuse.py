@@ -166,6 +166,10 @@ class UnionfsFuse(Driver):
     name = "unionfs-fuse"
     description = "unionfs-fuse branches (RW on top of RO) in a FUSE daemon, with -o cow"
     capabilities = frozenset({"union", "fuse", "files_on_backing"})
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:olive"
+    engine = None  # Docker has no unionfs-fuse driver
+    vagrant = None
     deviations = {
         "chown-lower-tree": ("chown of a lower symlink copies it up with the current time as its "
                              "mtime", r"/link: mtime "),
@@ -173,7 +177,6 @@ class UnionfsFuse(Driver):
                               "through one name do not show through the other (unionfs-fuse copies "
                               "up per path, it has no hard-link index)", r"-link: content differs"),
     }
-    provision = "unionfs-fuse"
 
     @classmethod
     def probe(cls) -> Probe:

@@ -21,6 +21,11 @@ class Vfs(Driver):
     name = "vfs"
     description = "a full copy of the image per container (the baseline)"
     capabilities = frozenset({"xattrs", "files_on_backing"})  # cp -a keeps user.* xattrs (checked by conformance)
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:orange"
+    engine = {"note": "a full copy per layer and per container (no copy-on-write)"}
+    vagrant = None
+    COPY = ("cp", "-a", "--reflink=never")  # a real copy even on xfs or btrfs
 
     @classmethod
     def probe(cls) -> Probe:
@@ -55,7 +60,7 @@ class Vfs(Driver):
         root = cdir / "rootfs"
         h = res.acquire("dir", lambda: cdir.mkdir(parents=True), path=str(cdir))
         try:
-            sysutil.run(["cp", "-a", "--reflink=never", str(self._rootfs(image)), str(root)])
+            sysutil.run([*self.COPY, str(self._rootfs(image)), str(root)])
         except BaseException:
             res.release(h)
             raise
@@ -65,5 +70,5 @@ class Vfs(Driver):
         return image.content_bytes
 
     def metadata(self) -> dict:
-        return {"copy_command": "cp -a --reflink=never",
+        return {"copy_command": " ".join(self.COPY),
                 "cp_version": sysutil.run(["cp", "--version"]).stdout.splitlines()[0]}

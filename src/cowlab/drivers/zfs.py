@@ -40,7 +40,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from ..errors import CowlabError, Unavailable
 from ..images import Image
 from ..resources import OWNER_ENV, Resources, releaser, tagged_processes
 from ..state import StateRoot
+from ..units import parse_size  # zpool's sizes too (1.50K, 171M)
 from . import _util as U
 from .base import Container, Driver, Probe, image_key
 
@@ -62,7 +62,6 @@ POOL_PREFIX = "cowlab-"
 DEFAULT_POOL_SIZE = 16 << 30
 ARC_MAX_MB = 256            # zfs-fuse's ARC limit (its package default is 100 MiB)
 HINT = "sudo bash vagrant/provision/zfs.sh"
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
 # zfsutils-linux unpacked beside zfs-fuse (the packages conflict; both ship /sbin/zfs and
@@ -281,16 +280,8 @@ def _no_daemon(cp: subprocess.CompletedProcess) -> bool:
     return implementation() == "fuse" and ("connect:" in cp.stderr or "daemon is running" in cp.stderr)
 
 
-def parse_size(s: str) -> int:
-    m = re.fullmatch(r"([\d.]+)([BKMGTP]?)", s.strip())
-    if not m:
-        raise CowlabError(f"unreadable size from zpool: {s!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
-
-
 def parse_size_option(v) -> int:
-    from ..autobacking import parse_size as p
-    return v if isinstance(v, int) else p(str(v))
+    return parse_size(v if isinstance(v, int) else str(v))
 
 
 def _ratio(s: str) -> float:
@@ -343,9 +334,14 @@ class Zfs(Driver):
     name = "zfs"
     description = "ZFS datasets, snapshots and clones (Docker's zfs driver); kernel ZFS or zfs-fuse"
     capabilities = frozenset({"snapshot", "pool_stats"})
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:purple"
+    engine = {"pool_driver": "zfs",  # Docker's zfs driver on a dataset of a pool cowlab makes
+              "note": "a dataset of a pool cowlab makes (zfs.fsname); needs kernel ZFS, not zfs-fuse"}
+    vagrant = {"os": "debian", "memory": 3072, "cpus": 2, "disk": True, "storage": "zfs",
+               "scripts": ["zfs-kernel.sh"]}  # zfs-kernel.sh runs zfs.sh
     option_names = frozenset({"recordsize", "compression", "dedup"})
     services = True
-    provision = "zfs"
 
     @classmethod
     def probe(cls) -> Probe:
@@ -477,11 +473,7 @@ class Zfs(Driver):
         if not vdev:
             vdev = str(self.home / f"{pool}.vdev")
             size = parse_size_option(self.options.get("pool_size", DEFAULT_POOL_SIZE))
-
-            def sparse():
-                with open(vdev, "xb") as f:
-                    f.truncate(size)
-            self.res.acquire("file", sparse, path=vdev)
+            self.res.acquire("file", lambda: sysutil.sparse_file(vdev, size), path=vdev)
         self.res.acquire("zpool", lambda: _zfs_cli(
             ["zpool", "create", "-f", "-o", "cachefile=none", "-m", "none", *self._props(), pool, vdev]),
             pool=pool, vdev=vdev, implementation=self.impl, home=str(self.home))

@@ -142,7 +142,7 @@ def _release_engine_dm(e: dict, state: StateRoot) -> None:
         names = [n for n in dm.list_devices() if n.startswith(prefix)]
         for n in sorted(names, key=lambda n: n.endswith("-pool")):  # thin devices, then the pool
             for attempt in range(50):
-                if dm._dm(dm.dmio.remove, n, check=False) is None or not dm.exists(n):
+                if dm.try_remove(n) or not dm.exists(n):
                     break
                 time.sleep(0.1)
             else:

@@ -11,42 +11,17 @@ params, which stay the primitive ones so the two modes line up).
 from __future__ import annotations
 
 import os
-import struct
 import time
 import uuid
 
 from ..errors import CowlabError
+from ..sysutil import static_busybox
 from ..images import Image, ImageStore, docker_ref
 from ..spec import ImageSpec, from_dict
 
 BASE_NAME = "cowlab-engine-base"
 APPLETS = ("sh", "true", "cat", "sleep", "head", "echo", "ls", "sync")
 SUFFIX = ".engine"
-
-
-def static_busybox() -> str | None:
-    """Debian's busybox-static (/bin/busybox): an ELF with no PT_INTERP, so it runs in an image
-    that has no dynamic loader."""
-    for cand in ("/bin/busybox", "/usr/bin/busybox"):
-        if os.path.isfile(cand) and _is_static_elf(cand):
-            return cand
-    return None
-
-
-def _is_static_elf(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            ident = f.read(64)
-            if ident[:4] != b"\x7fELF" or ident[4] != 2:
-                return False
-            end = "<" if ident[5] == 1 else ">"
-            phoff, = struct.unpack_from(end + "Q", ident, 32)
-            phentsize, phnum = struct.unpack_from(end + "HH", ident, 54)
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except OSError:
-        return False
-    return all(struct.unpack_from(end + "I", table, i * phentsize)[0] != 3 for i in range(phnum))
 
 
 def base_spec() -> ImageSpec:

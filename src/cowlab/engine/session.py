@@ -10,13 +10,14 @@ from typing import Callable
 from .. import backing as B
 from .. import sysutil
 from ..drivers.base import Driver, Probe
-from ..errors import CowlabError, NotApplicable, Unavailable
+from ..errors import CowlabError, Unavailable
 from ..images import ImageStore
 from ..results import Sample
 from . import drivers as ED
 from .daemon import EngineRefused, PrivateDockerd, availability, check_socket_room
 from .images import build_engine_images, load, static_busybox
 from .workloads import CASES, EngineContext
+from ..workloads.base import Timed, case_name, case_total, describe_params, run_case
 
 Progress = Callable[[str, int, int], None]
 MODES = ("primitive", "engine", "both")
@@ -141,9 +142,6 @@ class EnginePart:
         return path
 
     def run(self, progress: Progress | None = None) -> None:
-        from ..runner import case_total, run_measured, run_timed
-        from ..workloads.base import Timed
-
         s = self.s
         for w in s.workloads:
             if w.name not in CASES:
@@ -188,25 +186,14 @@ class EnginePart:
             cases = list(CASES[w.name](ctx))
             total, done = sum(map(case_total, cases)), 0
             for case in cases:
-                timed = isinstance(case, Timed)
-                name = case.metric if timed else case.name
-                unit = "s" if timed else "B"
-                it = run_timed(case) if timed else run_measured(case)
-                try:
-                    last = None
-                    for smp in it:
-                        self.record(smp, w.name)
-                        if smp.repetition != last:
-                            done, last = done + 1, smp.repetition
-                            if progress:
-                                progress(f"engine {w.name}: {name} {_fmt(case.params)}", done, total)
-                except NotApplicable as e:
-                    self.record(Sample(name, None, unit, dict(case.params), status="skipped", error=str(e)), w.name)
-                except Exception as e:  # CowlabError, OSError, the daemon's APIError: recorded
-                    if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                        raise
-                    self.record(Sample(name, None, unit, dict(case.params), status="failed",
-                                       error=_why(e)), w.name)
+                def rep_done(case=case, w=w):
+                    nonlocal done
+                    done += 1
+                    if progress:
+                        progress(f"engine {w.name}: {case_name(case)} {describe_params(case.params)}", done, total)
+                # CowlabError, OSError, the daemon's APIError: all recorded as failed samples
+                run_case(case, lambda smp, w=w: self.record(smp, w.name), rep_done, errors=(Exception,),
+                         why=_why, unit="s" if isinstance(case, Timed) else "B")
         errs = self.close()
         if errs:
             s.writer.write_run(engine_teardown_errors=errs)
@@ -237,12 +224,12 @@ class EnginePart:
         """Stop the daemon (idempotent); what could not be released, as lines."""
         if self.daemon is None:
             return []
-        from ..resources import _signals_blocked
+        from ..resources import signals_blocked
         d, self.daemon = self.daemon, None
         keep = None
         if hasattr(self.s, "writer"):
             keep = self.s.writer.raw_path(f"dockerd-{d.driver.name}-{d.id}.log")
-        with _signals_blocked():
+        with signals_blocked():
             errs = d.stop(keep_log=keep)
             left = d.leftovers()
         return errs + [f"engine left {x}" for x in left]
@@ -263,8 +250,3 @@ def _why(e: Exception) -> str:
     if expl:
         return f"{type(e).__name__}: {expl}"
     return str(e) or type(e).__name__
-
-
-def _fmt(params: dict) -> str:
-    from ..runner import _fmt as f
-    return f(params)

@@ -118,14 +118,6 @@ def creation_cases(ctx: EngineContext) -> Iterator[Case]:
 
 
 # --- density ----------------------------------------------------------------------------------
-def _snapshot(fstype: str) -> dict:
-    slabs = probes.slabinfo()
-    fs = probes.fs_inode_cache(fstype)
-    names = ["dentry", "ovl_inode", "fuse_inode"] + ([fs] if fs else [])
-    return {"cached": probes.meminfo()["Cached"], "dentries": probes.dentry_state()["nr_dentry"],
-            "slabs": {n: slabs[n] for n in names if n in slabs}}
-
-
 def _cgroup_memory(ctx: EngineContext) -> tuple[dict, int] | None:
     """memory.stat of the engine's cgroup parent (hierarchical: every container is below it),
     normalised; None where there is no memory hierarchy to read."""
@@ -191,21 +183,16 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
                         raise NotApplicable(f"{k} containers need about {need >> 20} MiB on the "
                                             f"data-root's filesystem, which has {free >> 20} MiB free")
             sysutil.drop_caches()
-            before = _snapshot(fstype)
+            before = probes.cache_snapshot(fstype)
             cg0 = _cgroup_memory(ctx)
             for cid in cids:
                 ctx.start(cid)
             _wait_ready(ctx, cids)
-            after = _snapshot(fstype)
+            after = probes.cache_snapshot(fstype)
             cg1 = _cgroup_memory(ctx)
             used1, inodes1 = ctx.used_bytes(), ctx.inodes_used()
-            add("page_cache_bytes", after["cached"] - before["cached"], "B")
-            add("dentry_count", after["dentries"] - before["dentries"], "count")
-            for cache, s1 in after["slabs"].items():
-                s0 = before["slabs"].get(cache)
-                if s0 is not None:
-                    add("slab_bytes", s1.bytes - s0.bytes, "B", cache=cache)
-                    add("slab_objects", s1.active_objs - s0.active_objs, "count", cache=cache)
+            for metric, value, unit, extra in probes.cache_growth(before, after):  # as primitive mode's
+                add(metric, value, unit, **extra)
             if inodes0 is not None and inodes1 is not None:
                 add("inodes_used", inodes1 - inodes0, "count")
             add("disk_bytes", used1 - used0, "B")

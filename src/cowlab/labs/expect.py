@@ -21,10 +21,10 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from .. import units
 from ..errors import CowlabError
 
 UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(i?B?)\s*$", re.I)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -140,11 +140,10 @@ def parse_line(raw: str) -> Expectation:
 
 def parse_size(s: str) -> float:
     """'4096' → 4096, '4.0K' → 4096, '64M'/'64MiB'/'64MB' → 64 MiB (du/ls/df -h are binary)."""
-    m = _SIZE.match(s)
-    if not m:
-        raise ExpectError(f"{s!r} is not a size")
-    n, unit = float(m.group(1)), m.group(2).upper()
-    return n * (1 << (10 * " KMGTP".index(unit))) if unit else n
+    try:
+        return units.parse_size(s)
+    except CowlabError:
+        raise ExpectError(f"{s!r} is not a size") from None
 
 
 def evaluate(e: Expectation, output: str, rc: int, errors: list[str], names: dict) -> Outcome:

@@ -142,7 +142,7 @@ def scripts(needs_list: list[dict], root: Path | None = None) -> list[str]:
         out += [FEATURES[f].script for f in n.get("features", []) if FEATURES[f].script]
         if n.get("drivers"):
             from .. import drivers
-            out += [drivers.get(d).provision for d in n["drivers"]]
+            out += [drivers.get(d).name for d in n["drivers"]]  # vagrant/provision/<driver>.sh
         if "dm-thin" in n.get("features", []) or any(d.startswith("devicemapper") for d in n.get("drivers", [])):
             out.append("devicemapper")  # the kernel VM: QEMU, virtme-ng's kernel
     out = list(dict.fromkeys(s for s in out if s))

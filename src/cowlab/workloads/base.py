@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from ..backing import Backing, make_loop
 from ..drivers.base import Container, Driver
-from ..errors import NotApplicable
+from ..errors import CowlabError, NotApplicable
 from ..images import Image
 from ..resources import Resources
 from ..results import Sample
@@ -47,6 +47,68 @@ class Measured:
 
 
 Case = Timed | Measured
+
+
+# --- running a case: the one loop `cowlab bench`, engine mode and `pytest bench` share ---------
+def run_timed(case: Timed) -> Iterator[Sample]:
+    for i in range(case.warmup + case.reps):
+        state = case.setup()
+        t0 = time.perf_counter_ns()
+        result = case.op(state)
+        dt = time.perf_counter_ns() - t0
+        case.teardown(state, result)
+        if i >= case.warmup:
+            yield Sample(case.metric, dt / 1e9, "s", dict(case.params), i - case.warmup)
+
+
+def run_measured(case: Measured) -> Iterator[Sample]:
+    for rep in range(case.reps):
+        yield from case.measure(rep)
+
+
+def case_total(case: Case) -> int:
+    return case.reps
+
+
+def case_name(case: Case) -> str:
+    return case.metric if isinstance(case, Timed) else case.name
+
+
+def run_case(case: Case, record: Callable[[Sample], None], rep_done: Callable[[], None] | None = None,
+             errors: tuple[type[BaseException], ...] = (CowlabError, OSError),
+             why: Callable[[BaseException], str] = str, unit: str | None = None) -> None:
+    """Every sample of one case through record(); rep_done() after each repetition's first
+    sample. NotApplicable becomes a skipped sample and an error in `errors` a failed one, with
+    the reason: recorded, never dropped. `unit` is what such a record carries (the case's own
+    by default)."""
+    it = run_timed(case) if isinstance(case, Timed) else run_measured(case)
+    unit = unit or case.unit
+    try:
+        last = None
+        for s in it:
+            record(s)
+            if s.repetition != last:
+                last = s.repetition
+                if rep_done:
+                    rep_done()
+    except NotApplicable as e:
+        record(Sample(case_name(case), None, unit, dict(case.params), status="skipped", error=str(e)))
+    except errors as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        record(Sample(case_name(case), None, unit, dict(case.params), status="failed", error=why(e)))
+
+
+def describe_params(params: dict) -> str:
+    """A case's parameters for a progress line (sizes in whole KiB/MiB/GiB where they are)."""
+    return " ".join(f"{k}={_human(v) if k.endswith('bytes') else v}" for k, v in params.items())
+
+
+def _human(n) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if isinstance(n, int) and n >= div and n % div == 0:
+            return f"{n // div}{unit}"
+    return str(n)
 
 
 @dataclass

@@ -17,8 +17,9 @@ exited, so memory pressure or another process's drop_caches could still evict it
                      this is theirs alone. Recorded as skipped, with the reason, where no memory
                      cgroup can be made.
   dentry_count       growth of nr_dentry (/proc/sys/fs/dentry-state)
-  slab_objects, slab_bytes  growth of active objects in the dentry, ovl_inode and backing-fs
-                     inode slab caches (param `cache`), from /proc/slabinfo; slab_bytes is that
+  slab_objects, slab_bytes  growth of active objects in the dentry, ovl_inode, fuse_inode and
+                     backing-fs inode slab caches (param `cache`), from /proc/slabinfo
+                     (probes.cache_growth, which engine mode uses too); slab_bytes is that
                      × the object size (the caches' pages themselves grow only once the free
                      slots drop_caches left in them are used up, so they would read 0 at small K)
   inodes_used, disk_bytes   growth of driver.inodes_used() / driver.used_bytes() (statfs of
@@ -44,12 +45,11 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
-import struct
 import subprocess
 import time
 
 from .. import probes, sysutil
+from ..sysutil import static_busybox  # noqa: F401  (this module's name for it)
 from ..errors import CowlabError, NotApplicable
 from ..resources import spawn
 from ..results import Sample
@@ -81,38 +81,6 @@ def image_name(grid: dict) -> str:
     return f"density-{grid['files']}f-{grid['set_bytes']}B"
 
 
-def static_busybox() -> str | None:
-    """A busybox binary that runs in an empty chroot: an ELF without a PT_INTERP header."""
-    for cand in (BUSYBOX, "/usr/bin/busybox", shutil.which("busybox")):
-        if cand and os.path.isfile(cand) and _is_static_elf(cand):
-            return cand
-    return None
-
-
-def _is_static_elf(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            ident = f.read(64)
-            if ident[:4] != b"\x7fELF":
-                return False
-            is64, end = ident[4] == 2, "<" if ident[5] == 1 else ">"
-            if is64:
-                phoff, = struct.unpack_from(end + "Q", ident, 32)
-                phentsize, phnum = struct.unpack_from(end + "HH", ident, 54)
-            else:
-                phoff, = struct.unpack_from(end + "I", ident, 28)
-                phentsize, phnum = struct.unpack_from(end + "HH", ident, 42)
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except OSError:
-        return False
-    for i in range(phnum):
-        p_type, = struct.unpack_from(end + "I", table, i * phentsize)
-        if p_type == 3:  # PT_INTERP: needs a dynamic loader the chroot doesn't have
-            return False
-    return True
-
-
 def density_image(grid: dict, busybox: str | None):
     files, dirs = grid["files"], grid["dirs"]
     per_file = grid["set_bytes"] // files
@@ -126,32 +94,19 @@ def density_image(grid: dict, busybox: str | None):
     return from_dict({"name": image_name(grid), "seed": 7, "layers": [{"ops": ops}]}, "<density>")
 
 
-def snapshot(fstype: str) -> dict:
-    """Every machine-wide reading, taken together."""
-    slabs = probes.slabinfo()
-    return {"cached": probes.meminfo()["Cached"],
-            "dentries": probes.dentry_state()["nr_dentry"],
-            "slabs": {n: slabs[n] for n in slab_caches(fstype) if n in slabs}}
-
-
 def settled_snapshot(fstype: str, timeout: float = 3.0) -> dict:
     """A snapshot once the slab caches have stopped shrinking: dentries and inodes that
     drop_caches let go of are freed after an RCU grace period, not at once."""
-    prev = snapshot(fstype)
+    prev = probes.cache_snapshot(fstype)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        cur = snapshot(fstype)
+        cur = probes.cache_snapshot(fstype)
         if all(abs(cur["slabs"][n].active_objs - s.active_objs) <= max(16, s.active_objs // 100)
                for n, s in prev["slabs"].items() if n in cur["slabs"]):
             return cur
         prev = cur
     return prev
-
-
-def slab_caches(fstype: str) -> list[str]:
-    fs = probes.fs_inode_cache(fstype)
-    return ["dentry", "ovl_inode"] + ([fs] if fs else [])
 
 
 class Readers:
@@ -268,7 +223,7 @@ class Density(Workload):
                 before = settled_snapshot(fstype)
                 cg0 = cgroup.stat() if cgroup else {}
                 readers.start([c.mountpoint for c in containers])
-                after = snapshot(fstype)
+                after = probes.cache_snapshot(fstype)
                 cg1 = cgroup.stat() if cgroup else {}
                 if probes.drop_count() == drops:
                     break
@@ -278,13 +233,8 @@ class Density(Workload):
                 raise CowlabError(f"another process dropped caches during each of {ATTEMPTS} attempts")
             used1, inodes1 = d.used_bytes(), d.inodes_used()
 
-            add("page_cache_bytes", after["cached"] - before["cached"], "B")
-            add("dentry_count", after["dentries"] - before["dentries"], "count")
-            for name, s1 in after["slabs"].items():
-                s0 = before["slabs"].get(name)
-                if s0 is not None:
-                    add("slab_bytes", (s1.active_objs - s0.active_objs) * s1.objsize, "B", cache=name)
-                    add("slab_objects", s1.active_objs - s0.active_objs, "count", cache=name)
+            for metric, value, unit, extra in probes.cache_growth(before, after):  # as engine mode's
+                add(metric, value, unit, **extra)
             if inodes0 is not None and inodes1 is not None:
                 add("inodes_used", inodes1 - inodes0, "count")
             add("disk_bytes", used1 - used0, "B")

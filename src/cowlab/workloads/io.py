@@ -9,7 +9,7 @@ Each (job, target, repetition) gets a fresh container. Targets (param `target`):
   volume     a fresh directory on the backing filesystem (under the driver's home), bind-mounted
              at /volume inside the container (journaled "mount"), so the path goes through the
              container's mount as in Docker
-Jobs (param `job`) are the job files in bench/fio/ (see their header comments): seq-read-1m,
+Jobs (param `job`) are the job files in src/cowlab/fio/ (package data) (see their header comments): seq-read-1m,
 rand-read-4k and rand-write-4k use an existing file `data` — the image's own file in the
 container (reads go through the union; the first open for writing copies it up), a copy cowlab
 makes of that same file in the volume; seq-write-1m and first-write write new files.
@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,11 @@ MS_BIND = 4096  # <sys/mount.h>
 
 
 def job_dir() -> Path:
-    """bench/fio of the source tree (the job files are data, versioned with the code)."""
-    here = Path(__file__).resolve()
-    for up in here.parents:
-        if (up / "bench" / "fio").is_dir():
-            return up / "bench" / "fio"
-    raise NotApplicable(f"bench/fio job files not found above {here}")
+    """cowlab/fio/: the job files, package data (installed with the wheel, versioned with the code)."""
+    d = Path(str(resources.files("cowlab") / "fio"))
+    if not d.is_dir():  # (a zipped install: fio needs real files)
+        raise CowlabError(f"the fio job files are not a directory here ({d}): reinstall cowlab unzipped")
+    return d
 
 
 def image_name(grid: dict) -> str:

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import time
 from functools import partial
 
 from .. import sysutil
+from ..sysutil import static_busybox
 from ..errors import CowlabError, NotApplicable
 from ..images import ImageStore
 from ..results import Sample
@@ -74,25 +74,6 @@ def path_dirs(dirs: int) -> list[str]:
 def scan_names(dirs: int, n: int) -> list[str]:
     """n classpath entries, name j in directory j % dirs; only the first `dirs` exist."""
     return [f"opt/p{j % dirs:03d}/lib{j:03d}.jar" for j in range(n)]
-
-
-def static_busybox() -> str | None:
-    """A statically linked busybox on this host (no PT_INTERP program header), or None."""
-    for p in BUSYBOX:
-        try:
-            with open(p, "rb") as f:
-                head = f.read(64)
-                if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
-                    continue
-                phoff, = struct.unpack_from("<Q", head, 32)
-                phentsize, phnum = struct.unpack_from("<HH", head, 54)
-                f.seek(phoff)
-                ph = f.read(phentsize * phnum)
-            if not any(struct.unpack_from("<I", ph, i * phentsize)[0] == 3 for i in range(phnum)):
-                return p
-        except (OSError, struct.error):
-            continue
-    return None
 
 
 def lookup_spec(layers: int, dirs: int, busybox: str | None) -> ImageSpec:
