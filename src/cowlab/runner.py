@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .units import human_bytes, human_params
 from . import backing as B
 from . import autobacking, cleanup, drivers, provenance
 from . import workloads as W
@@ -61,7 +62,7 @@ class BenchSession:
     driver_name: str
     quick: bool = False
     workload_names: list[str] | None = None
-    out: Path = Path("results")
+    out: Path = Path("results/local")
     root: str | None = None
     backing_kind: str = "host"
     backing_size: int = 32 << 30
@@ -118,8 +119,8 @@ class BenchSession:
         st = os.statvfs(probe_dir)
         free = st.f_bavail * st.f_frsize
         if self.need_bytes > free:
-            raise CowlabError(f"this run needs about {self.need_bytes >> 20} MiB free under "
-                              f"{self.state.path}, which has {free >> 20} MiB")
+            raise CowlabError(f"this run needs about {human_bytes(self.need_bytes)} free under "
+                              f"{self.state.path}, which has {human_bytes(free)}")
 
     # --- prepare: state, backing, driver, images --------------------------------------------
     def prepare(self, progress: Progress | None = None) -> None:
@@ -137,6 +138,7 @@ class BenchSession:
                 self.backing = B.make_loop(self.state.backings, self.res, self.backing_kind, self.backing_size)
             self.driver = self.driver_cls(self.backing, self.res, ImageStore(self.state),
                                           options=self.driver_options or None)
+            self.driver.defer_free = True  # removed containers' files go between samples (reclaim)
             prov = provenance.collect(self.argv)
             prov.update(driver=self.driver_name, quick=self.quick, harness=self.harness,
                         workloads=[w.name for w in self.workloads], grids=self.grids,
@@ -187,6 +189,7 @@ class BenchSession:
                     last = None
                     for s in it:
                         self.record(s, wl.name)
+                        self._reclaim()  # between samples, never inside a timed op
                         if s.repetition != last:
                             done += 1
                             last = s.repetition
@@ -204,6 +207,12 @@ class BenchSession:
                                {"of": wl.name}), "harness")
         if self.mode != "primitive":
             self.engine.run(progress)  # after the primitive part, so the two never overlap
+
+    def _reclaim(self) -> None:
+        self.driver.reclaim()
+        for d in getattr(self, "_variants", {}).values():
+            if hasattr(d, "reclaim"):  # variants also holds loop backings
+                d.reclaim()
 
     # --- cleanup -----------------------------------------------------------------------------
     def finish(self, status: str) -> list[str]:
@@ -224,14 +233,7 @@ class BenchSession:
 
 
 def _fmt(params: dict) -> str:
-    return " ".join(f"{k}={_human(v) if k.endswith('bytes') else v}" for k, v in params.items())
-
-
-def _human(n) -> str:
-    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if isinstance(n, int) and n >= div and n % div == 0:
-            return f"{n // div}{unit}"
-    return str(n)
+    return human_params({k: v for k, v in params.items() if v is not None})
 
 
 @contextmanager

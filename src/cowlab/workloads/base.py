@@ -109,6 +109,7 @@ class Context:
             tag = "-".join(f"{k}_{v}" for k, v in key[1]) or "default"
             self.variants[key] = cls(b, self.res, self.driver.store, home=b.path / f"{cls.name}-{tag}",
                                      options=options)
+            self.variants[key].defer_free = self.driver.defer_free
         return replace(self, driver=self.variants[key])
 
     def variant_metadata(self) -> list[dict]:
