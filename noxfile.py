@@ -44,7 +44,7 @@ def _bench(session, backend: str) -> None:
         _provision(session, "engine")  # Docker Engine for engine mode (cowlab.engine)
     _install(session, "test,engine,vm")  # vm: virtme-ng, for backends this kernel lacks (cowlab.vm)
     if not any(a == "--out" or a.startswith("--out=") for a in args):
-        args += ["--out", str(HERE / "results")]
+        args += ["--out", str(HERE / "results" / "local")]  # git-ignored: the user's own runs
     session.run("cowlab", "bench", backend, *args)
 
 

@@ -20,7 +20,7 @@ def pytest_addoption(parser):
     g.addoption("--driver", default="overlay2", help="storage driver to benchmark")
     g.addoption("--quick", action="store_true", help="the quick grid")
     g.addoption("--workload", action="append", default=None, help="only these workloads")
-    g.addoption("--cowlab-out", default="results", help="results directory")
+    g.addoption("--cowlab-out", default="results/local", help="results directory")
     g.addoption("--cowlab-root", default=None, help="state root (default $COWLAB_ROOT or /var/lib/cowlab)")
 
 

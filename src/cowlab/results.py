@@ -18,6 +18,7 @@ from . import faults
 from .resources import releaser
 
 SCHEMA_VERSION = 1
+LOCAL_DIR = "local"  # results/local/<host>/<run_id>: a user's own runs, apart from the committed ones
 UNITS = {"s", "B", "count", "B/s", "1/s", "ratio"}
 STATUSES = {"ok", "failed", "skipped"}
 REQUIRED = {"schema_version": int, "run_id": str, "driver": str, "mode": str, "workload": str,
@@ -198,6 +199,8 @@ def load(paths: Iterable[str | Path] | str | Path | None = None, include_failed:
         prov = {k: run.get(k) for k in ROW_PROVENANCE}
         prov.update({k: run.get("driver_metadata", {}).get(k, prov.get(k))
                      for k in ("backing", "backing_fs", "backing_mount_options")})
+        # A user's own run (results/local/..., git-ignored) or a committed reference run.
+        prov["local"] = LOCAL_DIR in d.parts
         prov["emulated"] = bool(run.get("emulated", False))
         prov.update(run_status=run.get("status"), quick=run.get("quick"), harness=run.get("harness"))
         for r in recs:

@@ -126,8 +126,58 @@ def mount_of(path: str | os.PathLike) -> MountEntry:
         if p == t or p.startswith(t.rstrip("/") + "/") or t == "/":
             if best is None or len(t) >= len(best.target):
                 best = m
-    assert best is not None
+    if best is None:  # e.g. a chroot whose root is not a mount point: nothing in mountinfo covers it
+        raise CowlabError(f"no mount in /proc/self/mountinfo holds {p} (a chroot whose root is not a mount "
+                          f"point?); bind-mount the root onto itself first: mount --bind ROOT ROOT")
     return best
+
+
+def holders(path: str | os.PathLike) -> list[tuple[int, str, str]]:
+    """Processes using something at or below path, from /proc (no fuser needed): (pid, command,
+    how: cwd, root, exe or an open file). Processes we can't inspect are left out."""
+    p = os.path.realpath(os.fspath(path)).rstrip("/") or "/"
+
+    def under(link: str) -> bool:
+        try:
+            t = os.readlink(link)
+        except OSError:
+            return False
+        return t == p or t.startswith(p + "/")
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        base = f"/proc/{d}"
+        how = [w for w in ("cwd", "root", "exe") if under(f"{base}/{w}")]
+        if not how:
+            try:
+                if any(under(f"{base}/fd/{fd}") for fd in os.listdir(f"{base}/fd")):
+                    how.append("open file")
+            except OSError:
+                pass
+        if how:
+            try:
+                with open(f"{base}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+            out.append((int(d), comm, ", ".join(how)))
+    return out
+
+
+def describe_holders(path: str | os.PathLike) -> str:
+    """Who keeps path busy, in words a shell user can act on."""
+    hs = holders(path)
+    if not hs:
+        return (f"no process has its working directory or a file there now (a mount below {path}, "
+                f"or a process that just ended); see: grep {path} /proc/self/mountinfo")
+    return describe_holders_of(hs)
+
+
+def describe_holders_of(hs: list[tuple[int, str, str]]) -> str:
+    listed = "; ".join(f"pid {pid} ({comm}: {how})" for pid, comm, how in hs[:5])
+    more = f" and {len(hs) - 5} more" if len(hs) > 5 else ""
+    return f"in use by {listed}{more}; leave it (cd elsewhere) or end those processes, then try again"
 
 
 def safe_rmtree(path: str | os.PathLike, within: str | os.PathLike) -> None:
