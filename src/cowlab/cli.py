@@ -117,25 +117,25 @@ def image_ls(ctx):
 @click.pass_context
 def image_rm(ctx, name):
     """Remove an image (refused while a container uses it)."""
+    from . import holdings
     require_root()
     state = _state(ctx)
-    store = ImageStore(state)
-    img = store.get(name)
-    users = [o for o in owners(state) if o["kind"] == "container" and o["meta"].get("image_id") == img.id]
-    if users:
-        raise CowlabError(f"image {img.name} is used by container {users[0]['meta']['id']}; remove it first")
-    res = Resources.for_run(state)
-    with res:
-        for cls in drivers.DRIVERS.values():
-            home = state.store / "persistent" / cls.name
-            if home.exists():
-                cls(B.host(state.store / "persistent"), res, store).remove_image(img)
-            elif cls.backing_kinds:  # on the persistent loop filesystem of its kind (btrfs)
-                b = autobacking.existing_persistent(state, cls)
-                if b is not None and (b.path / cls.name).exists():
-                    cls(b, res, store).remove_image(img)
-    store.remove(name)
-    click.echo(f"removed {img.name} {img.short}")
+    click.echo(f"removed {holdings.remove_image(state, ImageStore(state), name)}")
+
+
+@image.command("prune")
+@click.pass_context
+def image_prune(ctx):
+    """Remove every image no container uses, with its layers and imported copies (frees the disk)."""
+    from . import holdings
+    require_root()
+    state = _state(ctx)
+    before = holdings.total_bytes(state)
+    removed, kept = holdings.prune_images(state)
+    for line in [f"removed {r}" for r in removed] + kept:
+        click.echo(line)
+    click.echo(f"freed {human_bytes(max(0, before - holdings.total_bytes(state)))}; "
+               f"{state.path} now holds {human_bytes(holdings.total_bytes(state))}")
 
 
 # --- containers ------------------------------------------------------------------------------
@@ -244,6 +244,9 @@ def container_rm(ctx, ref):
             if errs:
                 raise CowlabError("could not remove everything: " + "; ".join(errs))
             click.echo(f"removed {m['id']}")
+            from . import holdings
+            for line in holdings.release_unused(state, m.get("driver", "")):
+                click.echo(line)
             return
     raise CowlabError(f"no container {ref!r} (see `cowlab container ls`)")
 
@@ -422,20 +425,54 @@ def show_cmd(run_ref, only_findings):
 # --- cleanup ---------------------------------------------------------------------------------
 @cli.command("cleanup")
 @click.option("--all", "everything", is_flag=True,
-              help="Also remove persistent containers and driver storage (images stay).")
+              help="Also remove persistent containers, their backings and services, and driver storage.")
+@click.option("--images", is_flag=True, help="Also remove every image (with --all: the state root is emptied).")
 @click.pass_context
-def cleanup_cmd(ctx, everything):
-    """Release what dead runs left behind (mounts, loop devices, processes, files)."""
+def cleanup_cmd(ctx, everything, images):
+    """Release what dead runs left behind (mounts, loop devices, processes, files), and say
+    what is kept and why."""
+    from . import holdings
     require_root()
     st = _state(ctx, ensure=False)
     if not st.claimed:
         click.echo(f"nothing to do: {st.path} is not a cowlab state root")
         return
+    before = holdings.total_bytes(st)
     lines = cleanup.sweep(st, everything)
+    if images:
+        removed, kept = holdings.prune_images(st)
+        lines += [f"removed image {r}" for r in removed] + kept
     for line in lines:
         click.echo(line)
     if not lines:
-        click.echo("nothing left behind")
+        click.echo("nothing left behind by dead runs")
+    for line in holdings.kept(st):
+        click.echo(line)
+    freed = before - holdings.total_bytes(st)
+    click.echo(f"{st.path} holds {human_bytes(holdings.total_bytes(st))}" +
+               (f" (freed {human_bytes(freed)})" if freed > 0 else "") + "; details: cowlab status")
+
+
+@cli.command("status")
+@click.pass_context
+def status_cmd(ctx):
+    """What cowlab holds and where: images, imported layers, containers, backings, daemons, runs."""
+    from . import holdings
+    st = _state(ctx, ensure=False)
+    if not st.claimed:
+        click.echo(f"{st.path}: no cowlab state root here (nothing held)")
+        return
+    require_root()
+    held = holdings.survey(st)
+    t = Table("what", "name", "where", "disk", "note", title=f"cowlab state root {st.path}")
+    t.columns[2].overflow = "fold"  # a path cut short is no use
+    for h in held:
+        t.add_row(h.what, escape(h.name), escape(h.where), "" if h.bytes is None else human_bytes(h.bytes),
+                  escape(h.note))
+    if held:
+        out.print(t)
+    out.print(f"{st.path} holds {human_bytes(holdings.total_bytes(st))} in all; "
+              f"`cowlab cleanup --all --images` frees everything", markup=False, highlight=False, soft_wrap=True)
 
 
 from .labcli import lab as _lab  # noqa: E402

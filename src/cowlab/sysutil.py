@@ -132,6 +132,42 @@ def mount_of(path: str | os.PathLike) -> MountEntry:
     return best
 
 
+def disk_usage(path: str | os.PathLike) -> int:
+    """Bytes allocated under path (st_blocks, so a sparse loop image counts what it holds; a
+    hard-linked file once), staying on path's filesystem: what deleting it would give back."""
+    top = os.fspath(path)
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return 0
+    total, seen, dev = st.st_blocks * 512, set(), st.st_dev
+    if not os.path.isdir(top) or os.path.islink(top):
+        return total
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    s = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if s.st_dev != dev:
+                    continue  # a mount below (a loop filesystem, a container): counted by its own owner
+                if s.st_nlink > 1 and not e.is_dir(follow_symlinks=False):
+                    if (s.st_ino in seen):
+                        continue
+                    seen.add(s.st_ino)
+                total += s.st_blocks * 512
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+    return total
+
+
 def holders(path: str | os.PathLike) -> list[tuple[int, str, str]]:
     """Processes using something at or below path, from /proc (no fuser needed): (pid, command,
     how: cwd, root, exe or an open file). Processes we can't inspect are left out."""
