@@ -358,6 +358,8 @@ def _print_summary(s: BenchSession) -> None:
         note = f" (primitive from run {src})" if src else " (no primitive run of this driver in --out yet)"
     table = s.writer.dir / TABLE_FILE
     _write_table(table, s.records, fallback, note, run)
+    from .sysutil import hand_over
+    hand_over(table)
     summary.render_findings(out, s.records, _title(run, s.records), _rel(table), f"cowlab show {_rel(s.writer.dir)}")
 
 

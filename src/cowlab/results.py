@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import faults
+from . import faults, sysutil
 from .resources import releaser
 
 SCHEMA_VERSION = 1
@@ -50,6 +50,7 @@ class RunWriter:
     def __init__(self, out: Path, run_id: str, provenance: dict):
         self.dir = out / provenance["hostname"] / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
+        sysutil.hand_over(self.dir)  # under sudo: the user's results stay the user's
         self.run_id = run_id
         self.run = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", **provenance}
         self.write_run()
@@ -82,6 +83,7 @@ class RunWriter:
     def close(self, status: str, **updates) -> None:
         self._f.close()
         self.write_run(status=status, counts=self.counts, **updates)
+        sysutil.hand_over(self.dir)
 
 
 KILLED = "killed"
@@ -95,6 +97,7 @@ def _close_record(e: dict, state) -> None:
     close_if_running(Path(e["path"]), e.get("finishing") or KILLED,
                      "the run's process died before it finished (SIGKILL or power loss); `cowlab cleanup` "
                      "closed this record; samples.jsonl has what was measured")
+    sysutil.hand_over(Path(e["path"]).parent)
 
 
 @releaser("vm_results")

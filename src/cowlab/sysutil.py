@@ -168,6 +168,55 @@ def disk_usage(path: str | os.PathLike) -> int:
     return total
 
 
+def sudo_user() -> tuple[int, int] | None:
+    """(uid, gid) of the user who ran us through sudo, when we run as root; else None."""
+    if os.geteuid() != 0:
+        return None
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if not uid.isdigit() or int(uid) == 0:
+        return None
+    return int(uid), int(gid) if gid.isdigit() else int(uid)
+
+
+def hand_over(path: str | os.PathLike) -> None:
+    """Give what we (root, through sudo) wrote at path back to the sudo user: the root-owned
+    directories between path and its nearest ancestor the user owns (made by mkdir -p), and
+    everything root-owned below path, so a later command without sudo can write beside it
+    (`nox -s notebooks` after `sudo nox -s bench-overlay2`). Nothing happens without sudo, or
+    where no ancestor is the user's (a directory of root's own choosing stays root's)."""
+    who = sudo_user()
+    if who is None:
+        return
+    p = Path(os.path.abspath(os.fspath(path)))
+    chain = []
+    for a in [p, *p.parents]:
+        try:
+            st = os.lstat(a)
+        except FileNotFoundError:
+            continue
+        if st.st_uid == who[0]:
+            break
+        if st.st_uid != 0:
+            return  # someone else's: leave it
+        chain.append(a)
+    else:
+        return  # no ancestor is the user's
+    for a in chain[1:]:
+        os.lchown(a, *who)
+    dev = os.lstat(p).st_dev if os.path.lexists(p) else None
+    for root, dirs, files in os.walk(p):
+        if os.lstat(root).st_dev != dev:
+            dirs[:] = []
+            continue
+        for name in [root, *(os.path.join(root, f) for f in files + dirs)]:
+            try:
+                st = os.lstat(name)
+                if st.st_uid == 0 and st.st_dev == dev:
+                    os.lchown(name, *who)
+            except FileNotFoundError:
+                pass
+
+
 def holders(path: str | os.PathLike) -> list[tuple[int, str, str]]:
     """Processes using something at or below path, from /proc (no fuser needed): (pid, command,
     how: cwd, root, exe or an open file). Processes we can't inspect are left out."""
