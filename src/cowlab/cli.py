@@ -369,7 +369,7 @@ TABLE_FILE = "summary.txt"
 def _title(run: dict, records: list[dict]) -> str:
     from .units import human_seconds
     took = (f" in {human_seconds(run['ended'] - run['started'])}"
-            if run.get("ended") and run.get("started") else "")
+            if run.get("ended") is not None and run.get("started") is not None else "")
     grid = "quick grid" if run.get("quick") else "full grid"
     return f"{run.get('driver')}, {grid}, {run.get('status', '?')}{took} on {run.get('hostname', '?')} (medians):"
 

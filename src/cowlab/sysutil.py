@@ -203,7 +203,13 @@ def hand_over(path: str | os.PathLike) -> None:
         return  # no ancestor is the user's
     for a in chain[1:]:
         os.lchown(a, *who)
-    dev = os.lstat(p).st_dev if os.path.lexists(p) else None
+    if not os.path.lexists(p):
+        return
+    if not os.path.isdir(p) or os.path.islink(p):
+        if os.lstat(p).st_uid == 0:
+            os.lchown(p, *who)
+        return
+    dev = os.lstat(p).st_dev
     for root, dirs, files in os.walk(p):
         if os.lstat(root).st_dev != dev:
             dirs[:] = []
