@@ -28,6 +28,7 @@ class Held:
     where: str
     bytes: int | None
     note: str = ""
+    file: str = ""  # a loop backing's image file
 
 
 def containers(state: StateRoot) -> list[dict]:
@@ -60,7 +61,7 @@ def survey(state: StateRoot) -> list[Held]:
             f = m.get("image_file", "")
             out.append(Held("backing", f"loop {m.get('fstype', '?')}", m.get("mount", "?"),
                             sysutil.disk_usage(f) if f else None,
-                            f"{m.get('device', '')} over {f}; kept for {m.get('fstype')} containers"))
+                            f"{m.get('device', '')} over {f}; kept for {m.get('fstype')} containers", file=f))
         elif info["kind"] == "backing":
             d = m.get("driver", info["owner"].removeprefix("service-"))
             out.append(Held("service", d, str(info["dir"]), None, _service_note(info)))
@@ -76,7 +77,7 @@ def survey(state: StateRoot) -> list[Held]:
                                     "images imported into this driver for persistent containers"))
             else:
                 out.append(Held("store", child.name, str(child), sysutil.disk_usage(child), "a run's driver home"))
-    kept_files = {h.note.split(" over ", 1)[-1].split(";")[0] for h in out if h.what == "backing"}
+    kept_files = {h.file for h in out if h.file}
     if state.backings.exists():
         for f in sorted(state.backings.iterdir()):
             if str(f) not in kept_files:
