@@ -371,3 +371,16 @@ def test_notebooks_run_without_the_tcp_warning(tmp_path):
                         env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
     assert cp.returncode == 0, cp.stderr
     assert "without encryption" not in cp.stderr + cp.stdout and "Parent appears to have exited" not in cp.stderr
+
+
+def test_engine_mode_summary_stays_on_one_screen():
+    recs = quick_run_records()
+    for size in (MiB, 64 * MiB):
+        p = {"image_size_bytes": size, "layers": 1}
+        for m, v in (("create_seconds", 0.03), ("start_seconds", 0.2), ("run_seconds", 0.5), ("remove_seconds", 0.02)):
+            recs.append({**_rec("creation", m, v, "s", p), "mode": "engine"})
+    lines = _render(summary.render_findings, recs, "overlay2", "summary.txt", "cowlab show x")
+    text = "\n".join(lines)
+    assert len(lines) <= 40 and "docker create 30 ms" in text and "of which storage 0.1%" in text
+    table = "\n".join(_render(summary.render_engine_table, recs, [], "", "overlay2", width=120))
+    assert "engine vs storage" in table and "64 MiB" in table
