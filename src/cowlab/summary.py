@@ -4,6 +4,7 @@ again by `cowlab show RUN`, at the terminal's width)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -249,7 +250,6 @@ def render_findings(console: Console, records: list[dict], title: str, table_fil
                     show_cmd: str | None) -> None:
     """What a user reads at the end of a run: one screen (≤ 40 lines at 80 columns). Each
     finding is the slide claim it answers (one line, cut to the width) and the numbers."""
-    from rich.padding import Padding
     from rich.text import Text
     width = console.width
     console.print(Text(title, style="bold"))
@@ -263,9 +263,9 @@ def render_findings(console: Console, records: list[dict], title: str, table_fil
                 head.append(f': "{f.claim}"')
         head.truncate(width - 1, overflow="ellipsis")
         console.print(head, no_wrap=True)
-        console.print(Padding(Text(f.text), (0, 0, 0, 4), expand=False))
+        _indented(console, f.text)
     if any(f.workload == "harness" for f in fs):
-        console.print(Padding(Text(OVERHEAD_MEANING, style="dim"), (0, 0, 0, 4), expand=False))
+        _indented(console, OVERHEAD_MEANING, style="dim")
     bad: dict[str, list[str]] = {}
     for r in records:
         if r["status"] != "ok":
@@ -281,6 +281,17 @@ def render_findings(console: Console, records: list[dict], title: str, table_fil
         console.print(Text(f"full table: {table_file}"), soft_wrap=True)
     if show_cmd:
         console.print(Text(f"print it again: {show_cmd}"), soft_wrap=True)
+
+
+def _indented(console: Console, text: str, style: str = "") -> None:
+    """Wrapped at the console's width, indented by 4, without padding lines with spaces, and
+    never between a number and its unit ("64 MiB" stays on one line)."""
+    import textwrap
+
+    from rich.text import Text
+    glued = re.sub(r"(\d) (?=(?:[KMGT]i)?B\b|[mµ]?s\b|min\b|h\b|%)", "\\1\u00a0", text)
+    for line in textwrap.wrap(glued, width=max(console.width - 5, 20), break_on_hyphens=False):
+        console.print(Text("    " + line.replace("\u00a0", " "), style=style), no_wrap=True)
 
 
 def render_table(console: Console, records: list[dict], title: str = "") -> None:
