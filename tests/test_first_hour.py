@@ -384,3 +384,40 @@ def test_engine_mode_summary_stays_on_one_screen():
     assert len(lines) <= 40 and "docker create 30 ms" in text and "of which storage 0.1%" in text
     table = "\n".join(_render(summary.render_engine_table, recs, [], "", "overlay2", width=120))
     assert "engine vs storage" in table and "64 MiB" in table
+
+
+def _noxfile(monkeypatch):
+    """noxfile.py loaded with a stand-in for nox (the test venv need not have it)."""
+    import importlib.util
+    import types
+    fake = types.ModuleType("nox")
+    fake.options = types.SimpleNamespace()
+    fake.session = lambda *a, **kw: (a[0] if a and callable(a[0]) else (lambda f: f))
+    monkeypatch.setitem(sys.modules, "nox", fake)
+    spec = importlib.util.spec_from_file_location("cowlab_noxfile", REPO / "noxfile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.root
+def test_nox_sessions_hand_the_checkout_back_and_say_where_cowlab_is(tmp_path, monkeypatch):
+    nf = _noxfile(monkeypatch)
+    uid = gid = 54322
+    co = tmp_path / "checkout"
+    (co / ".nox" / "bench-overlay2" / "bin").mkdir(parents=True)
+    (co / "src" / "cowlab.egg-info").mkdir(parents=True)
+    (co / "src" / "cowlab.egg-info" / "PKG-INFO").write_text("")
+    os.chown(co, uid, gid)
+    monkeypatch.setattr(nf, "HERE", co)
+    monkeypatch.setenv("SUDO_UID", str(uid))
+    monkeypatch.setenv("SUDO_GID", str(gid))
+    ran = []
+    nf._gives_back(lambda session: ran.append(session))("s")
+    assert ran == ["s"]
+    assert [str(p) for p in co.rglob("*") if os.lstat(p).st_uid != uid] == []
+    logged = []
+    session = type("S", (), {"bin": str(co / ".nox" / "bench-overlay2" / "bin"), "log": lambda self, m: logged.append(m)})()
+    nf._where_cowlab_is(session)
+    assert "bench-overlay2/bin/cowlab" in logged[0] and "nox -s cowlab" in logged[0]
+    assert callable(nf.cowlab)  # `nox -s cowlab -- ARGS`
