@@ -5,6 +5,7 @@ Works with Debian 12's own nox (2022.11): `apt install nox`, then `sudo nox -s b
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -27,6 +28,46 @@ def _install(session, extras: str = "test") -> None:
     session.install("-e", f".[{extras}]")
 
 
+def _give_back() -> None:
+    """Under sudo: hand what the session wrote in the checkout (.nox/, src/*.egg-info,
+    __pycache__/, results/local/...) back to the user who ran sudo, so that the README's next
+    command without sudo (`nox -s notebooks`) can write there. Only files root owns, only in a
+    checkout that user owns, never across a mount."""
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if os.geteuid() != 0 or not uid.isdigit() or uid == "0" or os.stat(HERE).st_uid != int(uid):
+        return
+    who = (int(uid), int(gid) if gid.isdigit() else int(uid))
+    dev = os.stat(HERE).st_dev
+    for root, dirs, files in os.walk(HERE):
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(root, d)).st_dev == dev]
+        for path in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            try:
+                if os.lstat(path).st_uid == 0:
+                    os.lchown(path, *who)
+            except FileNotFoundError:
+                pass
+
+
+def _gives_back(fn):
+    @functools.wraps(fn)
+    def session_fn(session):
+        try:
+            fn(session)
+        finally:
+            _give_back()
+    return session_fn
+
+
+def _where_cowlab_is(session) -> None:
+    exe = Path(session.bin) / "cowlab"
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    session.log(f"the cowlab command of this session: {exe} (e.g. `sudo {exe} status`), "
+                f"or `sudo nox -s cowlab -- ARGS`")
+
+
 def _provision(session, backend: str) -> None:
     """Install what the backend needs (as root), or stop with the exact command to run."""
     script = HERE / provision_script(backend)
@@ -47,14 +88,18 @@ def _bench(session, backend: str) -> None:
         _provision(session, "engine")  # Docker Engine for engine mode (cowlab.engine)
     _install(session, "test,engine,vm")  # vm: virtme-ng, for backends this kernel lacks (cowlab.vm)
     if not any(a == "--out" or a.startswith("--out=") for a in args):
-        args += ["--out", str(HERE / "results")]
-    session.run("cowlab", "bench", backend, *args)
+        args += ["--out", str(HERE / "results" / "local")]  # git-ignored: the user's own runs
+    try:
+        session.run("cowlab", "bench", backend, *args)
+    finally:
+        _where_cowlab_is(session)
 
 
 def _bench_session(backend: str):
+    @_gives_back
     def session_fn(session):
         _bench(session, backend)
-    session_fn.__doc__ = (f"Benchmark the {backend} backend into results/ "
+    session_fn.__doc__ = (f"Benchmark the {backend} backend into results/local/ "
                           f"(`-- --quick` for a first answer in minutes).")
     session_fn.__name__ = f"bench_{backend.replace('-', '_')}"
     return nox.session(name=f"bench-{backend}")(session_fn)
@@ -76,6 +121,17 @@ def bench_pytest(session):
 
 
 @nox.session
+@_gives_back
+def cowlab(session):
+    """Run the cowlab command itself: `sudo nox -s cowlab -- status` (or -- drivers, show RUN,
+    cleanup --all --images ...), and print where it is installed."""
+    _install(session, "engine,vm")
+    session.run("cowlab", *(session.posargs or ["--help"]))
+    _where_cowlab_is(session)
+
+
+@nox.session
+@_gives_back
 def tests(session):
     """The test suite (as root: it mounts filesystems). CI runs this."""
     _provision(session, "host")
@@ -86,6 +142,7 @@ def tests(session):
 
 
 @nox.session
+@_gives_back
 def labs(session):
     """Replay every workshop lab runnable here, checking each expectation (as root; the device
     mapper lab in the kernel VM). `-- 03` replays one; `cowlab lab list` says what runs here."""
@@ -101,6 +158,7 @@ def labs(session):
 
 
 @nox.session
+@_gives_back
 def notebooks(session):
     """Execute every notebook in notebooks/ against results/ (fails on any cell error)."""
     _install(session, "notebooks")
@@ -108,6 +166,7 @@ def notebooks(session):
 
 
 @nox.session
+@_gives_back
 def lab(session):
     """Open Jupyter Lab on notebooks/ with cowlab importable (http://127.0.0.1:8888)."""
     _install(session, "notebooks")
@@ -133,6 +192,7 @@ def vagrant_smoke(session):
 
 
 @nox.session
+@_gives_back
 def conformance(session):
     """The conformance suite on every driver available here (device mapper in the kernel VM):
     each driver's containers compared with a plain directory, a driver × case table, non-zero

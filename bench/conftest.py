@@ -29,7 +29,7 @@ def pytest_addoption(parser):
     g.addoption("--quick", action="store_true", help="the quick grid")
     g.addoption("--workload", action="append", default=None, help="only these workloads (repeatable)")
     g.addoption("--reps", type=int, default=None, help="override the grid's repetitions")
-    g.addoption("--out", "--cowlab-out", dest="cowlab_out", default="results", help="results directory")
+    g.addoption("--out", "--cowlab-out", dest="cowlab_out", default="results/local", help="results directory")
     g.addoption("--cowlab-root", default=None, help="state root (default $COWLAB_ROOT or /var/lib/cowlab)")
 
 

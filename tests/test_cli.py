@@ -269,7 +269,7 @@ def test_container_rm_by_id_and_image_rm(tmp_path, root_dir):
     assert run_cli("image", "build", str(spec), root=root_dir).returncode == 0
     cp = run_cli("container", "create", "demo", "--driver", "overlay2", root=root_dir)
     assert cp.returncode == 0, cp.stderr
-    cid = cp.stdout.split()[1]
+    cid = cp.stderr.split("created ", 1)[1].split()[0]  # stdout holds only the mountpoint
     cp = run_cli("image", "rm", "demo", root=root_dir)
     assert_clean_error(cp, "used by container", code=1)
     cp = run_cli("container", "rm", cid, root=root_dir)

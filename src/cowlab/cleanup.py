@@ -7,7 +7,7 @@ import json
 import os
 
 from . import sysutil
-from .resources import RELEASERS, Resources, owner_alive, owners, tagged_processes
+from .resources import RELEASERS, Resources, owner_alive, owners, read_entry, tagged_processes
 from .state import StateRoot
 
 
@@ -119,9 +119,11 @@ def _entries(d) -> list[dict]:
     out = []
     for p in sorted(d.glob("[0-9]*.json")):
         try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError):
-            pass
+            e = read_entry(p)
+        except OSError:
+            continue
+        if e is not None:
+            out.append(e)
     return out
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__, autobacking, cleanup, drivers, spec, units, vmroute
+from .units import human_bytes
 from . import backing as B
 from .errors import CowlabError, Unavailable
 from .images import ImageStore
@@ -21,7 +23,7 @@ from .resources import Resources, owners
 from .runner import BenchSession, require_root, sigterm_as_interrupt
 from .state import StateRoot, resolve_root
 
-out = Console(width=max(Console().width, 120))
+out = Console()  # the terminal's width: the summary is written to fit 80 columns
 err = Console(stderr=True)
 
 
@@ -65,7 +67,8 @@ def drivers_cmd(as_json):
         why = "" if r["available"] else f"{r['reason']}" + (f" — {r['hint']}" if r["hint"] else "")
         if r["available"] and r.get("details"):  # e.g. zfs: implementation and version
             why = ", ".join(f"{k}: {v}" for k, v in r["details"].items() if isinstance(v, (str, int)) and v != "")
-        t.add_row(r["driver"], st, why, r["description"])
+        # Reasons and hints are plain text: `pip install 'cowlab[vm]'` must not lose "[vm]" to markup.
+        t.add_row(r["driver"], st, escape(why), escape(r["description"]))
     out.print(t)
 
 
@@ -105,7 +108,7 @@ def image_ls(ctx):
     """List images."""
     t = Table("name", "id", "layers", "content", "source")
     for img in ImageStore(_state(ctx)).list():
-        t.add_row(img.name, img.short, str(len(img.layers)), _human(img.content_bytes), img.source)
+        t.add_row(img.name, img.short, str(len(img.layers)), human_bytes(img.content_bytes), img.source)
     out.print(t)
 
 
@@ -114,25 +117,25 @@ def image_ls(ctx):
 @click.pass_context
 def image_rm(ctx, name):
     """Remove an image (refused while a container uses it)."""
+    from . import holdings
     require_root()
     state = _state(ctx)
-    store = ImageStore(state)
-    img = store.get(name)
-    users = [o for o in owners(state) if o["kind"] == "container" and o["meta"].get("image_id") == img.id]
-    if users:
-        raise CowlabError(f"image {img.name} is used by container {users[0]['meta']['id']}; remove it first")
-    res = Resources.for_run(state)
-    with res:
-        for cls in drivers.DRIVERS.values():
-            home = state.store / "persistent" / cls.name
-            if home.exists():
-                cls(B.host(state.store / "persistent"), res, store).remove_image(img)
-            elif cls.backing_kinds:  # on the persistent loop filesystem of its kind (btrfs)
-                b = autobacking.existing_persistent(state, cls)
-                if b is not None and (b.path / cls.name).exists():
-                    cls(b, res, store).remove_image(img)
-    store.remove(name)
-    click.echo(f"removed {img.name} {img.short}")
+    click.echo(f"removed {holdings.remove_image(state, ImageStore(state), name)}")
+
+
+@image.command("prune")
+@click.pass_context
+def image_prune(ctx):
+    """Remove every image no container uses, with its layers and imported copies (frees the disk)."""
+    from . import holdings
+    require_root()
+    state = _state(ctx)
+    before = holdings.total_bytes(state)
+    removed, kept = holdings.prune_images(state)
+    for line in [f"removed {r}" for r in removed] + kept:
+        click.echo(line)
+    click.echo(f"freed {human_bytes(max(0, before - holdings.total_bytes(state)))}; "
+               f"{state.path} now holds {human_bytes(holdings.total_bytes(state))}")
 
 
 # --- containers ------------------------------------------------------------------------------
@@ -146,7 +149,10 @@ def container():
 @click.option("--driver", "driver_name", required=True, help="Storage driver (see `cowlab drivers`).")
 @click.pass_context
 def container_create(ctx, image_ref, driver_name):
-    """Create a container; its mountpoint is the last line printed."""
+    """Create a container; its mountpoint is printed on stdout (the only thing printed there):
+
+        mnt=$(cowlab container create IMAGE --driver overlay2) && cd "$mnt"
+    """
     cls = drivers.get(driver_name)
     require_root()
     p = vmroute.probe(cls)
@@ -164,8 +170,8 @@ def container_create(ctx, image_ref, driver_name):
         drv = cls(autobacking.persistent(state, cls), svc, store)
         need = drv.space_needed(img) + (0 if drv.has_image(img) else img.content_bytes)
         if need > drv.backing.free_bytes():
-            raise CowlabError(f"creating a {driver_name} container of {img.name} needs about {need >> 20} MiB; "
-                              f"{drv.backing.path} has {drv.backing.free_bytes() >> 20} MiB free")
+            raise CowlabError(f"creating a {driver_name} container of {img.name} needs about {human_bytes(need)}; "
+                              f"{drv.backing.path} has {human_bytes(drv.backing.free_bytes())} free")
         with err.status(f"importing {img.name} into {driver_name}"):
             drv.import_image(img)
         cid = drv.new_id()
@@ -184,7 +190,10 @@ def container_create(ctx, image_ref, driver_name):
         res.meta["mountpoint"] = str(c.mountpoint)
         res.meta.pop("creating", None)  # complete: persistent from now on
         Resources(state, res.owner, "container", res.meta)  # rewrite owner.json with the mountpoint
-    click.echo(f"created {c.id} ({driver_name}, image {img.name})")
+    # Only the mountpoint goes to stdout, so `mnt=$(cowlab container create ...) && cd "$mnt"`
+    # gets the path or, when create fails, a non-zero status (and an empty $mnt) to stop on.
+    err.print(f"created {c.id} ({driver_name}, image {img.name}); remove it with: cowlab container rm {c.id}",
+              markup=False, highlight=False, soft_wrap=True)
     click.echo(str(c.mountpoint))
 
 
@@ -230,21 +239,48 @@ def container_rm(ctx, ref):
     for o in _containers(state):
         m = o["meta"]
         if ref == m.get("id") or (real and real == m.get("mountpoint")):
+            _refuse_if_busy(m)
             errs = Resources.open(state, o["owner"]).close()
             if errs:
                 raise CowlabError("could not remove everything: " + "; ".join(errs))
             click.echo(f"removed {m['id']}")
+            from . import holdings
+            for line in holdings.release_unused(state, m.get("driver", "")):
+                click.echo(line)
             return
     raise CowlabError(f"no container {ref!r} (see `cowlab container ls`)")
 
 
+def _refuse_if_busy(meta: dict) -> None:
+    """Before anything is released: a shell sitting inside the container (`cd "$mnt"`) or a
+    process holding it would make the unmount fail after a wait; say so at once, and who."""
+    from . import sysutil
+    mp = meta.get("mountpoint")
+    if not mp:
+        return
+    try:
+        cwd = os.getcwd()
+    except OSError:  # our working directory was removed: it is not inside a live mount
+        cwd = ""
+    if cwd == mp or cwd.startswith(mp.rstrip("/") + "/"):
+        raise CowlabError(f"your working directory {cwd} is inside container {meta.get('id')}; "
+                          f"cd out of it (e.g. `cd ~`), then run `cowlab container rm {meta.get('id')}` again")
+    me = {os.getpid(), os.getppid()}  # cowlab (and sudo) inherit the shell's cwd, checked above
+    others = [h for h in sysutil.holders(mp) if h[0] not in me]
+    if others:
+        raise CowlabError(f"container {meta.get('id')} at {mp} is busy: " + sysutil.describe_holders_of(others))
+
+
 # --- bench -----------------------------------------------------------------------------------
+LOCAL_RESULTS = "results/local"  # a user's own runs, kept apart from the committed reference runs
+
 @cli.command()
 @click.argument("driver_name", metavar="DRIVER")
 @click.option("--quick", is_flag=True, help="The quick grid: a first answer in a few minutes.")
 @click.option("--workload", "workloads", multiple=True, metavar="NAME", help="Run only these (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Results directory.")
+@click.option("--out", type=click.Path(file_okay=False), default=LOCAL_RESULTS, show_default=True,
+              help="Results directory (runs land in DIR/<host>/<run_id>; results/local is git-ignored, "
+                   "apart from the committed reference runs in results/<host>).")
 @click.option("--backing", default="host", show_default=True, type=click.Choice(B.KINDS),
               help="host: the state root's filesystem; ext4/xfs/btrfs: a loop filesystem cowlab makes.")
 @click.option("--reps", type=int, help="Override the grid's repetitions.")
@@ -264,7 +300,7 @@ def container_rm(ctx, ref):
 @click.pass_context
 def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_size, mode,
           vm_mode="auto", device=None, force=False, opts=()):
-    """Run workloads on DRIVER and write results/<host>/<run_id>/."""
+    """Run workloads on DRIVER and write results/local/<host>/<run_id>/."""
     dopts = dict(o.split("=", 1) if "=" in o else (o, "true") for o in opts)
     if vmroute.bench_route(driver_name, vm_mode) == "vm":
         sys.exit(vmroute.bench_in_vm(driver_name, root=root or ctx.obj["root"], out=Path(out), quick=quick,
@@ -279,7 +315,7 @@ def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_
     why = s.resolve_mode(mode)
     s.driver_options = dopts
     s.check()
-    err.print(f"mode: {s.mode} ({why})", markup=False, highlight=False)  # (after check: errors are one line)
+    err.print(f"mode: {s.mode} ({why})", markup=False, highlight=False, soft_wrap=True)  # (after check: errors are one line)
     status = "failed"
     with sigterm_as_interrupt(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                           TimeElapsedColumn(), console=err, transient=True) as prog:
@@ -305,79 +341,135 @@ def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_
 
 
 def _print_summary(s: BenchSession) -> None:
-    from .summary import headlines, medians
+    """One screen of findings; the full table goes to a file in the run directory."""
+    from . import summary
     if not s.records:
         return
-    t = Table("workload", "metric", "params", "median", "p10–p90", "n", title=f"{s.driver_name}: medians")
-    for wl, metric, key, med, p10, p90, n, unit in medians(s.records):
-        t.add_row(wl, metric, key, _val(med, unit), f"{_val(p10, unit)} – {_val(p90, unit)}", str(n))
-    out.print(t)
-    _print_engine_table(s)
-    for line in headlines(s.records):
-        out.print(f"• {line}")
-    failed = [r for r in s.records if r["status"] != "ok"]
-    for r in failed:
-        out.print(f"[yellow]{r['status']}[/]: {r['workload']} {r['metric']}: {r.get('error', '')}")
-    out.print(f"results: {s.writer.dir}")
-
-
-def _print_engine_table(s: BenchSession) -> None:
-    """Engine mode: docker create/start/run next to cowlab's own create, and the difference."""
-    from .summary import engine_vs_primitive, primitive_records_from
-    if not any(r.get("mode") == "engine" for r in s.records):
-        return
-    note, fallback = "", []
-    if not any(r.get("mode", "primitive") == "primitive" and r["workload"] == "creation" for r in s.records):
-        fallback, src = primitive_records_from(s.out, s.driver_name)
+    run = s.writer.run
+    fallback, note = [], ""
+    if any(r.get("mode") == "engine" for r in s.records) and not any(
+            r.get("mode", "primitive") == "primitive" and r["workload"] == "creation" for r in s.records):
+        fallback, src = summary.primitive_records_from(s.out, s.driver_name)
         note = f" (primitive from run {src})" if src else " (no primitive run of this driver in --out yet)"
-    rows = engine_vs_primitive(s.records, fallback)
-    if not rows:
-        return
-    t = Table("image size", "layers", "primitive create", "engine create", "engine start", "engine run",
-              "create: engine − primitive", "storage share of run",
-              title=f"{s.driver_name}: engine vs storage (medians){note}")
-    ms = lambda v: "—" if v is None else _val(v, "s")
-    for r in rows:
-        share = "—" if r["storage_share_of_run"] is None else f"{100 * r['storage_share_of_run']:.1f}%"
-        t.add_row(_human(r["image_size_bytes"]), str(r["layers"]), ms(r["primitive_create"]), ms(r["engine_create"]),
-                  ms(r["engine_start"]), ms(r["engine_run"]), ms(r["create_difference"]), share)
-    out.print(t)
+    table = s.writer.dir / TABLE_FILE
+    _write_table(table, s.records, fallback, note, run)
+    from .sysutil import hand_over
+    hand_over(table)
+    summary.render_findings(out, s.records, _title(run, s.records), _rel(table), f"cowlab show {_rel(s.writer.dir)}")
 
 
-def _val(v, unit) -> str:
-    if unit == "s":
-        return f"{v * 1e3:.3f} ms" if v < 1 else f"{v:.3f} s"
-    if unit == "B":
-        return _human(v)
-    return f"{v:.4g}"
+TABLE_FILE = "summary.txt"
 
 
-def _human(n) -> str:
-    n = float(n)
-    for u in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or u == "GiB":
-            return f"{n:.0f} {u}" if u == "B" else f"{n:.1f} {u}"
-        n /= 1024
-    return str(n)
+def _title(run: dict, records: list[dict]) -> str:
+    from .units import human_seconds
+    took = (f" in {human_seconds(run['ended'] - run['started'])}"
+            if run.get("ended") is not None and run.get("started") is not None else "")
+    grid = "quick grid" if run.get("quick") else "full grid"
+    return f"{run.get('driver')}, {grid}, {run.get('status', '?')}{took} on {run.get('hostname', '?')} (medians):"
+
+
+def _rel(p: Path) -> str:
+    try:
+        r = os.path.relpath(p)
+    except ValueError:
+        return str(p)
+    return r if not r.startswith("../..") else str(p)
+
+
+def _write_table(path: Path, records: list[dict], fallback: list[dict], note: str, run: dict) -> None:
+    from . import summary
+    with open(path, "w") as f:
+        c = Console(file=f, width=110, color_system=None, force_terminal=False)
+        summary.render_findings(c, records, _title(run, records), None, None)
+        c.print()
+        summary.render_table(c, records, title=f"{run.get('driver')}: every median (p10–p90)")
+        summary.render_engine_table(c, records, fallback, note, run.get("driver", ""))
+
+
+def _find_run(ref: str) -> Path:
+    """A run directory: a path, or a run id looked up under results/ (local runs first)."""
+    p = Path(ref)
+    if (p / "samples.jsonl").exists():
+        return p
+    from .results import run_dirs
+    base = Path("results")
+    hits = [d for d in run_dirs([base]) if d.name == ref or d.name.startswith(ref)] if base.exists() else []
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise CowlabError(f"{ref!r} names {len(hits)} runs ({', '.join(h.name for h in hits[:3])}...); give more of the id")
+    raise CowlabError(f"no run {ref!r}: give a run directory (results/local/<host>/<run_id>) or a run id found under ./results")
+
+
+@cli.command("show")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--findings", "only_findings", is_flag=True, help="Only the findings, not the full table.")
+def show_cmd(run_ref, only_findings):
+    """Print a run's findings and its full table of medians again, at this terminal's width."""
+    from . import summary
+    from .results import read_run
+    d = _find_run(run_ref)
+    run, recs = read_run(d)
+    c = Console()
+    summary.render_findings(c, recs, _title(run, recs), None, None)
+    if not only_findings:
+        c.print()
+        summary.render_table(c, recs, title=f"{run.get('driver')}: every median (p10–p90), {d.name}")
+        summary.render_engine_table(c, recs, [], "", run.get("driver", ""))
 
 
 # --- cleanup ---------------------------------------------------------------------------------
 @cli.command("cleanup")
 @click.option("--all", "everything", is_flag=True,
-              help="Also remove persistent containers and driver storage (images stay).")
+              help="Also remove persistent containers, their backings and services, and driver storage.")
+@click.option("--images", is_flag=True, help="Also remove every image (with --all: the state root is emptied).")
 @click.pass_context
-def cleanup_cmd(ctx, everything):
-    """Release what dead runs left behind (mounts, loop devices, processes, files)."""
+def cleanup_cmd(ctx, everything, images):
+    """Release what dead runs left behind (mounts, loop devices, processes, files), and say
+    what is kept and why."""
+    from . import holdings
     require_root()
     st = _state(ctx, ensure=False)
     if not st.claimed:
         click.echo(f"nothing to do: {st.path} is not a cowlab state root")
         return
+    before = holdings.total_bytes(st)
     lines = cleanup.sweep(st, everything)
+    if images:
+        removed, kept = holdings.prune_images(st)
+        lines += [f"removed image {r}" for r in removed] + kept
     for line in lines:
         click.echo(line)
     if not lines:
-        click.echo("nothing left behind")
+        click.echo("nothing left behind by dead runs")
+    for line in holdings.kept(st):
+        click.echo(line)
+    freed = before - holdings.total_bytes(st)
+    click.echo(f"{st.path} holds {human_bytes(holdings.total_bytes(st))}" +
+               (f" (freed {human_bytes(freed)})" if freed > 0 else "") + "; details: cowlab status")
+
+
+@cli.command("status")
+@click.pass_context
+def status_cmd(ctx):
+    """What cowlab holds and where: images, imported layers, containers, backings, daemons, runs."""
+    from . import holdings
+    st = _state(ctx, ensure=False)
+    if not st.claimed:
+        click.echo(f"{st.path}: no cowlab state root here (nothing held)")
+        return
+    require_root()
+    held = holdings.survey(st)
+    t = Table("what", "name", "where", "disk", "note", title=f"cowlab state root {st.path}")
+    t.columns[2].overflow = "fold"  # a path cut short is no use
+    for h in held:
+        t.add_row(h.what, escape(h.name), escape(h.where), "" if h.bytes is None else human_bytes(h.bytes),
+                  escape(h.note))
+    if held:
+        out.print(t)
+    out.print(f"{st.path} holds {human_bytes(holdings.total_bytes(st))} in all; "
+              f"`cowlab cleanup --all --images` frees everything", markup=False, highlight=False, soft_wrap=True)
 
 
 from .labcli import lab as _lab  # noqa: E402

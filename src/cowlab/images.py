@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .units import human_bytes
 from . import faults
 from . import layers as L
 from .errors import CowlabError
@@ -129,8 +130,8 @@ class ImageStore:
         st = os.statvfs(self.state.path)
         free = st.f_bavail * st.f_frsize
         if need > free:
-            raise CowlabError(f"{what} needs about {need >> 20} MiB but {self.state.path} has "
-                              f"{free >> 20} MiB free")
+            raise CowlabError(f"{what} needs about {human_bytes(need)} but {self.state.path} has "
+                              f"{human_bytes(free)} free")
 
     def build(self, spec: ImageSpec, name: str | None = None, progress: Progress | None = None) -> Image:
         name = name or spec.name

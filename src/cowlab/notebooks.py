@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
 def run(paths: list[str], timeout: int = 600) -> int:
     import nbformat
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
     files = []
@@ -22,8 +25,17 @@ def run(paths: list[str], timeout: int = 600) -> int:
         nb = nbformat.read(f, as_version=4)
         t0 = time.perf_counter()
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(f.parent)}}).execute()
+            # IPC (unix sockets) instead of TCP on localhost: the kernel then has no reason to
+            # warn that it runs "over TCP without encryption", and nothing listens on a port.
+            # The sockets' path prefix is absolute: the kernel runs in the notebook's directory.
+            with tempfile.TemporaryDirectory(prefix="cowlab-nb-") as sock:
+                km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sock, "k"))
+                try:
+                    NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                   resources={"metadata": {"path": str(f.parent)}}).execute()
+                finally:  # a kernel manager we hand in is ours to shut down, not nbclient's
+                    if km.has_kernel:
+                        km.shutdown_kernel()
             print(f"ok      {f} ({time.perf_counter() - t0:.1f} s)")
         except Exception as e:  # nbclient raises CellExecutionError with the cell's traceback
             failed += 1

@@ -38,6 +38,7 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, Locator, LogLocator,
                                NullFormatter, NullLocator)
 
 from . import drivers as _drivers  # noqa: E402  (the registry: each driver's colour)
+from . import units  # noqa: E402
 
 # Spans wider than this many decades get a log axis when the scale is left to us.
 LOG_DECADES = 1.5
@@ -182,74 +183,10 @@ def _mixed_params_warning(sel: pd.DataFrame, x: str, where: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Words for numbers
 
-def human_bytes(n: float) -> str:
-    """1048576 -> '1 MiB', 1.5 GiB -> '1.5 GiB', 512 -> '512 B'."""
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
-        return "?"
-    for unit, div in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= div:
-            return f"{_num(n / div)} {unit}"
-    return f"{_num(n)} B"
-
-
-def _num(v: float) -> str:
-    """Up to three significant figures, no trailing zeros: 1, 1.5, 0.71, 38.3, 512."""
-    if v == 0:
-        return "0"
-    a = abs(v)
-    s = f"{v:.2g}" if a < 1 else f"{v:.2f}" if a < 10 else f"{v:.1f}" if a < 100 else f"{v:.0f}"
-    return s.rstrip("0").rstrip(".") if "." in s else s
-
-
-def _time_scale(max_seconds: float) -> tuple[float, str]:
-    """Display factor and unit name for times whose largest value is max_seconds."""
-    if not math.isfinite(max_seconds) or max_seconds >= 1:
-        return 1.0, "s"
-    if max_seconds >= 1e-4:
-        return 1e3, "ms"
-    return 1e6, "µs"
-
-
-def human_seconds(s: float, like: float | None = None) -> str:
-    """0.00071 -> '0.71 ms', 0.0383 -> '38.3 ms', 2.5 -> '2.5 s', 4.5e-5 -> '45 µs'.
-    `like`: pick the unit for that value instead (to show two numbers in one unit)."""
-    if s is None or not math.isfinite(s):
-        return "?"
-    f, u = _time_scale(abs(s if like is None else like))
-    return f"{_num(s * f)} {u}"
-
-
-def human_value(v: float, unit: str, like: float | None = None) -> str:
-    if unit == "s":
-        return human_seconds(v, like)
-    if unit == "B":
-        return human_bytes(v)
-    if unit == "B/s":
-        return human_bytes(v) + "/s"
-    if unit == "1/s":
-        return f"{_count(v)}/s"
-    if unit == "count":
-        return _count(v)
-    return _num(v)
-
-
-def _count(v: float) -> str:
-    """Counts and rates: 1,952 rather than 1952 from a thousand up."""
-    return f"{v:,.0f}" if abs(v) >= 1000 else _num(v)
-
-
-def _x_unit(x: str) -> str:
-    return "B" if x.endswith("_bytes") else "s" if x.endswith("_seconds") else ""
-
-
-def human_x(x: str, v: Any) -> str:
-    """A parameter value as text, e.g. ('image_size_bytes', 1<<30) -> '1 GiB'."""
-    u = _x_unit(x)
-    if u:
-        return human_value(float(v), u)
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+# One formatter for every output: cowlab.units (re-exported here, where notebooks find them).
+human_bytes, human_seconds, human_value, human_x = (units.human_bytes, units.human_seconds,
+                                                    units.human_value, units.human_param)
+_num, _count, _time_scale, _x_unit = units.number, units.count, units.time_scale, units.param_unit
 
 
 # Axis names that the generic rule below would get wrong.

@@ -7,6 +7,9 @@ the same code for a normal teardown, a Ctrl-C and `cowlab cleanup` after a crash
 
 Entries are written without fsync: they must survive the death of the process (SIGKILL), which
 the page cache guarantees; a power loss takes the mounts and processes away with it anyway.
+A new entry is written in place (create + one write), not aside and renamed: the resource is
+created only after add() returns, so an entry a kill left empty or torn names nothing that exists
+and is dropped when read. Updates of an existing entry still go aside and are renamed in place.
 """
 
 from __future__ import annotations
@@ -55,18 +58,39 @@ def _release_file(e: dict, state: StateRoot) -> None:
 
 @releaser("mount")
 def _release_mount(e: dict, state: StateRoot) -> None:
+    """Unmount; then, if the entry also names the mount's own directory ("dir": one entry for a
+    container's dirs and its mount, one journal write instead of two), remove that directory,
+    or move it into "trash" (a directory on the same filesystem, emptied later, outside any
+    timing, as containerd's snapshotter frees space in its Cleanup)."""
     target = e["target"]
     for attempt in range(50):
         try:
             sysutil.umount(target)
-            return
+            break
         except OSError as err:
             if err.errno in (errno.EINVAL, errno.ENOENT):
-                return  # not mounted (any more), or never was
+                break  # not mounted (any more), or never was
             if err.errno != errno.EBUSY:
                 raise
             time.sleep(0.1)  # a FUSE daemon or a process that just exited still holds it
-    raise CowlabError(f"{target} stays busy; find its users with: fuser -vm {target}")
+    else:
+        raise CowlabError(f"{target} stays busy: {sysutil.describe_holders(target)}")
+    d = e.get("dir")
+    if not d:
+        return
+    if not state.inside(d):
+        raise CowlabError(f"journal names {d}, outside the state root; not touching it")
+    trash = e.get("trash")
+    if trash and state.inside(trash):
+        try:
+            os.rename(d, os.path.join(trash, f"{os.path.basename(d)}-{uuid.uuid4().hex[:6]}"))
+            return
+        except FileNotFoundError:
+            if not os.path.lexists(d):
+                return  # already gone (a release replayed after a kill)
+        except OSError:
+            pass  # no trash dir (any more): delete in place
+    sysutil.safe_rmtree(d, state.path)
 
 
 @releaser("loop")
@@ -174,7 +198,10 @@ class Resources:
                 info["starttime"] = sysutil.proc_starttime(os.getpid())
             _write_json(self.dir / "owner.json", info)
         for p in sorted(self.dir.glob("[0-9]*.json")):  # reopened (e.g. `container rm`)
-            e = json.loads(p.read_text())
+            e = read_entry(p)
+            if e is None:  # torn by a kill inside add(): its resource was never created
+                sysutil.ignore_enoent(os.unlink, p)
+                continue
             self._live.append(Handle(int(p.stem), e.pop("kind"), e, p))
             self._seq = max(self._seq, int(p.stem) + 1)
 
@@ -198,7 +225,7 @@ class Resources:
         # Live before the entry is written: a Ctrl-C between the two must not leave an entry
         # close() does not know of (releasers are idempotent, so one never written is harmless).
         self._live.append(h)
-        _write_json(h.path, {"kind": kind, **args})
+        _write_new(h.path, {"kind": kind, **args})
         faults.point("journal", kind)
         return h
 
@@ -313,6 +340,25 @@ def processes_with_env(name: str, value: str) -> list[int]:
 def tagged_processes(owner: str) -> list[int]:
     """Pids whose environment carries COWLAB_OWNER=owner (children of a run, even orphans)."""
     return processes_with_env(OWNER_ENV, owner)
+
+
+def read_entry(path: Path) -> dict | None:
+    """A journal entry, or None if it is empty or torn (see the module docstring)."""
+    try:
+        e = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return e if isinstance(e, dict) and "kind" in e else None
+
+
+def _write_new(path: Path, obj: dict) -> None:
+    # One write(2) of a small buffer into the page cache: a SIGKILL lands before or after it.
+    data = json.dumps(obj).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_json(path: Path, obj: dict) -> None:

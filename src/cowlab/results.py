@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import faults
+from . import faults, sysutil
 from .resources import releaser
 
 SCHEMA_VERSION = 1
+LOCAL_DIR = "local"  # results/local/<host>/<run_id>: a user's own runs, apart from the committed ones
 UNITS = {"s", "B", "count", "B/s", "1/s", "ratio"}
 STATUSES = {"ok", "failed", "skipped"}
 REQUIRED = {"schema_version": int, "run_id": str, "driver": str, "mode": str, "workload": str,
@@ -49,6 +50,7 @@ class RunWriter:
     def __init__(self, out: Path, run_id: str, provenance: dict):
         self.dir = out / provenance["hostname"] / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
+        sysutil.hand_over(self.dir)  # under sudo: the user's results stay the user's
         self.run_id = run_id
         self.run = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "running", **provenance}
         self.write_run()
@@ -81,6 +83,7 @@ class RunWriter:
     def close(self, status: str, **updates) -> None:
         self._f.close()
         self.write_run(status=status, counts=self.counts, **updates)
+        sysutil.hand_over(self.dir)
 
 
 KILLED = "killed"
@@ -94,6 +97,7 @@ def _close_record(e: dict, state) -> None:
     close_if_running(Path(e["path"]), e.get("finishing") or KILLED,
                      "the run's process died before it finished (SIGKILL or power loss); `cowlab cleanup` "
                      "closed this record; samples.jsonl has what was measured")
+    sysutil.hand_over(Path(e["path"]).parent)
 
 
 @releaser("vm_results")
@@ -198,6 +202,8 @@ def load(paths: Iterable[str | Path] | str | Path | None = None, include_failed:
         prov = {k: run.get(k) for k in ROW_PROVENANCE}
         prov.update({k: run.get("driver_metadata", {}).get(k, prov.get(k))
                      for k in ("backing", "backing_fs", "backing_mount_options")})
+        # A user's own run (results/local/..., git-ignored) or a committed reference run.
+        prov["local"] = LOCAL_DIR in d.parts
         prov["emulated"] = bool(run.get("emulated", False))
         prov.update(run_status=run.get("status"), quick=run.get("quick"), harness=run.get("harness"))
         for r in recs:

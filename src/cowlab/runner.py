@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .units import human_bytes, human_params
 from . import backing as B
 from . import autobacking, cleanup, drivers, provenance, vmroute
 from . import workloads as W
@@ -37,7 +38,7 @@ class BenchSession:
     driver_name: str
     quick: bool = False
     workload_names: list[str] | None = None
-    out: Path = Path("results")
+    out: Path = Path("results/local")
     root: str | None = None
     backing_kind: str = "host"
     backing_size: int = 32 << 30
@@ -101,8 +102,8 @@ class BenchSession:
         st = os.statvfs(probe_dir)
         free = st.f_bavail * st.f_frsize
         if self.need_bytes > free:
-            raise CowlabError(f"this run needs about {self.need_bytes >> 20} MiB free under "
-                              f"{self.state.path}, which has {free >> 20} MiB")
+            raise CowlabError(f"this run needs about {human_bytes(self.need_bytes)} free under "
+                              f"{self.state.path}, which has {human_bytes(free)}")
 
     # --- prepare: state, backing, driver, images --------------------------------------------
     def prepare(self, progress: Progress | None = None) -> None:
@@ -120,6 +121,7 @@ class BenchSession:
                 self.backing = B.make_loop(self.state.backings, self.res, self.backing_kind, self.backing_size)
             self.driver = self.driver_cls(self.backing, self.res, ImageStore(self.state),
                                           options=self.driver_options or None)
+            self.driver.defer_free = True  # removed containers' files go between samples (reclaim)
             prov = provenance.collect(self.argv)
             prov.update(driver=self.driver_name, quick=self.quick, harness=self.harness,
                         workloads=[w.name for w in self.workloads], grids=self.grids,
@@ -177,11 +179,17 @@ class BenchSession:
                 done += 1
                 if progress:
                     progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
-            run_case(case, lambda s: self.record(s, wl.name), rep_done)
+            run_case(case, lambda s: (self.record(s, wl.name), self._reclaim()), rep_done)  # reclaim between samples, never inside a timed op
         # Where a run's time goes (image imports included), so a slow grid can be trimmed
         # from facts; the harness's own figure, never a measurement of the driver.
         self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
                            {"of": wl.name}), "harness")
+
+    def _reclaim(self) -> None:
+        self.driver.reclaim()
+        for d in getattr(self, "_variants", {}).values():
+            if hasattr(d, "reclaim"):  # variants also holds loop backings
+                d.reclaim()
 
     # --- cleanup -----------------------------------------------------------------------------
     def finish(self, status: str) -> list[str]:

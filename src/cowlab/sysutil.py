@@ -132,8 +132,149 @@ def mount_of(path: str | os.PathLike) -> MountEntry:
         if p == t or p.startswith(t.rstrip("/") + "/") or t == "/":
             if best is None or len(t) >= len(best.target):
                 best = m
-    assert best is not None
+    if best is None:  # e.g. a chroot whose root is not a mount point: nothing in mountinfo covers it
+        raise CowlabError(f"no mount in /proc/self/mountinfo holds {p} (a chroot whose root is not a mount "
+                          f"point?); bind-mount the root onto itself first: mount --bind ROOT ROOT")
     return best
+
+
+def disk_usage(path: str | os.PathLike) -> int:
+    """Bytes allocated under path (st_blocks, so a sparse loop image counts what it holds; a
+    hard-linked file once), staying on path's filesystem: what deleting it would give back."""
+    top = os.fspath(path)
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return 0
+    total, seen, dev = st.st_blocks * 512, set(), st.st_dev
+    if not os.path.isdir(top) or os.path.islink(top):
+        return total
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    s = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if s.st_dev != dev:
+                    continue  # a mount below (a loop filesystem, a container): counted by its own owner
+                if s.st_nlink > 1 and not e.is_dir(follow_symlinks=False):
+                    if (s.st_ino in seen):
+                        continue
+                    seen.add(s.st_ino)
+                total += s.st_blocks * 512
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+    return total
+
+
+def sudo_user() -> tuple[int, int] | None:
+    """(uid, gid) of the user who ran us through sudo, when we run as root; else None."""
+    if os.geteuid() != 0:
+        return None
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if not uid.isdigit() or int(uid) == 0:
+        return None
+    return int(uid), int(gid) if gid.isdigit() else int(uid)
+
+
+def hand_over(path: str | os.PathLike) -> None:
+    """Give what we (root, through sudo) wrote at path back to the sudo user: the root-owned
+    directories between path and its nearest ancestor the user owns (made by mkdir -p), and
+    everything root-owned below path, so a later command without sudo can write beside it
+    (`nox -s notebooks` after `sudo nox -s bench-overlay2`). Nothing happens without sudo, or
+    where no ancestor is the user's (a directory of root's own choosing stays root's)."""
+    who = sudo_user()
+    if who is None:
+        return
+    p = Path(os.path.abspath(os.fspath(path)))
+    chain = []
+    for a in [p, *p.parents]:
+        try:
+            st = os.lstat(a)
+        except FileNotFoundError:
+            continue
+        if st.st_uid == who[0]:
+            break
+        if st.st_uid != 0:
+            return  # someone else's: leave it
+        chain.append(a)
+    else:
+        return  # no ancestor is the user's
+    for a in chain[1:]:
+        os.lchown(a, *who)
+    if not os.path.lexists(p):
+        return
+    if not os.path.isdir(p) or os.path.islink(p):
+        if os.lstat(p).st_uid == 0:
+            os.lchown(p, *who)
+        return
+    dev = os.lstat(p).st_dev
+    for root, dirs, files in os.walk(p):
+        if os.lstat(root).st_dev != dev:
+            dirs[:] = []
+            continue
+        for name in [root, *(os.path.join(root, f) for f in files + dirs)]:
+            try:
+                st = os.lstat(name)
+                if st.st_uid == 0 and st.st_dev == dev:
+                    os.lchown(name, *who)
+            except FileNotFoundError:
+                pass
+
+
+def holders(path: str | os.PathLike) -> list[tuple[int, str, str]]:
+    """Processes using something at or below path, from /proc (no fuser needed): (pid, command,
+    how: cwd, root, exe or an open file). Processes we can't inspect are left out."""
+    p = os.path.realpath(os.fspath(path)).rstrip("/") or "/"
+
+    def under(link: str) -> bool:
+        try:
+            t = os.readlink(link)
+        except OSError:
+            return False
+        return t == p or t.startswith(p + "/")
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        base = f"/proc/{d}"
+        how = [w for w in ("cwd", "root", "exe") if under(f"{base}/{w}")]
+        if not how:
+            try:
+                if any(under(f"{base}/fd/{fd}") for fd in os.listdir(f"{base}/fd")):
+                    how.append("open file")
+            except OSError:
+                pass
+        if how:
+            try:
+                with open(f"{base}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+            out.append((int(d), comm, ", ".join(how)))
+    return out
+
+
+def describe_holders(path: str | os.PathLike) -> str:
+    """Who keeps path busy, in words a shell user can act on."""
+    hs = holders(path)
+    if not hs:
+        return (f"no process has its working directory or a file there now (a mount below {path}, "
+                f"or a process that just ended); see: grep {path} /proc/self/mountinfo")
+    return describe_holders_of(hs)
+
+
+def describe_holders_of(hs: list[tuple[int, str, str]]) -> str:
+    listed = "; ".join(f"pid {pid} ({comm}: {how})" for pid, comm, how in hs[:5])
+    more = f" and {len(hs) - 5} more" if len(hs) > 5 else ""
+    return f"in use by {listed}{more}; leave it (cd elsewhere) or end those processes, then try again"
 
 
 def safe_rmtree(path: str | os.PathLike, within: str | os.PathLike) -> None:

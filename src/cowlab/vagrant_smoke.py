@@ -281,7 +281,8 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
         return self.check_results()
 
     def check_results(self) -> dict:
-        runs = sorted(self.results.glob("*/*/run.json"), key=lambda p: p.stat().st_mtime)
+        # results/local/<host>/<run> (the bench's default --out), or <host>/<run> from an older cowlab
+        runs = sorted(self.results.rglob("run.json"), key=lambda p: p.stat().st_mtime)
         if not runs:
             raise SmokeError(f"no run came back to {self.results} (the Vagrantfile's results trigger)")
         run_json = runs[-1]

@@ -226,6 +226,8 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
                 "guest_setup_seconds": guest.get("setup_seconds"), "network": "none",
                 "started": started}
         dirs = _stamp_results(out, guest.get("run_dirs", []), info) if out else []
+        for d in dirs:
+            sysutil.hand_over(d)  # written by root in the guest: the sudo user's, like native runs
         return VMResult(rc, info["boot_seconds"], wall, guest, dirs, info)
     finally:
         errs = res.close()

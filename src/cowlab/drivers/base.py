@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from .. import sysutil
 from ..backing import Backing
 from ..errors import CowlabError
 from ..images import Image, ImageStore
@@ -147,6 +148,27 @@ class Driver:
         return 0
 
     # --- shared ----------------------------------------------------------------------------
+    # A bench sets this: a removed container's directory is moved into `trash` (one rename) and
+    # its files deleted by reclaim() between repetitions, outside the timed remove, as
+    # containerd's snapshotter does in its Cleanup. Drivers that honour it say so in their
+    # create(); the others delete at once.
+    defer_free: bool = False
+
+    @property
+    def trash(self) -> Path:
+        t = self.home / "trash"
+        if not getattr(self, "_trash_made", False):
+            t.mkdir(exist_ok=True)
+            self._trash_made = True
+        return t
+
+    def reclaim(self) -> None:
+        """Delete what removed containers left in the trash (their files)."""
+        t = self.home / "trash"
+        if t.is_dir():
+            for child in os.listdir(t):
+                sysutil.safe_rmtree(t / child, t)
+
     def remove(self, container: Container, res: Resources) -> None:
         for h in reversed(container.handles):
             res.release(h)

@@ -29,6 +29,7 @@ import tarfile
 import time
 from typing import Callable, Iterator
 
+from ..units import human_bytes
 from .. import probes, sysutil
 from ..errors import CowlabError, NotApplicable
 from .daemon import container_security_opts
@@ -180,8 +181,8 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
                     need = per * (k - 1) + SPACE_MARGIN
                     free = probes.statfs(path)["free_bytes"]
                     if need > free:
-                        raise NotApplicable(f"{k} containers need about {need >> 20} MiB on the "
-                                            f"data-root's filesystem, which has {free >> 20} MiB free")
+                        raise NotApplicable(f"{k} containers need about {human_bytes(need)} on the "
+                                            f"data-root's filesystem, which has {human_bytes(free)} free")
             sysutil.drop_caches()
             before = probes.cache_snapshot(fstype)
             cg0 = _cgroup_memory(ctx)

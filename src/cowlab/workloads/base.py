@@ -21,6 +21,7 @@ from ..resources import Resources
 from ..results import Sample
 from ..spec import ImageSpec
 from ..state import StateRoot
+from ..units import human_params
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -100,15 +101,8 @@ def run_case(case: Case, record: Callable[[Sample], None], rep_done: Callable[[]
 
 
 def describe_params(params: dict) -> str:
-    """A case's parameters for a progress line (sizes in whole KiB/MiB/GiB where they are)."""
-    return " ".join(f"{k}={_human(v) if k.endswith('bytes') else v}" for k, v in params.items())
-
-
-def _human(n) -> str:
-    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if isinstance(n, int) and n >= div and n % div == 0:
-            return f"{n // div}{unit}"
-    return str(n)
+    """A case's parameters for a progress line, sizes in human units (units.human_params)."""
+    return human_params({k: v for k, v in params.items() if v is not None})
 
 
 @dataclass
@@ -171,6 +165,7 @@ class Context:
             tag = "-".join(f"{k}_{v}" for k, v in key[1]) or "default"
             self.variants[key] = cls(b, self.res, self.driver.store, home=b.path / f"{cls.name}-{tag}",
                                      options=options)
+            self.variants[key].defer_free = self.driver.defer_free
         return replace(self, driver=self.variants[key])
 
     def variant_metadata(self) -> list[dict]:

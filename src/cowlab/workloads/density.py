@@ -48,6 +48,7 @@ import select
 import subprocess
 import time
 
+from ..units import human_bytes
 from .. import probes, sysutil
 from ..sysutil import static_busybox  # noqa: F401  (this module's name for it)
 from ..errors import CowlabError, NotApplicable
@@ -206,8 +207,8 @@ class Density(Workload):
         used0, inodes0 = d.used_bytes(), d.inodes_used()
         need = d.space_needed(img) * k + SPACE_MARGIN  # what the driver says a container costs
         if need > b.free_bytes():
-            raise NotApplicable(f"{k} containers need about {need >> 20} MiB on the backing "
-                                f"filesystem, which has {b.free_bytes() >> 20} MiB free")
+            raise NotApplicable(f"{k} containers need about {human_bytes(need)} on the backing "
+                                f"filesystem, which has {human_bytes(b.free_bytes())} free")
         try:
             for i in range(k):
                 containers.append(ctx.create(img))
