@@ -208,3 +208,28 @@ def test_kill_pid_reaps_a_dead_zombie_child_at_once():
     assert time.monotonic() - t0 < 50.0  # reaped, not waited out to SIGKILL
     assert not sysutil.pid_alive(p.pid, None)
     p.returncode = 0
+
+
+def test_dm_holders_topmost_first(tmp_path):
+    """A thin volume on a pool on a loop device: the workspace releaser removes the volume
+    before the pool, then detaches the loop device (sysfs faked: no device mapper needed)."""
+    from cowlab.resources import dm_holders
+
+    def dev(name, dm_name=None, holders=()):
+        d = tmp_path / name
+        (d / "holders").mkdir(parents=True)
+        if dm_name:
+            (d / "dm").mkdir()
+            (d / "dm" / "name").write_text(dm_name + "\n")
+        for h in holders:
+            (d / "holders" / h).symlink_to(tmp_path / h)
+
+    dev("dm-2", "lab09-ctr")
+    dev("dm-1", "lab09-image")
+    dev("dm-0", "lab09-pool", holders=["dm-1", "dm-2"])
+    dev("loop3", holders=["dm-0"])
+    dev("loop4", holders=["dm-0"])
+    dev("loop5")
+    assert dm_holders("/dev/loop3", str(tmp_path)) == ["lab09-image", "lab09-ctr", "lab09-pool"]
+    assert dm_holders("/dev/loop5", str(tmp_path)) == []
+    assert dm_holders("/dev/loop9", str(tmp_path)) == []

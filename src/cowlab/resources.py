@@ -135,8 +135,34 @@ def _release_workspace(e: dict, state: StateRoot) -> None:
     real = os.path.realpath(path)
     for dev, f in sysutil.loop_devices().items():
         if f == real or f.startswith(real + "/"):
+            # dm devices made by hand on the workspace's loop devices (a thin pool and its
+            # volumes): the loop device can't go while they hold it.
+            for name in dm_holders(dev):
+                sysutil.run(["dmsetup", "remove", name], check=False)
             sysutil.run(["losetup", "-d", dev], check=False)
     sysutil.safe_rmtree(path, state.path)
+
+
+def dm_holders(dev: str, sysfs: str = "/sys/class/block") -> list[str]:
+    """Names of the device-mapper devices stacked on block device dev, the topmost first (thin
+    volumes before their pool), as sysfs's holders/ links show them."""
+    out: list[str] = []
+    holders = Path(sysfs) / os.path.basename(dev) / "holders"
+    if not holders.is_dir():
+        return out
+    for h in sorted(holders.iterdir()):
+        if not h.name.startswith("dm-"):
+            continue
+        for name in dm_holders(h.name, sysfs):
+            if name not in out:
+                out.append(name)
+        try:
+            name = (Path(sysfs) / h.name / "dm" / "name").read_text().strip()
+        except OSError:
+            continue
+        if name and name not in out:
+            out.append(name)
+    return out
 
 
 @releaser("process")
