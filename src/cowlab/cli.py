@@ -388,6 +388,9 @@ def cleanup_cmd(ctx, everything):
 from .labcli import lab as _lab  # noqa: E402
 
 cli.add_command(_lab)
+from .reportcli import compare_cmd as _compare, report_cmd as _report  # noqa: E402
+
+cli.add_command(_report), cli.add_command(_compare)
 
 
 # --- conformance -----------------------------------------------------------------------------

@@ -48,10 +48,15 @@ DRIVER_COLORS = {
     "btrfs": "tab:red",
     "zfs": "tab:purple",
     "devicemapper": "tab:brown",
+    "devicemapper-loop": "tab:brown",
+    "devicemapper-direct": "#e6ab02",   # mustard: the same subsystem, told apart from -loop
     "fuse-overlayfs": "tab:pink",
+    "unionfs-fuse": "tab:olive",
+    "overlay": "tab:cyan",
+    "erofs": "#1b9e77",
+    "composefs": "#000080",
 }
-_SPARE_COLORS = ["tab:olive", "tab:cyan", "#1b9e77", "#7570b3", "#e6ab02", "#a6761d",
-                 "#666666", "#e7298a"]
+_SPARE_COLORS = ["#7570b3", "#a6761d", "#666666", "#e7298a", "#66a61e", "#d95f02"]
 FLOOR_COLOR = "0.55"  # grey: the reference floor is not a driver
 
 EMULATED_NOTE = "emulated (TCG) runs kept apart, dashed: their times are not native times"
@@ -1027,3 +1032,99 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
         _legend(ax, {e for _, e, _ in series}, "median, bars p10–p90", "small",
                 loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures with one panel per host: native and emulated runs never share an axis
+
+def hosts_in(df: pd.DataFrame) -> list[tuple[str, bool]]:
+    """(hostname, emulated) of every host in `df`, native first."""
+    if df.empty or "hostname" not in df.columns:
+        return []
+    pairs = {(str(h), bool(e)) for h, e in zip(df["hostname"], is_emulated(df))}
+    return sorted(pairs, key=lambda p: (p[1], p[0]))
+
+
+def _host_title(host: tuple[str, bool], many: bool) -> str:
+    kind = "emulated (TCG)" if host[1] else "native"
+    return f"{host[0]} · {kind}" if many else kind
+
+
+def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split: str | None = None,
+                logx: bool | None = None, logy: bool | None = None, title: str | None = None):
+    """`metric` against `x` per driver, one row of panels per host (emulated hosts get their own
+    rows and y scale) and one column per value of `split` (e.g. backing_fs, cache). Returns the
+    Figure."""
+    sel = _select(df, metric, filter)
+    hosts = hosts_in(sel)
+    splits = sorted({v for v in sel[split].dropna()}, key=str) if split and split in sel.columns else [None]
+    panels: dict[str, Any] = {}
+    for h in hosts or [("", False)]:
+        for v in splits:
+            f = dict(filter or {})
+            f.update({"hostname": h[0], "emulated": h[1]} if hosts else {})
+            if v is not None:
+                f[split] = v
+            name = _host_title(h, len(hosts) > 1 and len({p[0] for p in hosts}) > 1) if hosts else "no data"
+            if v is not None:
+                name += f" · {human_x(split, v) if split != 'backing_fs' else v}"
+            panels[name] = f
+    ncols = len(splits)
+    return line_panels(df, x, metric, panels, ncols=ncols, share="row", logx=logx, logy=logy,
+                       title=title, panel_size=(3.6, 2.8))
+
+
+def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = None,
+                filter: Any = None, by: str | None = None, title: str | None = None,
+                order: Iterable[Any] | None = None):
+    """Grouped bars per driver (bars_by_driver), one panel per host and per value of `by`
+    (e.g. mode: primitive / engine). Returns the Figure."""
+    sel = _select(df, metric, filter)
+    hosts = hosts_in(sel) or [("", False)]
+    bys = sorted({v for v in sel[by].dropna()}, key=str) if by and by in sel.columns else [None]
+    n = len(hosts) * len(bys)
+    ncols = min(n, 2)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(5.2 * ncols + 2.4, 3.4 * nrows + 0.4))
+    many = len({h[0] for h in hosts}) > 1
+    handles: dict[str, Any] = {}
+    i = 0
+    for h in hosts:
+        for b in bys:
+            ax = axes[i // ncols][i % ncols]
+            f = dict(filter or {})
+            if h[0]:
+                f.update({"hostname": h[0], "emulated": h[1]})
+            if b is not None:
+                f[by] = b
+            bars_by_driver(df, metric, category, hue=hue, ax=ax, filter=f, legend=False, order=order)
+            ax.set_title(_host_title(h, many) + (f" · {b}" if b is not None else ""), fontsize="medium")
+            for hd, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, hd)
+            i += 1
+    for j in range(i, nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    fig.tight_layout()
+    for r in axes:
+        for ax in r:
+            if ax.get_visible():
+                _declutter_xticks(ax)
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
+                   bbox_to_anchor=(1.0, 0.93), fontsize="small", title="median, bars p10–p90",
+                   title_fontsize="small", alignment="left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def space_figure(df: pd.DataFrame):
+    """The space workload for every driver: growth of the backing storage after each event
+    (create, a new 1 KiB file, 1 KiB appended to a 64 MiB image file, remove), primitive and
+    engine mode side by side, one panel per host."""
+    return bars_panels(df, "space_bytes", "event", filter={"workload": "space"}, by="mode",
+                       title="space: what a container costs on disk", order=SPACE_EVENTS)
+
+
+SPACE_EVENTS = ["create", "write_new_1KiB", "append_1KiB_to_64MiB", "after_remove"]
