@@ -1128,3 +1128,117 @@ def space_figure(df: pd.DataFrame):
 
 
 SPACE_EVENTS = ["create", "write_new_1KiB", "append_1KiB_to_64MiB", "after_remove"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine vs storage (notebook 06 and the report): how much of `docker run` is the driver
+
+ENGINE_OPS = {"create_seconds": "docker create", "run_seconds": "docker run --rm true"}
+
+
+def engine_split(df: pd.DataFrame) -> pd.DataFrame:
+    """Per driver × host kind × image: each engine op's median next to the primitive create
+    median for the same image (the storage driver's own work), what the engine adds, and the
+    storage share. Emulated rows are split only against emulated primitive rows; the driver
+    column then reads "<driver> (emulated)"."""
+    cols = ["driver", "emulated", "image_size_bytes", "layers", "engine_op", "engine_median",
+            "storage", "engine_adds", "storage_share"]
+    if df.empty or "mode" not in df.columns:
+        return pd.DataFrame(columns=cols)
+    c = df[(df["workload"] == "creation")]
+    c = c.assign(emulated_=is_emulated(c))
+    by = ["driver", "emulated_", "image_size_bytes", "layers"]
+    prim = c[(c["mode"] == "primitive") & (c["metric"] == "create_seconds")]
+    pc = summarize(prim, by).set_index(by)["median"] if len(prim) else pd.Series(dtype=float)
+    out = []
+    for metric in ENGINE_OPS:
+        eng = c[(c["mode"] == "engine") & (c["metric"] == metric)]
+        if eng.empty:
+            continue
+        for r in summarize(eng, by).itertuples(index=False):
+            key = (r.driver, r.emulated_, r.image_size_bytes, r.layers)
+            p = pc.get(key, np.nan)
+            out.append({"driver": series_label(r.driver, bool(r.emulated_)), "emulated": bool(r.emulated_),
+                        "image_size_bytes": r.image_size_bytes, "layers": r.layers, "engine_op": metric,
+                        "engine_median": r.median, "storage": p,
+                        "engine_adds": r.median - p if p == p else np.nan,
+                        "storage_share": p / r.median if p == p and r.median else np.nan})
+    return pd.DataFrame(out, columns=cols)
+
+
+def engine_split_figure(split: pd.DataFrame, layers: int = 1):
+    """Storage (hatched) beside the whole engine op (solid) per driver and image size, on a log
+    axis so a 1 ms storage part stays visible next to a 1 s `docker run`; the storage share is
+    written above each pair. One row of panels per host kind (native, emulated)."""
+    one = split[split["layers"] == layers] if len(split) else split
+    kinds = sorted(set(one["emulated"])) if len(one) else [False]
+    fig, axes = plt.subplots(len(kinds), 2, squeeze=False, figsize=(12, 3.8 * len(kinds) + 0.4))
+    for row, em in enumerate(kinds):
+        for ax, (metric, words) in zip(axes[row], ENGINE_OPS.items()):
+            part = one[(one["engine_op"] == metric) & (one["emulated"] == em)] if len(one) else one
+            part = part.sort_values(["driver", "image_size_bytes"]) if len(part) else part
+            ax.set_title(f"{words} · {'emulated (TCG)' if em else 'native'}", fontsize="medium")
+            if part.empty:
+                ax.text(0.5, 0.5, f"no {words} data", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                continue
+            xs = np.arange(len(part))
+            for x, r in zip(xs, part.itertuples()):
+                c = driver_color(r.driver.removesuffix(" (emulated)"))
+                ax.bar(x + 0.2, r.engine_median, 0.38, color=c, alpha=0.55 if em else 1)
+                if r.storage == r.storage:
+                    ax.bar(x - 0.2, r.storage, 0.38, color="white", edgecolor=c, hatch="///")
+                    ax.text(x, r.engine_median * 1.15, f"{100 * r.storage_share:.1f}%", ha="center",
+                            va="bottom", fontsize="x-small")
+            ax.set_yscale("log")
+            vals = [v for v in (*part["engine_median"], *part["storage"]) if v == v and v > 0]
+            ax.set_ylim(min(vals) / 2, max(vals) * 4)
+            su = _format_axis(ax.yaxis, "s", True, vals)
+            ax.set_ylabel(_axis_label("median time", "s", su) + "  [log]")
+            ax.set_xticks(xs)
+            ax.set_xticklabels([human_bytes(r.image_size_bytes) for r in part.itertuples()], fontsize="small")
+            for t, r in zip(ax.get_xticklabels(), part.itertuples()):
+                t.set_color(driver_color(r.driver.removesuffix(" (emulated)")))
+            ax.set_xlabel("image size (one layer), coloured by driver")
+            ax.grid(True, axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    names = sorted({d.removesuffix(" (emulated)") for d in one["driver"]}) if len(one) else []
+    fig.legend([Patch(facecolor="white", edgecolor="0.3", hatch="///"), Patch(facecolor="0.4"),
+                *[Patch(facecolor=driver_color(d)) for d in names]],
+               ["storage: cowlab's own create", "the whole engine op", *names], loc="upper left",
+               bbox_to_anchor=(1.0, 0.93), fontsize="small", title="medians; % = storage share",
+               title_fontsize="small")
+    fig.tight_layout(h_pad=2.0)
+    for r in axes:
+        for ax in r:
+            _declutter_xticks(ax)
+    return fig
+
+
+def engine_split_sentences(split: pd.DataFrame, layers: int = 1) -> list[str]:
+    """One line per driver (emulated drivers too) × image × op: the engine time and its storage part."""
+    out = []
+    one = split[split["layers"] == layers] if len(split) else split
+    for r in one.sort_values(["driver", "engine_op", "image_size_bytes"]).itertuples() if len(one) else []:
+        op = ENGINE_OPS[r.engine_op]
+        head = f"{r.driver} at {human_bytes(r.image_size_bytes)}: {op} {human_seconds(r.engine_median)}"
+        if r.storage == r.storage:
+            out.append(f"{head}, of which storage {human_seconds(r.storage)} ({100 * r.storage_share:.1f}%)")
+        else:
+            out.append(f"{head}; no primitive result on the same kind of host to split it")
+    return out
+
+
+def engine_split_table(split: pd.DataFrame) -> pd.DataFrame:
+    """engine_split's frame in words (times in s/ms/µs, sizes in MiB, the share in %)."""
+    show = split.sort_values(["engine_op", "driver", "layers", "image_size_bytes"]).reset_index(drop=True)
+    for c in ("engine_median", "storage", "engine_adds"):
+        show[c] = show[c].map(lambda v: "—" if v != v else human_seconds(v))
+    show["storage_share"] = show["storage_share"].map(lambda v: "—" if v != v else f"{100 * v:.1f}%")
+    show["image_size_bytes"] = show["image_size_bytes"].map(human_bytes)
+    show["engine_op"] = show["engine_op"].map(ENGINE_OPS)
+    return show.drop(columns=["emulated"]).rename(columns={
+        "engine_op": "engine op", "engine_median": "engine median", "storage": "storage (primitive create)",
+        "engine_adds": "engine adds", "storage_share": "storage share of the engine op",
+        "image_size_bytes": "image size"})

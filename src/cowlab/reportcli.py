@@ -40,17 +40,16 @@ def report_cmd(results_dir, out, no_figures, baseline, readme):
     got = render.build(src, Path(out), figures=not no_figures, compare_rows=rows,
                        compare_title=f"{baseline} (A) → {results_dir} (B)" if baseline else "")
     if readme:
-        _rewrite_readme(Path(readme), src)
+        _rewrite_readme(Path(readme), got["claims"], got["verdict_list"])
     c = got["counts"]
     click.echo(f"{got['verdicts']} verdicts ({c['holds']} holds, {c['fails']} fails, {c['depends']} depends, "
                f"{c['not measured']} not measured), {got['figures']} figures in "
                f"{time.monotonic() - t0:.1f} s → {Path(out) / 'index.html'}")
 
 
-def _rewrite_readme(readme: Path, src: Path) -> None:
+def _rewrite_readme(readme: Path, cs, vs) -> None:
     from .report import render
 
-    cs, _, vs = render.compute(src)
     text = readme.read_text()
     try:
         new = render.replace_summary(text, render.summary_markdown(cs, vs, "report/index.html"))

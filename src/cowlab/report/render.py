@@ -67,11 +67,11 @@ def summary_markdown(claims: list[Claim], verdicts: list[dict], link: str = "") 
     by_claim: dict[str, list[dict]] = {}
     for v in verdicts:
         by_claim.setdefault(v["claim"], []).append(v)
-    lines = ["| claim | the slide says | holds | fails | depends |", "|---|---|---|---|---|"]
+    lines = ["| claim | the slide says | holds | fails | depends | not measured |", "|---|---|---|---|---|---|"]
     for c in claims:
         vs = by_claim.get(c.id, [])
         cid = f"[`{c.id}`]({link}#{c.id})" if link else f"`{c.id}`"
-        cells = [_cell_drivers(vs, w) or "—" for w in ("holds", "fails", "depends")]
+        cells = [_cell_drivers(vs, w) or "—" for w in VERDICTS]
         quote = c.quote.replace("|", "\\|")
         lines.append(f"| {cid} | {quote} | " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -335,7 +335,8 @@ def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = Tr
         rule_text=_rule_text, counts={w: sum(v["verdict"] == w for v in vs) for w in VERDICTS})
     (out / "index.html").write_text(html)
     return {"out": str(out), "verdicts": len(vs), "figures": len(figs),
-            "counts": {w: sum(v["verdict"] == w for v in vs) for w in VERDICTS}}
+            "counts": {w: sum(v["verdict"] == w for v in vs) for w in VERDICTS},
+            "claims": cs, "verdict_list": vs}
 
 
 def loader_env():
