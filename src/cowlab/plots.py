@@ -816,6 +816,9 @@ def _auto_log(vals: list[float]) -> bool:
     return bool(vals) and min(vals) > 0 and _span_decades(vals) > LOG_DECADES
 
 
+BLANK = object()  # a line_panels panel spec: leave this cell of the grid empty
+
+
 def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any], ncols: int = 3,
                 share: str | None = "all", logx: bool | None = False, logy: bool | None = None,
                 title: str | None = None, panel_size: tuple[float, float] = (4.2, 3.2),
@@ -845,7 +848,11 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         return {"all": 0, "row": r, "col": c}.get(share or "", (r, c))
 
     specs = []
+    blank = set()
     for i, (name, spec) in enumerate(items):
+        if spec is BLANK:  # a cell left empty (e.g. to start the next host on a new row)
+            blank.add((i // ncols, i % ncols))
+            continue
         m, f = spec if isinstance(spec, tuple) else (metric, spec)
         sel = _select(df, m, f)
         if x in sel.columns:
@@ -880,10 +887,12 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         if len(sel):
             flags |= {bool(v) for v in is_emulated(sel)}
         below = (r + 1) * ncols + c
-        if below < len(items):  # a panel below carries the x label
+        if below < len(items) and (r + 1, c) not in blank:  # a panel below carries the x label
             ax.set_xlabel("")
     for i in range(len(items), nrows * ncols):
         axes[i // ncols][i % ncols].set_visible(False)
+    for r, c in blank:
+        axes[r][c].set_visible(False)
 
     for g in gvals:  # one scale per group: limits, unit, label
         members = [(r, c, m, sel) for r, c, _, m, _, sel in specs if group(r, c) == g and len(sel)]
@@ -1056,20 +1065,31 @@ def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split
     rows and y scale) and one column per value of `split` (e.g. backing_fs, cache). Returns the
     Figure."""
     sel = _select(df, metric, filter)
+    if x in sel.columns:
+        sel = sel[sel[x].notna()]
     hosts = hosts_in(sel)
-    splits = sorted({v for v in sel[split].dropna()}, key=str) if split and split in sel.columns else [None]
+    many = len({p[0] for p in hosts}) > 1
+    em = is_emulated(sel) if len(sel) else pd.Series(dtype=bool)
+    rows = []  # per host: the split values it has data for
+    for h in hosts:
+        mine = sel[(sel["hostname"].astype(str) == h[0]) & (em == h[1])]
+        vals = (sorted({v for v in mine[split].dropna()}, key=str)
+                if split and split in mine.columns else [None])
+        rows.append((h, vals or [None]))
+    ncols = max((len(v) for _, v in rows), default=1)
     panels: dict[str, Any] = {}
-    for h in hosts or [("", False)]:
-        for v in splits:
-            f = dict(filter or {})
-            f.update({"hostname": h[0], "emulated": h[1]} if hosts else {})
+    for h, vals in rows:
+        for v in vals:
+            f = {**dict(filter or {}), "hostname": h[0], "emulated": h[1]}
+            name = _host_title(h, many)
             if v is not None:
                 f[split] = v
-            name = _host_title(h, len(hosts) > 1 and len({p[0] for p in hosts}) > 1) if hosts else "no data"
-            if v is not None:
-                name += f" · {human_x(split, v) if split != 'backing_fs' else v}"
+                name += f" · {v if split == 'backing_fs' else human_x(split, v)}"
             panels[name] = f
-    ncols = len(splits)
+        for k in range(ncols - len(vals)):
+            panels[f"\0blank {h} {k}"] = BLANK
+    if not panels:
+        panels["no data"] = dict(filter or {})
     return line_panels(df, x, metric, panels, ncols=ncols, share="row", logx=logx, logy=logy,
                        title=title, panel_size=(3.6, 2.8))
 

@@ -138,11 +138,24 @@ def _other_drivers(c: Claim) -> list[str]:
     return [s["driver"] for s in (c.rule.num, c.rule.den) if isinstance(s.get("driver"), str)]
 
 
-def claim_figure(c: Claim, df: pd.DataFrame):
+def _same_grid(sel: pd.DataFrame, vs: list[dict]) -> pd.DataFrame:
+    """Per driver × host, only the grid (full or quick) its verdict was computed from: a figure
+    does not pool the two grids either."""
+    used = {(v["driver"], v["host"]): v["grid"] for v in vs if v.get("grid")}
+    if sel.empty or not used:
+        return sel
+    p = prepare(sel)
+    keep = [used.get((d, h.id), g) == g for d, h, g in zip(p["driver"], p["_host"], p["_grid"])]
+    return sel[keep]
+
+
+def claim_figure(c: Claim, df: pd.DataFrame, vs: list[dict] | None = None):
     from .. import plots
 
     f = c.figure
     sel = _figure_rows(c, df)
+    if vs is not None:
+        sel = _same_grid(sel, [v for v in vs if v["claim"] == c.id])
     if sel.empty or not f:
         return None
     filt = {k: v for k, v in f.get("filter", {}).items()}
@@ -311,7 +324,7 @@ def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = Tr
         for old in (out / "figures").glob("*.png"):
             old.unlink()
         for c in cs:
-            fig = claim_figure(c, df)
+            fig = claim_figure(c, df, vs)
             if fig is not None:
                 _save(fig, out / "figures" / f"{c.id}.png")
                 figs[c.id] = f"figures/{c.id}.png"
