@@ -159,7 +159,8 @@ def _provision_reason(backend: str) -> str | None:
 def bench_all(session):
     """The quick grid (`-- --quick`) or any `cowlab bench` arguments for every driver that runs
     here, then the report (as root). Drivers that need the kernel VM run only with `--with-vm`;
-    what cannot run is skipped with the reason. Results in results/, report in report/."""
+    what cannot run is skipped with the reason. Results in results/ and the report in report/
+    (with `-- --out DIR`: the results in DIR, the report in DIR-report)."""
     _install(session, "test,engine,vm")
     args = list(session.posargs)
     with_vm = "--with-vm" in args
@@ -196,4 +197,5 @@ def bench_all(session):
     for name, why in skipped:
         session.log(f"skipped {name}: {why}")
     session.log(f"ran: {', '.join(ran) or 'none'}")
-    session.run("cowlab", "report", out, "--out", str(HERE / "report"))
+    report_dir = HERE / "report" if Path(out).resolve() == (HERE / "results").resolve() else Path(f"{out}-report")
+    session.run("cowlab", "report", out, "--out", str(report_dir))

@@ -221,3 +221,16 @@ def test_committed_results_report_opens_in_headless_chromium(tmp_path):
     keep = Path(os.environ.get("COWLAB_TEST_ARTIFACTS", REPO / ".test-output"))
     keep.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, keep / "report-screenshot.png")
+
+
+def test_a_slow_first_repetition_is_flagged_as_warm_up(tmp_path):
+    out = tmp_path / "r"
+    w = RunWriter(out, "0000-vfs", {"hostname": "h", "kernel": "k", "emulated": False, "driver": "vfs",
+                                    "quick": False})
+    for size, ms in ((MiB, 10.0), (GiB, 3000.0)):
+        for rep, v in enumerate([ms * 10, ms, ms, ms, ms]):  # the first one 10× the rest
+            w.add(Sample("create_seconds", v / 1e3, "s", {"image_size_bytes": size, "layers": 1}, rep),
+                  "vfs", "creation")
+    w.close("complete")
+    v = verdict_of(out, "create-free", "vfs")
+    assert v["verdict"] == "fails" and any("warm-up" in n for n in v["notes"])

@@ -575,6 +575,11 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
                     color=driver_color(driver), linestyle="--" if em else "-",
                     marker="s" if em else "o", markersize=5, capsize=4, linewidth=1.6,
                     label=series_label(driver, bool(em)))
+        few = g["n"].to_numpy() < FEW_SAMPLES
+        if few.any():  # hollow: a median of fewer than FEW_SAMPLES samples
+            ax.plot(g[x].to_numpy(float)[few], med[few], linestyle="none", marker="s" if em else "o",
+                    markersize=6, markerfacecolor="white", markeredgecolor=driver_color(driver), zorder=3)
+            ax._cowlab_few = True  # read by the legends
 
     xunit = _x_unit(x)
     _format_axis(ax.xaxis, xunit, logx, xs, ticks_at=sorted(set(xs)))
@@ -588,8 +593,19 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
         ax.set_ylim(bottom=0)
     ax.grid(True, which="major", alpha=0.3)
 
-    _legend(ax, set(s["_emulated"]), "median, bars p10–p90", "small")
+    _legend(ax, set(s["_emulated"]), _what(ax), "small")
     return ax
+
+
+FEW_SAMPLES = 5  # medians of fewer samples are drawn hollow
+
+
+def _what(*axes: Axes) -> str:
+    """The legend's title: what a point and a bar are, and the hollow-marker note when used."""
+    what = "median, bars p10–p90"
+    if any(getattr(a, "_cowlab_few", False) for a in axes):
+        what += f"\nhollow: fewer than {FEW_SAMPLES} samples"
+    return what
 
 
 def emulation_note(flags: set) -> str | None:
@@ -919,7 +935,7 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         _declutter_xticks(axes[r][c])
     if handles:
         note = emulation_note(flags)
-        what = "median, bars p10–p90"
+        what = _what(*[a for row in axes for a in row])
         leg = fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
                          bbox_to_anchor=(1.0, 0.93), fontsize="small", title_fontsize="small",
                          title=f"{what}\n⚠ {note}" if note else what, alignment="left")

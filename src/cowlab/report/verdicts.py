@@ -117,6 +117,21 @@ def _stats(v: pd.Series) -> dict:
             "n": int(len(v))}
 
 
+WARMUP = 3.0  # a first repetition this many times the rest's median is flagged as a warm-up
+
+
+def warmup_outlier(rows: pd.DataFrame) -> bool:
+    """True when, in some run, repetition 0 took WARMUP× the median of the later repetitions
+    (a cold cache or a first mount): the median resists it, but the reader should know."""
+    if rows.empty or "repetition" not in rows.columns or str(rows["unit"].iloc[0]) != "s":
+        return False
+    for _, g in rows.groupby("run_id"):
+        first, rest = g[g["repetition"] == 0]["value"], g[g["repetition"] > 0]["value"]
+        if len(rest) >= 3 and len(first) and (first > WARMUP * rest.median()).any():
+            return True
+    return False
+
+
 def _describe(filt: dict, skip: Iterable[str] = ()) -> str:
     parts = [fmt_param(k, v) for k, v in filt.items()
              if k not in ("workload", "metric", "mode", *skip)]
@@ -141,6 +156,7 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
         if unit == "B" and s["p10"] < 0:
             text += "; some samples are negative: other writers on the shared backing filesystem"
         return {"verdict": "holds" if ok else "fails", "value": s["median"], "unit": unit,
+                "warmup": warmup_outlier(a),
                 "p10": s["p10"], "p90": s["p90"], "n": s["n"], "few_samples": s["n"] < FEW,
                 "near_threshold": not decisive, "detail": text, "at": _describe(fa, ("driver",)),
                 "runs": sorted(set(a["run_id"]))}
@@ -169,6 +185,7 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
             "num": {"median": sa["median"], "unit": ua, "at": na},
             "den": {"median": sb["median"], "unit": ub, "at": nb},
             "few_samples": min(sa["n"], sb["n"]) < FEW, "near_threshold": not decisive,
+            "warmup": warmup_outlier(a) or warmup_outlier(b),
             "detail": text, "runs": sorted(set(a["run_id"]) | set(b["run_id"]))}
 
 
@@ -227,6 +244,7 @@ def _combine(parts: list[dict]) -> dict:
             "p10": min(p.get("p10", np.nan) for p in parts), "p90": max(p.get("p90", np.nan) for p in parts),
             "n": sum(p["n"] for p in parts), "few_samples": any(p.get("few_samples") for p in parts),
             "near_threshold": any(p.get("near_threshold") for p in parts),
+            "warmup": any(p.get("warmup") for p in parts),
             "runs": sorted({r for p in parts for r in p["runs"]}),
             "detail": "; ".join(f"{p['condition']}: {p['detail']}" for p in parts)}
 
@@ -260,7 +278,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, drivers: Iterable[str] = ())
 
 def _columns(c: Claim) -> set[str]:
     r = c.rule
-    return {"workload", "metric", "mode", "driver", "value", "unit", "run_id", "_grid", "_host",
+    return {"workload", "metric", "mode", "driver", "value", "unit", "run_id", "_grid", "_host", "repetition",
             *c.where, *r.num, *r.den, *r.at, *r.split}
 
 
@@ -306,6 +324,8 @@ def _record(c: Claim, d: str, h: Host, got: dict, grid: str) -> dict:
     notes = []
     if got.get("few_samples"):
         notes.append(f"fewer than {FEW} samples on a side")
+    if got.get("warmup") or any(p.get("warmup") for p in got.get("parts", [])):
+        notes.append(f"a first repetition took over {WARMUP:g}× the later ones' median (warm-up)")
     if got.get("near_threshold"):
         notes.append("the p10–p90 spread crosses the threshold: close to the line")
     v = {**_common(c, d, h), "verdict": got["verdict"], "condition": got.get("condition", ""),
