@@ -1278,3 +1278,109 @@ def engine_split_table(split: pd.DataFrame) -> pd.DataFrame:
         "engine_op": "engine op", "engine_median": "engine median", "storage": "storage (primitive create)",
         "engine_adds": "engine adds", "storage_share": "storage share of the engine op",
         "image_size_bytes": "image size"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers the workload notebooks share (they used to define these themselves)
+
+def series_rows(df: pd.DataFrame, driver: str, emulated: bool, metric: str | None = None,
+                **where: Any) -> pd.DataFrame:
+    """The rows of one series (driver, native or emulated), optionally one metric, narrowed by
+    column = value; a column the frame lacks selects nothing."""
+    if df.empty or "driver" not in df.columns:
+        return df.iloc[0:0]
+    rows = df[(df["driver"] == driver) & (is_emulated(df) == emulated)]
+    if metric is not None:
+        rows = rows[rows["metric"] == metric]
+    for col, v in where.items():
+        rows = rows[rows[col] == v] if col in rows.columns else rows.iloc[0:0]
+    return rows
+
+
+def param_values(rows: pd.DataFrame, x: str) -> list:
+    """The values of parameter `x` present in `rows`, sorted."""
+    return sorted(set(rows[x].dropna())) if x in rows.columns else []
+
+
+def per_extra(df: pd.DataFrame, driver: str, emulated: bool, metric: str, where: Mapping | None = None,
+              x: str = "containers") -> tuple[float, int, int] | None:
+    """(what each step of x beyond the smallest added, x lo, x hi) from the medians at the two
+    ends, or None when fewer than two values of x were measured."""
+    rows = series_rows(df, driver, emulated, metric, **dict(where or {}))
+    s = summarize(rows, x).sort_values(x) if len(rows) else rows
+    if len(s) < 2:
+        return None
+    lo, hi = s.iloc[0], s.iloc[-1]
+    return (hi["median"] - lo["median"]) / (hi[x] - lo[x]), int(lo[x]), int(hi[x])
+
+
+def growth_sentence(df: pd.DataFrame, driver: str, emulated: bool, metric: str, where: Mapping | None,
+                    phrase: str, x: str = "containers") -> str:
+    """ratio_sentence from the smallest to the largest x measured, and how much x grew."""
+    ks = [int(k) for k in param_values(series_rows(df, driver, emulated, metric, **dict(where or {})), x)]
+    if len(ks) < 2:
+        return (f"{series_label(driver, emulated)}: {'one K only' if ks else 'no data'} for "
+                f"{phrase}, so no growth.")
+    return (ratio_sentence(df, metric, x, ks[0], ks[-1], driver, filter=where, emulated=emulated,
+                           phrase=phrase) + f" K grew {ks[-1] / ks[0]:,.0f}×.")
+
+
+def density_guides(set_bytes: int, files: int):
+    """A line_panels `each`: reference lines from the density workload's parameters (one copy
+    and K copies of the file set for byte panels, one object per file per container for counts)."""
+    def guides(ax: Axes, title: str, rows: pd.DataFrame) -> None:
+        if rows.empty:
+            return
+        ks = sorted(int(k) for k in set(rows["containers"]))
+        if (rows["unit"] == "B").all():
+            reference_line(ax, ks, [set_bytes] * len(ks), "one copy of the file set", "--")
+            reference_line(ax, ks, [set_bytes * k for k in ks], "K copies of the file set", ":")
+        else:
+            reference_line(ax, ks, [files * k for k in ks], "one per file per container", ":")
+    return guides
+
+
+def io_figure(df: pd.DataFrame, jobs: list[str], metrics: list[str], title: str, ncols: int = 2):
+    """fio results per job: container root against a volume, one panel per metric."""
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.6 * nrows), squeeze=False)
+    for i, metric in enumerate(metrics):
+        ax = axes[i // ncols][i % ncols]
+        bars_by_driver(df, metric, "job_label", hue="target", ax=ax, filter={"job_label": jobs},
+                       order=jobs, hue_order=["container", "volume"],
+                       legend=(i == ncols - 1 or len(metrics) == 1))
+        ax.set_title(pretty_name(metric).replace("fio ", ""), fontsize="medium")
+        ax.set_xlabel("")
+    for i in range(len(metrics), nrows * ncols):
+        axes[i // ncols][i % ncols].set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def largest_common_compare(df: pd.DataFrame, metric: str, label_a: str, filter_a: Mapping, label_b: str,
+                           filter_b: Mapping, driver: str, emulated: bool, where: Mapping, what: str,
+                           x: str = "file_size_bytes") -> str:
+    """compare_sentence (label_a's rows against label_b's) at the largest `x` both sides
+    measured, e.g. the largest file size."""
+    common = (set(param_values(series_rows(df, driver, emulated, **where, **filter_a), x))
+              & set(param_values(series_rows(df, driver, emulated, **where, **filter_b), x)))
+    if not common:
+        return f"{series_label(driver, emulated)} [{what}]: no {pretty_name(x)} measured for both, so no comparison."
+    at = max(common)
+    return compare_sentence(df, metric, (label_a, filter_a), (label_b, filter_b), driver,
+                            filter={**where, x: at}, emulated=emulated,
+                            subject=f"[{what}, {human_x(x, at)} file]")
+
+
+def span_sentence(df: pd.DataFrame, metric: str, x: str, driver: str, emulated: bool, where: Mapping,
+                  phrase: str, missing: str, grew: str, prep: str | None = None) -> str:
+    """ratio_sentence from the smallest to the largest `x` this series measured under `where`,
+    followed by how much x grew (`grew` with {} for the factor, e.g. "The image is {}× as deep.");
+    `missing` names the series' point when fewer than two values of x exist."""
+    xs = param_values(series_rows(df, driver, emulated, **dict(where)), x)
+    if len(xs) < 2:
+        only = f"only {pretty_name(x)} = {human_x(x, xs[0])}" if xs else "no data"
+        return f"{series_label(driver, emulated)}: {only} for {missing}, so no ratio."
+    return (ratio_sentence(df, metric, x, xs[0], xs[-1], driver, filter=dict(where), emulated=emulated,
+                           phrase=phrase, prep=prep) + " " + grew.format(f"{xs[-1] / xs[0]:,.0f}"))
