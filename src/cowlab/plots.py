@@ -593,7 +593,8 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
         ax.set_ylim(bottom=0)
     ax.grid(True, which="major", alpha=0.3)
 
-    _legend(ax, set(s["_emulated"]), _what(ax), "small")
+    # outside the axes: a legend never covers data
+    _legend(ax, set(s["_emulated"]), _what(ax), "small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
 
 

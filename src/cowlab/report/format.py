@@ -14,6 +14,8 @@ def fmt_value(v: float | None, unit: str | None) -> str:
         return "–"
     if unit == "ratio":
         return fmt_ratio(v)
+    if unit == "share":  # a published fraction of a whole (Slacker's 76%)
+        return f"{100 * v:.3g}%"
     return human_value(float(v), unit or "")
 
 
