@@ -836,10 +836,35 @@ def _auto_log(vals: list[float]) -> bool:
 BLANK = object()  # a line_panels panel spec: leave this cell of the grid empty
 
 
+def _mixed_kinds(df: pd.DataFrame, metric: str, items: list) -> bool:
+    """Whether the panels' rows hold both native and emulated runs."""
+    kinds: set = set()
+    for _, spec in items:
+        if spec is BLANK:
+            continue
+        m, f = spec if isinstance(spec, tuple) else (metric, spec)
+        sel = _select(df, m, f)
+        kinds |= {bool(v) for v in is_emulated(sel)}
+    return kinds == {True, False}
+
+
+def _kind_spec(spec: Any, metric: str, emulated: bool) -> Any:
+    """A panel spec narrowed to native or to emulated rows."""
+    if spec is BLANK:
+        return spec
+    m, f = spec if isinstance(spec, tuple) else (metric, spec)
+
+    def only(sel: pd.DataFrame, f=f):
+        keep = _select(sel, None, f).index if f is not None else sel.index
+        return sel.index.isin(keep) & (is_emulated(sel) == emulated).to_numpy()
+    return (m, only)
+
+
 def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any], ncols: int = 3,
                 share: str | None = "all", logx: bool | None = False, logy: bool | None = None,
                 title: str | None = None, panel_size: tuple[float, float] = (4.2, 3.2),
-                each: Any = None, fit: str = "spread", ylabel: str | None = None):
+                each: Any = None, fit: str = "spread", ylabel: str | None = None,
+                split_emulated: bool = True):
     """A grid of line_by_driver panels, one per entry of `panels`, with one legend.
 
     panels: {title: filter} (the filter as in line_by_driver), or {title: (metric, filter)} to
@@ -852,17 +877,28 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
     and guide lines; a bar reaching further runs off the panel, which says so). Use "medians"
     when a few wild samples would squash every line flat. ylabel: words for the y axis instead
     of the metric's name (the unit is added), e.g. when the panels plot different metrics.
+    When the rows hold both native and emulated (TCG) runs, every panel is drawn twice: native
+    rows first, then the same panels for the emulated runs in rows of their own, with a y scale
+    of their own (split_emulated=False draws them dashed on the same axes instead).
     Returns the Figure.
     """
     items = list(panels.items())
+    ncols = max(1, min(ncols, max(len(items), 1)))
+    emu_row = None  # the first row of the emulated block, when there is one
+    if split_emulated and _mixed_kinds(df, metric, items):
+        full = -(-len(items) // ncols) * ncols
+        emu_row = full // ncols
+        items = ([(k, _kind_spec(v, metric, False)) for k, v in items]
+                 + [(f"\0pad{i}", BLANK) for i in range(full - len(items))]
+                 + [(f"{k} · emulated (TCG)", _kind_spec(v, metric, True)) for k, v in items])
     n = max(len(items), 1)
-    ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, squeeze=False,
                              figsize=(panel_size[0] * ncols + 2.2, panel_size[1] * nrows + 0.6))
 
     def group(r: int, c: int):
-        return {"all": 0, "row": r, "col": c}.get(share or "", (r, c))
+        g = {"all": 0, "row": r, "col": c}.get(share or "", (r, c))
+        return (emu_row is not None and r >= emu_row, g)
 
     specs = []
     blank = set()
