@@ -1053,10 +1053,17 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
     series = sorted({(d, bool(e), h) for d, e, h in zip(s["driver"], s["_emulated"], s["_hue"])},
                     key=lambda k: (k[0], k[1], hues.index(k[2])))
     vals = [float(v) for v in (*s["p10"], *s["p90"], *s["median"]) if pd.notna(v)]
+    symlog = False
     if logy is None:
         logy = _auto_log(vals)
+        pos = [v for v in vals if v > 0]
+        # sizes spanning decades with zeros or negative noise among them (disk growth): a
+        # symmetric log axis, linear within one 4 KiB block of zero
+        symlog = not logy and unit == "B" and len(pos) > 1 and _span_decades(pos) > LOG_DECADES
     if logy:
         ax.set_yscale("log")
+    if symlog:
+        ax.set_yscale("symlog", linthresh=4096, base=2)
     width = 0.8 / max(len(series), 1)
     for si, (driver, em, h) in enumerate(series):
         color = driver_color(driver)
@@ -1080,13 +1087,24 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([str(c) for c in cats])
     ax.set_xlim(-0.6, len(cats) - 0.4)
-    su = _format_axis(ax.yaxis, unit, logy, vals)
-    ax.set_ylabel(_axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
+    if symlog:
+        top = max(vals) * 2
+        ticks = [0.0] + [float(1 << k) for k in range(12, 41, 4) if (1 << k) <= top]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(_value_formatter("B"))
+        ax.set_ylabel(pretty_name(metric) + "  [log above 4 KiB]")
+        # shrinkage is noise (other writers on a shared filesystem): shown, but cut at -64 KiB
+        # so it does not take half the axis
+        ax.set_ylim(max(min(0.0, min(vals)), -65536.0), top)
+    else:
+        su = _format_axis(ax.yaxis, unit, logy, vals)
+        ax.set_ylabel(_axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
     if logy:
         pos = [v for v in vals if v > 0]
         if pos:
             ax.set_ylim(min(pos) / 2, max(pos) * 2)
-    else:
+    elif not symlog:
         ax.set_ylim(bottom=0)
     ax.set_xlabel(pretty_name(category))
     ax.grid(True, axis="y", which="major", alpha=0.3)
