@@ -1162,7 +1162,7 @@ def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split
     if not panels:
         panels["no data"] = dict(filter or {})
     return line_panels(df, x, metric, panels, ncols=ncols, share="row", logx=logx, logy=logy,
-                       title=title, panel_size=(3.6, 2.8))
+                       title=title, panel_size=(3.6, 2.8), split_emulated=False)  # split here already
 
 
 def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = None,
