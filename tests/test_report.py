@@ -249,3 +249,15 @@ def test_figures_keep_emulated_hosts_apart_and_every_driver_its_own_colour(tmp_p
                       "hostA-vm · emulated (TCG)": ["devicemapper-loop (emulated)"]}
     names = set(DRIVERS) | {"erofs", "composefs"}
     assert len({plots.driver_color(d) for d in names}) == len(names)
+
+
+def test_a_fallback_metric_decides_where_the_preferred_one_is_missing(tmp_path):
+    per_k = [("page_cache_bytes", 64 * MiB * k, "B", {"containers": k}) for k in (1, 8)]
+    run(tmp_path / "machine", "vfs", per_k, workload="density")
+    v = verdict_of(tmp_path / "machine", "cache-once", "vfs")
+    assert (v["verdict"], v["metric"]) == ("fails", "page_cache_bytes")
+    assert any("decided by page_cache_bytes" in n for n in v["notes"])
+    cgroup = [("cgroup_memory_bytes", 64 * MiB, "B", {"containers": k, "stat": "file"}) for k in (1, 8)]
+    run(tmp_path / "machine", "vfs", cgroup, workload="density")  # the preferred metric wins
+    v = verdict_of(tmp_path / "machine", "cache-once", "vfs")
+    assert (v["verdict"], v["metric"]) == ("holds", "cgroup_memory_bytes")

@@ -4,7 +4,7 @@ loaded and checked: data, not prose in code."""
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -56,6 +56,12 @@ class Claim:
     where: dict = field(default_factory=dict)
     command: str = ""
     figure: dict = field(default_factory=dict)
+    fallback: tuple = ()  # ({metric, where}, ...): what decides where the preferred metric is missing
+
+    def variants(self) -> list["Claim"]:
+        """The claim with its preferred metric, then with each fallback metric."""
+        return [self, *(replace(self, metric=f["metric"], where=dict(f.get("where", {})), fallback=())
+                        for f in self.fallback)]
 
     def measure_command(self, driver: str) -> str:
         if self.command:
@@ -123,7 +129,8 @@ def parse_claims(text: str, origin: str = "claims.toml") -> list[Claim]:
                          mechanism=c["mechanism"], workload=c["workload"], metric=c["metric"],
                          rule=Rule(**r), mode=c.get("mode", "primitive"),
                          applies_to=tuple(c.get("applies_to", ())), where=dict(c.get("where", {})),
-                         command=c.get("command", ""), figure=fig))
+                         command=c.get("command", ""), figure=fig,
+                         fallback=tuple(dict(f) for f in c.get("fallback", ()))))
     if not out:
         raise CowlabError(f"{origin}: no [[claim]] entries")
     return out

@@ -168,7 +168,8 @@ def claim_figure(c: Claim, df: pd.DataFrame, vs: list[dict] | None = None):
         warnings.simplefilter("ignore")
         if f["kind"] == "line":
             return plots.host_panels(sel, f["x"], c.metric, filter=filt, split=f.get("split"),
-                                     logx=f.get("logx", True if f["x"].endswith("_bytes") else None))
+                                     logx=f.get("logx", True if f["x"].endswith("_bytes") else None),
+                                     logy=f.get("logy"))
         metric = c.metric
         return plots.bars_panels(sel, metric, f["category"], hue=f.get("hue"), filter=filt)
 

@@ -279,20 +279,25 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, drivers: Iterable[str] = ())
 def _columns(c: Claim) -> set[str]:
     r = c.rule
     return {"workload", "metric", "mode", "driver", "value", "unit", "run_id", "_grid", "_host", "repetition",
-            *c.where, *r.num, *r.den, *r.at, *r.split}
+            *c.where, *r.num, *r.den, *r.at, *r.split, *(k for f in c.fallback for k in f.get("where", {}))}
 
 
 def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
     grids = [g for g in ("full", "quick") if (rows["_grid"] == g).any()]
-    for g in grids:
-        got = evaluate_one(c, rows[rows["_grid"] == g], d)
-        if got is None:
-            continue
-        others = [o for o in grids if o != g and evaluate_one(c, rows[rows["_grid"] == o], d) is not None]
-        v = _record(c, d, h, got, g)
-        if others:
-            v["notes"].append(f"the {others[0]} grid's samples were left out, not pooled with the {g} grid")
-        return v
+    for variant in c.variants():
+        for g in grids:
+            got = evaluate_one(variant, rows[rows["_grid"] == g], d)
+            if got is None:
+                continue
+            others = [o for o in grids
+                      if o != g and evaluate_one(variant, rows[rows["_grid"] == o], d) is not None]
+            v = _record(c, d, h, got, g)
+            v["metric"] = variant.metric
+            if variant is not c:
+                v["notes"].append(f"decided by {variant.metric}: no {c.metric} samples here")
+            if others:
+                v["notes"].append(f"the {others[0]} grid's samples were left out, not pooled with the {g} grid")
+            return v
     mine = rows[(rows["driver"] == d) & (rows["workload"] == c.workload)]
     why = (f"no {c.workload} samples for {d} on this host" if mine.empty else
            f"the {c.workload} samples for {d} here lack the points the rule needs "
