@@ -6,6 +6,7 @@ Works with Debian 12's own nox (2022.11): `apt install nox`, then `sudo nox -s b
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -136,6 +137,7 @@ def tests(session):
     """The test suite (as root: it mounts filesystems). CI runs this."""
     _provision(session, "host")
     _provision(session, "devicemapper")  # the kernel VM of tests/test_devicemapper_vm.py
+    _provision(session, "report")  # chromium for tests/test_report.py
     _install(session, "test,notebooks,engine,vm")
     session.run("lint-imports")  # the layers contract of pyproject.toml: imports point down
     session.run("pytest", *(session.posargs or ["tests", "-q", "-rs"]))
@@ -201,3 +203,74 @@ def conformance(session):
     _provision(session, "host")
     _install(session)
     session.run("cowlab", "conformance", *session.posargs)
+
+
+@nox.session
+def report(session):
+    """Verdicts for every slide claim from results/ into report/ (index.html, README.md,
+    verdicts.json, figures/) and README.md's claims table. Arguments after -- go to
+    `cowlab report` (e.g. -- other-results/ --out /tmp/r)."""
+    session.install("-e", ".")
+    session.chdir(str(HERE))  # relative paths: the committed report names `results`, not a checkout
+    args = list(session.posargs) or ["results", "--out", "report", "--readme", "README.md"]
+    session.run("cowlab", "report", *args)
+
+
+def _provision_reason(backend: str) -> str | None:
+    """None when the backend's provisioning check passes (or installing it did), else why not."""
+    script = HERE / "vagrant" / "provision" / f"{backend}.sh"
+    if not script.exists():
+        return None
+    check = subprocess.run(["bash", str(script), "--check"], capture_output=True, text=True)
+    if check.returncode == 0:
+        return None
+    if os.geteuid() != 0:
+        return f"{check.stdout.strip() or 'not provisioned'}; run: sudo bash {script}"
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"provisioning failed: {(r.stderr or r.stdout).strip()[-300:]}"
+
+
+@nox.session(name="bench-all")
+def bench_all(session):
+    """The quick grid (`-- --quick`) or any `cowlab bench` arguments for every driver that runs
+    here, then the report (as root). Drivers that need the kernel VM run only with `--with-vm`;
+    what cannot run is skipped with the reason. Results in results/ and the report in report/
+    (with `-- --out DIR`: the results in DIR, the report in DIR-report)."""
+    _install(session, "test,engine,vm")
+    args = list(session.posargs)
+    with_vm = "--with-vm" in args
+    args = [a for a in args if a != "--with-vm"]
+    out = str(HERE / "results")
+    for i, a in enumerate(args):
+        if a.startswith("--out="):
+            out = a.split("=", 1)[1]
+        elif a == "--out" and i + 1 < len(args):
+            out = args[i + 1]
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", out]
+    # stdout alone (session.run(silent=True) would mix in stderr)
+    drivers = json.loads(subprocess.run([os.path.join(session.bin, "cowlab"), "drivers", "--json"],
+                                        capture_output=True, text=True, check=True).stdout)
+    ran, skipped = [], []
+    for d in drivers:
+        name = d["driver"]
+        if not d["available"] and not (d.get("route") == "vm" and with_vm):
+            why = d.get("reason", "") + (f" — {d['hint']}" if d.get("hint") else "")
+            if d.get("route") == "vm":
+                why += " (add -- --with-vm to run it in the kernel VM)"
+            skipped.append((name, why))
+            continue
+        why = _provision_reason(name)
+        if why:
+            skipped.append((name, why))
+            continue
+        try:
+            session.run("cowlab", "bench", name, *args)
+            ran.append(name)
+        except nox.command.CommandFailed:
+            skipped.append((name, "`cowlab bench` failed: see its output above"))
+    for name, why in skipped:
+        session.log(f"skipped {name}: {why}")
+    session.log(f"ran: {', '.join(ran) or 'none'}")
+    report_dir = HERE / "report" if Path(out).resolve() == (HERE / "results").resolve() else Path(f"{out}-report")
+    session.run("cowlab", "report", out, "--out", str(report_dir))

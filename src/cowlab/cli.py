@@ -475,6 +475,9 @@ def status_cmd(ctx):
 from .labcli import lab as _lab  # noqa: E402
 
 cli.add_command(_lab)
+from .reportcli import compare_cmd as _compare, report_cmd as _report  # noqa: E402
+
+cli.add_command(_report), cli.add_command(_compare)
 
 
 # --- conformance -----------------------------------------------------------------------------

@@ -503,6 +503,11 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
                     color=driver_color(driver), linestyle="--" if em else "-",
                     marker="s" if em else "o", markersize=5, capsize=4, linewidth=1.6,
                     label=series_label(driver, bool(em)))
+        few = g["n"].to_numpy() < FEW_SAMPLES
+        if few.any():  # hollow: a median of fewer than FEW_SAMPLES samples
+            ax.plot(g[x].to_numpy(float)[few], med[few], linestyle="none", marker="s" if em else "o",
+                    markersize=6, markerfacecolor="white", markeredgecolor=driver_color(driver), zorder=3)
+            ax._cowlab_few = True  # read by the legends
 
     xunit = _x_unit(x)
     _format_axis(ax.xaxis, xunit, logx, xs, ticks_at=sorted(set(xs)))
@@ -516,8 +521,20 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
         ax.set_ylim(bottom=0)
     ax.grid(True, which="major", alpha=0.3)
 
-    _legend(ax, set(s["_emulated"]), "median, bars p10–p90", "small")
+    # outside the axes: a legend never covers data
+    _legend(ax, set(s["_emulated"]), _what(ax), "small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
+
+
+FEW_SAMPLES = 5  # medians of fewer samples are drawn hollow
+
+
+def _what(*axes: Axes) -> str:
+    """The legend's title: what a point and a bar are, and the hollow-marker note when used."""
+    what = "median, bars p10–p90"
+    if any(getattr(a, "_cowlab_few", False) for a in axes):
+        what += f"\nhollow: fewer than {FEW_SAMPLES} samples"
+    return what
 
 
 def emulation_note(flags: set) -> str | None:
@@ -744,10 +761,38 @@ def _auto_log(vals: list[float]) -> bool:
     return bool(vals) and min(vals) > 0 and _span_decades(vals) > LOG_DECADES
 
 
+BLANK = object()  # a line_panels panel spec: leave this cell of the grid empty
+
+
+def _mixed_kinds(df: pd.DataFrame, metric: str, items: list) -> bool:
+    """Whether the panels' rows hold both native and emulated runs."""
+    kinds: set = set()
+    for _, spec in items:
+        if spec is BLANK:
+            continue
+        m, f = spec if isinstance(spec, tuple) else (metric, spec)
+        sel = _select(df, m, f)
+        kinds |= {bool(v) for v in is_emulated(sel)}
+    return kinds == {True, False}
+
+
+def _kind_spec(spec: Any, metric: str, emulated: bool) -> Any:
+    """A panel spec narrowed to native or to emulated rows."""
+    if spec is BLANK:
+        return spec
+    m, f = spec if isinstance(spec, tuple) else (metric, spec)
+
+    def only(sel: pd.DataFrame, f=f):
+        keep = _select(sel, None, f).index if f is not None else sel.index
+        return sel.index.isin(keep) & (is_emulated(sel) == emulated).to_numpy()
+    return (m, only)
+
+
 def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any], ncols: int = 3,
                 share: str | None = "all", logx: bool | None = False, logy: bool | None = None,
                 title: str | None = None, panel_size: tuple[float, float] = (4.2, 3.2),
-                each: Any = None, fit: str = "spread", ylabel: str | None = None):
+                each: Any = None, fit: str = "spread", ylabel: str | None = None,
+                split_emulated: bool = True):
     """A grid of line_by_driver panels, one per entry of `panels`, with one legend.
 
     panels: {title: filter} (the filter as in line_by_driver), or {title: (metric, filter)} to
@@ -760,20 +805,35 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
     and guide lines; a bar reaching further runs off the panel, which says so). Use "medians"
     when a few wild samples would squash every line flat. ylabel: words for the y axis instead
     of the metric's name (the unit is added), e.g. when the panels plot different metrics.
+    When the rows hold both native and emulated (TCG) runs, every panel is drawn twice: native
+    rows first, then the same panels for the emulated runs in rows of their own, with a y scale
+    of their own (split_emulated=False draws them dashed on the same axes instead).
     Returns the Figure.
     """
     items = list(panels.items())
+    ncols = max(1, min(ncols, max(len(items), 1)))
+    emu_row = None  # the first row of the emulated block, when there is one
+    if split_emulated and _mixed_kinds(df, metric, items):
+        full = -(-len(items) // ncols) * ncols
+        emu_row = full // ncols
+        items = ([(k, _kind_spec(v, metric, False)) for k, v in items]
+                 + [(f"\0pad{i}", BLANK) for i in range(full - len(items))]
+                 + [(f"{k} · emulated (TCG)", _kind_spec(v, metric, True)) for k, v in items])
     n = max(len(items), 1)
-    ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, squeeze=False,
                              figsize=(panel_size[0] * ncols + 2.2, panel_size[1] * nrows + 0.6))
 
     def group(r: int, c: int):
-        return {"all": 0, "row": r, "col": c}.get(share or "", (r, c))
+        g = {"all": 0, "row": r, "col": c}.get(share or "", (r, c))
+        return (emu_row is not None and r >= emu_row, g)
 
     specs = []
+    blank = set()
     for i, (name, spec) in enumerate(items):
+        if spec is BLANK:  # a cell left empty (e.g. to start the next host on a new row)
+            blank.add((i // ncols, i % ncols))
+            continue
         m, f = spec if isinstance(spec, tuple) else (metric, spec)
         sel = _select(df, m, f)
         if x in sel.columns:
@@ -808,10 +868,12 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         if len(sel):
             flags |= {bool(v) for v in is_emulated(sel)}
         below = (r + 1) * ncols + c
-        if below < len(items):  # a panel below carries the x label
+        if below < len(items) and (r + 1, c) not in blank:  # a panel below carries the x label
             ax.set_xlabel("")
     for i in range(len(items), nrows * ncols):
         axes[i // ncols][i % ncols].set_visible(False)
+    for r, c in blank:
+        axes[r][c].set_visible(False)
 
     for g in gvals:  # one scale per group: limits, unit, label
         members = [(r, c, m, sel) for r, c, _, m, _, sel in specs if group(r, c) == g and len(sel)]
@@ -838,7 +900,7 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         _declutter_xticks(axes[r][c])
     if handles:
         note = emulation_note(flags)
-        what = "median, bars p10–p90"
+        what = _what(*[a for row in axes for a in row])
         leg = fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
                          bbox_to_anchor=(1.0, 0.93), fontsize="small", title_fontsize="small",
                          title=f"{what}\n⚠ {note}" if note else what, alignment="left")
@@ -919,10 +981,17 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
     series = sorted({(d, bool(e), h) for d, e, h in zip(s["driver"], s["_emulated"], s["_hue"])},
                     key=lambda k: (k[0], k[1], hues.index(k[2])))
     vals = [float(v) for v in (*s["p10"], *s["p90"], *s["median"]) if pd.notna(v)]
+    symlog = False
     if logy is None:
         logy = _auto_log(vals)
+        pos = [v for v in vals if v > 0]
+        # sizes spanning decades with zeros or negative noise among them (disk growth): a
+        # symmetric log axis, linear within one 4 KiB block of zero
+        symlog = not logy and unit == "B" and len(pos) > 1 and _span_decades(pos) > LOG_DECADES
     if logy:
         ax.set_yscale("log")
+    if symlog:
+        ax.set_yscale("symlog", linthresh=4096, base=2)
     width = 0.8 / max(len(series), 1)
     for si, (driver, em, h) in enumerate(series):
         color = driver_color(driver)
@@ -946,13 +1015,24 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([str(c) for c in cats])
     ax.set_xlim(-0.6, len(cats) - 0.4)
-    su = _format_axis(ax.yaxis, unit, logy, vals)
-    ax.set_ylabel(_axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
+    if symlog:
+        top = max(vals) * 2
+        ticks = [0.0] + [float(1 << k) for k in range(12, 41, 4) if (1 << k) <= top]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(_value_formatter("B"))
+        ax.set_ylabel(pretty_name(metric) + "  [log above 4 KiB]")
+        # shrinkage is noise (other writers on a shared filesystem): shown, but cut at -64 KiB
+        # so it does not take half the axis
+        ax.set_ylim(max(min(0.0, min(vals)), -65536.0), top)
+    else:
+        su = _format_axis(ax.yaxis, unit, logy, vals)
+        ax.set_ylabel(_axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
     if logy:
         pos = [v for v in vals if v > 0]
         if pos:
             ax.set_ylim(min(pos) / 2, max(pos) * 2)
-    else:
+    elif not symlog:
         ax.set_ylim(bottom=0)
     ax.set_xlabel(pretty_name(category))
     ax.grid(True, axis="y", which="major", alpha=0.3)
@@ -960,3 +1040,330 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
         _legend(ax, {e for _, e, _ in series}, "median, bars p10–p90", "small",
                 loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures with one panel per host: native and emulated runs never share an axis
+
+def hosts_in(df: pd.DataFrame) -> list[tuple[str, bool]]:
+    """(hostname, emulated) of every host in `df`, native first."""
+    if df.empty or "hostname" not in df.columns:
+        return []
+    pairs = {(str(h), bool(e)) for h, e in zip(df["hostname"], is_emulated(df))}
+    return sorted(pairs, key=lambda p: (p[1], p[0]))
+
+
+def _host_title(host: tuple[str, bool], many: bool) -> str:
+    kind = "emulated (TCG)" if host[1] else "native"
+    return f"{host[0]} · {kind}" if many else kind
+
+
+def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split: str | None = None,
+                logx: bool | None = None, logy: bool | None = None, title: str | None = None):
+    """`metric` against `x` per driver, one row of panels per host (emulated hosts get their own
+    rows and y scale) and one column per value of `split` (e.g. backing_fs, cache). Returns the
+    Figure."""
+    sel = _select(df, metric, filter)
+    if x in sel.columns:
+        sel = sel[sel[x].notna()]
+    hosts = hosts_in(sel)
+    many = len({p[0] for p in hosts}) > 1
+    em = is_emulated(sel) if len(sel) else pd.Series(dtype=bool)
+    rows = []  # per host: the split values it has data for
+    for h in hosts:
+        mine = sel[(sel["hostname"].astype(str) == h[0]) & (em == h[1])]
+        vals = (sorted({v for v in mine[split].dropna()}, key=str)
+                if split and split in mine.columns else [None])
+        rows.append((h, vals or [None]))
+    ncols = max((len(v) for _, v in rows), default=1)
+    panels: dict[str, Any] = {}
+    for h, vals in rows:
+        for v in vals:
+            f = {**dict(filter or {}), "hostname": h[0], "emulated": h[1]}
+            name = _host_title(h, many)
+            if v is not None:
+                f[split] = v
+                name += f" · {v if split == 'backing_fs' else human_x(split, v)}"
+            panels[name] = f
+        for k in range(ncols - len(vals)):
+            panels[f"\0blank {h} {k}"] = BLANK
+    if not panels:
+        panels["no data"] = dict(filter or {})
+    return line_panels(df, x, metric, panels, ncols=ncols, share="row", logx=logx, logy=logy,
+                       title=title, panel_size=(3.6, 2.8), split_emulated=False)  # split here already
+
+
+def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = None,
+                filter: Any = None, by: str | None = None, title: str | None = None,
+                order: Iterable[Any] | None = None):
+    """Grouped bars per driver (bars_by_driver), one panel per host and per value of `by`
+    (e.g. mode: primitive / engine). Returns the Figure."""
+    sel = _select(df, metric, filter)
+    hosts = hosts_in(sel) or [("", False)]
+    bys = sorted({v for v in sel[by].dropna()}, key=str) if by and by in sel.columns else [None]
+    n = len(hosts) * len(bys)
+    ncols = min(n, 2)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(5.2 * ncols + 2.4, 3.4 * nrows + 0.4))
+    many = len({h[0] for h in hosts}) > 1
+    handles: dict[str, Any] = {}
+    i = 0
+    for h in hosts:
+        for b in bys:
+            ax = axes[i // ncols][i % ncols]
+            f = dict(filter or {})
+            if h[0]:
+                f.update({"hostname": h[0], "emulated": h[1]})
+            if b is not None:
+                f[by] = b
+            bars_by_driver(df, metric, category, hue=hue, ax=ax, filter=f, legend=False, order=order)
+            ax.set_title(_host_title(h, many) + (f" · {b}" if b is not None else ""), fontsize="medium")
+            for hd, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, hd)
+            i += 1
+    for j in range(i, nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    fig.tight_layout()
+    for r in axes:
+        for ax in r:
+            if ax.get_visible():
+                _declutter_xticks(ax)
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
+                   bbox_to_anchor=(1.0, 0.93), fontsize="small", title="median, bars p10–p90",
+                   title_fontsize="small", alignment="left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def space_figure(df: pd.DataFrame):
+    """The space workload for every driver: growth of the backing storage after each event
+    (create, a new 1 KiB file, 1 KiB appended to a 64 MiB image file, remove), primitive and
+    engine mode side by side, one panel per host."""
+    return bars_panels(df, "space_bytes", "event", filter={"workload": "space"}, by="mode",
+                       title="space: what a container costs on disk", order=SPACE_EVENTS)
+
+
+SPACE_EVENTS = ["create", "write_new_1KiB", "append_1KiB_to_64MiB", "after_remove"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine vs storage (notebook 06 and the report): how much of `docker run` is the driver
+
+ENGINE_OPS = {"create_seconds": "docker create", "run_seconds": "docker run --rm true"}
+
+
+def engine_split(df: pd.DataFrame) -> pd.DataFrame:
+    """Per driver × host kind × image: each engine op's median next to the primitive create
+    median for the same image (the storage driver's own work), what the engine adds, and the
+    storage share. Emulated rows are split only against emulated primitive rows; the driver
+    column then reads "<driver> (emulated)"."""
+    cols = ["driver", "emulated", "image_size_bytes", "layers", "engine_op", "engine_median",
+            "storage", "engine_adds", "storage_share"]
+    if df.empty or "mode" not in df.columns:
+        return pd.DataFrame(columns=cols)
+    c = df[(df["workload"] == "creation")]
+    c = c.assign(emulated_=is_emulated(c))
+    by = ["driver", "emulated_", "image_size_bytes", "layers"]
+    prim = c[(c["mode"] == "primitive") & (c["metric"] == "create_seconds")]
+    pc = summarize(prim, by).set_index(by)["median"] if len(prim) else pd.Series(dtype=float)
+    out = []
+    for metric in ENGINE_OPS:
+        eng = c[(c["mode"] == "engine") & (c["metric"] == metric)]
+        if eng.empty:
+            continue
+        for r in summarize(eng, by).itertuples(index=False):
+            key = (r.driver, r.emulated_, r.image_size_bytes, r.layers)
+            p = pc.get(key, np.nan)
+            out.append({"driver": series_label(r.driver, bool(r.emulated_)), "emulated": bool(r.emulated_),
+                        "image_size_bytes": r.image_size_bytes, "layers": r.layers, "engine_op": metric,
+                        "engine_median": r.median, "storage": p,
+                        "engine_adds": r.median - p if p == p else np.nan,
+                        "storage_share": p / r.median if p == p and r.median else np.nan})
+    return pd.DataFrame(out, columns=cols)
+
+
+def engine_split_figure(split: pd.DataFrame, layers: int = 1):
+    """Storage (hatched) beside the whole engine op (solid) per driver and image size, on a log
+    axis so a 1 ms storage part stays visible next to a 1 s `docker run`; the storage share is
+    written above each pair. One row of panels per host kind (native, emulated)."""
+    one = split[split["layers"] == layers] if len(split) else split
+    kinds = sorted(set(one["emulated"])) if len(one) else [False]
+    fig, axes = plt.subplots(len(kinds), 2, squeeze=False, figsize=(12, 3.8 * len(kinds) + 0.4))
+    for row, em in enumerate(kinds):
+        for ax, (metric, words) in zip(axes[row], ENGINE_OPS.items()):
+            part = one[(one["engine_op"] == metric) & (one["emulated"] == em)] if len(one) else one
+            part = part.sort_values(["driver", "image_size_bytes"]) if len(part) else part
+            ax.set_title(f"{words} · {'emulated (TCG)' if em else 'native'}", fontsize="medium")
+            if part.empty:
+                ax.text(0.5, 0.5, f"no {words} data", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                continue
+            xs = np.arange(len(part))
+            for x, r in zip(xs, part.itertuples()):
+                c = driver_color(r.driver.removesuffix(" (emulated)"))
+                ax.bar(x + 0.2, r.engine_median, 0.38, color=c, alpha=0.55 if em else 1)
+                if r.storage == r.storage:
+                    ax.bar(x - 0.2, r.storage, 0.38, color="white", edgecolor=c, hatch="///")
+                    ax.text(x, r.engine_median * 1.15, f"{100 * r.storage_share:.1f}%", ha="center",
+                            va="bottom", fontsize="x-small")
+            ax.set_yscale("log")
+            vals = [v for v in (*part["engine_median"], *part["storage"]) if v == v and v > 0]
+            ax.set_ylim(min(vals) / 2, max(vals) * 4)
+            su = _format_axis(ax.yaxis, "s", True, vals)
+            ax.set_ylabel(_axis_label("median time", "s", su) + "  [log]")
+            ax.set_xticks(xs)
+            ax.set_xticklabels([human_bytes(r.image_size_bytes) for r in part.itertuples()], fontsize="small")
+            for t, r in zip(ax.get_xticklabels(), part.itertuples()):
+                t.set_color(driver_color(r.driver.removesuffix(" (emulated)")))
+            ax.set_xlabel("image size (one layer), coloured by driver")
+            ax.grid(True, axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    names = sorted({d.removesuffix(" (emulated)") for d in one["driver"]}) if len(one) else []
+    fig.legend([Patch(facecolor="white", edgecolor="0.3", hatch="///"), Patch(facecolor="0.4"),
+                *[Patch(facecolor=driver_color(d)) for d in names]],
+               ["storage: cowlab's own create", "the whole engine op", *names], loc="upper left",
+               bbox_to_anchor=(1.0, 0.93), fontsize="small", title="medians; % = storage share",
+               title_fontsize="small")
+    fig.tight_layout(h_pad=2.0)
+    for r in axes:
+        for ax in r:
+            _declutter_xticks(ax)
+    return fig
+
+
+def engine_split_sentences(split: pd.DataFrame, layers: int = 1) -> list[str]:
+    """One line per driver (emulated drivers too) × image × op: the engine time and its storage part."""
+    out = []
+    one = split[split["layers"] == layers] if len(split) else split
+    for r in one.sort_values(["driver", "engine_op", "image_size_bytes"]).itertuples() if len(one) else []:
+        op = ENGINE_OPS[r.engine_op]
+        head = f"{r.driver} at {human_bytes(r.image_size_bytes)}: {op} {human_seconds(r.engine_median)}"
+        if r.storage == r.storage:
+            out.append(f"{head}, of which storage {human_seconds(r.storage)} ({100 * r.storage_share:.1f}%)")
+        else:
+            out.append(f"{head}; no primitive result on the same kind of host to split it")
+    return out
+
+
+def engine_split_table(split: pd.DataFrame) -> pd.DataFrame:
+    """engine_split's frame in words (times in s/ms/µs, sizes in MiB, the share in %)."""
+    show = split.sort_values(["engine_op", "driver", "layers", "image_size_bytes"]).reset_index(drop=True)
+    for c in ("engine_median", "storage", "engine_adds"):
+        show[c] = show[c].map(lambda v: "—" if v != v else human_seconds(v))
+    show["storage_share"] = show["storage_share"].map(lambda v: "—" if v != v else f"{100 * v:.1f}%")
+    show["image_size_bytes"] = show["image_size_bytes"].map(human_bytes)
+    show["engine_op"] = show["engine_op"].map(ENGINE_OPS)
+    return show.drop(columns=["emulated"]).rename(columns={
+        "engine_op": "engine op", "engine_median": "engine median", "storage": "storage (primitive create)",
+        "engine_adds": "engine adds", "storage_share": "storage share of the engine op",
+        "image_size_bytes": "image size"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers the workload notebooks share (they used to define these themselves)
+
+def series_rows(df: pd.DataFrame, driver: str, emulated: bool, metric: str | None = None,
+                **where: Any) -> pd.DataFrame:
+    """The rows of one series (driver, native or emulated), optionally one metric, narrowed by
+    column = value; a column the frame lacks selects nothing."""
+    if df.empty or "driver" not in df.columns:
+        return df.iloc[0:0]
+    rows = df[(df["driver"] == driver) & (is_emulated(df) == emulated)]
+    if metric is not None:
+        rows = rows[rows["metric"] == metric]
+    for col, v in where.items():
+        rows = rows[rows[col] == v] if col in rows.columns else rows.iloc[0:0]
+    return rows
+
+
+def param_values(rows: pd.DataFrame, x: str) -> list:
+    """The values of parameter `x` present in `rows`, sorted."""
+    return sorted(set(rows[x].dropna())) if x in rows.columns else []
+
+
+def per_extra(df: pd.DataFrame, driver: str, emulated: bool, metric: str, where: Mapping | None = None,
+              x: str = "containers") -> tuple[float, int, int] | None:
+    """(what each step of x beyond the smallest added, x lo, x hi) from the medians at the two
+    ends, or None when fewer than two values of x were measured."""
+    rows = series_rows(df, driver, emulated, metric, **dict(where or {}))
+    s = summarize(rows, x).sort_values(x) if len(rows) else rows
+    if len(s) < 2:
+        return None
+    lo, hi = s.iloc[0], s.iloc[-1]
+    return (hi["median"] - lo["median"]) / (hi[x] - lo[x]), int(lo[x]), int(hi[x])
+
+
+def growth_sentence(df: pd.DataFrame, driver: str, emulated: bool, metric: str, where: Mapping | None,
+                    phrase: str, x: str = "containers") -> str:
+    """ratio_sentence from the smallest to the largest x measured, and how much x grew."""
+    ks = [int(k) for k in param_values(series_rows(df, driver, emulated, metric, **dict(where or {})), x)]
+    if len(ks) < 2:
+        return (f"{series_label(driver, emulated)}: {'one K only' if ks else 'no data'} for "
+                f"{phrase}, so no growth.")
+    return (ratio_sentence(df, metric, x, ks[0], ks[-1], driver, filter=where, emulated=emulated,
+                           phrase=phrase) + f" K grew {ks[-1] / ks[0]:,.0f}×.")
+
+
+def density_guides(set_bytes: int, files: int):
+    """A line_panels `each`: reference lines from the density workload's parameters (one copy
+    and K copies of the file set for byte panels, one object per file per container for counts)."""
+    def guides(ax: Axes, title: str, rows: pd.DataFrame) -> None:
+        if rows.empty:
+            return
+        ks = sorted(int(k) for k in set(rows["containers"]))
+        if (rows["unit"] == "B").all():
+            reference_line(ax, ks, [set_bytes] * len(ks), "one copy of the file set", "--")
+            reference_line(ax, ks, [set_bytes * k for k in ks], "K copies of the file set", ":")
+        else:
+            reference_line(ax, ks, [files * k for k in ks], "one per file per container", ":")
+    return guides
+
+
+def io_figure(df: pd.DataFrame, jobs: list[str], metrics: list[str], title: str, ncols: int = 2):
+    """fio results per job: container root against a volume, one panel per metric."""
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.6 * nrows), squeeze=False)
+    for i, metric in enumerate(metrics):
+        ax = axes[i // ncols][i % ncols]
+        bars_by_driver(df, metric, "job_label", hue="target", ax=ax, filter={"job_label": jobs},
+                       order=jobs, hue_order=["container", "volume"],
+                       legend=(i == ncols - 1 or len(metrics) == 1))
+        ax.set_title(pretty_name(metric).replace("fio ", ""), fontsize="medium")
+        ax.set_xlabel("")
+    for i in range(len(metrics), nrows * ncols):
+        axes[i // ncols][i % ncols].set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def largest_common_compare(df: pd.DataFrame, metric: str, label_a: str, filter_a: Mapping, label_b: str,
+                           filter_b: Mapping, driver: str, emulated: bool, where: Mapping, what: str,
+                           x: str = "file_size_bytes") -> str:
+    """compare_sentence (label_a's rows against label_b's) at the largest `x` both sides
+    measured, e.g. the largest file size."""
+    common = (set(param_values(series_rows(df, driver, emulated, **where, **filter_a), x))
+              & set(param_values(series_rows(df, driver, emulated, **where, **filter_b), x)))
+    if not common:
+        return f"{series_label(driver, emulated)} [{what}]: no {pretty_name(x)} measured for both, so no comparison."
+    at = max(common)
+    return compare_sentence(df, metric, (label_a, filter_a), (label_b, filter_b), driver,
+                            filter={**where, x: at}, emulated=emulated,
+                            subject=f"[{what}, {human_x(x, at)} file]")
+
+
+def span_sentence(df: pd.DataFrame, metric: str, x: str, driver: str, emulated: bool, where: Mapping,
+                  phrase: str, missing: str, grew: str, prep: str | None = None) -> str:
+    """ratio_sentence from the smallest to the largest `x` this series measured under `where`,
+    followed by how much x grew (`grew` with {} for the factor, e.g. "The image is {}× as deep.");
+    `missing` names the series' point when fewer than two values of x exist."""
+    xs = param_values(series_rows(df, driver, emulated, **dict(where)), x)
+    if len(xs) < 2:
+        only = f"only {pretty_name(x)} = {human_x(x, xs[0])}" if xs else "no data"
+        return f"{series_label(driver, emulated)}: {only} for {missing}, so no ratio."
+    return (ratio_sentence(df, metric, x, xs[0], xs[-1], driver, filter=dict(where), emulated=emulated,
+                           phrase=phrase, prep=prep) + " " + grew.format(f"{xs[-1] / xs[0]:,.0f}"))

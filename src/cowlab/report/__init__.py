@@ -1,0 +1,2 @@
+"""The report layer: the claims catalogue, verdicts computed from results, the HTML/Markdown
+report and `cowlab compare`. Users of the layers below (results, plots), used by the CLI."""
