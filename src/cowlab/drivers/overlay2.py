@@ -30,7 +30,21 @@ class Overlay2(Driver):
     description = "kernel overlayfs, one lower dir per layer (Docker's overlay2)"
     capabilities = frozenset({"bare_mount", "union", "xattrs", "files_on_backing"})  # xattrs: user.* kept (conformance)
     max_layers = OVL_MAX_STACK
-    option_names = frozenset({"metacopy"})
+    # Overlay features a workload may switch (ctx.variant(redirect_dir=True)); None or absent
+    # leaves the kernel's default (the module parameters).
+    option_names = frozenset({"metacopy", "redirect_dir", "volatile"})
+    LAYER_ROOT = "diff"  # what a short link names inside a layer's dir
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        # --opt metacopy=off arrives as the string "off": make every feature flag a bool
+        self.options = {k: _flag(k, v) if k in FLAGS else v for k, v in self.options.items()}
+
+    @classmethod
+    def check_options(cls, options: dict, here: bool = True) -> None:
+        super().check_options(options, here)
+        for k in FLAGS & set(options):
+            _flag(k, options[k])
 
     @classmethod
     def probe(cls) -> Probe:
@@ -49,7 +63,7 @@ class Overlay2(Driver):
         for i in range(0, 58):
             s = h[i:i + 6]
             p = links / s
-            want = f"../layers/{digest.split(':')[-1]}/diff"
+            want = f"../layers/{digest.split(':')[-1]}/{self.LAYER_ROOT}"
             if not os.path.lexists(p) or os.readlink(p) == want:
                 return s
         raise CowlabError("no free short link name")  # 58 clashes in a row: not going to happen
@@ -70,7 +84,7 @@ class Overlay2(Driver):
         self.res.release(h)
         lnk = self.home / "l" / short
         if not os.path.lexists(lnk):
-            os.symlink(f"../layers/{digest.split(':')[-1]}/diff", lnk)
+            os.symlink(f"../layers/{digest.split(':')[-1]}/{self.LAYER_ROOT}", lnk)
         return short
 
     def import_image(self, image: Image) -> None:
@@ -105,9 +119,17 @@ class Overlay2(Driver):
         opts = [f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}"]
         # index=off as Docker sets it: layers are shared by many mounts at once.
         opts.append("index=off")
-        if "metacopy" in self.options:
-            opts.append(f"metacopy={'on' if self.options['metacopy'] else 'off'}")
-        return ",".join(opts)
+        return ",".join(opts + self._feature_options())
+
+    def _feature_options(self) -> list[str]:
+        """The overlay features this instance's options switch on or off."""
+        out = []
+        for k in ("redirect_dir", "metacopy"):
+            if self.options.get(k) is not None:
+                out.append(f"{k}={'on' if self.options[k] else 'off'}")
+        if self.options.get("volatile"):
+            out.append("volatile")  # no syncs reach the upper filesystem (kernel 5.10+)
+        return out
 
     def _mount(self, data: str, target: Path) -> None:
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
@@ -143,7 +165,26 @@ class Overlay2(Driver):
                 # Renaming a directory that comes from a lower layer needs redirect_dir; without it
                 # overlayfs returns EXDEV (and mv(1) falls back to copy + delete). The conformance
                 # suite checks this declaration.
-                "rename_dir": "rename" if params.get("redirect_dir") in ("Y", "on") else "exdev"}
+                "rename_dir": "rename" if self._redirect_dir(params) else "exdev"}
+
+    def _redirect_dir(self, params: dict) -> bool:
+        """Whether this instance's mounts rename lower directories (metacopy=on implies it)."""
+        if self.options.get("redirect_dir") is not None:
+            return bool(self.options["redirect_dir"])
+        return bool(self.options.get("metacopy")) or params.get("redirect_dir") in ("Y", "on")
+
+
+FLAGS = frozenset({"metacopy", "redirect_dir", "volatile"})
+_ON, _OFF = ("on", "true", "yes", "1", "y"), ("off", "false", "no", "0", "n")
+
+
+def _flag(name: str, v) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    t = str(v).strip().lower()
+    if t in _ON or t in _OFF:
+        return t in _ON
+    raise CowlabError(f"option {name}={v!r}: say on or off")
 
 
 def _module_params() -> dict:
