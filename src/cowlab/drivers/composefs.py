@@ -122,7 +122,7 @@ class Composefs(Overlay2):
     provision = "composefs"
     services = True  # the metadata mounts: kept containers need them after the command that made them
     # metacopy and redirect_dir are what composefs is made of: always on, not options
-    option_names = frozenset({"volatile"})
+    option_names = frozenset({"volatile", "idmap"})
 
     @classmethod
     def probe(cls) -> Probe:
@@ -191,7 +191,8 @@ class Composefs(Overlay2):
             sysutil.ignore_enoent(os.unlink, self.objects / name)
 
     def _options(self, lower: str, upper: Path, work: Path) -> str:
-        opts = [f"lowerdir={lower}::{self.objects}", f"upperdir={upper}", f"workdir={work}",
+        """lower: "META::OBJECTS" (the object store a data-only lower layer)."""
+        opts = [f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}",
                 "metacopy=on", "redirect_dir=on", "index=off"]
         if self.options.get("volatile"):
             opts.append("volatile")
@@ -200,11 +201,22 @@ class Composefs(Overlay2):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         meta = self._ensure_mounted(image)
         cid = cid or self.new_id()
-        merged, hs = U.union_container(res, self.home / "containers" / cid, ("diff", "work", "merged"),
-                                       lambda upper, work, merged: [res.acquire(
-                                           "mount", lambda: sysutil.mount("overlay", merged, "overlay",
-                                                                          self._options(str(meta), upper, work)),
-                                           target=str(merged))])
+        cdir = self.home / "containers" / cid
+
+        def mount(upper, work, merged):
+            hs, where, lower = [], self.home, f"{meta}::{self.objects}"
+            if self.options.get("idmap"):
+                _, hs = self._idmapped_lowers(res, cdir, [meta, self.objects], upper)
+                where, lower = cdir / "ids", "0::1"
+            try:
+                hs.append(res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged, where),
+                                      target=str(merged)))
+            except BaseException:
+                for h in reversed(hs):
+                    res.release(h)
+                raise
+            return hs
+        merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), mount)
         return Container(cid, image.id, self.name, merged, hs)
 
     def bare_mount(self, image: Image, scratch: Path):
@@ -212,14 +224,14 @@ class Composefs(Overlay2):
         upper, work, merged = scratch / "diff", scratch / "work", scratch / "merged"
         for d in (upper, work, merged):
             d.mkdir(parents=True, exist_ok=True)
-        data = self._options(str(meta), upper, work)
+        data = self._options(f"{meta}::{self.objects}", upper, work)
         return (lambda: sysutil.mount("overlay", merged, "overlay", data)), (lambda: sysutil.umount(merged))
 
     def objects_bytes(self) -> int:
         return sum(e.stat().st_blocks * 512 for e in self.objects.rglob("*") if e.is_file())
 
     def metadata(self) -> dict:
-        return {"overlay_mount_options": self._options("<meta>", Path("<upper>"), Path("<work>")),
+        return {"overlay_mount_options": self._options("<meta>::<objects>", Path("<upper>"), Path("<work>")),
                 "mkfs_erofs": mkfs_version(), "mkfs_erofs_options": " ".join(CHUNK),
                 "kernel": ".".join(map(str, kernel_version())),
                 "rename_dir": "rename",  # redirect_dir=on

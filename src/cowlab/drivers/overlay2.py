@@ -19,6 +19,7 @@ from ..errors import CowlabError
 from ..images import Image
 from ..resources import Resources
 from . import _util as U
+from . import idmap as IM
 from .base import Container, Driver, Probe
 
 # fs/overlayfs/params.h: OVL_MAX_STACK. The kernel refuses more lower layers than this.
@@ -32,7 +33,8 @@ class Overlay2(Driver):
     max_layers = OVL_MAX_STACK
     # Overlay features a workload may switch (ctx.variant(redirect_dir=True)); None or absent
     # leaves the kernel's default (the module parameters).
-    option_names = frozenset({"metacopy", "redirect_dir", "volatile"})
+    # idmap=INSIDE:OUTSIDE:COUNT: containers on idmapped lower layers (see drivers/idmap.py).
+    option_names = frozenset({"metacopy", "redirect_dir", "volatile", "idmap"})
     LAYER_ROOT = "diff"  # what a short link names inside a layer's dir
 
     def __init__(self, *a, **kw):
@@ -45,6 +47,11 @@ class Overlay2(Driver):
         super().check_options(options, here)
         for k in FLAGS & set(options):
             _flag(k, options[k])
+        if options.get("idmap"):
+            IM.parse(options["idmap"])
+            why = IM.supported()
+            if why:
+                raise CowlabError(f"option idmap: {why}")
 
     @classmethod
     def probe(cls) -> Probe:
@@ -131,10 +138,10 @@ class Overlay2(Driver):
             out.append("volatile")  # no syncs reach the upper filesystem (kernel 5.10+)
         return out
 
-    def _mount(self, data: str, target: Path) -> None:
+    def _mount(self, data: str, target: Path, where: Path | None = None) -> None:
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.chdir(self.home / "l")  # lower dirs are relative to here
+            os.chdir(where or self.home / "l")  # lower dirs are relative to here
             sysutil.mount("overlay", target, "overlay", data)
         finally:
             os.fchdir(cwd)
@@ -143,10 +150,44 @@ class Overlay2(Driver):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         lower = json.loads(self._image_file(image).read_text())["lower"]
         cid = cid or self.new_id()
-        merged, hs = U.union_container(res, self.home / "containers" / cid, ("diff", "work", "merged"), lambda upper, work, merged: [
-            res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged),
-                        target=str(merged))])
+        cdir = self.home / "containers" / cid
+
+        def mount(upper, work, merged):
+            if not self.options.get("idmap"):
+                return [res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged),
+                                    target=str(merged))]
+            ids, hs = self._idmapped_lowers(res, cdir, [self.home / "l" / s for s in lower.split(":")], upper)
+            try:
+                hs.append(res.acquire("mount", lambda: self._mount(self._options(ids, upper, work), merged, cdir / "ids"),
+                                      target=str(merged)))
+            except BaseException:
+                for h in reversed(hs):
+                    res.release(h)
+                raise
+            return hs
+        merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), mount)
         return Container(cid, image.id, self.name, merged, hs)
+
+    def _idmapped_lowers(self, res: Resources, cdir: Path, lowers: list[Path], upper: Path):
+        """Option idmap: each lower layer cloned as an idmapped mount under cdir/ids/N (overlayfs
+        itself cannot be idmapped), and the empty upper dir owned by the mapped root, so the
+        container's root is the user namespace's. Returns (lowerdir relative to cdir/ids, handles)."""
+        if getattr(self, "_userns", None) is None:
+            self._userns = IM.userns_fd(self.res, self.options["idmap"])
+        inside, outside, _ = IM.parse(self.options["idmap"])
+        ids = cdir / "ids"
+        ids.mkdir()
+        hs = []
+        try:
+            for i, p in enumerate(lowers):
+                (ids / str(i)).mkdir()
+                hs.append(IM.idmapped_mount(res, p, ids / str(i), self._userns))
+            os.chown(upper, outside - inside, outside - inside)
+        except BaseException:
+            for h in reversed(hs):
+                res.release(h)
+            raise
+        return ":".join(str(i) for i in range(len(lowers))), hs
 
     # --- bare mount, for the harness floor -------------------------------------------------
     def bare_mount(self, image: Image, scratch: Path):
