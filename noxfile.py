@@ -13,8 +13,8 @@ import nox
 
 HERE = Path(__file__).parent
 # One session per backend; each is the same thin layer over `cowlab bench`.
-BACKENDS = ["overlay2", "vfs", "btrfs", "zfs", "aufs", "overlay", "fuse-overlayfs", "unionfs-fuse",
-            "devicemapper-loop", "devicemapper-direct", "erofs", "composefs"]
+BACKENDS = ["overlay2", "vfs", "btrfs", "zfs", "aufs", "overlay", "fuse-overlayfs", "unionfs-fuse", "erofs", "composefs",
+            "devicemapper-loop", "devicemapper-direct"]
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True

@@ -35,7 +35,7 @@ TREE = "/tree"
 DIRS = 16
 GRID = {
     "full": {"files": [500, 5000, 50000], "file_bytes": 4 * KiB, "ops": ["idmapped", "chown"], "reps": 5},
-    "quick": {"files": [500, 5000], "file_bytes": 4 * KiB, "ops": ["idmapped", "chown"], "reps": 3},
+    "quick": {"files": [100, 1000], "file_bytes": 4 * KiB, "ops": ["idmapped", "chown"], "reps": 2},
 }
 
 
