@@ -11,8 +11,8 @@ not packaged for it), the way composefs itself works:
   is stored once on disk across all images), and replaced in the tree by a metacopy stub: a
   sparse file of the same size, owner, mode, times and user xattrs carrying
   trusted.overlay.metacopy (empty) and trusted.overlay.redirect=/ab/cdef... The stub tree is
-  packed with `mkfs.erofs --chunksize=4096` (chunked files: the stubs' holes cost index entries,
-  not data blocks; mkfs.erofs 1.5 keeps trusted.* xattrs).
+  packed with `mkfs.erofs -zlz4` (the stubs' holes compress to almost nothing; mkfs.erofs 1.5
+  keeps trusted.* xattrs).
 - Mount: the metadata image on a read-only loop device, once per image; a container is
   overlayfs `lowerdir=META::OBJECTS,metacopy=on,redirect_dir=on` with its upper dir on top.
   Overlayfs takes metadata from META and data from the object the redirect names, so every
@@ -37,13 +37,18 @@ from ..images import Image
 from ..resources import Handle, Resources
 from . import _util as U
 from .base import Container, Probe, image_key
-from .erofs import erofs_probe, kernel_version, make_image, mkfs_version, mount_image, unmount_image
+from .erofs import MKFS, erofs_probe, kernel_version, make_image, mkfs_version, mount_image, unmount_image
 from .overlay2 import Overlay2
 
 MIN_KERNEL = (6, 5)  # overlayfs data-only lower layers ("lowerdir=A::B")
 METACOPY = "trusted.overlay.metacopy"
 REDIRECT = "trusted.overlay.redirect"
-CHUNK = ["--chunksize=4096"]
+# The stubs' holes read as zeros, which lz4 packs into a few bytes per block (64 MiB of stub ≈
+# 300 KiB of image). Not --chunksize, which would store holes as index entries only: erofs-utils
+# 1.5 stages chunked data in an O_TMPFILE under a hard-coded /tmp and copy_file_range()s it into
+# the image, which fails (EXDEV, printed as "Could not format the device: EIO") whenever the image
+# is on another filesystem than /tmp, as on cowlab's loop backings.
+STUBS = ["-zlz4"]
 
 
 def _sha256(path: str) -> str:
@@ -153,7 +158,7 @@ class Composefs(Overlay2):
             for d in image.layers:
                 L.apply_tar(self.store.layer_path(d), stage / "tree", "apply")
             used = stub_tree(stage / "tree", self.objects)
-            make_image(stage / "tree", stage / "meta.erofs", CHUNK)
+            make_image(stage / "tree", stage / "meta.erofs", STUBS)
             sysutil.safe_rmtree(stage / "tree", stage)
             (stage / "mnt").mkdir()
             mdir = self._meta_dir(image)
@@ -232,7 +237,7 @@ class Composefs(Overlay2):
 
     def metadata(self) -> dict:
         return {"overlay_mount_options": self._options("<meta>::<objects>", Path("<upper>"), Path("<work>")),
-                "mkfs_erofs": mkfs_version(), "mkfs_erofs_options": " ".join(CHUNK),
+                "mkfs_erofs": mkfs_version(), "mkfs_erofs_options": " ".join(MKFS + STUBS),
                 "kernel": ".".join(map(str, kernel_version())),
                 "rename_dir": "rename",  # redirect_dir=on
                 "fs_verity": False}
