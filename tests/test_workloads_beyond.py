@@ -119,7 +119,7 @@ def test_idmapped_mount_beats_recursive_chown_on_a_large_tree(root, out):
     from cowlab.drivers import idmap
     if idmap.supported():
         pytest.skip(idmap.supported())
-    recs = ok(run_session("overlay2", "idmap", {"files": [500], "reps": 3}, root, out))
+    recs = ok(run_session("overlay2", "idmap", {"files": [200], "reps": 2}, root, out))
     t = medians(recs, "idmap_seconds", ("op",))
     assert t[("chown",)] > 5 * t[("idmapped",)], t
 

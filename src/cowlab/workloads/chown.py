@@ -14,6 +14,8 @@ repetition makes a fresh container and chowns /tree and everything in it to uid:
   chown_seconds   the whole recursive chown, timed alone
   space_bytes     growth of driver.used_bytes() across it (param event=chown)
 Param `metacopy`: the driver option on and off where the driver has it (ctx.variant), else None.
+As in `rename`, drivers whose files are on the backing filesystem run on an ext4 loop filesystem
+of their own (param backing_fs), so that space_bytes is the chown's alone.
 Compare: docker/for-linux#388 (a recursive chown copying the whole tree up).
 """
 
@@ -25,7 +27,7 @@ import time
 from .. import sysutil
 from ..results import Sample
 from .base import MiB, Context, Measured, Workload, synthetic_image
-from .rename import option_values
+from .rename import backing_fs, option_values, own_fs
 
 KiB = 1 << 10
 TREE = "/tree"
@@ -65,13 +67,13 @@ class Chown(Workload):
         g = ctx.grid
         for mc in option_values(ctx, "metacopy", g["metacopy"]):
             for size in g["file_bytes"]:
-                params = {"file_bytes": size, "files": g["files"], "metacopy": mc}
+                params = {"file_bytes": size, "files": g["files"], "metacopy": mc, "backing_fs": backing_fs(ctx)}
                 yield Measured("chown", params, lambda rep, mc=mc, size=size, params=params:
                                self.measure(ctx, mc, size, params, rep), reps=g["reps"], unit="s")
 
     @staticmethod
     def measure(ctx: Context, mc, size: int, params: dict, rep: int) -> list[Sample]:
-        v = ctx if mc is None else ctx.variant(metacopy=mc)
+        v = own_fs(ctx, metacopy=mc)
         img = v.image(image_name(size, params["files"]))
         c = v.create(img)
         try:

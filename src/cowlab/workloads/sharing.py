@@ -41,11 +41,11 @@ from ..resources import run_tool
 from ..results import Sample
 from ..spec import from_dict
 from .base import MiB, Context, Measured, Workload
+from .rename import backing_fs, own_fs
 
 SHARED = "/shared"
 IMAGES = ("sharing-a", "sharing-b")
 ATTEMPTS = 3
-PRIVATE = "ext4"
 GRID = {
     "full": {"containers": [1, 8], "files": 256, "shared_bytes": 256 * MiB, "reps": 3},
     "quick": {"containers": [2], "files": 64, "shared_bytes": 64 * MiB, "reps": 2},
@@ -79,18 +79,13 @@ class Sharing(Workload):
         g = ctx.grid
         for k in g["containers"]:
             params = {"containers": k, "files": g["files"], "shared_bytes": g["shared_bytes"],
-                      "backing_fs": PRIVATE if "files_on_backing" in ctx.driver.capabilities
-                      else ctx.backing.mount.fstype}
+                      "backing_fs": backing_fs(ctx)}
             yield Measured("sharing", params, lambda rep, k=k, params=params: self.measure(ctx, k, params, rep),
                            reps=g["reps"], unit="B")
 
     @staticmethod
     def measure(ctx: Context, k: int, params: dict, rep: int) -> list[Sample]:
-        if "files_on_backing" in ctx.driver.capabilities:
-            # a filesystem of its own, so the disk figures are the imports' and not whatever
-            # else writes to the host's filesystem meanwhile (a pool-based driver's used_bytes
-            # is its pool's own already)
-            ctx = ctx.variant(backing=PRIVATE)
+        ctx = own_fs(ctx)  # so the disk figures are the imports' alone
         drv = ctx.driver
         out: list[Sample] = []
         for n in IMAGES:  # each repetition imports both afresh: the disk figure is the import's
