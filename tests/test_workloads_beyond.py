@@ -84,9 +84,13 @@ def test_metacopy_makes_chown_flat_in_file_size(root, out):
                           root, out))
     t = medians(recs, "chown_seconds", ("metacopy", "file_bytes"))
     space = medians(recs, "space_bytes", ("metacopy", "file_bytes"))
-    assert t[(False, 16 * MiB)] > 5 * t[(False, 4 * KiB)], t     # without: the data is copied
-    assert t[(True, 16 * MiB)] < 4 * t[(True, 4 * KiB)] + 0.005, t  # with: metadata only
-    assert space[(False, 16 * MiB)] > 32 * MiB and space[(True, 16 * MiB)] < 2 * MiB, space
+    # without: the data is copied up, so the cost grows with the files (on a loaded machine each
+    # copy-up's fsync swamps the small case's timing, so the growth is asserted in bytes)
+    assert space[(False, 16 * MiB)] > 32 * MiB and space[(False, 16 * MiB)] > 100 * space[(False, 4 * KiB)], space
+    assert t[(False, 16 * MiB)] > 10 * t[(True, 16 * MiB)], t
+    # with: metadata only, flat in the size
+    assert t[(True, 16 * MiB)] < 4 * t[(True, 4 * KiB)] + 0.005, t
+    assert space[(True, 16 * MiB)] < 2 * MiB, space
 
 
 SHARING = {"containers": [2], "files": 32, "shared_bytes": 32 * MiB, "reps": 2}
@@ -125,9 +129,14 @@ def test_idmapped_mount_beats_recursive_chown_on_a_large_tree(root, out):
 
 
 def test_volatile_drops_the_syncs(root, out):
-    recs = ok(run_session("overlay2", "volatile", {"jobs": ["unpack-small"], "files": 300, "reps": 2}, root, out))
-    t = medians(recs, "unpack_seconds", ("volatile",))
-    assert t[(False,)] > 2 * t[(True,)], t  # 300 fsyncs reach ext4's journal only without volatile
+    recs = ok(run_session("overlay2", "volatile", {"jobs": ["unpack-small"], "files": 300, "reps": 3}, root, out))
+    # the best of the repetitions: another writer's burst on the shared disk can stall any one
+    best = {}
+    for r in recs:
+        if r["metric"] == "unpack_seconds":
+            k = r["params"]["volatile"]
+            best[k] = min(best.get(k, float("inf")), r["value"])
+    assert best[False] > 2 * best[True], best  # 300 fsyncs reach ext4's journal only without volatile
 
 
 @pytest.mark.parametrize("driver", ["erofs", "composefs"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from ..drivers import idmap as IM
+from ..drivers.idmap import supported
 from ..errors import CowlabError, NotApplicable
 from .base import Context, Timed, Workload, synthetic_image
 
@@ -84,7 +84,7 @@ class Idmap(Workload):
 
         def setup():
             if op == "idmapped":
-                why = IM.supported()
+                why = supported()
                 if why:
                     raise NotApplicable(why)
                 v = ctx.variant(idmap=MAP)  # NotApplicable where the driver has no idmap option
