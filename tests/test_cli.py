@@ -111,8 +111,10 @@ def test_unknown_workload(root_dir):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["overlay2", "--opt", "bogus=1"], "overlay2 has no option 'bogus' (its options: metacopy)"),
+    (["overlay2", "--opt", "bogus=1"], "overlay2 has no option 'bogus' (its options: idmap, metacopy, redirect_dir, volatile)"),
     (["vfs", "--device", "/dev/null"], "vfs has no option 'device' (it takes none)"),
+    (["overlay2", "--opt", "metacopy=maybe"], "option metacopy='maybe': say on or off"),
+    (["erofs", "--opt", "idmap=0:100000"], "idmap '0:100000': write INSIDE:OUTSIDE:COUNT"),
     (["devicemapper-loop", "--opt", "block_size=3K"], "block_size 3072 must be a multiple of 64 KiB"),
     (["devicemapper-loop", "--opt", "fs=ntfs"], "fs 'ntfs': choose xfs or ext4"),
     (["devicemapper-loop", "--opt", "no_space_timeout=soon"], "bad option value"),

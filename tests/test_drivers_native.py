@@ -195,7 +195,7 @@ def test_layer_semantics(make_driver, store, name):
     check_layer_semantics(drv, res, store)
 
 
-NATIVE = ["btrfs", "zfs", "overlay", "aufs", "fuse-overlayfs", "unionfs-fuse"]
+NATIVE = ["btrfs", "zfs", "overlay", "aufs", "fuse-overlayfs", "unionfs-fuse", "erofs", "composefs"]
 
 
 @pytest.mark.parametrize("name", NATIVE)

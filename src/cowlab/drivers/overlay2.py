@@ -19,6 +19,7 @@ from ..errors import CowlabError
 from ..images import Image
 from ..resources import Resources
 from . import _util as U
+from . import idmap as IM
 from .base import Container, Driver, Probe
 
 # fs/overlayfs/params.h: OVL_MAX_STACK. The kernel refuses more lower layers than this.
@@ -35,7 +36,27 @@ class Overlay2(Driver):
     vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
                "scripts": ["overlay2.sh"]}
     max_layers = OVL_MAX_STACK
-    option_names = frozenset({"metacopy"})
+    # Overlay features a workload may switch (ctx.variant(redirect_dir=True)); None or absent
+    # leaves the kernel's default (the module parameters).
+    # idmap=INSIDE:OUTSIDE:COUNT: containers on idmapped lower layers (see drivers/idmap.py).
+    option_names = frozenset({"metacopy", "redirect_dir", "volatile", "idmap"})
+    LAYER_ROOT = "diff"  # what a short link names inside a layer's dir
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        # --opt metacopy=off arrives as the string "off": make every feature flag a bool
+        self.options = {k: _flag(k, v) if k in FLAGS else v for k, v in self.options.items()}
+
+    @classmethod
+    def check_options(cls, options: dict, here: bool = True) -> None:
+        super().check_options(options, here)
+        for k in FLAGS & set(options):
+            _flag(k, options[k])
+        if options.get("idmap"):
+            IM.parse(options["idmap"])
+            why = IM.supported()
+            if why:
+                raise CowlabError(f"option idmap: {why}")
 
     @classmethod
     def probe(cls) -> Probe:
@@ -54,7 +75,7 @@ class Overlay2(Driver):
         for i in range(0, 58):
             s = h[i:i + 6]
             p = links / s
-            want = f"../layers/{digest.split(':')[-1]}/diff"
+            want = f"../layers/{digest.split(':')[-1]}/{self.LAYER_ROOT}"
             if not os.path.lexists(p) or os.readlink(p) == want:
                 return s
         raise CowlabError("no free short link name")  # 58 clashes in a row: not going to happen
@@ -75,7 +96,7 @@ class Overlay2(Driver):
         self.res.release(h)
         lnk = self.home / "l" / short
         if not os.path.lexists(lnk):
-            os.symlink(f"../layers/{digest.split(':')[-1]}/diff", lnk)
+            os.symlink(f"../layers/{digest.split(':')[-1]}/{self.LAYER_ROOT}", lnk)
         return short
 
     def import_image(self, image: Image) -> None:
@@ -111,14 +132,22 @@ class Overlay2(Driver):
         opts = [f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}"]
         # index=off as Docker sets it: layers are shared by many mounts at once.
         opts.append("index=off")
-        if "metacopy" in self.options:
-            opts.append(f"metacopy={'on' if self.options['metacopy'] else 'off'}")
-        return ",".join(opts)
+        return ",".join(opts + self._feature_options())
 
-    def _mount(self, data: str, target: Path) -> None:
+    def _feature_options(self) -> list[str]:
+        """The overlay features this instance's options switch on or off."""
+        out = []
+        for k in ("redirect_dir", "metacopy"):
+            if self.options.get(k) is not None:
+                out.append(f"{k}={'on' if self.options[k] else 'off'}")
+        if self.options.get("volatile"):
+            out.append("volatile")  # no syncs reach the upper filesystem (kernel 5.10+)
+        return out
+
+    def _mount(self, data: str, target: Path, where: Path | None = None) -> None:
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.chdir(self.home / "l")  # lower dirs are relative to here
+            os.chdir(where or self.home / "l")  # lower dirs are relative to here
             sysutil.mount("overlay", target, "overlay", data)
         finally:
             os.fchdir(cwd)
@@ -135,21 +164,57 @@ class Overlay2(Driver):
         lower = self._lower(image)
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        upper, work, merged = cdir / "diff", cdir / "work", cdir / "merged"
-        data = self._options(lower, upper, work)
+        if not self.options.get("idmap"):
+            upper, work, merged = cdir / "diff", cdir / "work", cdir / "merged"
+            data = self._options(lower, upper, work)
 
-        def make():
-            for d in (cdir, upper, work, merged):
-                os.mkdir(d)
-            os.chmod(upper, 0o755)  # the container's root, whatever our umask
-            self._mount(data, merged)
-        # One journal entry for the directories and the mount (its releaser unmounts, then
-        # removes the directory): the bookkeeping around a create costs what the kernel's
-        # mount costs, not several times it (mount_floor measures the gap).
-        (self.home / "containers").mkdir(exist_ok=True)
-        h = res.acquire("mount", make, target=str(merged), dir=str(cdir),
-                        **({"trash": str(self.trash)} if self.defer_free else {}))
-        return Container(cid, image.id, self.name, merged, [h])
+            def make():
+                for d in (cdir, upper, work, merged):
+                    os.mkdir(d)
+                os.chmod(upper, 0o755)  # the container's root, whatever our umask
+                self._mount(data, merged)
+            # One journal entry for the directories and the mount (its releaser unmounts, then
+            # removes the directory): the bookkeeping around a create costs what the kernel's
+            # mount costs, not several times it (mount_floor measures the gap).
+            (self.home / "containers").mkdir(exist_ok=True)
+            h = res.acquire("mount", make, target=str(merged), dir=str(cdir),
+                            **({"trash": str(self.trash)} if self.defer_free else {}))
+            return Container(cid, image.id, self.name, merged, [h])
+
+        # idmap: each lower layer an idmapped mount of its own, then the overlay over them
+        def mount(upper, work, merged):
+            ids, hs = self._idmapped_lowers(res, cdir, [self.home / "l" / s for s in lower.split(":")], upper)
+            try:
+                hs.append(res.acquire("mount", lambda: self._mount(self._options(ids, upper, work), merged, cdir / "ids"),
+                                      target=str(merged)))
+            except BaseException:
+                for h in reversed(hs):
+                    res.release(h)
+                raise
+            return hs
+        merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), mount)
+        return Container(cid, image.id, self.name, merged, hs)
+
+    def _idmapped_lowers(self, res: Resources, cdir: Path, lowers: list[Path], upper: Path):
+        """Option idmap: each lower layer cloned as an idmapped mount under cdir/ids/N (overlayfs
+        itself cannot be idmapped), and the empty upper dir owned by the mapped root, so the
+        container's root is the user namespace's. Returns (lowerdir relative to cdir/ids, handles)."""
+        if getattr(self, "_userns", None) is None:
+            self._userns = IM.userns_fd(self.res, self.options["idmap"])
+        inside, outside, _ = IM.parse(self.options["idmap"])
+        ids = cdir / "ids"
+        ids.mkdir()
+        hs = []
+        try:
+            for i, p in enumerate(lowers):
+                (ids / str(i)).mkdir()
+                hs.append(IM.idmapped_mount(res, p, ids / str(i), self._userns))
+            os.chown(upper, outside - inside, outside - inside)
+        except BaseException:
+            for h in reversed(hs):
+                res.release(h)
+            raise
+        return ":".join(str(i) for i in range(len(lowers))), hs
 
     # --- bare mount, for the harness floor -------------------------------------------------
     def bare_mount(self, image: Image, scratch: Path):
@@ -168,7 +233,26 @@ class Overlay2(Driver):
                 # Renaming a directory that comes from a lower layer needs redirect_dir; without it
                 # overlayfs returns EXDEV (and mv(1) falls back to copy + delete). The conformance
                 # suite checks this declaration.
-                "rename_dir": "rename" if params.get("redirect_dir") in ("Y", "on") else "exdev"}
+                "rename_dir": "rename" if self._redirect_dir(params) else "exdev"}
+
+    def _redirect_dir(self, params: dict) -> bool:
+        """Whether this instance's mounts rename lower directories (metacopy=on implies it)."""
+        if self.options.get("redirect_dir") is not None:
+            return bool(self.options["redirect_dir"])
+        return bool(self.options.get("metacopy")) or params.get("redirect_dir") in ("Y", "on")
+
+
+FLAGS = frozenset({"metacopy", "redirect_dir", "volatile"})
+_ON, _OFF = ("on", "true", "yes", "1", "y"), ("off", "false", "no", "0", "n")
+
+
+def _flag(name: str, v) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    t = str(v).strip().lower()
+    if t in _ON or t in _OFF:
+        return t in _ON
+    raise CowlabError(f"option {name}={v!r}: say on or off")
 
 
 def module_params() -> dict:
