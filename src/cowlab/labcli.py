@@ -238,7 +238,7 @@ def _record(out: Path, driver: str, mode: str, rep: dict) -> None:
     prov = provenance.collect(["cowlab", *sys.argv[1:]])
     prov.update(driver=driver, harness="cowlab lab thinpool", workloads=[f"thinpool_{mode}"], lab=rep)
     w = RunWriter(out, run_id, prov)
-    params = {"mode": mode, "pool_bytes": rep["pool_bytes"]}
+    params = {"pool_mode": mode, "pool_bytes": rep["pool_bytes"]}  # not "mode": that column is primitive|engine
     wl = f"thinpool_{mode}"
     if rep["blocked_seconds"] is not None:
         w.add(Sample("writer_blocked_seconds", rep["blocked_seconds"], "s", params), driver, wl)
