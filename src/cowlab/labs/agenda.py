@@ -43,6 +43,9 @@ def render(readme: str, lessons: list[Lesson]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip())
+        return 0
     check = "--check" in argv
     args = [a for a in argv if a != "--check"]
     d = labs_dir(args[0] if args else None)
