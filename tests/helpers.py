@@ -154,6 +154,8 @@ def is_whiteout(p: os.PathLike | str) -> bool:
 # --- hostile layers ------------------------------------------------------------------------
 
 import random as _random  # noqa: E402
+import statistics  # noqa: E402
+from collections import defaultdict  # noqa: E402
 
 # Offsets in a tar of two 10000-byte files: a's header at 0, b's header at 10752, b's data at 11264.
 _TWO_FILES = None
@@ -230,3 +232,32 @@ def box_untouched(box: Path, extra: set[str] = frozenset()) -> None:
     assert os.listdir(box / "outside") == []
     assert (box / "x").read_bytes() == b"secret"
     assert os.stat(box / "x").st_nlink == 1
+
+
+# --- running a workload's reduced grid through BenchSession (the workload tests) ----------------
+def run_session(driver, workload, overrides, root, out):
+    """One workload of DRIVER with grid overrides, through the bench's own session; its records."""
+    from cowlab.runner import BenchSession
+    GiB = 1 << 30
+
+    s = BenchSession(driver, quick=True, workload_names=[workload], out=out, root=str(root),
+                     argv=["pytest"], backing_size=4 * GiB, grid_overrides={workload: overrides},
+                     mode="primitive")
+    s.check()
+    status = "failed"
+    try:
+        s.prepare()
+        s.run()
+        status = "complete"
+    finally:
+        if hasattr(s, "res"):
+            assert s.finish(status) == []
+    return [r for r in s.records if r["workload"] == workload]
+
+
+def medians(records, metric, keys) -> dict:
+    got = defaultdict(list)
+    for r in records:
+        if r["metric"] == metric and r["status"] == "ok":
+            got[tuple(r["params"][k] for k in keys)].append(r["value"])
+    return {k: statistics.median(v) for k, v in got.items()}

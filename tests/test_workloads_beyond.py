@@ -6,42 +6,16 @@ overlay2's, an idmapped mount beats a recursive chown on a large tree."""
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 
 import pytest
 
 from cowlab.drivers import DRIVERS
 
+from helpers import medians, run_session  # noqa: E402  (one BenchSession runner for the workload tests)
+
 pytestmark = pytest.mark.root
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-
-
-def run_session(driver, workload, overrides, root, out):
-    from cowlab.runner import BenchSession
-
-    s = BenchSession(driver, quick=True, workload_names=[workload], out=out, root=str(root),
-                     argv=["pytest"], backing_size=4 * GiB, grid_overrides={workload: overrides},
-                     mode="primitive")
-    s.check()
-    status = "failed"
-    try:
-        s.prepare()
-        s.run()
-        status = "complete"
-    finally:
-        if hasattr(s, "res"):
-            assert s.finish(status) == []
-    return [r for r in s.records if r["workload"] == workload]
-
-
-def medians(records, metric, keys) -> dict:
-    got = defaultdict(list)
-    for r in records:
-        if r["metric"] == metric and r["status"] == "ok":
-            got[tuple(r["params"][k] for k in keys)].append(r["value"])
-    return {k: statistics.median(v) for k, v in got.items()}
 
 
 def ok(records):
