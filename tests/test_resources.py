@@ -233,3 +233,21 @@ def test_dm_holders_topmost_first(tmp_path):
     assert dm_holders("/dev/loop3", str(tmp_path)) == ["lab09-image", "lab09-ctr", "lab09-pool"]
     assert dm_holders("/dev/loop5", str(tmp_path)) == []
     assert dm_holders("/dev/loop9", str(tmp_path)) == []
+
+
+def test_a_lazy_release_keeps_its_entry_until_flushed_and_replaying_it_is_harmless(state):
+    """Bench removals unlink their journal entries between samples (release(lazy=True)): until
+    then the entry stays, and a cleanup that replays it (after a kill) finds nothing to do."""
+    from cowlab.resources import RELEASERS, Resources
+    res = Resources.for_run(state)
+    d = state.tmp / "lazy-dir"
+    h = res.acquire("dir", lambda: d.mkdir(), path=str(d))
+    entry = h.path
+    res.release(h, lazy=True)
+    assert not d.exists() and entry.exists(), "released now, its entry unlinked later"
+    RELEASERS["dir"](dict(h.args), state)  # what `cowlab cleanup` would do after a kill: nothing
+    res.forget_spent()
+    assert not entry.exists()
+    h2 = res.acquire("dir", lambda: d.mkdir(), path=str(d))
+    res.release(h2, lazy=True)
+    assert res.close() == [] and not h2.path.exists() and not res.dir.exists()

@@ -213,6 +213,7 @@ class Resources:
     claim: bool = True   # write owner.json as ours; False when reopening another's journal
     _seq: int = 0
     _live: list[Handle] = field(default_factory=list)
+    _spent: list[Path] = field(default_factory=list)   # released lazily, entry not yet unlinked
 
     def __post_init__(self):
         self.dir = self.state.journal / self.owner
@@ -284,17 +285,29 @@ class Resources:
             self._live.remove(h)
 
     # -- releasing -------------------------------------------------------------------------
-    def release(self, h: Handle) -> None:
+    def release(self, h: Handle, lazy: bool = False) -> None:
+        """Release h and drop its entry. lazy: the entry's file is unlinked later (forget_spent,
+        or close), outside a timed op; safe because every releaser is idempotent, so a crash in
+        between only makes `cowlab cleanup` release it once more (finding nothing to do)."""
         RELEASERS[h.kind](h.args, self.state)
         faults.point("release", h.kind)
-        sysutil.ignore_enoent(os.unlink, h.path)
+        if lazy:
+            self._spent.append(h.path)
+        else:
+            sysutil.ignore_enoent(os.unlink, h.path)
         if h in self._live:
             self._live.remove(h)
+
+    def forget_spent(self) -> None:
+        """Unlink the entries of lazily released resources."""
+        while self._spent:
+            sysutil.ignore_enoent(os.unlink, self._spent.pop())
 
     def close(self) -> list[str]:
         """Release everything in reverse; Ctrl-C is held off so teardown itself is not torn."""
         errors = []
         with signals_blocked():
+            self.forget_spent()
             for h in reversed(list(self._live)):
                 try:
                     self.release(h)

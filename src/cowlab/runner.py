@@ -186,6 +186,7 @@ class BenchSession:
                            {"of": wl.name}), "harness")
 
     def _reclaim(self) -> None:
+        self.res.forget_spent()
         self.driver.reclaim()
         for d in getattr(self, "_variants", {}).values():
             if hasattr(d, "reclaim"):  # variants also holds loop backings
