@@ -235,14 +235,12 @@ def box_untouched(box: Path, extra: set[str] = frozenset()) -> None:
 
 
 # --- running a workload's reduced grid through BenchSession (the workload tests) ----------------
-def run_session(driver, workload, overrides, root, out):
-    """One workload of DRIVER with grid overrides, through the bench's own session; its records."""
+def bench_session(driver, workloads, overrides, root, out, **kw):
+    """A BenchSession of DRIVER over WORKLOADS with grid overrides, prepared, run and finished
+    (its teardown must leave nothing); the session, for its records and metadata."""
     from cowlab.runner import BenchSession
-    GiB = 1 << 30
-
-    s = BenchSession(driver, quick=True, workload_names=[workload], out=out, root=str(root),
-                     argv=["pytest"], backing_size=4 * GiB, grid_overrides={workload: overrides},
-                     mode="primitive")
+    s = BenchSession(driver, quick=True, workload_names=workloads, out=out, root=str(root),
+                     argv=["pytest"], grid_overrides=overrides, **kw)
     s.check()
     status = "failed"
     try:
@@ -252,6 +250,13 @@ def run_session(driver, workload, overrides, root, out):
     finally:
         if hasattr(s, "res"):
             assert s.finish(status) == []
+    return s
+
+
+def run_session(driver, workload, overrides, root, out):
+    """One workload's reduced grid, natively, on a 4 GiB loop backing where one is made: its records."""
+    s = bench_session(driver, [workload], {workload: overrides}, root, out, backing_size=4 << 30,
+                      mode="primitive")
     return [r for r in s.records if r["workload"] == workload]
 
 

@@ -103,14 +103,17 @@ def test_idmapped_mount_beats_recursive_chown_on_a_large_tree(root, out):
 
 
 def test_volatile_drops_the_syncs(root, out):
-    recs = ok(run_session("overlay2", "volatile", {"jobs": ["unpack-small"], "files": 300, "reps": 3}, root, out))
-    # the best of the repetitions: another writer's burst on the shared disk can stall any one
+    """fio's fsync-after-every-write job: with volatile, overlayfs turns the fsyncs into no-ops.
+    (An unpack of small files is a weaker signal: on a quiet disk its fsyncs cost little more
+    than creating the files, 1.5x apart here, so it is not what this test asserts.)"""
+    recs = ok(run_session("overlay2", "volatile", {"jobs": ["fsync-write"], "size_bytes": 4 << 20,
+                                                    "runtime_s": 1, "reps": 2}, root, out))
     best = {}
     for r in recs:
-        if r["metric"] == "unpack_seconds":
+        if r["metric"] == "fio_iops" and r["params"].get("job") == "fsync-write":
             k = r["params"]["volatile"]
-            best[k] = min(best.get(k, float("inf")), r["value"])
-    assert best[False] > 2 * best[True], best  # 300 fsyncs reach ext4's journal only without volatile
+            best[k] = max(best.get(k, 0.0), r["value"])
+    assert best[True] > 5 * best[False], best  # measured 425 -> 80,345 IOPS in the quick run
 
 
 @pytest.mark.parametrize("driver", ["erofs", "composefs"])

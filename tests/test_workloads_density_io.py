@@ -15,6 +15,8 @@ from cowlab import probes, sysutil
 from cowlab.errors import CowlabError
 from cowlab.workloads.io import JOBS, fio_argv, job_dir, load_fio_json, parse_fio
 
+from helpers import bench_session
+
 FIXTURES = Path(__file__).parent / "fixtures" / "fio"
 MiB = 1 << 20
 
@@ -99,23 +101,6 @@ def state_root(tmp_path_factory):
     return tmp_path_factory.mktemp("cowlab-density-io") / "root"
 
 
-def run_session(driver, workloads, overrides, root, out, reps=None):
-    from cowlab.runner import BenchSession
-
-    s = BenchSession(driver, quick=True, workload_names=workloads, out=out, root=str(root),
-                     argv=["pytest"], reps=reps, grid_overrides=overrides)
-    s.check()
-    status = "failed"
-    try:
-        s.prepare()
-        s.run()
-        status = "complete"
-    finally:
-        if hasattr(s, "res"):
-            assert s.finish(status) == []
-    return s
-
-
 def assert_nothing_left(root: Path):
     from cowlab.resources import tagged_processes
 
@@ -148,7 +133,7 @@ def density_runs(state_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("density-out")
     runs = {}
     for driver in ("overlay2", "vfs"):
-        s = run_session(driver, ["density"], {"density": {"containers": [1, 8]}}, state_root, out)
+        s = bench_session(driver, ["density"], {"density": {"containers": [1, 8]}}, state_root, out)
         runs[driver] = s.records
         busy = [r for r in s.records if "dropped caches" in r.get("error", "")]
         if busy:  # another benchmark on this machine keeps dropping caches: nothing to measure
@@ -212,7 +197,7 @@ def test_io_through_session(driver, state_root, tmp_path):
         pytest.skip("fio not installed")
     grid = {"jobs": ["seq-read-1m", "seq-write-1m"], "targets": ["container", "volume"],
             "size_bytes": 8 * MiB, "runtime_s": 2, "reps": 1}
-    s = run_session(driver, ["io"], {"io": grid}, state_root, tmp_path / "out")
+    s = bench_session(driver, ["io"], {"io": grid}, state_root, tmp_path / "out")
     assert_nothing_left(state_root)
     recs = [r for r in s.records if r["workload"] == "io"]
     assert recs and all(r["status"] == "ok" for r in recs), [r for r in recs if r["status"] != "ok"]
