@@ -123,27 +123,14 @@ class Erofs(Overlay2):
         super().__init__(*a, **kw)
         self._mounted: dict[str, list[Handle]] = {}
 
-    def _import_layer(self, digest: str) -> str:
-        ldir = self._layer_dir(digest)
-        link_file = ldir / "link"
-        if link_file.exists():
-            return link_file.read_text()
-        (self.home / "layers").mkdir(exist_ok=True)
-        (self.home / "l").mkdir(exist_ok=True)
-        stage = self.staging()
-        h = self.res.acquire("dir", lambda: (stage / "tree").mkdir(parents=True), path=str(stage))
+    def _unpack_layer(self, digest: str, stage: Path) -> None:
+        """The layer as an EROFS image (and the dir it is mounted on); the tree it is made from
+        goes once packed."""
+        (stage / "tree").mkdir()
         L.apply_tar(self.store.layer_path(digest), stage / "tree", "overlay")
         make_image(stage / "tree", stage / "layer.erofs")
         sysutil.safe_rmtree(stage / "tree", stage)
         (stage / "mnt").mkdir()
-        short = self._short(digest)
-        (stage / "link").write_text(short)
-        os.replace(stage, ldir)
-        self.res.release(h)
-        lnk = self.home / "l" / short
-        if not os.path.lexists(lnk):
-            os.symlink(f"../layers/{digest.split(':')[-1]}/{self.LAYER_ROOT}", lnk)
-        return short
 
     def _ensure_mounted(self, digests) -> None:
         for d in dict.fromkeys(digests):

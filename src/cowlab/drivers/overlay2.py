@@ -88,8 +88,8 @@ class Overlay2(Driver):
         (self.home / "layers").mkdir(exist_ok=True)
         (self.home / "l").mkdir(exist_ok=True)
         stage = self.staging()
-        h = self.res.acquire("dir", lambda: (stage / "diff").mkdir(parents=True), path=str(stage))
-        L.apply_tar(self.store.layer_path(digest), stage / "diff", "overlay")
+        h = self.res.acquire("dir", lambda: stage.mkdir(parents=True), path=str(stage))
+        self._unpack_layer(digest, stage)
         short = self._short(digest)
         (stage / "link").write_text(short)
         os.replace(stage, ldir)
@@ -98,6 +98,11 @@ class Overlay2(Driver):
         if not os.path.lexists(lnk):
             os.symlink(f"../layers/{digest.split(':')[-1]}/{self.LAYER_ROOT}", lnk)
         return short
+
+    def _unpack_layer(self, digest: str, stage: Path) -> None:
+        """The layer in this driver's own form inside its staging dir: here the tree, as diff/."""
+        (stage / "diff").mkdir()
+        L.apply_tar(self.store.layer_path(digest), stage / "diff", "overlay")
 
     def import_image(self, image: Image) -> None:
         if self.has_image(image):
