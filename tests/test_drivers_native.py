@@ -430,14 +430,18 @@ def test_btrfs_only_workloads_are_skipped_elsewhere(cli, root_dir, tmp_path):
 
 
 def test_inodes_lab_legacy_overlay_vs_overlay2(cli, root_dir, tmp_path):
-    got = {}
+    got, links = {}, {}
     for name in ("overlay", "overlay2"):
         _skip_unless_available(name)
         rows = _bench(cli, root_dir, tmp_path / name, name, "inodes")
         got[name] = _one(rows, "inodes_used", event="import")["value"]
+        links[name] = _one(rows, "hard_links", event="import")["value"]
     # quick grid: 200 dirs of 5 files, 4 layers: legacy overlay copies the 201 dirs 3 more times
     # (603 inodes), less the few that overlay2 spends per layer on its own bookkeeping
     assert got["overlay"] >= got["overlay2"] + 500, got
+    # and links each of the 1,000 files into the 3 layers above the first (one more name per
+    # layer for the files those layers add); overlay2 links nothing
+    assert links["overlay2"] == 0 and links["overlay"] >= 3000, links
 
 
 def test_pool_stats_lab_from_the_cli(cli, root_dir, tmp_path):

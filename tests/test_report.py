@@ -60,7 +60,7 @@ def test_catalogue_is_complete_and_well_formed():
     refs = catalogue.references()
     ids = {c.id for c in cs}
     assert {r.id for r in refs} >= {"docker-max-layers", "overlayfs-max-stack", "containerd-idmapped",
-                                    "containerd-erofs-mysql", "slacker-pull-share", "tarasov-ordwr"}
+                                    "containerd-erofs-unpack", "slacker-pull-share", "tarasov-ordwr"}
     assert all(r.claim in ids and r.url.startswith("https://") for r in refs)
 
 
@@ -261,3 +261,29 @@ def test_a_fallback_metric_decides_where_the_preferred_one_is_missing(tmp_path):
     run(tmp_path / "machine", "vfs", cgroup, workload="density")  # the preferred metric wins
     v = verdict_of(tmp_path / "machine", "cache-once", "vfs")
     assert (v["verdict"], v["metric"]) == ("holds", "cgroup_memory_bytes")
+
+
+def test_a_driver_without_the_split_param_is_decided_unsplit_and_nothing_copied_is_no_growth(tmp_path):
+    # vfs has no redirect_dir (None): its rename samples are one group, not "lacking points";
+    # a rename that writes 0 bytes at 1 MiB and at 64 MiB does not grow with size (ratio 1)
+    for driver, copies in (("vfs", False), ("fuse-overlayfs", True)):
+        run(tmp_path, driver, [("space_bytes", size if copies else 0, "B",
+                                {"dir_bytes": size, "event": "rename", "redirect_dir": None})
+                               for size in (MiB, 64 * MiB)], workload="rename")
+    v = verdict_of(tmp_path, "copyup-rename-dir", "vfs")
+    assert (v["verdict"], v["value"]) == ("fails", 1.0) and "no growth" in v["detail"], v
+    assert verdict_of(tmp_path, "copyup-rename-dir", "fuse-overlayfs")["verdict"] == "holds"
+
+
+def test_hard_links_an_import_adds_decide_the_overlay2_claim(tmp_path):
+    for driver, links in (("overlay2", 0), ("overlay", 3000)):
+        run(tmp_path, driver, [("hard_links", links, "count", {"event": "import", "layers": 4})],
+            workload="inodes")
+    assert verdict_of(tmp_path, "overlay2-hard-links", "overlay2")["verdict"] == "fails"
+    assert verdict_of(tmp_path, "overlay2-hard-links", "overlay")["verdict"] == "holds"
+
+
+def test_an_engine_claim_for_a_driver_docker_lacks_says_so(tmp_path):
+    run(tmp_path, "composefs", creation(1, 1))
+    v = verdict_of(tmp_path, "start-regardless-of-size", "composefs")
+    assert v["verdict"] == "not measured" and "Docker has no storage driver" in v["why"], v

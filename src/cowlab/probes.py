@@ -285,6 +285,27 @@ def synced_statfs(path: str | os.PathLike) -> dict[str, int]:
     return statfs(path)
 
 
+def hard_links(root: str | os.PathLike) -> int:
+    """Extra names of the regular files under root (Σ st_nlink − 1 over their inodes), on
+    root's filesystem only (mounts below it are not walked). A tree copied with hard links
+    (`cp -al`, Docker's legacy overlay layers) adds one per file; a copy or a diff adds none."""
+    root = os.fspath(root)
+    dev = os.lstat(root).st_dev
+    links: dict[int, int] = {}
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                if st.st_dev != dev:
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False) and st.st_nlink > 1:
+                    links[st.st_ino] = st.st_nlink
+    return sum(n - 1 for n in links.values())
+
+
 def delta(after: dict, before: dict) -> dict:
     """after − before for every numeric key in both (tuples of numbers element-wise)."""
     out = {}

@@ -207,8 +207,10 @@ def findings(records: list[dict]) -> list[Finding]:
         imp = _med(df, "inodes", "inodes_used", event="import")
         cr = _med(df, "inodes", "inodes_used", event="create")
         if imp is not None and cr is not None:
+            links = _med(df, "inodes", "hard_links", event="import")
             out.append(Finding("inodes", _claim("inodes"),
-                               f"inodes: {units.count(imp)} to import the image, {units.count(cr)} per container"))
+                               f"inodes: {units.count(imp)} to import the image, {units.count(cr)} per container"
+                               + (f"; hard links between its layers: {units.count(links)}" if links is not None else "")))
 
     out += [Finding("engine", "", line) for line in engine_headlines(records)]
 

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from ..drivers import DRIVERS
 from .catalogue import Claim, Rule
 from .format import fmt_value, fmt_ratio, fmt_param
 
@@ -166,12 +167,15 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
         return None
     sa, sb = _stats(a["value"]), _stats(b["value"])
     ua, ub = str(a["unit"].iloc[0]), str(b["unit"].iloc[0])
-    if sb["median"] <= 0 or sb["p10"] <= 0 or sa["median"] < 0:
+    # nothing on either side (a rename that copies nothing at any size; ZFS's lagging space
+    # count may show a stray block in one sample): no growth with the parameter, ratio 1
+    zero = sa["median"] == sb["median"] == 0 and min(sa["p10"], sb["p10"]) >= 0
+    if not zero and (sb["median"] <= 0 or sb["p10"] <= 0 or sa["median"] < 0):
         return {"verdict": "not measured", "value": None, "unit": "ratio", "n": sa["n"] + sb["n"],
                 "why": f"the denominator's median is {fmt_value(sb['median'], ub)}: no ratio",
                 "detail": "", "runs": sorted(set(a["run_id"]) | set(b["run_id"]))}
-    ratio = sa["median"] / sb["median"]
-    lo, hi = sa["p10"] / sb["p90"], sa["p90"] / sb["p10"]
+    ratio, lo, hi = (1.0, 1.0, 1.0) if zero else \
+        (sa["median"] / sb["median"], sa["p10"] / sb["p90"], sa["p90"] / sb["p10"])
     ok = r.passes(ratio)
     decisive = r.passes(lo) == r.passes(hi) == ok
     skip = [k for k in base if fa.get(k) == fb.get(k)]
@@ -179,7 +183,9 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
     nb = _describe(fb, skip) or f"{fb.get('mode', claim.mode)} {fb['metric']}"
     text = (f"{na}: {fmt_value(sa['median'], ua)} (n={sa['n']}) ÷ {nb}: "
             f"{fmt_value(sb['median'], ub)} (n={sb['n']}) = {fmt_ratio(ratio)} "
-            f"(from p10/p90 {fmt_ratio(lo)}–{fmt_ratio(hi)}); holds if {r.test_text(fmt_ratio)}")
+            + ("(median 0 on both sides: no growth)" if zero else
+               f"(from p10/p90 {fmt_ratio(lo)}–{fmt_ratio(hi)})")
+            + f"; holds if {r.test_text(fmt_ratio)}")
     return {"verdict": "holds" if ok else "fails", "value": ratio, "unit": "ratio", "p10": lo,
             "p90": hi, "n": sa["n"] + sb["n"], "n_num": sa["n"], "n_den": sb["n"],
             "num": {"median": sa["median"], "unit": ua, "at": na},
@@ -194,7 +200,8 @@ def _split_values(claim: Claim, rows: pd.DataFrame, driver: str) -> list[dict]:
     if not claim.rule.split:
         return [{}]
     sel, _ = select(rows, {k: v for k, v in {**_base(claim, driver), **claim.where}.items()})
-    cols = [c for c in claim.rule.split if c in sel.columns]
+    # a param the driver does not have at all (vfs has no redirect_dir: None) splits nothing
+    cols = [c for c in claim.rule.split if c in sel.columns and sel[c].notna().any()]
     if not cols or sel.empty:
         return [{}]
     combos = sel[cols].dropna().drop_duplicates()
@@ -299,9 +306,19 @@ def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
                 v["notes"].append(f"the {others[0]} grid's samples were left out, not pooled with the {g} grid")
             return v
     mine = rows[(rows["driver"] == d) & (rows["workload"] == c.workload)]
-    why = (f"no {c.workload} samples for {d} on this host" if mine.empty else
-           f"the {c.workload} samples for {d} here lack the points the rule needs "
-           f"({_rule_points(c)})")
+    modes = {m for m in (c.mode, c.rule.num.get("mode"), c.rule.den.get("mode")) if m and m != "any"}
+    lacking = sorted(m for m in modes if "mode" in mine.columns and not (mine["mode"] == m).any())
+    if mine.empty:
+        why = f"no {c.workload} samples for {d} on this host"
+    elif lacking:
+        why = f"no {lacking[0]}-mode {c.workload} samples for {d} here"
+        if lacking[0] == "engine":
+            cls = DRIVERS.get(d)
+            why += (": Docker has no storage driver for it" if cls is not None and cls.engine is None
+                    else " (when dockerd refused the driver, its runs' run.json `engine` says why)")
+    else:
+        why = (f"the {c.workload} samples for {d} here lack the points the rule needs "
+               f"({_rule_points(c)})")
     return _not_measured(c, d, h, why)
 
 
