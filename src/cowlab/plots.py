@@ -1012,6 +1012,10 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
                color="white" if hatch else color, edgecolor=color, hatch=hatch,
                alpha=0.5 if em else 1.0, linestyle="--" if em else "-", linewidth=1.2,
                error_kw={"elinewidth": 1, "ecolor": "0.25"})
+        for x, m in zip(xs, med):
+            if m == 0:  # a bar of height 0 is invisible: say it was measured, and was 0
+                ax.annotate("0", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center",
+                            va="bottom", fontsize="small", color=color)
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([str(c) for c in cats])
     ax.set_xlim(-0.6, len(cats) - 0.4)
