@@ -287,3 +287,11 @@ def test_an_engine_claim_for_a_driver_docker_lacks_says_so(tmp_path):
     run(tmp_path, "composefs", creation(1, 1))
     v = verdict_of(tmp_path, "start-regardless-of-size", "composefs")
     assert v["verdict"] == "not measured" and "Docker has no storage driver" in v["why"], v
+
+
+def test_a_lab_run_is_its_own_grid_not_the_full_one(tmp_path):
+    # `cowlab lab thinpool` runs have no grid (quick: None): their verdicts say "lab"
+    run(tmp_path, "devicemapper-loop", [("writer_failed", 1, "count", {"mode": "timeout"})],
+        quick=None, workload="thinpool_timeout", emulated=True)
+    v = verdict_of(tmp_path, "pool-full-stalls", "devicemapper-loop")
+    assert (v["verdict"], v["grid"]) == ("fails", "lab"), v

@@ -217,7 +217,7 @@ def environments(paths) -> list[dict]:
         for k in ("loadavg_start", "loadavg_end"):
             if run.get(k):
                 h["load"].append(float(run[k][0]))
-        h["grids"].add("quick" if run.get("quick") else "full")
+        h["grids"].add("quick" if run.get("quick") else "full" if run.get("quick") is False else "lab")
         h["git"].add(str(run.get("git_sha", "?"))[:12] + ("-dirty" if str(run.get("git_sha", "")).endswith("-dirty") else ""))
         h["python"].add(str(run.get("python")))
         st = str(run.get("status"))

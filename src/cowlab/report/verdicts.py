@@ -53,9 +53,14 @@ def host_of(df: pd.DataFrame) -> pd.Series:
                      dtype=object)
 
 
+GRIDS = ("full", "quick", "lab")  # in the order a verdict prefers them
+
+
 def grid_of(df: pd.DataFrame) -> pd.Series:
     q = df["quick"] if "quick" in df else pd.Series(False, index=df.index)
-    return q.map(lambda v: "quick" if v is True or v == True else "full")  # noqa: E712
+    # a lab run (`cowlab lab thinpool`) has no grid: quick is None
+    return q.map(lambda v: "quick" if v is True or v == True else  # noqa: E712
+                 "full" if v is False or v == False else "lab")  # noqa: E712
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -290,7 +295,7 @@ def _columns(c: Claim) -> set[str]:
 
 
 def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
-    grids = [g for g in ("full", "quick") if (rows["_grid"] == g).any()]
+    grids = [g for g in GRIDS if (rows["_grid"] == g).any()]
     for variant in c.variants():
         for g in grids:
             got = evaluate_one(variant, rows[rows["_grid"] == g], d)
