@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import os
 
 import pytest
@@ -168,3 +169,16 @@ def test_memory_cgroup_made_and_released(tmp_path):
         assert {"file", "anon"} <= set(stat)
         path = cg.path
     assert not path.exists()                   # released (rmdir) with the run
+
+
+def test_hard_links_counts_extra_names_of_files_not_copies(tmp_path):
+    base = tmp_path / "layer0"
+    (base / "d").mkdir(parents=True)
+    for i in range(5):
+        (base / "d" / f"f{i}").write_text("x")
+    assert probes.hard_links(tmp_path) == 0
+    for n in (1, 2):  # Docker's legacy overlay: each layer a `cp -al` of its parent
+        subprocess.run(["cp", "-a", "--link", str(base), str(tmp_path / f"layer{n}")], check=True)
+    assert probes.hard_links(tmp_path) == 10  # 5 files, two more names each
+    subprocess.run(["cp", "-a", str(base), str(tmp_path / "copy")], check=True)
+    assert probes.hard_links(tmp_path) == 10  # a copy adds none
