@@ -16,7 +16,7 @@ import nox
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / "src"))
-from cowlab.drivers import DRIVERS, provision_script  # noqa: E402  (the registry; stdlib only)
+from cowlab.storage.drivers import DRIVERS, provision_script  # noqa: E402  (the registry; stdlib only
 
 # One session per backend of the driver registry; each is the same thin layer over `cowlab bench`.
 BACKENDS = list(DRIVERS)
@@ -86,8 +86,8 @@ def _bench(session, backend: str) -> None:
     args = list(session.posargs)
     if any(a in ("--mode=engine", "--mode=both") for a in args) or \
             any(a == "--mode" and b in ("engine", "both") for a, b in zip(args, args[1:])):
-        _provision(session, "engine")  # Docker Engine for engine mode (cowlab.engine)
-    _install(session, "test,engine,vm")  # vm: virtme-ng, for backends this kernel lacks (cowlab.vm)
+        _provision(session, "engine")  # Docker Engine for engine mode (cowlab.measure.engine)
+    _install(session, "test,engine,vm")  # vm: virtme-ng, for backends this kernel lacks (cowlab.storage.vm)
     if not any(a == "--out" or a.startswith("--out=") for a in args):
         args += ["--out", str(HERE / "results" / "local")]  # git-ignored: the user's own runs
     try:
@@ -164,7 +164,7 @@ def labs(session):
 def notebooks(session):
     """Execute every notebook in notebooks/ against results/ (fails on any cell error)."""
     _install(session, "notebooks")
-    session.run("python", "-m", "cowlab.notebooks", "run", *(session.posargs or ["notebooks"]))
+    session.run("python", "-m", "cowlab.report.notebooks", "run", *(session.posargs or ["notebooks"]))
 
 
 @nox.session
@@ -189,7 +189,7 @@ def vagrant_smoke(session):
     """Build the local Debian 12 box, `vagrant up btrfs` under TCG in a private network namespace,
     run `nox -s bench-btrfs -- --quick` in it, check the run comes back; tear all down (as root)."""
     _provision(session, "vagrant-host")
-    session.run("/usr/bin/python3", "-m", "cowlab.vagrant_smoke", *session.posargs, external=True,
+    session.run("/usr/bin/python3", "-m", "cowlab.cli.vagrant_smoke", *session.posargs, external=True,
                 env={"PYTHONPATH": str(HERE / "src")})
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import workloads as W
-from cowlab.errors import CowlabError
-from cowlab.runner import BenchSession
+from cowlab.measure import workloads as W
+from cowlab.base.errors import CowlabError
+from cowlab.run.runner import BenchSession
 
 
 def pytest_addoption(parser):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.state import StateRoot
+from cowlab.base.state import StateRoot
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -161,7 +161,7 @@ def state(root_dir) -> StateRoot:
 
 @pytest.fixture
 def store(state):
-    from cowlab.images import ImageStore
+    from cowlab.store.images import ImageStore
     return ImageStore(state)
 
 

@@ -11,7 +11,7 @@ import stat
 import tarfile
 from pathlib import Path
 
-from cowlab import spec
+from cowlab.store import spec
 
 
 def ti(name: str, **kw) -> tarfile.TarInfo:
@@ -238,7 +238,7 @@ def box_untouched(box: Path, extra: set[str] = frozenset()) -> None:
 def bench_session(driver, workloads, overrides, root, out, **kw):
     """A BenchSession of DRIVER over WORKLOADS with grid overrides, prepared, run and finished
     (its teardown must leave nothing); the session, for its records and metadata."""
-    from cowlab.runner import BenchSession
+    from cowlab.run.runner import BenchSession
     s = BenchSession(driver, quick=True, workload_names=workloads, out=out, root=str(root),
                      argv=["pytest"], grid_overrides=overrides, **kw)
     s.check()

@@ -33,12 +33,26 @@ def test_layers_contract_is_kept():
 
 
 def test_an_upward_import_breaks_the_contract(tmp_path):
-    """The contract can fail: base-layer errors.py importing the CLI is refused."""
+    """The contract can fail: the base layer's errors module importing the CLI is refused."""
     shutil.copytree(PKG, tmp_path / "cowlab", ignore=shutil.ignore_patterns("__pycache__"))
-    f = tmp_path / "cowlab" / "errors.py"
-    f.write_text(f.read_text() + "\n\ndef _upward():\n    from . import cli  # noqa: F401\n")
+    f = tmp_path / "cowlab" / "base" / "errors.py"
+    f.write_text(f.read_text() + "\n\ndef _upward():\n    from cowlab.cli import main  # noqa: F401\n")
     r = _lint_imports(tmp_path, tmp_path)
-    assert r.returncode != 0 and "cowlab.errors -> cowlab.cli" in r.stdout, r.stdout + r.stderr
+    assert r.returncode != 0 and "cowlab.base.errors -> cowlab.cli.main" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_module_outside_every_layer_breaks_the_contract(tmp_path):
+    """The folders are the layers: a module put directly in cowlab/ sits in none, and fails."""
+    shutil.copytree(PKG, tmp_path / "cowlab", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "cowlab" / "stray.py").write_text('"""A module in no layer."""\n')
+    r = _lint_imports(tmp_path, tmp_path)
+    assert r.returncode != 0 and "cowlab.stray" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_the_top_of_the_package_is_its_layers():
+    """At most six modules directly in src/cowlab besides __init__ and __main__ (today: none)."""
+    loose = sorted(p.name for p in PKG.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(loose) <= 6, loose
 
 
 def _modules() -> dict[str, Path]:
@@ -131,11 +145,11 @@ def test_no_module_imports_anothers_private_names():
 def test_package_data_ships_the_fio_jobs(tmp_path):
     """A build of the package (setuptools' build_py, what a wheel holds) has the io workload's
     job files: the installed library finds them beside its code, not in a source tree."""
-    from cowlab.workloads.io import JOBS
+    from cowlab.measure.workloads.io import JOBS
     cp = subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
                          "-d", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr
-    shipped = {p.stem for p in (tmp_path / "cowlab" / "fio").glob("*.fio")}
+    shipped = {p.stem for p in (tmp_path / "cowlab" / "measure" / "workloads" / "fio").glob("*.fio")}
     assert set(JOBS) <= shipped, (sorted(JOBS), sorted(shipped))
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import cleanup, sysutil
-from cowlab.images import ImageStore
-from cowlab.resources import Resources, owners
+from cowlab.run import cleanup
+from cowlab.base import sysutil
+from cowlab.store.images import ImageStore
+from cowlab.base.resources import Resources, owners
 
 from conftest import SRC, mounts_under
 from helpers import spec_of
@@ -24,10 +25,10 @@ from helpers import spec_of
 PRELUDE = """
 import json, sys, time
 from pathlib import Path
-from cowlab.state import StateRoot
-from cowlab.images import ImageStore
-from cowlab.resources import Resources, spawn
-from cowlab import backing
+from cowlab.base.state import StateRoot
+from cowlab.store.images import ImageStore
+from cowlab.base.resources import Resources, spawn
+from cowlab.storage import backing
 state = StateRoot(Path(sys.argv[1])).ensure()
 res = Resources.for_run(state)
 out = {"owner": res.owner}
@@ -171,8 +172,8 @@ def test_sweep_after_sigkill_with_containers(state):
     store.build(spec_of([[{"op": "file", "path": "/etc/hello", "size": 100}],
                          [{"op": "file", "path": "/etc/two", "size": 10}]], name="img"))
     c = Child(state.path, """
-        from cowlab.drivers.overlay2 import Overlay2
-        from cowlab.drivers.vfs import Vfs
+        from cowlab.storage.drivers.overlay2 import Overlay2
+        from cowlab.storage.drivers.vfs import Vfs
         store = ImageStore(state)
         img = store.get("img")
         mps = []
@@ -222,7 +223,7 @@ def test_sweep_after_sigkill_with_a_loop_backing(state):
     store = ImageStore(state)
     store.build(spec_of([[{"op": "file", "path": "/etc/hello", "size": 100}]], name="img"))
     c = Child(state.path, """
-        from cowlab.drivers.overlay2 import Overlay2
+        from cowlab.storage.drivers.overlay2 import Overlay2
         b = backing.make_loop(state.backings, res, "ext4", 64 << 20)
         drv = Overlay2(b, res, ImageStore(state))
         img = drv.store.get("img")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import results, sysutil
-from cowlab.state import MARKER
+from cowlab import results
+from cowlab.base import sysutil
+from cowlab.base.state import MARKER
 
 from conftest import SRC, mounts_under, run_cli
 from helpers import docker_archive, simple_layer
@@ -200,7 +201,7 @@ def _nobody() -> tuple[tuple[str, ...] | None, str]:
         return None, "setpriv (util-linux) is not installed"
     base = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    probe = [sys.executable, "-c", "import os, cowlab.cli; assert os.geteuid() == 65534"]
+    probe = [sys.executable, "-c", "import os, cowlab.cli.main; assert os.geteuid() == 65534"]
     for extra in ([], ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]):
         cp = subprocess.run(base + extra + probe, capture_output=True, text=True, env=env, cwd="/")
         if cp.returncode == 0:
@@ -359,9 +360,9 @@ def test_cleanup_on_fresh_root(root_dir):
 
 @pytest.mark.root
 def test_container_create_refuses_too_many_layers(root_dir):
-    from cowlab.images import ImageStore
-    from cowlab.state import StateRoot
-    from cowlab.workloads.base import synthetic_image
+    from cowlab.store.images import ImageStore
+    from cowlab.base.state import StateRoot
+    from cowlab.measure.workloads.base import synthetic_image
     ImageStore(StateRoot(root_dir).ensure()).build(synthetic_image("l501", 0, 501))
     cp = run_cli("container", "create", "l501", "--driver", "overlay2", root=root_dir)
     assert_clean_error(cp, "501 layers", "500", code=1)

@@ -1,7 +1,7 @@
-"""The conformance suite (cowlab.conformance) on every driver, and checks that the suite itself can
+"""The conformance suite (cowlab.measure.conformance) on every driver, and checks that the suite itself can
 tell a broken driver from a good one.
 
-One test per driver in cowlab.drivers.DRIVERS (a new driver is covered by registering it): every
+One test per driver in cowlab.storage.drivers.DRIVERS (a new driver is covered by registering it): every
 case, compared with a plain directory. Unavailable drivers are skipped with their probe's reason.
 Here the 128-layer case is compared at depths 1, 2, 64 and 128; `cowlab conformance` compares a
 wider spread and `--every-layer` all 128.
@@ -17,15 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cowlab import conformance as C
-from cowlab import layers, sysutil
-from cowlab.drivers import DRIVERS
-from cowlab.drivers.base import Container
-from cowlab.drivers.overlay2 import Overlay2
-from cowlab.drivers.vfs import Vfs
-from cowlab.errors import CowlabError
-from cowlab.images import ImageStore
-from cowlab.state import StateRoot
+from cowlab.measure import conformance as C
+from cowlab.store import layers
+from cowlab.base import sysutil
+from cowlab.storage.drivers import DRIVERS
+from cowlab.storage.drivers.base import Container
+from cowlab.storage.drivers.overlay2 import Overlay2
+from cowlab.storage.drivers.vfs import Vfs
+from cowlab.base.errors import CowlabError
+from cowlab.store.images import ImageStore
+from cowlab.base.state import StateRoot
 
 from conftest import mounts_under
 
@@ -399,7 +400,7 @@ def specs(draw):
 @settings(max_examples=60, deadline=None)
 @given(specs())
 def test_reference_and_layer_pipeline_agree(tmp_path_factory, d):
-    from cowlab.spec import from_dict
+    from cowlab.store.spec import from_dict
     sp = from_dict(d, "<fuzz>")
     base = tmp_path_factory.mktemp("agree")
     state = StateRoot(base / "root").ensure()

@@ -1,7 +1,7 @@
 """Crash safety: a bench run killed with SIGKILL at many points, then `cowlab cleanup`.
 
 Kill points are deterministic: COWLAB_KILLPOINT=name:n makes cowlab SIGKILL itself the n-th time
-it reaches a named point (cowlab.faults; the points sit in resources, layers, images, backing
+it reaches a named point (cowlab.base.faults; the points sit in resources, layers, images, backing
 and results). After each kill, `cowlab cleanup` must leave no mount, loop device, process
 carrying the dead run's COWLAB_OWNER tag, scratch cgroup, journal entry or staging file, and no
 file outside the state root may have changed (a sentinel tree beside it is fingerprinted before
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import results, sysutil
-from cowlab.errors import CowlabError
-from cowlab.state import StateRoot, resolve_root
+from cowlab import results
+from cowlab.base import sysutil
+from cowlab.base.errors import CowlabError
+from cowlab.base.state import StateRoot, resolve_root
 
 from conftest import SRC, loops_under, mounts_under
 from helpers import docker_archive, simple_layer, tree_fingerprint
@@ -107,8 +108,8 @@ POINTS = [
 def _needs(what: str) -> str | None:
     if what == "density":
         try:
-            from cowlab.workloads import WORKLOADS
-            from cowlab.workloads.density import static_busybox
+            from cowlab.measure.workloads import WORKLOADS
+            from cowlab.measure.workloads.density import static_busybox
         except ImportError:
             return "the density workload is not in this cowlab yet"
         if "density" not in WORKLOADS:
@@ -193,7 +194,7 @@ def lab(shared_lab):
     yield shared_lab
     st = StateRoot(shared_lab.root)
     if st.claimed and (os.listdir(st.journal) or mounts_under(shared_lab.base)):
-        from cowlab import cleanup
+        from cowlab.run import cleanup
         cleanup.sweep(st, everything=True)
 
 
@@ -308,7 +309,7 @@ def test_sigkill_then_cleanup_leaves_nothing(lab, p, tmp_path):
             assert "cowlab cleanup" in run.get("closed_by_cleanup", ""), run
             assert run["status"] == "killed" or p.killpoint.startswith("release."), run
     # one cleanup was enough: a second finds nothing to do
-    from cowlab import cleanup
+    from cowlab.run import cleanup
     assert cleanup.sweep(st) == []
 
 
@@ -336,7 +337,7 @@ def test_at_least_twenty_kill_points():
 
 
 def test_killpoint_format():
-    from cowlab import faults
+    from cowlab.base import faults
     assert faults.parse("a:2, b") == {"a": 2, "b": 1}
     for bad in ("a:0", ":3", "a:x"):
         with pytest.raises(ValueError):

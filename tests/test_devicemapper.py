@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from cowlab import vm, vmroute
-from cowlab.drivers import devicemapper as dm
-from cowlab.errors import CowlabError
+from cowlab.storage import vm
+from cowlab.run import vmroute
+from cowlab.storage.drivers.devicemapper import driver as dm
+from cowlab.base.errors import CowlabError
 
 # `dmsetup status` / `dmsetup table`, verbatim (trailing spaces included)
 POOL_RW = "0 2097152 thin-pool 0 2571/25600 0/16384 - rw discard_passdown queue_if_no_space - 1024 \n"
@@ -83,7 +84,7 @@ def test_sizes_and_options(tmp_path):
 
 
 def test_root_prefix_separates_state_roots(tmp_path):
-    from cowlab.state import StateRoot
+    from cowlab.base.state import StateRoot
     a, b = StateRoot(tmp_path / "a"), StateRoot(tmp_path / "b")
     assert dm.root_prefix(a) != dm.root_prefix(b)
     assert dm.root_prefix(a).startswith("cowlab-") and len(dm.root_prefix(a)) == len("cowlab-123456-")
@@ -153,7 +154,7 @@ def test_direct_in_vm_in_mode_both_gets_a_second_disk_for_dockerd():
 
 def test_engine_pool_options_by_mode():
     from types import SimpleNamespace
-    from cowlab.engine.session import EnginePart
+    from cowlab.measure.engine.session import EnginePart
     opts = {"device": "/dev/vdb", "engine_device": "/dev/vdc", "block_size": "128K"}
     both = EnginePart(SimpleNamespace(driver_options=opts, mode="both", driver_name="devicemapper-direct"))
     assert both.pool_options() == {"device": "/dev/vdc", "block_size": "128K"}
@@ -175,13 +176,13 @@ def test_engine_device_must_be_another_device():
 
 
 def test_engine_only_stand_in_takes_the_pool_drivers_options():
-    from cowlab.engine.session import engine_only_driver
+    from cowlab.measure.engine.session import engine_only_driver
     assert "engine_device" in engine_only_driver("devicemapper-direct").option_names
     assert engine_only_driver("overlay2").option_names == frozenset()
 
 
 def test_mapper_node_releaser_touches_only_this_roots_links(state):
-    from cowlab.resources import RELEASERS
+    from cowlab.base.resources import RELEASERS
     with pytest.raises(CowlabError, match="not touching"):
         RELEASERS["dm_node"]({"path": "/dev/mapper/control"}, state)
     with pytest.raises(CowlabError, match="not touching"):

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import spec, vm, vmroute
-from cowlab.images import ImageStore
-from cowlab.state import StateRoot
+from cowlab.store import spec
+from cowlab.storage import vm
+from cowlab.run import vmroute
+from cowlab.store.images import ImageStore
+from cowlab.base.state import StateRoot
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "bench" / "specs" / "demo.toml"
@@ -37,7 +39,7 @@ def guest(tmp_path_factory):
     state = StateRoot(base / "root").ensure()
     ImageStore(state).build(spec.load(DEMO))  # natively, before the boot (the guest's store is read-only)
     vmroute.prebuild(state, ["space"], quick=False, reps=1)
-    from cowlab import conformance
+    from cowlab.measure import conformance
     conformance.prebuild(state)  # every case's images: the guest's store is this one, read-only
     out = base / "results"
     lines: list[str] = []
@@ -119,7 +121,7 @@ def test_conformance_suite_passes_on_devicemapper_loop(guest):
     """The same oracle as every native driver (a plain directory), on thin snapshots."""
     _ok(guest)
     res = guest["report"]["conformance"]
-    from cowlab import conformance
+    from cowlab.measure import conformance
     assert {r["case"] for r in res} == {c.name for c in conformance.CASES}, "not every case ran"
     bad = [(r["case"], r["status"], r["details"][:5]) for r in res if r["status"] not in ("pass", "skip")]
     assert bad == [], bad

@@ -1,4 +1,4 @@
-"""cowlab.dmioctl without a device mapper: the ioctl buffers it builds and the kernel replies it
+"""cowlab.storage.drivers.devicemapper.dmioctl without a device mapper: the ioctl buffers it builds and the kernel replies it
 parses, hand-built here byte by byte after include/uapi/linux/dm-ioctl.h and
 drivers/md/dm-ioctl.c. (The real thing is checked in the kernel VM.)"""
 
@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from cowlab import dmioctl as dm
+from cowlab.storage.drivers.devicemapper import dmioctl as dm
 
 HDR = 312  # sizeof(struct dm_ioctl); data_start of every kernel reply
 

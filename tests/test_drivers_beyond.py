@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import backing as B
-from cowlab import sysutil
-from cowlab.drivers import composefs as CF
-from cowlab.drivers import erofs as ER
-from cowlab.drivers import idmap as IM
-from cowlab.drivers.overlay2 import Overlay2
-from cowlab.errors import CowlabError
-from cowlab.images import ImageStore
-from cowlab.resources import Resources
-from cowlab.spec import from_dict
-from cowlab.state import StateRoot
+from cowlab.storage import backing as B
+from cowlab.base import sysutil
+from cowlab.storage.drivers import composefs as CF
+from cowlab.storage.drivers import erofs as ER
+from cowlab.storage.drivers import idmap as IM
+from cowlab.storage.drivers.overlay2 import Overlay2
+from cowlab.base.errors import CowlabError
+from cowlab.store.images import ImageStore
+from cowlab.base.resources import Resources
+from cowlab.store.spec import from_dict
+from cowlab.base.state import StateRoot
 
 from conftest import mounts_under
 
@@ -122,7 +122,7 @@ def test_idmap_option_is_checked():
 @pytest.mark.root
 @pytest.mark.parametrize("name", ["overlay2", "erofs", "composefs"])
 def test_idmapped_container_belongs_to_the_mapped_root(env, name):
-    from cowlab.drivers import DRIVERS
+    from cowlab.storage.drivers import DRIVERS
     cls = DRIVERS[name]
     need(cls)
     if IM.supported():

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import autobacking, sysutil
-from cowlab import backing as B
-from cowlab.drivers import DRIVERS
-from cowlab.drivers import _util as U
-from cowlab.drivers.unionfs_fuse import HIDETAG, meta_name, translate
-from cowlab.errors import CowlabError
-from cowlab.resources import Resources
+from cowlab.storage import autobacking
+from cowlab.base import sysutil
+from cowlab.storage import backing as B
+from cowlab.storage.drivers import DRIVERS
+from cowlab.storage.drivers import _util as U
+from cowlab.storage.drivers.unionfs_fuse import HIDETAG, meta_name, translate
+from cowlab.base.errors import CowlabError
+from cowlab.base.resources import Resources
 
 from conftest import mounts_under
 from helpers import spec_of, tree_fingerprint
@@ -214,7 +215,7 @@ def test_registered_with_provisioning_and_nox(name):
 
 
 def test_aufs_probe_is_honest():
-    from cowlab.drivers.aufs import Aufs
+    from cowlab.storage.drivers.aufs import Aufs
     has = "\taufs\n" in Path("/proc/filesystems").read_text()
     p = Aufs.probe()
     assert p.available == has
@@ -241,8 +242,8 @@ def test_drivers_command_lists_every_backend(cli, root_dir):
 # ------------------------------------------------------------------------------------------
 
 def test_btrfs_gets_a_btrfs_backing(state):
-    from cowlab.drivers.btrfs import Btrfs
-    from cowlab.drivers.vfs import Vfs
+    from cowlab.storage.drivers.btrfs import Btrfs
+    from cowlab.storage.drivers.vfs import Vfs
     host_fs = sysutil.mount_of(state.path).fstype
     assert autobacking.kind_for(Btrfs, "host", state.path) == ("host" if host_fs == "btrfs" else "btrfs")
     assert autobacking.kind_for(Btrfs, "btrfs", state.path) == "btrfs"
@@ -252,7 +253,7 @@ def test_btrfs_gets_a_btrfs_backing(state):
 
 
 def test_btrfs_layers_are_subvolume_snapshots(make_driver, store):
-    from cowlab.drivers.btrfs import is_subvolume
+    from cowlab.storage.drivers.btrfs import is_subvolume
     drv, res = make_driver("btrfs")
     img = store.build(spec_of(LAYERS[:2], name="two"))
     drv.import_image(img)
@@ -341,7 +342,7 @@ def test_fuse_daemon_killed_if_it_outlives_the_unmount(make_driver, store):
 
 
 def test_zfs_pool_stats_and_teardown(make_driver, store):
-    from cowlab.drivers import zfs as Z
+    from cowlab.storage.drivers.zfs import driver as Z
     drv, res = make_driver("zfs", compression="gzip" if Z.implementation() == "fuse" else "lz4", dedup="on")
     img = store.build(spec_of([[{"op": "file", "path": "/z", "size": "1MiB", "pattern": "zero"},
                                 {"op": "file", "path": "/r", "size": "256KiB"}]], name="zfs-one"))
@@ -446,7 +447,7 @@ def test_inodes_lab_legacy_overlay_vs_overlay2(cli, root_dir, tmp_path):
 
 def test_pool_stats_lab_from_the_cli(cli, root_dir, tmp_path):
     _skip_unless_available("zfs")
-    from cowlab.drivers import zfs as Z
+    from cowlab.storage.drivers.zfs import driver as Z
     rows = _bench(cli, root_dir, tmp_path / "out", "zfs", "pool_stats")
     assert _one(rows, "compressratio", variant="default")["value"] == pytest.approx(1.0, abs=0.05)
     assert _one(rows, "compressratio", variant="compression")["value"] > 1.5  # text shrinks, random does not
@@ -472,7 +473,7 @@ def test_container_create_btrfs_on_a_persistent_loop_btrfs(cli, root_dir, tmp_pa
         cp = cli("container", "create", "demo", "--driver", "btrfs", root=root_dir)
         assert cp.returncode == 0, cp.stderr
         made.append(Path(cp.stdout.strip().splitlines()[-1]))
-    from cowlab.drivers.btrfs import is_subvolume
+    from cowlab.storage.drivers.btrfs import is_subvolume
     for mp in made:
         assert is_subvolume(mp) and (mp / "etc" / "hello").stat().st_size == 100
     assert made[0].parent == made[1].parent  # one persistent btrfs for both
@@ -495,9 +496,9 @@ def test_zfs_fuse_user_lock_is_machine_wide_and_dies_with_its_holder():
     import sys
     import time
 
-    from cowlab.drivers import zfs as Z
+    from cowlab.storage.drivers.zfs import driver as Z
     from conftest import SRC
-    code = ("import sys,time; from cowlab.drivers import zfs as Z; Z.user_lock_acquire(); "
+    code = ("import sys,time; from cowlab.storage.drivers import zfs as Z; Z.user_lock_acquire(); "
             "print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(SRC)})

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import cleanup
-from cowlab.engine import drivers as ED
-from cowlab.engine.daemon import PATH_EXTRA, RUN_DIRS, PrivateDockerd, availability, cgroup_dirs, engine_processes
-from cowlab.engine.session import resolve_mode
-from cowlab.images import ImageStore, docker_ref
-from cowlab.resources import Resources, tagged_processes
-from cowlab.spec import from_dict
-from cowlab.state import StateRoot
+from cowlab.run import cleanup
+from cowlab.measure.engine import drivers as ED
+from cowlab.measure.engine.daemon import PATH_EXTRA, RUN_DIRS, PrivateDockerd, availability, cgroup_dirs, engine_processes
+from cowlab.measure.engine.session import resolve_mode
+from cowlab.store.images import ImageStore, docker_ref
+from cowlab.base.resources import Resources, tagged_processes
+from cowlab.store.spec import from_dict
+from cowlab.base.state import StateRoot
 
 MiB = 1 << 20
 PROVISION = "sudo bash vagrant/provision/engine.sh"
@@ -140,7 +140,7 @@ def test_compose_keeps_the_parts_layers(store):
 
 
 def test_mode_default(monkeypatch):
-    import cowlab.engine.session as S
+    import cowlab.measure.engine.session as S
     monkeypatch.setattr(S, "availability", lambda: (True, ""))
     assert resolve_mode(None, "overlay2", {"overlay2": object})[0] == "both"
     assert resolve_mode(None, "overlay", {"overlay2": object})[0] == "engine"
@@ -151,8 +151,8 @@ def test_mode_default(monkeypatch):
 
 
 def test_engine_releasers_refuse_foreign_paths(state):
-    from cowlab.errors import CowlabError
-    from cowlab.resources import RELEASERS
+    from cowlab.base.errors import CowlabError
+    from cowlab.base.resources import RELEASERS
     with pytest.raises(CowlabError):
         RELEASERS["engine-mounts"]({"paths": ["/var/lib/docker"]}, state)
     with pytest.raises(CowlabError):
@@ -172,7 +172,7 @@ def test_engine_releasers_refuse_foreign_paths(state):
 def test_private_dockerd_loads_and_runs(driver, short_root):
     """Start dockerd on the driver, load a cowlab image (busybox base + layers), run a command
     in it, read its output; stop; nothing is left."""
-    from cowlab.engine.images import build_engine_images, load
+    from cowlab.measure.engine.images import build_engine_images, load
 
     state = StateRoot(short_root).ensure()
     store = ImageStore(state)
@@ -207,7 +207,7 @@ def test_private_dockerd_loads_and_runs(driver, short_root):
 def test_bench_session_engine_mode(driver, short_root, tmp_path):
     """BenchSession in engine mode on a one-point creation grid: engine samples, run.json's
     engine section, and nothing left afterwards."""
-    from cowlab.runner import BenchSession
+    from cowlab.run.runner import BenchSession
 
     sockets_before = run_sockets()
     s = BenchSession(driver, quick=True, workload_names=["creation"], out=tmp_path / "out",
@@ -237,7 +237,7 @@ def test_bench_session_engine_mode(driver, short_root, tmp_path):
 def refused_engine_run(driver: str, root: Path, tmp_path: Path):
     """An engine-mode run of one tiny creation case whose engine does not start: the session
     and its one failed engine_start_seconds sample (the teardown itself must be clean)."""
-    from cowlab.runner import BenchSession
+    from cowlab.run.runner import BenchSession
 
     s = BenchSession(driver, quick=True, workload_names=["creation"], out=tmp_path / "out",
                      root=str(root), reps=1, mode="engine",
@@ -270,7 +270,7 @@ def test_refused_driver_is_recorded(short_root, tmp_path):
 def test_zfs_engine_without_kernel_zfs_is_recorded_with_the_way_to_get_it(short_root, tmp_path):
     """Docker's zfs driver opens /dev/zfs: with zfs-fuse only (this host), cowlab says so before
     starting dockerd, and names the kernel VM route; nothing is left."""
-    from cowlab.drivers import zfs
+    from cowlab.storage.drivers.zfs import driver as zfs
 
     if zfs.implementation() == "kernel":
         pytest.skip("this host has kernel ZFS: the refusal does not happen here")
@@ -282,7 +282,7 @@ def test_zfs_engine_without_kernel_zfs_is_recorded_with_the_way_to_get_it(short_
 
 
 def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
-    from cowlab.drivers import zfs
+    from cowlab.storage.drivers.zfs import driver as zfs
     sbin = tmp_path / "sbin"
     sbin.mkdir()
     for name, out in (("zfs", "zfs-2.1.11-1\nzfs-kmod-2.1.11-1"), ("zpool", "")):
@@ -296,7 +296,7 @@ def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
     assert "not zfsutils-linux's" in zfs.kernel_tools_ok()
     monkeypatch.setattr(zfs, "implementation", lambda: "fuse")  # zfs-fuse's own tools then
     assert zfs._tool("zfs") != str(sbin / "zfs")
-    from cowlab.engine.session import engine_only_driver
+    from cowlab.measure.engine.session import engine_only_driver
     assert engine_only_driver("zfs").option_names == zfs.Zfs.option_names
     assert ED.get("zfs").pool_driver == "zfs"
 
@@ -304,13 +304,13 @@ def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
 CRASHER = r"""
 import sys, time
 from pathlib import Path
-from cowlab.engine import drivers as ED
-from cowlab.engine.daemon import PrivateDockerd
-from cowlab.engine.images import build_engine_images, load
-from cowlab.images import ImageStore
-from cowlab.resources import Resources
-from cowlab.spec import from_dict
-from cowlab.state import StateRoot
+from cowlab.measure.engine import drivers as ED
+from cowlab.measure.engine.daemon import PrivateDockerd
+from cowlab.measure.engine.images import build_engine_images, load
+from cowlab.store.images import ImageStore
+from cowlab.base.resources import Resources
+from cowlab.store.spec import from_dict
+from cowlab.base.state import StateRoot
 state = StateRoot(Path(sys.argv[1])).ensure()
 store = ImageStore(state)
 spec = from_dict({"name": "c", "layers": [{"ops": [{"op": "file", "path": "/x", "size": 10}]}]})
@@ -365,7 +365,7 @@ def test_engine_drivers_cover_the_issue(monkeypatch):
 
 
 def test_apparmor_unconfined_only_where_the_kernel_enforces_it_without_a_parser(monkeypatch):
-    from cowlab.engine import daemon as D
+    from cowlab.measure.engine import daemon as D
     real_read = Path.read_text
 
     def kernel(enabled):
@@ -385,7 +385,7 @@ def test_engine_space_is_measured_on_the_pool_cowlab_made_for_dockerd(tmp_path):
     """dm.thinpooldev and zfs.fsname put dockerd's layers in a pool on another device: its space
     is the pool's, not the data-root filesystem's (which then holds only metadata)."""
     from types import SimpleNamespace
-    from cowlab.engine.workloads import EngineContext
+    from cowlab.measure.engine.workloads import EngineContext
     daemon = SimpleNamespace(client=SimpleNamespace(api=SimpleNamespace(create_host_config=lambda **kw: kw)),
                              data_root=tmp_path)
     pool = SimpleNamespace(used_bytes=lambda: 12345, inodes_used=lambda: None)

@@ -19,10 +19,12 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from cowlab import holdings, summary, sysutil, units
-from cowlab.errors import CowlabError
-from cowlab.resources import Resources
-from cowlab.state import StateRoot
+from cowlab.run import holdings
+from cowlab.report import summary
+from cowlab.base import sysutil, units
+from cowlab.base.errors import CowlabError
+from cowlab.base.resources import Resources
+from cowlab.base.state import StateRoot
 
 from conftest import SRC, loops_under, mounts_under, run_cli
 
@@ -43,12 +45,12 @@ def test_units_read_the_same_everywhere():
     assert units.human_value(1.75e9, "B/s") == "1.63 GiB/s"    # fio's "1.75e+09" with no unit
     assert units.human_seconds(0.00071) == "0.71 ms" and units.human_seconds(112) == "1 min 52 s"
     assert units.human_params({"image_size_bytes": 1 << 30, "layers": 16}) == "image_size=1 GiB layers=16"
-    from cowlab import plots
+    from cowlab.report import plots
     assert plots.human_bytes is units.human_bytes and plots.human_x is units.human_param
 
 
 def test_no_second_byte_formatter():
-    """Every output formats through cowlab.units: no other module defines its own."""
+    """Every output formats through cowlab.base.units: no other module defines its own."""
     offenders = []
     for f in (SRC / "cowlab").rglob("*.py"):
         if f.name == "units.py":
@@ -275,7 +277,7 @@ def test_quick_bench_then_one_command_empties_the_state_root(tmp_path, root_dir)
 
 @pytest.mark.root
 def test_persistent_btrfs_goes_with_its_last_container(tmp_path, root_dir):
-    from cowlab import drivers
+    from cowlab.storage import drivers
     p = drivers.get("btrfs").probe()
     if not p.available:
         pytest.skip(f"btrfs unavailable: {p.reason} ({p.hint})")
@@ -338,7 +340,8 @@ def test_hand_over_does_nothing_without_sudo(tmp_path, monkeypatch):
 
 # --- results apart from the committed reference runs ----------------------------------------------
 def test_user_runs_go_to_git_ignored_results_local(tmp_path):
-    from cowlab import cli, results
+    from cowlab.cli.main import main as cli
+    from cowlab import results
     assert cli.LOCAL_RESULTS == "results/local"
     assert [p.default for p in cli.bench.params if p.name == "out"] == ["results/local"]
     assert "results/local/" in (REPO / ".gitignore").read_text().split()
@@ -353,8 +356,9 @@ def test_user_runs_go_to_git_ignored_results_local(tmp_path):
 
 # --- small traps ----------------------------------------------------------------------------------
 def test_drivers_table_keeps_brackets_in_hints(monkeypatch):
-    from cowlab import cli, drivers
-    from cowlab.drivers.base import Probe
+    from cowlab.cli.main import main as cli
+    from cowlab.storage import drivers
+    from cowlab.storage.drivers.base import Probe
     cls = drivers.get("devicemapper-loop")
     monkeypatch.setattr(cls, "probe", classmethod(lambda c: Probe(False, "no dm", "pip install 'cowlab[vm]'")))
     r = CliRunner().invoke(cli.cli, ["drivers"], terminal_width=200)
@@ -367,7 +371,7 @@ def test_notebooks_run_without_the_tcp_warning(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
     f = tmp_path / "t.ipynb"
     nbformat.write(nb, f)
-    cp = subprocess.run([sys.executable, "-m", "cowlab.notebooks", "run", str(f)], capture_output=True, text=True,
+    cp = subprocess.run([sys.executable, "-m", "cowlab.report.notebooks", "run", str(f)], capture_output=True, text=True,
                         env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
     assert cp.returncode == 0, cp.stderr
     assert "without encryption" not in cp.stderr + cp.stdout and "Parent appears to have exited" not in cp.stderr

@@ -23,12 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cowlab import conformance as C
-from cowlab import layers
-from cowlab.drivers import DRIVERS
-from cowlab.errors import CowlabError
-from cowlab.images import ImageStore
-from cowlab.state import StateRoot
+from cowlab.measure import conformance as C
+from cowlab.store import layers
+from cowlab.storage.drivers import DRIVERS
+from cowlab.base.errors import CowlabError
+from cowlab.store.images import ImageStore
+from cowlab.base.state import StateRoot
 
 from conftest import loops_under, mounts_under, run_cli
 from helpers import (box_setup, box_untouched, docker_archive, oci_archive, simple_layer, tar_bytes,

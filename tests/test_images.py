@@ -10,9 +10,9 @@ import tarfile
 
 import pytest
 
-from cowlab import layers
-from cowlab.errors import CowlabError
-from cowlab.images import ImageStore
+from cowlab.store import layers
+from cowlab.base.errors import CowlabError
+from cowlab.store.images import ImageStore
 
 from helpers import (CHECK_MISSES, HOSTILE, box_setup, box_untouched, docker_archive, hostile_layer,
                      listing, oci_archive, sha, simple_layer, spec_of, tar_bytes, ti)

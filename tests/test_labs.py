@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.errors import CowlabError
+from cowlab.base.errors import CowlabError
 from cowlab.labs import expect, lesson
 
 from conftest import SRC, mounts_under

@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
-from cowlab import content, layers
-from cowlab.errors import CowlabError
-from cowlab.images import ImageStore
-from cowlab.state import StateRoot
+from cowlab.store import content, layers
+from cowlab.base.errors import CowlabError
+from cowlab.store.images import ImageStore
+from cowlab.base.state import StateRoot
 
 from helpers import (APPLY_MISSES, CHECK_MISSES, HOSTILE, box_setup, box_untouched, hostile_layer,
                      is_whiteout, listing, spec_of, tar_bytes, ti)
@@ -101,7 +101,7 @@ def test_digest_depends_on_seed_and_mtime(tmp_path):
     one = s.build(spec_of(RICH, name="one", seed=3))
     other_seed = s.build(spec_of(RICH, name="two", seed=4))
     assert one.layers[0] != other_seed.layers[0]
-    from cowlab import spec
+    from cowlab.store import spec
     raw = {"name": "three", "seed": 3, "mtime": 1, "layers": [{"ops": o} for o in RICH]}
     other_mtime = s.build(spec.from_dict(raw))
     assert one.layers[0] != other_mtime.layers[0]

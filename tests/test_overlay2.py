@@ -10,12 +10,13 @@ import tarfile
 
 import pytest
 
-from cowlab import backing, sysutil
-from cowlab.drivers import DRIVERS, get
-from cowlab.drivers.overlay2 import OVL_MAX_STACK, Overlay2
-from cowlab.errors import CowlabError
-from cowlab.resources import Resources
-from cowlab.workloads.base import synthetic_image
+from cowlab.storage import backing
+from cowlab.base import sysutil
+from cowlab.storage.drivers import DRIVERS, get
+from cowlab.storage.drivers.overlay2 import OVL_MAX_STACK, Overlay2
+from cowlab.base.errors import CowlabError
+from cowlab.base.resources import Resources
+from cowlab.measure.workloads.base import synthetic_image
 
 from conftest import mounts_under
 from helpers import is_whiteout, spec_of, tree_fingerprint

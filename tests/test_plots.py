@@ -1,4 +1,4 @@
-"""cowlab.plots on a tiny synthetic results dir, and notebook 01 executed against it."""
+"""cowlab.report.plots on a tiny synthetic results dir, and notebook 01 executed against it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import plots, results
+from cowlab.report import plots
+from cowlab import results
 from cowlab.results import RunWriter, Sample
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -172,7 +173,7 @@ def test_results_dir(monkeypatch, tmp_path):
 
 def test_importable_without_display():
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
-    out = subprocess.run([sys.executable, "-c", "import cowlab.plots, matplotlib; print(matplotlib.get_backend())"],
+    out = subprocess.run([sys.executable, "-c", "import cowlab.report.plots, matplotlib; print(matplotlib.get_backend())"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().lower() == "agg"
 

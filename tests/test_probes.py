@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from cowlab import probes
+from cowlab.measure import probes
 
 MEMINFO = """\
 MemTotal:       24684096 kB
@@ -154,9 +154,9 @@ def test_delta_of_slabs():
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_memory_cgroup_made_and_released(tmp_path):
-    from cowlab.errors import NotApplicable
-    from cowlab.resources import Resources
-    from cowlab.state import StateRoot
+    from cowlab.base.errors import NotApplicable
+    from cowlab.base.resources import Resources
+    from cowlab.base.state import StateRoot
 
     st = StateRoot(tmp_path / "root").ensure()
     with Resources.for_run(st) as res:

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import is_color_like
 
-from cowlab import cleanup, drivers
-from cowlab.drivers import DRIVERS
-from cowlab.drivers.vfs import Vfs
-from cowlab.engine import drivers as ED
+from cowlab.run import cleanup
+from cowlab.storage import drivers
+from cowlab.storage.drivers import DRIVERS
+from cowlab.storage.drivers.vfs import Vfs
+from cowlab.measure.engine import drivers as ED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_a_missing_declaration_is_caught():
 
 def test_generated_files_are_current():
     """vagrant/machines.json and the table of docs/drivers.md are what the registry says
-    (regenerate: python -m cowlab.drivers --write)."""
+    (regenerate: python -m cowlab.storage.drivers --write)."""
     assert (REPO / "vagrant" / "machines.json").read_text() == drivers.machines_json()
     doc = (REPO / "docs" / "drivers.md").read_text()
     assert doc == drivers.with_doc_table(doc)
@@ -72,7 +73,7 @@ def test_engine_mode_derives_its_drivers():
 
 
 def test_figures_derive_their_colours():
-    from cowlab import plots
+    from cowlab.report import plots
     for n, cls in DRIVERS.items():
         assert plots.driver_color(n) == cls.color
     assert is_color_like(plots.driver_color("devicemapper"))  # engine-only: a stable spare colour
@@ -121,7 +122,7 @@ def test_adding_a_driver_is_one_module(tmp_path):
     registered, in engine mode's list or not as it declares, coloured in figures, complete."""
     shutil.copytree(REPO / "src" / "cowlab", tmp_path / "cowlab", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "cowlab" / "drivers" / "reflink.py").write_text(_example_module())
-    code = ("import json; from cowlab import drivers, plots; from cowlab.engine import drivers as ED; "
+    code = ("import json; from cowlab import drivers, plots; from cowlab.measure.engine import drivers as ED; "
             "c = drivers.get('reflink'); "
             "print(json.dumps({'undeclared': drivers.undeclared(c), 'color': plots.driver_color('reflink'), "
             "'engine': 'reflink' in ED.ENGINE_DRIVERS, 'machine': 'reflink' in drivers.machines(), "
@@ -131,4 +132,4 @@ def test_adding_a_driver_is_one_module(tmp_path):
     assert cp.returncode == 0, cp.stderr
     got = json.loads(cp.stdout)
     assert got == {"undeclared": [], "color": "#1b9e77", "engine": False, "machine": False,
-                   "copy": ["cp", "-a", "--reflink=always"], "module": "cowlab.drivers.reflink", "table": True}
+                   "copy": ["cp", "-a", "--reflink=always"], "module": "cowlab.storage.drivers.reflink", "table": True}

@@ -237,8 +237,8 @@ def test_a_slow_first_repetition_is_flagged_as_warm_up(tmp_path):
 
 
 def test_figures_keep_emulated_hosts_apart_and_every_driver_its_own_colour(tmp_path):
-    from cowlab import plots
-    from cowlab.drivers import DRIVERS
+    from cowlab.report import plots
+    from cowlab.storage.drivers import DRIVERS
 
     run(tmp_path, "overlay2", creation(1, 1.1))
     run(tmp_path, "vfs", creation(10, 3000))

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from cowlab import resources, sysutil
-from cowlab.errors import CowlabError
-from cowlab.resources import RELEASERS, Resources
+from cowlab.base import resources, sysutil
+from cowlab.base.errors import CowlabError
+from cowlab.base.resources import RELEASERS, Resources
 
 
 def entries(res: Resources) -> list[dict]:
@@ -213,7 +213,7 @@ def test_kill_pid_reaps_a_dead_zombie_child_at_once():
 def test_dm_holders_topmost_first(tmp_path):
     """A thin volume on a pool on a loop device: the workspace releaser removes the volume
     before the pool, then detaches the loop device (sysfs faked: no device mapper needed)."""
-    from cowlab.resources import dm_holders
+    from cowlab.base.resources import dm_holders
 
     def dev(name, dm_name=None, holders=()):
         d = tmp_path / name
@@ -238,7 +238,7 @@ def test_dm_holders_topmost_first(tmp_path):
 def test_a_lazy_release_keeps_its_entry_until_flushed_and_replaying_it_is_harmless(state):
     """Bench removals unlink their journal entries between samples (release(lazy=True)): until
     then the entry stays, and a cleanup that replays it (after a kill) finds nothing to do."""
-    from cowlab.resources import RELEASERS, Resources
+    from cowlab.base.resources import RELEASERS, Resources
     res = Resources.for_run(state)
     d = state.tmp / "lazy-dir"
     h = res.acquire("dir", lambda: d.mkdir(), path=str(d))

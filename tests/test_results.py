@@ -11,7 +11,8 @@ import warnings
 
 import pytest
 
-from cowlab import provenance, results
+from cowlab.base import provenance
+from cowlab import results
 from cowlab.results import RunWriter, Sample
 
 

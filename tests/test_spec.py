@@ -8,9 +8,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cowlab import spec
-from cowlab.errors import CowlabError
-from cowlab.spec import ImageSpec
+from cowlab.store import spec
+from cowlab.base.errors import CowlabError
+from cowlab.store.spec import ImageSpec
 
 VALID = """\
 name = "demo"

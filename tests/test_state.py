@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from cowlab.errors import CowlabError
-from cowlab.state import MARKER, StateRoot, resolve_root
+from cowlab.base.errors import CowlabError
+from cowlab.base.state import MARKER, StateRoot, resolve_root
 
 
 @pytest.mark.parametrize("p", ["/", "/usr", "/usr/", "/etc", "/tmp", "/var/lib", "/var/lib/docker",

@@ -1,4 +1,4 @@
-"""The one size parser (cowlab.units) and the one density reading (cowlab.probes) that both
+"""The one size parser (cowlab.base.units) and the one density reading (cowlab.measure.probes) that both
 engine and primitive mode take."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import probes
-from cowlab.errors import CowlabError
-from cowlab.units import parse_size
+from cowlab.measure import probes
+from cowlab.base.errors import CowlabError
+from cowlab.base.units import parse_size
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cowlab"
 

@@ -39,9 +39,9 @@ def test_machine_table_parses():
 
 def test_every_machine_is_a_backend():
     """A machine is named after a driver of the registry (so it has a bench session too)."""
-    from cowlab import drivers
+    from cowlab.storage import drivers
     unknown = sorted(set(machines()) - set(drivers.DRIVERS))
-    assert not unknown, f"Vagrant machines that are no driver of cowlab.drivers: {unknown}"
+    assert not unknown, f"Vagrant machines that are no driver of cowlab.storage.drivers: {unknown}"
 
 
 def test_every_machine_has_its_provisioning_script():

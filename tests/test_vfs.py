@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from cowlab import backing
-from cowlab.drivers.vfs import Vfs
-from cowlab.resources import Resources
+from cowlab.storage import backing
+from cowlab.storage.drivers.vfs import Vfs
+from cowlab.base.resources import Resources
 
 from conftest import mounts_under
 from helpers import listing, spec_of, tree_fingerprint

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from cowlab.drivers import DRIVERS
+from cowlab.storage.drivers import DRIVERS
 
 from helpers import medians, run_session  # noqa: E402  (one BenchSession runner for the workload tests)
 
@@ -94,7 +94,7 @@ def test_composefs_second_image_adds_far_less_page_cache_than_overlay2(root, out
 
 
 def test_idmapped_mount_beats_recursive_chown_on_a_large_tree(root, out):
-    from cowlab.drivers import idmap
+    from cowlab.storage.drivers import idmap
     if idmap.supported():
         pytest.skip(idmap.supported())
     recs = ok(run_session("overlay2", "idmap", {"files": [200], "reps": 2}, root, out))

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from cowlab.drivers.overlay2 import Overlay2
-from cowlab.workloads.lookup import static_busybox
+from cowlab.storage.drivers.overlay2 import Overlay2
+from cowlab.measure.workloads.lookup import static_busybox
 
 from helpers import medians, run_session  # noqa: E402  (one BenchSession runner for the workload tests)
 

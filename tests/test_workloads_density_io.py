@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cowlab import probes, sysutil
-from cowlab.errors import CowlabError
-from cowlab.workloads.io import JOBS, fio_argv, job_dir, load_fio_json, parse_fio
+from cowlab.measure import probes
+from cowlab.base import sysutil
+from cowlab.base.errors import CowlabError
+from cowlab.measure.workloads.io import JOBS, fio_argv, job_dir, load_fio_json, parse_fio
 
 from helpers import bench_session
 
@@ -102,7 +103,7 @@ def state_root(tmp_path_factory):
 
 
 def assert_nothing_left(root: Path):
-    from cowlab.resources import tagged_processes
+    from cowlab.base.resources import tagged_processes
 
     assert sysutil.mounts_under(root) == []
     assert not [f for f in sysutil.loop_devices().values() if f.startswith(str(root))]

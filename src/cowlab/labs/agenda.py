@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from .lesson import Lesson, labs_dir, load_all
+from cowlab.labs.lesson import Lesson, labs_dir, load_all
 
 BEGIN = re.compile(r"<!-- agenda:begin[^>]*-->\n")
 END = "<!-- agenda:end -->"

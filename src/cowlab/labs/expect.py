@@ -21,8 +21,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from .. import units
-from ..errors import CowlabError
+from cowlab.base import units
+from cowlab.base.errors import CowlabError
 
 UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

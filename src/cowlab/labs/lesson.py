@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 from markdown_it import MarkdownIt
 
-from ..errors import CowlabError
-from .expect import Expectation, parse_expectations
+from cowlab.base.errors import CowlabError
+from cowlab.labs.expect import Expectation, parse_expectations
 
 FENCE_KINDS = {"sh", "expect", "check"}
 STEP_FLAGS = {"cleanup"}  # `sh cleanup`: runs at the end whatever happened before
@@ -92,7 +92,7 @@ def parse(path: Path) -> Lesson:
     steps = _steps(path, text)
     if not steps:
         raise CowlabError(f"{path}: no ```sh step")
-    from .needs import check_needs_spec
+    from cowlab.labs.needs import check_needs_spec
     needs = meta.get("needs") or {}
     check_needs_spec(path, needs)
     return Lesson(lid, str(meta["title"]), int(meta["minutes"]), path, needs, slide, steps,

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CowlabError
+from cowlab.base.errors import CowlabError
 
 PROVISION = "vagrant/provision"
 
@@ -114,7 +114,7 @@ def check_needs_spec(path, needs: dict) -> None:
         if f not in FEATURES:
             raise CowlabError(f"{path}: unknown feature {f!r}; known: {', '.join(sorted(FEATURES))}")
     if needs.get("drivers"):
-        from .. import drivers
+        from cowlab.storage import drivers
         for d in needs["drivers"]:
             drivers.get(d)  # raises with the list of drivers
 
@@ -141,7 +141,7 @@ def scripts(needs_list: list[dict], root: Path | None = None) -> list[str]:
     for n in needs_list:
         out += [FEATURES[f].script for f in n.get("features", []) if FEATURES[f].script]
         if n.get("drivers"):
-            from .. import drivers
+            from cowlab.storage import drivers
             out += [drivers.get(d).name for d in n["drivers"]]  # vagrant/provision/<driver>.sh
         if "dm-thin" in n.get("features", []) or any(d.startswith("devicemapper") for d in n.get("drivers", [])):
             out.append("devicemapper")  # the kernel VM: QEMU, virtme-ng's kernel
@@ -171,7 +171,7 @@ def evaluate(needs: dict, vm_mode: str = "auto") -> Verdict:
             missing.append(f"command {cmd} not found")
             hints.append(f"sudo bash {PROVISION}/host.sh")
     if needs.get("drivers"):
-        from .. import drivers
+        from cowlab.storage import drivers
         for d in needs["drivers"]:
             p = drivers.get(d).probe()
             if p.available:
@@ -181,7 +181,7 @@ def evaluate(needs: dict, vm_mode: str = "auto") -> Verdict:
             else:
                 missing.append(f"driver {d}: {p.reason}")
                 hints.append(p.hint)
-    from .. import vm
+    from cowlab.storage import vm
     in_guest = bool(os.environ.get(vm.IN_VM))
     if missing:
         return Verdict(None, missing, hints)

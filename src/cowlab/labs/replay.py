@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import cleanup
-from ..errors import CowlabError, Unavailable
-from ..resources import Resources
-from ..state import MARKER, StateRoot
-from . import expect, needs
-from .lesson import Lesson, Step
-from .shell import Session, StepResult
+from cowlab.run import cleanup
+from cowlab.base.errors import CowlabError, Unavailable
+from cowlab.base.resources import Resources
+from cowlab.base.state import MARKER, StateRoot
+from cowlab.labs import expect, needs
+from cowlab.labs.lesson import Lesson, Step
+from cowlab.labs.shell import Session, StepResult
 
 WORKDIR_ENV = "COWLAB_LAB_WORKDIR"   # set in a replay: `cowlab lab workdir` answers with it
 LAB_MARKER = ".cowlab-lab"
@@ -210,7 +210,7 @@ def run_check(script: str, workdir: Path, env: dict) -> tuple[bool, str]:
 # --- the kernel VM -------------------------------------------------------------------------------
 def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path) -> list[LabReport]:
     """Replay labs that need the kernel VM, all in one boot; reports come back as JSON."""
-    from .. import vm
+    from cowlab.storage import vm
     state.ensure()
     out = state.tmp / f"{os.getpid()}-lab-vm-reports"
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +288,7 @@ def reset(state: StateRoot, lab_id: str) -> list[str]:
             raise CowlabError("could not release: " + "; ".join(errs))
         done.append(f"released {wd}")
     elif os.environ.get(WORKDIR_ENV) == str(wd):  # a replay's own workspace: release it the same way
-        from ..resources import RELEASERS
+        from cowlab.base.resources import RELEASERS
         RELEASERS["workspace"]({"path": str(wd)}, StateRoot(wd.parent.parent))
         done.append(f"released {wd}")
     elif wd.exists():

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..resources import Resources, spawn
+from cowlab.base.resources import Resources, spawn
 
 ERR_MARK = "__cowlab_err__"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
-from ..errors import CowlabError
+from cowlab.base.errors import CowlabError
 
 KINDS = {"ratio", "value"}
 HOLDS_IF = {"above", "below", "between"}

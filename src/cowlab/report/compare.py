@@ -14,10 +14,10 @@ import warnings
 
 import pandas as pd
 
-from .. import results
-from ..errors import CowlabError
-from ..plots import human_x
-from .format import fmt_ratio, fmt_value
+from cowlab import results
+from cowlab.base.errors import CowlabError
+from cowlab.report.plots import human_x
+from cowlab.report.format import fmt_ratio, fmt_value
 
 HIGHER_IS_BETTER = {"B/s", "1/s"}
 KEYS = ["driver", "mode", "emulated_", "workload", "metric", "unit", "pkey"]

@@ -16,9 +16,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from ..drivers import DRIVERS
-from .catalogue import Claim, Rule
-from .format import fmt_value, fmt_ratio, fmt_param
+from cowlab.storage.drivers import DRIVERS
+from cowlab.report.catalogue import Claim, Rule
+from cowlab.report.format import fmt_value, fmt_ratio, fmt_param
 
 VERDICTS = ("holds", "fails", "depends", "not measured")
 FEW = 5  # fewer samples than this on a side are flagged (the "fewer than 5 samples")

@@ -1,0 +1,1 @@
+"""cli: thin commands — parse arguments, call one library function, print."""

@@ -1,0 +1,108 @@
+"""aufs: the original union filesystem of Docker, where the kernel has it.
+
+Layers are extracted once each in AUFS's own format ("aufs" whiteout style: `.wh.NAME` files
+for deletions, `.wh..wh..opq` for opaque directories), shared by every image that has them. A
+container is `mount -t aufs -o br:<upper>=rw:<layerN>=ro+wh:...:<layer1>=ro+wh` (one writable
+branch on top, read-only branches below that may hold whiteouts), with branches that do not fit
+in the page of mount options added by `remount,append:` one at a time, as Docker's aufs driver
+does. Options after the branches: `dio` and an xino file in the driver's home.
+
+Debian 12 (and this project's development kernel) has no aufs: the probe says so and names the
+machine that has it (the Vagrant `aufs` machine, an Ubuntu 20.04 kernel). This module follows the
+aufs(5) manual; it cannot be exercised where aufs is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cowlab.store import layers as L
+from cowlab.base import sysutil
+from cowlab.store.images import Image
+from cowlab.base.resources import Resources
+from cowlab.storage.drivers import _util as U
+from cowlab.storage.drivers.base import Container, Driver, Probe
+
+MS_REMOUNT = 32
+HINT = ("the Vagrant aufs machine (Ubuntu 20.04, whose kernel ships aufs): `cd vagrant && vagrant up aufs`, "
+        "then `sudo nox -s bench-aufs` inside it (provisioned by vagrant/provision/aufs.sh)")
+
+
+class Aufs(Driver):
+    name = "aufs"
+    description = "AUFS branches (rw on top, ro+wh below) with .wh. whiteouts (Docker's aufs driver)"
+    capabilities = frozenset({"union", "files_on_backing"})
+    # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    color = "tab:green"
+    engine = {"note": "needs a kernel with AUFS"}
+    vagrant = {"os": "ubuntu", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
+               "scripts": ["aufs-focal.sh"]}  # aufs-focal.sh runs aufs.sh
+    max_layers = 127     # aufs's default branch limit (CONFIG_AUFS_BRANCH_MAX_127)
+
+    @classmethod
+    def probe(cls) -> Probe:
+        if "\taufs\n" not in U.filesystems():
+            return Probe(False, "aufs not in this kernel (Debian 12 has no aufs; Ubuntu 20.04's kernel ships it)",
+                         HINT)
+        return Probe(True, details={"aufs_version": _aufs_version()})
+
+    def _layer(self, digest: str) -> Path:
+        return self.home / "layers" / digest.split(":")[-1]
+
+    def import_image(self, image: Image) -> None:
+        if self.has_image(image):
+            return
+        for d in ("layers", "images"):
+            (self.home / d).mkdir(exist_ok=True)
+        for i, digest in enumerate(image.layers, 1):
+            dst = self._layer(digest)
+            if (dst / "diff").is_dir():
+                continue
+            stage = self.staging()
+            h = self.res.acquire("dir", lambda: (stage / "diff").mkdir(parents=True), path=str(stage))
+            L.apply_tar(self.store.layer_path(digest), stage / "diff", "aufs", f"{image.name} layer {i}")
+            os.chmod(stage / "diff", 0o755)
+            os.replace(stage, dst)
+            self.res.release(h)
+        self._write_image_record(image, {"layers": image.layers})
+
+    def remove_image(self, image: Image) -> None:
+        used = self._forget_image(image, "layers")
+        if used is None:
+            return
+        for d in image.layers:
+            if d not in used:
+                sysutil.safe_rmtree(self._layer(d), self.home)
+
+    def _mount(self, upper: Path, lowers: list[Path], target: Path, xino: Path) -> None:
+        """br: with as many branches as fit in one page, then remount,append: for the rest."""
+        tail = f",dio,xino={xino}"
+        data = f"br:{upper}=rw"
+        rest = list(lowers)
+        while rest and len(data) + len(f":{rest[0]}=ro+wh") + len(tail) < sysutil.PAGE_SIZE - 1:
+            data += f":{rest.pop(0)}=ro+wh"
+        sysutil.mount("none", target, "aufs", data + tail)
+        for b in rest:
+            sysutil.mount("none", target, "aufs", f"append:{b}=ro+wh", MS_REMOUNT)
+
+    def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
+        layers = json.loads(self._image_file(image).read_text())["layers"]
+        lowers = [self._layer(d) / "diff" for d in reversed(layers)]  # top layer first
+        cid = cid or self.new_id()
+        cdir = self.home / "containers" / cid
+        merged, hs = U.union_container(res, cdir, ("diff", "mnt"), lambda upper, merged: [
+            res.acquire("mount", lambda: self._mount(upper, lowers, merged, cdir / "xino"), target=str(merged))])
+        return Container(cid, image.id, self.name, merged, hs)
+
+    def metadata(self) -> dict:
+        return {"aufs_mount": "br:<upper>=rw:<layerN>=ro+wh:...,dio,xino=<container>/xino (+ remount,append:)",
+                "aufs_version": _aufs_version()}
+
+
+def _aufs_version() -> str:
+    try:
+        return Path("/sys/module/aufs/version").read_text().strip()
+    except OSError:
+        return ""
