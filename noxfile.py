@@ -133,6 +133,18 @@ def cowlab(session):
 
 @nox.session
 @_gives_back
+def lint(session):
+    """ruff (lint and format check), mypy and the import-linter layers contract: what
+    .pre-commit-config.yaml runs, and CI before the tests. Needs no root."""
+    _install(session, "test,lint")
+    session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
+    session.run("mypy")
+    session.run("lint-imports")
+
+
+@nox.session
+@_gives_back
 def tests(session):
     """The test suite (as root: it mounts filesystems). CI runs this."""
     _provision(session, "host")
