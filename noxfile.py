@@ -217,6 +217,17 @@ def conformance(session):
     session.run("cowlab", "conformance", *session.posargs)
 
 
+@nox.session(name="aufs-kernel")
+@_gives_back
+def aufs_kernel(session):
+    """Build the kernel with AUFS that aufs runs on in the kernel VM (as root; about half an hour
+    on two cores, once per machine: cached in /var/cache/cowlab/kernels by a key of its inputs)."""
+    _provision(session, "aufs-kernel")
+    _install(session, "vm")
+    session.run("cowlab", "kernels", "get", "aufs", *session.posargs)
+    session.run("cowlab", "kernels")
+
+
 @nox.session
 def report(session):
     """Verdicts for every slide claim from results/ into report/ (index.html, README.md,

@@ -38,20 +38,22 @@ LOCAL_RESULTS = "results/local"  # a user's own runs, kept apart from the commit
 @click.option("--vm", "vm_mode", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Run in a throwaway kernel VM (virtme-ng, TCG): when the driver is missing natively (auto), "
                    "always, or never.")
+@click.option("--kernel", metavar="NAME", help="Run in the kernel VM on this kernel (5.10, 6.1, 6.12, aufs; "
+              "host: natively); `cowlab kernels` lists them.")
 @click.option("--device", metavar="DEV", help="The block device of a driver that takes one (devicemapper-direct).")
 @click.option("--force", is_flag=True, help="Use --device even if it carries a filesystem signature.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
               help="A driver option (repeatable), e.g. block_size=128K, fs=ext4, no_space_timeout=5.")
 @click.pass_context
 def bench(ctx, driver_name, quick, workloads, out, backing, reps, root, backing_size, mode,
-          vm_mode="auto", device=None, force=False, opts=()):
+          vm_mode="auto", kernel=None, device=None, force=False, opts=()):
     """Run workloads on DRIVER and write results/local/<host>/<run_id>/."""
     dopts = dict(o.split("=", 1) if "=" in o else (o, "true") for o in opts)
-    if vmroute.bench_route(driver_name, vm_mode) == "vm":
+    if vmroute.bench_route(driver_name, vm_mode, kernel) == "vm":
         sys.exit(vmroute.bench_in_vm(driver_name, root=root or ctx.obj["root"], out=Path(out), quick=quick,
                                      workloads=list(workloads), backing=backing, reps=reps,
                                      backing_size=backing_size, mode=mode, options=dopts, device=device,
-                                     echo=lambda line: click.echo(line)))
+                                     echo=lambda line: click.echo(line), kernel=kernel))
     if device:
         dopts.update(device=device, force=force)
     s = BenchSession(driver_name, quick, list(workloads) or None, Path(out), root or ctx.obj["root"], backing,

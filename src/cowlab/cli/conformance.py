@@ -14,7 +14,7 @@ from rich.table import Table
 from cowlab.cli.common import err, out, state_of, steps_progress
 from cowlab.run import vmroute
 from cowlab.run.runner import require_root, sigterm_as_interrupt
-from cowlab.storage import drivers
+from cowlab.storage import drivers, kernels
 
 
 @click.command("conformance")
@@ -27,9 +27,10 @@ from cowlab.storage import drivers
               help="Drivers this kernel lacks (device mapper) run in the kernel VM (emulated).")
 @click.option("--device", default=None, metavar="DEV",
               help="devicemapper-direct's block device (everything on it is lost; the VM brings its own).")
+@click.option("--kernel", metavar="NAME", help="Run every driver in the kernel VM on this kernel (`cowlab kernels`).")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="Also write the results as JSON.")
 @click.pass_context
-def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases, vm_mode, device, json_out):
+def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases, vm_mode, device, kernel, json_out):
     """Compare each driver's containers with a plain directory (the conformance suite).
 
     Prints a driver × case table; exits non-zero if any case fails on any driver (or a driver
@@ -52,16 +53,27 @@ def conformance_cmd(ctx, driver_names, case_names, every_layer, list_cases, vm_m
                                                                              vm_mode) == "native")
     require_root()
     state = state_of(ctx)
-    with sigterm_as_interrupt(), steps_progress() as prog:
-        task = prog.add_task("conformance", total=None)
-        results = C.run_suite(state, list(driver_names) or None, [c.name for c in chosen],
-                              every_layer=every_layer, options=options, keep_images=bool(os.environ.get(vm.IN_VM)),
-                              probe=vmroute.probe, progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
-    in_vm = [d for d in dict.fromkeys(r.driver for r in results if r.status == "unavailable")
-             if vmroute.choose(drivers.get(d), vm_mode) == "vm"]
-    if in_vm:
-        results = vmroute.conformance_in_vm(state, results, in_vm, [c.name for c in chosen], every_layer, device,
-                                            echo=lambda line: err.print(line, markup=False, highlight=False))
+    echo = lambda line: err.print(line, markup=False, highlight=False)  # noqa: E731
+    if kernel and kernel != kernels.HOST:  # every driver asked for, in the VM on that kernel
+        names = list(driver_names) or list(drivers.DRIVERS)
+        for n in names:
+            vmroute.choose(drivers.get(n), vm_mode, kernel)  # the VM and the kernel are there, or an error now
+        results = [C.Result(n, c.name, "unavailable", [f"runs in the kernel VM ({kernel})"])
+                   for n in names for c in chosen]
+        results = vmroute.conformance_in_vm(state, results, names, [c.name for c in chosen], every_layer, device,
+                                            echo=echo, kernel=kernel)
+    else:
+        with sigterm_as_interrupt(), steps_progress() as prog:
+            task = prog.add_task("conformance", total=None)
+            results = C.run_suite(state, list(driver_names) or None, [c.name for c in chosen],
+                                  every_layer=every_layer, options=options,
+                                  keep_images=bool(os.environ.get(vm.IN_VM)), probe=vmroute.probe,
+                                  progress=lambda d, i, n: prog.update(task, description=d, completed=i, total=n))
+        in_vm = [d for d in dict.fromkeys(r.driver for r in results if r.status == "unavailable")
+                 if vmroute.choose(drivers.get(d), vm_mode) == "vm"]
+        if in_vm:
+            results = vmroute.conformance_in_vm(state, results, in_vm, [c.name for c in chosen], every_layer,
+                                                device, echo=echo)
     if json_out:
         Path(json_out).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
     names = list(dict.fromkeys(r.driver for r in results))

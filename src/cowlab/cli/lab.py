@@ -77,9 +77,11 @@ def lab_scripts(lab_ids, labs_path):
 @_labs_opt
 @click.option("--vm", "vm_mode", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Labs that need what only the kernel VM has run there (auto); never: skip them.")
+@click.option("--kernel", metavar="NAME", help="Replay in the kernel VM on this kernel (5.10, 6.1, 6.12, aufs; "
+              "`cowlab kernels`); a lab that can't hold there says why.")
 @click.option("--json-report", type=click.Path(dir_okay=False), help="Write the reports as JSON to this file.")
 @click.pass_context
-def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, json_report):
+def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report):
     """Replay labs unattended: every step run as typed, every expectation checked.
 
     Exits 0 only when every lab asked for ran and held; with --all, labs that can't run here are
@@ -90,25 +92,29 @@ def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, json_report):
     if run_all == bool(lab_ids):
         raise CowlabError("name lab ids (see `cowlab lab list`) or --all, not both")
     chosen = lesson.load_all(d) if run_all else [lesson.find(d, i) for i in lab_ids]
+    if kernel and kernel != "host":
+        from cowlab.storage import kernels
+        kernels.find(kernel)  # an unknown name is an error before any work
     require_root()
     state = _state_of(ctx)
-    native, in_vm, skipped = [], [], []
+    native, skipped = [], []
+    in_vm: dict[str | None, list] = {}  # kernel -> labs: one VM boot per kernel
     for les in chosen:
-        v = needs.evaluate(les.needs, vm_mode)
+        v = needs.evaluate(les.needs, vm_mode, kernel)
         if not v.runnable:
             if not run_all:
                 from cowlab.base.errors import Unavailable
                 raise Unavailable(f"lab {les.id} ({les.title})", v.reason, "; ".join(dict.fromkeys(v.hints)))
             skipped.append((les, v))
         else:
-            (in_vm if v.route == "vm" else native).append(les)
+            in_vm.setdefault(v.kernel, []).append(les) if v.route == "vm" else native.append(les)
     reports = []
     with sigterm_as_interrupt():
         for les in native:
             reports.append(replay.run(les, state, echo=click.echo, vm_mode="never"))
-        if in_vm:
-            click.echo(f"=== labs {', '.join(les.id for les in in_vm)} need the kernel VM: one boot for all ===")
-            reports += replay.run_in_vm(in_vm, state, click.echo, d)
+        for k, group in in_vm.items():
+            click.echo(f"=== labs {', '.join(les.id for les in group)} in the kernel VM (kernel {k}): one boot ===")
+            reports += replay.run_in_vm(group, state, click.echo, d, kernel=k)
     if json_report:
         Path(json_report).write_text(json.dumps([r.as_dict() for r in reports], indent=1))
     click.echo("")

@@ -10,7 +10,7 @@ import click
 
 from cowlab import __version__
 from cowlab.base.errors import CowlabError
-from cowlab.cli import bench, conformance, containers, drivers, housekeeping, images, lab, report
+from cowlab.cli import bench, conformance, containers, drivers, housekeeping, images, kernels, lab, report
 from cowlab.cli.common import err
 
 
@@ -26,7 +26,7 @@ def cli(ctx, root):
 
 for command in (drivers.drivers_cmd, images.image, containers.container, bench.bench, bench.show_cmd,
                 housekeeping.cleanup_cmd, housekeeping.status_cmd, lab.lab, report.report_cmd,
-                report.compare_cmd, conformance.conformance_cmd):
+                report.compare_cmd, conformance.conformance_cmd, kernels.kernels_cmd):
     cli.add_command(command)
 
 

@@ -64,7 +64,7 @@ class Feature:
     check: object           # () -> bool
     what: str               # said when missing
     hint: str               # how to get it
-    in_vm: bool = False     # the kernel VM (Debian's 6.1 kernel) has it
+    in_vm: str | None = None  # the kernel (cowlab.storage.kernels) on which the kernel VM has it
     script: str | None = None  # vagrant/provision/<script>.sh installs what it takes, if a package can
 
 
@@ -87,9 +87,10 @@ FEATURES: dict[str, Feature] = {
                      "sudo apt-get install erofs-utils (and a kernel with CONFIG_EROFS_FS)", script="erofs"),
     "dm-thin": Feature(_dm_thin, "the running kernel has no device-mapper thin-pool target",
                        f"sudo bash {PROVISION}/devicemapper.sh (then the lab runs in the kernel VM), "
-                       "or the Vagrant devicemapper-loop machine", in_vm=True, script="devicemapper"),
-    "aufs": Feature(lambda: _fs("aufs"), "the running kernel has no aufs (Debian 12's has none)",
-                    "the Vagrant `aufs` machine (Ubuntu 20.04's kernel ships aufs)"),
+                       "or the Vagrant devicemapper-loop machine", in_vm="6.1", script="devicemapper"),
+    "aufs": Feature(lambda: _fs("aufs"), "the running kernel has no aufs (no Debian kernel has it)",
+                    "sudo nox -s aufs-kernel (cowlab's AUFS kernel; then the lab runs in the kernel VM), "
+                    "or the Vagrant `aufs` machine (Ubuntu 20.04's kernel ships aufs)", in_vm="aufs", script="aufs"),
     "docker": Feature(_docker, "Docker Engine (dockerd, docker) or the Docker SDK is not installed",
                       f"sudo bash {PROVISION}/engine.sh; pip install 'cowlab[engine]' (the nox sessions do)", script="engine"),
     "fuse": Feature(lambda: Path("/dev/fuse").exists() and _fs("fuse"), "no FUSE in this kernel",
@@ -122,6 +123,7 @@ def check_needs_spec(path, needs: dict) -> None:
 @dataclass
 class Verdict:
     route: str | None                 # "native", "vm", or None when it can't run here
+    kernel: str | None = None         # with route "vm": the kernel the VM boots
     missing: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
 
@@ -151,18 +153,23 @@ def scripts(needs_list: list[dict], root: Path | None = None) -> list[str]:
     return out
 
 
-def evaluate(needs: dict, vm_mode: str = "auto") -> Verdict:
-    """Can this lab run here, natively or in the kernel VM, and if not, why."""
+def evaluate(needs: dict, vm_mode: str = "auto", kernel: str | None = None) -> Verdict:
+    """Can this lab run here, natively or in the kernel VM (and on which kernel), and if not,
+    why. With `kernel` (not host) the lab runs in the VM on that kernel, whose own replay
+    then says what it lacks."""
     missing, hints, vm_only = [], [], []
+    kernels_needed: dict[str, str] = {}  # what needs the VM -> on which kernel
     if os.geteuid() != 0:
         missing.append("needs root (it mounts filesystems)")
         hints.append("run it as root, e.g. with sudo")
+    forced = kernel not in (None, "host")
     for name in needs.get("features", []):
         f = FEATURES[name]
-        if f.check():
+        if forced or f.check():
             continue
         if f.in_vm:
             vm_only.append(name)
+            kernels_needed[name] = f.in_vm
         else:
             missing.append(f"{name}: {f.what}")
             hints.append(f.hint)
@@ -170,14 +177,16 @@ def evaluate(needs: dict, vm_mode: str = "auto") -> Verdict:
         if not shutil.which(cmd):
             missing.append(f"command {cmd} not found")
             hints.append(f"sudo bash {PROVISION}/host.sh")
-    if needs.get("drivers"):
+    if needs.get("drivers") and not forced:
         from cowlab.storage import drivers
         for d in needs["drivers"]:
-            p = drivers.get(d).probe()
+            cls = drivers.get(d)
+            p = cls.probe()
             if p.available:
                 continue
-            if p.details.get("route") == "vm":
+            if getattr(cls, "vm_route", False) and p.details.get("kernel_lacks"):
                 vm_only.append(d)
+                kernels_needed[d] = cls.vm_kernel
             else:
                 missing.append(f"driver {d}: {p.reason}")
                 hints.append(p.hint)
@@ -188,10 +197,16 @@ def evaluate(needs: dict, vm_mode: str = "auto") -> Verdict:
     if vm_only and vm_mode == "never" or vm_only and in_guest:
         return Verdict(None, [f"{n}: {FEATURES[n].what}" if n in FEATURES else f"{n} needs the kernel VM"
                               for n in vm_only], [FEATURES[n].hint if n in FEATURES else vm.hint() for n in vm_only])
-    if vm_only or vm_mode == "always":
-        why = vm.why_unavailable()
+    wanted = set(kernels_needed.values())
+    if len(wanted) > 1:
+        return Verdict(None, [f"needs kernels {', '.join(sorted(wanted))} at once ({kernels_needed})"], [])
+    k = kernel if forced else (wanted.pop() if wanted else None)
+    if forced and in_guest:
+        return Verdict("native")
+    if vm_only or vm_mode == "always" or forced:
+        why = vm.why_unavailable(k)
         if why:
             return Verdict(None, [f"{', '.join(vm_only) or 'the lab'} needs the kernel VM, which can't run here: {why}"],
-                           [vm.hint()])
-        return Verdict("vm")
+                           [vm.hint(k)])
+        return Verdict("vm", kernel=k)
     return Verdict("native")

@@ -208,8 +208,9 @@ def run_check(script: str, workdir: Path, env: dict) -> tuple[bool, str]:
 
 
 # --- the kernel VM -------------------------------------------------------------------------------
-def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path) -> list[LabReport]:
-    """Replay labs that need the kernel VM, all in one boot; reports come back as JSON."""
+def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path,
+              kernel: str | None = None) -> list[LabReport]:
+    """Replay labs in the kernel VM on `kernel` (default 6.1), all in one boot; reports come back as JSON."""
     from cowlab.storage import vm
     state.ensure()
     out = state.tmp / f"{os.getpid()}-lab-vm-reports"
@@ -220,7 +221,7 @@ def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path) ->
                 "--json-report", str(report_file)]
         t0 = time.monotonic()
         r = vm.run(state, argv, out=out, state_disk=16 << 30, echo=echo,
-                   timeout=600 + 600 * len(lessons))
+                   timeout=600 + 600 * len(lessons), kernel_name=kernel)
         wall = time.monotonic() - t0
         got = json.loads(report_file.read_text()) if report_file.exists() else []
     finally:
@@ -234,7 +235,8 @@ def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path) ->
             reports.append(LabReport(les.id, les.title, "vm", False, round(wall, 1),
                                      skipped=f"the VM ended (status {r.returncode}) without a report"))
             continue
-        rep = LabReport(g["id"], g["title"], f"vm ({vm.accel()}, boot {r.boot_seconds} s)", g["ok"], g["seconds"],
+        rep = LabReport(g["id"], g["title"], f"vm ({kernel or vm.DEFAULT_KERNEL}, {vm.accel()}, boot {r.boot_seconds} s)",
+                        g["ok"], g["seconds"],
                         [StepReport(**s) for s in g["steps"]], g.get("skipped"), g.get("interrupted", False))
         reports.append(rep)
     return reports

@@ -37,7 +37,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import (FixedLocator, FuncFormatter, Locator, LogLocator,  # noqa: E402
                                NullFormatter, NullLocator)
 
-from cowlab.storage import drivers as _drivers  # noqa: E402  (the registry: each driver's colour
+from cowlab.storage import drivers as _drivers  # noqa: E402  (the registry: each driver's colour)
 from cowlab.base import units  # noqa: E402
 
 # Spans wider than this many decades get a log axis when the scale is left to us.

@@ -29,7 +29,7 @@ from cowlab.store.layers import spec_bytes
 from cowlab.base.resources import Resources
 from cowlab.results import RunWriter, Sample
 from cowlab.base.state import StateRoot, resolve_root
-from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it
+from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it)
 from cowlab.measure.workloads.base import Context, case_name, case_total, describe_params, run_case
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)

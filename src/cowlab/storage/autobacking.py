@@ -16,7 +16,7 @@ from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Resources, owners
 from cowlab.base.state import StateRoot
-from cowlab.base.units import parse_size  # noqa: F401  (the CLI's sizes; one parser: cowlab.base.units
+from cowlab.base.units import parse_size  # noqa: F401  (the CLI's sizes; one parser: cowlab.base.units)
 
 DEFAULT_SIZE = 32 << 30   # sparse: costs what is written
 

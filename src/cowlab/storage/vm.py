@@ -43,13 +43,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cowlab import results as _results  # noqa: F401  (the vm_results releaser
+from cowlab import results as _results  # noqa: F401  (the vm_results releaser)
 from cowlab.base import provenance, sysutil
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Resources, spawn, tagged_processes
 from cowlab.base.state import StateRoot
+from cowlab.storage import kernels
+from cowlab.storage.kernels import Kernel
 
-KERNEL_GLOB = "vmlinuz-6.1.0-*-amd64"
+DEFAULT_KERNEL = "6.1"  # Debian 12's: device mapper's thin pool and kernel ZFS as modules
 IN_VM = "COWLAB_IN_VM"          # set in the guest: never go one VM deeper
 UP = "cowlab-vm: guest up"      # the guest's first line; the host times the boot to it
 MODES = ("auto", "always", "never")
@@ -59,15 +61,20 @@ GiB = 1 << 30
 
 
 # --- what the host has -----------------------------------------------------------------------
-def find_kernel() -> Path | None:
-    """The newest generic Debian 6.1 kernel in /boot (COWLAB_VM_KERNEL overrides)."""
+def kernel(name: str | None = None) -> Kernel | None:
+    """The kernel the VM boots: `name` (a short name of cowlab.storage.kernels, default 6.1),
+    or the image COWLAB_VM_KERNEL names."""
     forced = os.environ.get("COWLAB_VM_KERNEL")
-    if forced:
-        return Path(forced) if os.path.exists(forced) else None
-    found = [p for p in Path("/boot").glob(KERNEL_GLOB)
-             if "-cloud-" not in p.name and "-rt-" not in p.name]
-    key = lambda p: [int(x) for x in re.findall(r"\d+", p.name)]  # noqa: E731
-    return max(found, key=key) if found else None
+    if forced and name in (None, DEFAULT_KERNEL):
+        p = Path(forced)
+        return Kernel(DEFAULT_KERNEL, p.name.removeprefix("vmlinuz-"), p, None, f"COWLAB_VM_KERNEL={forced}") \
+            if p.exists() else None
+    return kernels.find(name or DEFAULT_KERNEL)
+
+
+def find_kernel(name: str | None = None) -> Path | None:
+    k = kernel(name)
+    return k.image if k else None
 
 
 def find_vng() -> str | None:
@@ -79,27 +86,30 @@ def find_qemu() -> str | None:
     return shutil.which("qemu-system-x86_64")
 
 
-def why_unavailable() -> str:
-    """'' when the VM route can run here, else what is missing."""
+def why_unavailable(name: str | None = None) -> str:
+    """'' when the VM route can boot kernel `name` (default 6.1) here, else what is missing."""
     if os.environ.get(IN_VM):
         return "already inside cowlab's VM"
     missing = []
-    if find_kernel() is None:
-        missing.append("no Debian 6.1 kernel in /boot (linux-image-6.1.0-*-amd64, not -cloud-)")
+    if kernel(name) is None:
+        missing.append(f"no {name or DEFAULT_KERNEL} kernel ({kernels.how_to_get(name or DEFAULT_KERNEL)})")
     if not find_qemu():
         missing.append("qemu-system-x86_64 not installed")
     if not find_vng():
         missing.append("virtme-ng not installed (pip install 'cowlab[vm]')")
     if missing:
-        return "; ".join(missing) + f"; run {PROVISION}"
+        return "; ".join(missing) + (f"; run {PROVISION}" if len(missing) > 1 or kernel(name) is not None
+                                     or (name or DEFAULT_KERNEL) == DEFAULT_KERNEL else "")
     return ""
 
 
-def available() -> bool:
-    return not why_unavailable()
+def available(name: str | None = None) -> bool:
+    return not why_unavailable(name)
 
 
-def hint() -> str:
+def hint(name: str | None = None) -> str:
+    if (name or DEFAULT_KERNEL) != DEFAULT_KERNEL:
+        return f"{kernels.how_to_get(name)}, {PROVISION} && pip install 'cowlab[vm]'"
     return f"{PROVISION} && pip install 'cowlab[vm]'"
 
 
@@ -107,14 +117,10 @@ def accel() -> str:
     return "kvm" if os.environ.get("COWLAB_VM_ACCEL") == "kvm" else "tcg"
 
 
-def describe() -> dict:
-    k = find_kernel()
-    return {"kernel_image": str(k) if k else None, "kernel": _kernel_release(k) if k else None,
-            "accel": accel(), "vng": find_vng(), "qemu": find_qemu()}
-
-
-def _kernel_release(k: Path) -> str:
-    return k.name.removeprefix("vmlinuz-")
+def describe(name: str | None = None) -> dict:
+    k = kernel(name)
+    return {"kernel_image": str(k.image) if k else None, "kernel": k.release if k else None,
+            "kernel_name": name or DEFAULT_KERNEL, "accel": accel(), "vng": find_vng(), "qemu": find_qemu()}
 
 
 # --- running a command in the VM (host side) -------------------------------------------------
@@ -130,20 +136,21 @@ class VMResult:
 
 def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[str, int] | None = None,
         memory: str = "2G", cpus: int | None = None, state_disk: int = 64 * GiB,
-        timeout: float | None = None, echo=None, python_argv: list[str] | None = None) -> VMResult:
+        timeout: float | None = None, echo=None, python_argv: list[str] | None = None,
+        kernel_name: str | None = None) -> VMResult:
     """Run `cowlab ARGV` (or `python PYTHON_ARGV`) in a fresh VM and wait for it.
 
     argv may name an extra disk as `{disk:SERIAL}`: disks maps each SERIAL to the size of a sparse
     raw file made for it, which the guest sees as /dev/vdX. Results written under `out` (shared
-    read-write) get the VM's boot time added."""
-    why = why_unavailable()
+    read-write) get the VM's boot time added. kernel_name: which kernel boots (default 6.1)."""
+    why = why_unavailable(kernel_name)
     if why:
         raise CowlabError(f"the kernel VM can't run here: {why}")
     echo = echo or (lambda line: print(line, flush=True))
     state.ensure()
     disks = dict(disks or {})
-    kernel = find_kernel()
-    assert kernel is not None
+    kern = kernel(kernel_name)
+    assert kern is not None
     vid = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
     res = Resources.for_run(state, vm=vid)
     t0 = time.perf_counter()
@@ -166,11 +173,12 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
                   "host_root": str(state.path), "images": str(state.images), "layers": str(state.layers),
                   "disks": sorted(disks), "out": str(out) if out else None,
                   "host": {"hostname": socket.gethostname(), "kernel": platform.release()},
-                  "kernel_image": str(kernel), "accel": accel(), "git_sha": provenance.git_sha()}
+                  "kernel_image": str(kern.image), "kernel": kern.describe(), "accel": accel(),
+                  "git_sha": provenance.git_sha()}
         (scratch / "config.json").write_text(json.dumps(config))
         guest_cmd = " ".join(shlex.quote(a) for a in
                              [sys.executable, "-m", "cowlab.storage.vm", "guest", str(scratch / "config.json")])
-        cmd = [find_vng(), "--run", str(kernel), "--memory", memory, "--cpus", str(cpus or os.cpu_count() or 1),
+        cmd = [find_vng(), "--run", str(kern.image), *_module_args(kern), "--memory", memory, "--cpus", str(cpus or os.cpu_count() or 1),
                "--name", name, "--rwdir", str(scratch), "--rodir", str(state.images), "--rodir", str(state.layers),
                f"--qemu-opts={' '.join(qemu_opts)}", "--exec", guest_cmd]
         if out is not None:
@@ -201,7 +209,7 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
             line = raw.decode(errors="replace").rstrip("\n")
             if line.startswith(UP) and not boot:
                 boot.append(time.perf_counter() - t0)
-                echo(f"cowlab-vm: booted {kernel.name} ({accel()}) in {boot[0]:.1f} s")
+                echo(f"cowlab-vm: booted {kern.name} kernel {kern.release} ({accel()}) in {boot[0]:.1f} s")
                 continue
             echo(line)
         rc = p.wait()
@@ -219,7 +227,8 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         if guest:
             rc = guest.get("returncode", rc)
         info = {"boot_seconds": round(boot[0], 3) if boot else None, "wall_seconds": round(wall, 3),
-                "accel": accel(), "kernel_image": str(kernel), "guest_kernel": guest.get("kernel"),
+                "accel": accel(), "kernel_image": str(kern.image), "guest_kernel": guest.get("kernel"),
+                "kernel": kern.describe(),
                 "host_hostname": socket.gethostname(), "host_kernel": platform.release(),
                 "memory": memory, "cpus": cpus or os.cpu_count(), "virtme_ng": _vng_version(),
                 "qemu": _first_line([find_qemu() or "qemu-system-x86_64", "--version"]),
@@ -233,6 +242,14 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         errs = res.close()
         for e in errs:
             echo(f"cowlab-vm: teardown: {e}")
+
+
+def _module_args(kern: Kernel) -> list[str]:
+    """A kernel whose modules are in the cache, not the host's /lib/modules: the guest sees that
+    tree at /lib/modules/<release> (read-only), so modprobe finds them."""
+    if kern.modules is None:
+        return []
+    return ["--rodir", f"/lib/modules/{kern.release}={kern.modules}"]
 
 
 def _lines(f):

@@ -51,7 +51,7 @@ import time
 from cowlab.base.units import human_bytes
 from cowlab.measure import probes
 from cowlab.base import sysutil
-from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it
+from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it)
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import spawn
 from cowlab.results import Sample

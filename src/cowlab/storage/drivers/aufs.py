@@ -7,15 +7,17 @@ branch on top, read-only branches below that may hold whiteouts), with branches 
 in the page of mount options added by `remount,append:` one at a time, as Docker's aufs driver
 does. Options after the branches: `dio` and an xino file in the driver's home.
 
-Debian 12 (and this project's development kernel) has no aufs: the probe says so and names the
-machine that has it (the Vagrant `aufs` machine, an Ubuntu 20.04 kernel). This module follows the
-aufs(5) manual; it cannot be exercised where aufs is missing.
+No Debian kernel has aufs (nor this project's development kernel): the probe then says what the
+kernel lacks, and the run layer (cowlab.run.vmroute) runs the driver in the kernel VM on the AUFS
+kernel cowlab builds (cowlab.storage.kernels.aufs, `sudo nox -s aufs-kernel`), emulated. The
+Vagrant `aufs` machine (Ubuntu 20.04, whose kernel ships aufs) runs it natively.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 
 from cowlab.store import layers as L
@@ -26,8 +28,8 @@ from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe
 
 MS_REMOUNT = 32
-HINT = ("the Vagrant aufs machine (Ubuntu 20.04, whose kernel ships aufs): `cd vagrant && vagrant up aufs`, "
-        "then `sudo nox -s bench-aufs` inside it (provisioned by vagrant/provision/aufs.sh)")
+HINT = ("cowlab's AUFS kernel in the kernel VM: `sudo nox -s aufs-kernel` (builds it once, minutes), or the "
+        "Vagrant aufs machine (Ubuntu 20.04, whose kernel ships aufs): `cd vagrant && vagrant up aufs`")
 
 
 class Aufs(Driver):
@@ -40,12 +42,14 @@ class Aufs(Driver):
     vagrant = {"os": "ubuntu", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
                "scripts": ["aufs-focal.sh"]}  # aufs-focal.sh runs aufs.sh
     max_layers = 127     # aufs's default branch limit (CONFIG_AUFS_BRANCH_MAX_127)
+    vm_route = True      # where the kernel has no aufs, the kernel VM on the AUFS kernel has it
+    vm_kernel = "aufs"
 
     @classmethod
     def probe(cls) -> Probe:
         if "\taufs\n" not in U.filesystems():
-            return Probe(False, "aufs not in this kernel (Debian 12 has no aufs; Ubuntu 20.04's kernel ships it)",
-                         HINT)
+            return Probe(False, f"aufs not in this kernel ({platform.release()}; no Debian kernel has it)",
+                         HINT, details={"kernel_lacks": "aufs"})
         return Probe(True, details={"aufs_version": _aufs_version()})
 
     def _layer(self, digest: str) -> Path:

@@ -56,6 +56,7 @@ class Driver:
     # This kernel may lack what the driver needs (its probe then names it in details
     # `kernel_lacks`) while the kernel VM has it: the run layer (cowlab.run.vmroute) routes it there.
     vm_route: ClassVar[bool] = False
+    vm_kernel: ClassVar[str] = "6.1"  # the kernel the VM boots for it (a name of cowlab.storage.kernels)
     # Conformance cases where the driver knowingly differs from a plain directory:
     # case → (what it does instead, a regex every difference the suite reports must match).
     # The suite then asserts exactly that deviation, and fails if it stops happening.

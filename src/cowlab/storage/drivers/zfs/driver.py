@@ -53,7 +53,7 @@ from cowlab.base.errors import CowlabError, Unavailable
 from cowlab.store.images import Image
 from cowlab.base.resources import OWNER_ENV, Resources, releaser, tagged_processes
 from cowlab.base.state import StateRoot
-from cowlab.base.units import parse_size  # zpool's sizes too (1.50K, 171M
+from cowlab.base.units import parse_size  # zpool's sizes too (1.50K, 171M)
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
 

@@ -1,0 +1,160 @@
+"""Debian's generic amd64 kernels, by the short names of the releases that ship them: 5.10
+(Debian 11, bullseye), 6.1 (Debian 12, bookworm), 6.12 (Debian 13, trixie; bookworm-backports has
+it too).
+
+Fetched by package name with apt — `linux-image-amd64` of that suite names the exact
+`linux-image-<release>` — through a private apt configuration in the cache that uses the host's
+own mirror and keyring, so the host's sources, /boot and /lib/modules are never touched. The
+package is unpacked with `dpkg-deb -x` into the cache; the VM shows the guest that tree's
+lib/modules/<release> (the -cloud- flavour lacks 9p and cannot boot this way: only generic).
+6.1 may also be the host's own /boot kernel (vagrant/provision/devicemapper.sh installs it),
+whose modules are already in the host's /lib/modules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from cowlab.base.errors import CowlabError
+from cowlab.storage.kernels import Kernel, cache_dir
+
+# name -> (suite, the release pattern of its generic kernel, what it is)
+SUITES = {
+    "5.10": ("bullseye", r"5\.10\.0-\d+-amd64", "Debian 11 (bullseye)"),
+    "6.1": ("bookworm", r"6\.1\.0-\d+-amd64", "Debian 12 (bookworm)"),
+    "6.12": ("trixie", r"6\.12\.\d+\+deb13-amd64", "Debian 13 (trixie)"),
+}
+NAMES = tuple(SUITES)
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def _version_key(release: str) -> list[int]:
+    return [int(x) for x in re.findall(r"\d+", release)]
+
+
+def _cached(name: str) -> list[Path]:
+    pat = re.compile(rf"debian-({SUITES[name][1]})$")
+    c = cache_dir()
+    return sorted((d for d in c.glob("debian-*") if pat.match(d.name) and (d / "fetch.json").is_file()),
+                  key=lambda d: _version_key(d.name)) if c.is_dir() else []
+
+
+def _from_boot(name: str) -> Kernel | None:
+    pat = re.compile(rf"vmlinuz-({SUITES[name][1]})$")
+    found = [p for p in Path("/boot").glob("vmlinuz-*") if pat.match(p.name)]
+    if not found:
+        return None
+    img = max(found, key=lambda p: _version_key(p.name))
+    release = img.name.removeprefix("vmlinuz-")
+    if not Path(f"/lib/modules/{release}").is_dir():
+        return None
+    return Kernel(name, release, img, None, f"host /boot: linux-image-{release} ({SUITES[name][2]})")
+
+
+def find(name: str) -> Kernel | None:
+    """The host's /boot kernel of that release (6.1), else the newest one in the cache."""
+    k = _from_boot(name)
+    if k is not None:
+        return k
+    dirs = _cached(name)
+    if not dirs:
+        return None
+    home = dirs[-1]
+    release = home.name.removeprefix("debian-")
+    info = json.loads((home / "fetch.json").read_text())
+    return Kernel(name, release, home / "boot" / f"vmlinuz-{release}", home / "lib" / "modules" / release,
+                  f"Debian package {info.get('package')} {info.get('version')} ({SUITES[name][2]})",
+                  frozenset(), home, info)
+
+
+def how_to_get(name: str) -> str:
+    return f"sudo cowlab kernels get {name}   (apt: {SUITES[name][0]}'s linux-image-amd64, ~60-110 MB)"
+
+
+def cache_prefixes(name: str) -> list[str]:
+    return [f"debian-{SUITES[name][1].split(chr(92))[0]}", f"apt-{SUITES[name][0]}"]
+
+
+def _mirror() -> str:
+    """The Debian mirror the host's apt already uses (no other host is ever named)."""
+    for f in [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list"),
+              *Path("/etc/apt/sources.list.d").glob("*.list")]:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        for m in re.finditer(r"^URIs:\s*(\S+)", text, re.M):
+            if not m.group(1).rstrip("/").endswith("-security"):
+                return m.group(1).rstrip("/")
+        for m in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", text, re.M):
+            if "security" not in m.group(1):
+                return m.group(1).rstrip("/")
+    raise CowlabError("no Debian mirror in /etc/apt/sources.list(.d): cowlab fetches kernels through the host's own")
+
+
+def _apt(suite: str) -> tuple[list[str], Path]:
+    """apt-get/apt-cache options for a private configuration that sees only `suite`."""
+    d = cache_dir() / f"apt-{suite}"
+    for sub in ("lists/partial", "cache/archives/partial"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    (d / "sources.list").write_text(f"deb [signed-by={KEYRING}] {_mirror()} {suite} main\n")
+    (d / "status").touch()
+    opts = ["-o", f"Dir::Etc::SourceList={d / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/nonexistent",
+            "-o", f"Dir::State::Lists={d / 'lists'}", "-o", f"Dir::Cache={d / 'cache'}",
+            "-o", f"Dir::State::Status={d / 'status'}", "-o", "APT::Get::List-Cleanup=0",
+            "-o", "Debug::NoLocking=1"]
+    return opts, d
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    cp = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    if cp.returncode != 0:
+        raise CowlabError(f"{what} failed: {(cp.stderr or cp.stdout).strip().splitlines()[-1:] or cp.returncode}")
+    return cp.stdout
+
+
+def obtain(name: str, echo=print) -> Kernel:
+    found = find(name)
+    if found is not None:
+        echo(f"kernel {name}: {found.release} ({found.origin})")
+        return found
+    suite, pattern, what = SUITES[name]
+    opts, d = _apt(suite)
+    t0 = time.monotonic()
+    echo(f"kernel {name}: apt update of {suite} (private configuration in {d})")
+    _run(["apt-get", *opts, "-qq", "update"], f"apt-get update ({suite})")
+    dep = _run(["apt-cache", *opts, "depends", "linux-image-amd64"], f"apt-cache depends linux-image-amd64 ({suite})")
+    pkgs = re.findall(rf"Depends:\s*(linux-image-{pattern})\b", dep)
+    if not pkgs:
+        raise CowlabError(f"{suite}'s linux-image-amd64 depends on no generic linux-image ({dep.strip()[:200]})")
+    pkg = pkgs[0]
+    release = pkg.removeprefix("linux-image-")
+    debs = cache_dir() / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    echo(f"kernel {name}: apt-get download {pkg}")
+    _run(["apt-get", *opts, "-qq", "download", pkg], f"apt-get download {pkg}", cwd=debs)
+    deb = max(debs.glob(f"{pkg}_*.deb"), key=lambda p: p.stat().st_mtime)
+    version = _run(["dpkg-deb", "-f", str(deb), "Version"], "dpkg-deb -f").strip()
+    home = cache_dir() / f"debian-{release}"
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".debian-{release}-") as tmp:
+        _run(["dpkg-deb", "-x", str(deb), tmp], f"dpkg-deb -x {deb.name}")
+        if not (Path(tmp) / "boot" / f"vmlinuz-{release}").is_file():
+            raise CowlabError(f"{deb.name} has no boot/vmlinuz-{release}")
+        (Path(tmp) / "fetch.json").write_text(json.dumps({
+            "package": pkg, "version": version, "suite": suite, "deb": deb.name, "deb_bytes": deb.stat().st_size,
+            "fetch_seconds": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
+        if home.exists():
+            shutil.rmtree(home)
+        Path(tmp).rename(home)   # complete or absent
+    deb.unlink()  # unpacked: the .deb is not needed again
+    got = find(name)
+    if got is None:
+        raise CowlabError(f"kernel {name}: unpacked {pkg} into {home}, but it is not usable there")
+    echo(f"kernel {name}: {release} in {home} ({time.monotonic() - t0:.0f} s)")
+    return got
