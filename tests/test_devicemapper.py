@@ -107,22 +107,25 @@ def test_check_device_refuses_non_block(tmp_path):
 def test_vm_route_choice(monkeypatch):
     class Missing:
         vm_route = True
+        vm_kernel = "6.1"
 
         @staticmethod
         def probe():
             return dm.Probe(False, "kernel has no dm-thin-pool", details={"kernel_lacks": "dm-thin-pool"})
 
     class Native:
+        vm_kernel = "6.1"
+
         @staticmethod
         def probe():
             return dm.Probe(True)
 
-    monkeypatch.setattr(vm, "why_unavailable", lambda: "")
+    monkeypatch.setattr(vm, "why_unavailable", lambda *a: "")
     assert vmroute.choose(Missing, "auto") == "vm"
     assert vmroute.choose(Native, "auto") == "native"
     assert vmroute.choose(Native, "always") == "vm"
     assert vmroute.choose(Missing, "never") == "native"
-    monkeypatch.setattr(vm, "why_unavailable", lambda: "no kernel")
+    monkeypatch.setattr(vm, "why_unavailable", lambda *a: "no kernel")
     assert vmroute.choose(Missing, "auto") == "native"   # then check() says why it is unavailable
     with pytest.raises(CowlabError, match="no kernel"):
         vmroute.choose(Missing, "always")
