@@ -10,12 +10,23 @@ import tarfile
 
 import pytest
 
-from cowlab.store import layers
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
-
-from helpers import (CHECK_MISSES, HOSTILE, box_setup, box_untouched, docker_archive, hostile_layer,
-                     listing, oci_archive, sha, simple_layer, spec_of, tar_bytes, ti)
+from cowlab.store import layers
+from helpers import (
+    CHECK_MISSES,
+    HOSTILE,
+    box_setup,
+    box_untouched,
+    docker_archive,
+    hostile_layer,
+    listing,
+    oci_archive,
+    sha,
+    simple_layer,
+    spec_of,
+    tar_bytes,
+    ti,
+)
 
 BASE = [[{"op": "file", "path": "/etc/hello", "size": 100}, {"op": "files", "dir": "/d", "count": 3, "size": 10}]]
 TWO = BASE + [[{"op": "file", "path": "/etc/second", "size": 20}]]

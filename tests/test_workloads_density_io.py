@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.measure import probes
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
+from cowlab.measure import probes
 from cowlab.measure.workloads.io import JOBS, fio_argv, job_dir, load_fio_json, parse_fio
-
 from helpers import bench_session
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fio"

@@ -16,7 +16,6 @@ from cowlab.run import vmroute
 from cowlab.run.runner import BenchSession, sigterm_as_interrupt
 from cowlab.storage import backing as B
 
-
 LOCAL_RESULTS = "results/local"  # a user's own runs, kept apart from the committed reference runs
 
 @click.command("bench")

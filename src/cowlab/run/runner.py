@@ -12,25 +12,25 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from cowlab.base.units import human_bytes, human_params
-from cowlab.storage import backing as B
-from cowlab.storage import autobacking, drivers
-from cowlab.run import cleanup, vmroute
 from cowlab.base import provenance
-from cowlab.measure import workloads as W
 from cowlab.base.errors import CowlabError, Unavailable
-from cowlab.store.images import ImageStore
-from cowlab.store.layers import spec_bytes
 from cowlab.base.resources import Resources
-from cowlab.results import RunWriter, Sample
 from cowlab.base.state import StateRoot, resolve_root
 from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it
+from cowlab.base.units import human_bytes
+from cowlab.measure import workloads as W
 from cowlab.measure.workloads.base import Context, case_name, case_total, describe_params, run_case
+from cowlab.results import RunWriter, Sample
+from cowlab.run import cleanup, vmroute
+from cowlab.storage import autobacking, drivers
+from cowlab.storage import backing as B
+from cowlab.store.images import ImageStore
+from cowlab.store.layers import spec_bytes
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 

@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 import hashlib
-import zlib
+import io
 import json
 import os
 import tarfile
 import time
 import uuid
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
-from cowlab.base.units import human_bytes
 from cowlab.base import faults
-from cowlab.store import layers as L
 from cowlab.base.errors import CowlabError
-from cowlab.store.spec import ImageSpec
 from cowlab.base.state import StateRoot
+from cowlab.base.units import human_bytes
+from cowlab.store import layers as L
+from cowlab.store.spec import ImageSpec
 
 BUILDER_VERSION = 2  # bump when the same spec would produce different bytes
 Progress = Callable[[int], None]

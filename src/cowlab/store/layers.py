@@ -17,13 +17,13 @@ import posixpath
 import shutil
 import stat
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from cowlab.base import faults
-from cowlab.store.content import Content
 from cowlab.base.errors import CowlabError
+from cowlab.store.content import Content
 from cowlab.store.spec import ImageSpec
 
 WH = ".wh."

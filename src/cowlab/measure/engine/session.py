@@ -5,19 +5,19 @@ primitive part. The runner calls these; all samples go to the same samples.jsonl
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from cowlab.storage import backing as B
 from cowlab.base import sysutil
-from cowlab.storage.drivers.base import Driver, Probe
 from cowlab.base.errors import CowlabError, Unavailable
-from cowlab.store.images import ImageStore
-from cowlab.results import Sample
 from cowlab.measure.engine import drivers as ED
 from cowlab.measure.engine.daemon import EngineRefused, PrivateDockerd, availability, check_socket_room
 from cowlab.measure.engine.images import build_engine_images, load, static_busybox
 from cowlab.measure.engine.workloads import CASES, EngineContext
 from cowlab.measure.workloads.base import Timed, case_name, case_total, describe_params, run_case
+from cowlab.results import Sample
+from cowlab.storage import backing as B
+from cowlab.storage.drivers.base import Driver, Probe
+from cowlab.store.images import ImageStore
 
 Progress = Callable[[str, int, int], None]
 MODES = ("primitive", "engine", "both")

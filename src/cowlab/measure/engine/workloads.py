@@ -27,15 +27,15 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-from cowlab.base.units import human_bytes
-from cowlab.measure import probes
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
+from cowlab.base.units import human_bytes
+from cowlab.measure import probes
 from cowlab.measure.engine.daemon import container_security_opts
-from cowlab.results import Sample
 from cowlab.measure.workloads.base import Case, GiB, Measured, Timed
+from cowlab.results import Sample
 
 READY_TIMEOUT = 600.0
 SPACE_MARGIN = GiB

@@ -25,9 +25,9 @@ import os
 import time
 
 from cowlab.base import sysutil
-from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.measure.workloads.rename import backing_fs, option_values, own_fs
+from cowlab.results import Sample
 
 KiB = 1 << 10
 TREE = "/tree"

@@ -7,7 +7,7 @@ size; vfs (a plain copy) should grow with it. Metrics create_seconds, remove_sec
 
 from __future__ import annotations
 
-from cowlab.measure.workloads.base import GiB, MiB, Context, Timed, Workload, synthetic_image
+from cowlab.measure.workloads.base import Context, GiB, MiB, Timed, Workload, synthetic_image
 
 
 def image_name(size: int, layers: int) -> str:

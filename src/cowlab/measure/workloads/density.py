@@ -48,15 +48,15 @@ import select
 import subprocess
 import time
 
-from cowlab.base.units import human_bytes
-from cowlab.measure import probes
 from cowlab.base import sysutil
-from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import spawn
+from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it
+from cowlab.base.units import human_bytes
+from cowlab.measure import probes
+from cowlab.measure.workloads.base import Context, GiB, Measured, MiB, Workload
 from cowlab.results import Sample
 from cowlab.store.spec import from_dict
-from cowlab.measure.workloads.base import GiB, MiB, Context, Measured, Workload
 
 GRID = {
     "full": {"containers": [1, 8, 32, 128], "files": 200, "set_bytes": 64 * MiB, "dirs": 4, "reps": 3},

@@ -21,11 +21,11 @@ samples are recorded as skipped, with the reason.
 
 from __future__ import annotations
 
-from cowlab.measure import probes
 from cowlab.base.errors import NotApplicable
+from cowlab.measure import probes
+from cowlab.measure.workloads.base import Context, Measured, Workload
 from cowlab.results import Sample
 from cowlab.store.spec import from_dict
-from cowlab.measure.workloads.base import Context, Measured, Workload
 
 
 def image_name(g: dict) -> str:

@@ -38,8 +38,8 @@ from typing import Any
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import run_tool
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
 
 JOBS = ["seq-read-1m", "seq-write-1m", "rand-read-4k", "rand-write-4k", "first-write"]
 TARGETS = ["container", "volume"]

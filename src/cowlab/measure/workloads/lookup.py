@@ -42,12 +42,12 @@ import time
 from functools import partial
 
 from cowlab.base import sysutil
-from cowlab.base.sysutil import static_busybox
 from cowlab.base.errors import CowlabError, NotApplicable
-from cowlab.store.images import ImageStore
-from cowlab.results import Sample
-from cowlab.store.spec import ImageSpec, from_dict
+from cowlab.base.sysutil import static_busybox
 from cowlab.measure.workloads.base import Context, Measured, Timed, Workload
+from cowlab.results import Sample
+from cowlab.store.images import ImageStore
+from cowlab.store.spec import ImageSpec, from_dict
 
 TARGET = "true"           # the hit: busybox picks the applet from argv[0], so it is named true
 MISSING = "no-such-cmd"   # the miss: in no PATH directory

@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from cowlab.results import Sample
 from cowlab.measure.workloads.base import Context, Measured, Workload
 from cowlab.measure.workloads.creation import Creation, grid_points, image_name
+from cowlab.results import Sample
 
 
 class MountFloor(Workload):

@@ -33,8 +33,8 @@ import time
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
+from cowlab.measure.workloads.base import Context, GiB, Measured, MiB, Workload, synthetic_image
 from cowlab.results import Sample
-from cowlab.measure.workloads.base import GiB, MiB, Context, Measured, Workload, synthetic_image
 
 KiB = 1 << 10
 TREE, MOVED = "/tree", "/tree-renamed"

@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import time
 
-from cowlab.measure import probes
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import run_tool
+from cowlab.measure import probes
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload
+from cowlab.measure.workloads.rename import backing_fs, own_fs
 from cowlab.results import Sample
 from cowlab.store.spec import from_dict
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload
-from cowlab.measure.workloads.rename import backing_fs, own_fs
 
 SHARED = "/shared"
 IMAGES = ("sharing-a", "sharing-b")

@@ -27,10 +27,10 @@ import uuid
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import run_tool
-from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.measure.workloads.io import FIO_TIMEOUT, fio_argv, job_dir, load_fio_json, parse_fio
 from cowlab.measure.workloads.rename import option_values
+from cowlab.results import Sample
 
 KiB = 1 << 10
 IMAGE = "volatile-base"

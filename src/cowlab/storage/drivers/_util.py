@@ -14,13 +14,13 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
 from cowlab.base.resources import Handle, Resources, spawn
+from cowlab.store.images import Image
 
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -40,7 +40,7 @@ def chain_key(chain_id: str) -> str:
 
 
 def union_container(res: Resources, cdir: Path, names: tuple[str, ...],
-                    mount: "Callable[..., list[Handle]]") -> tuple[Path, list[Handle]]:
+                    mount: Callable[..., list[Handle]]) -> tuple[Path, list[Handle]]:
     """A union container's directories cdir/<names> (the first is the writable upper dir, the
     container's root, made 0755 whatever our umask; the last the mount point), journaled; then
     mount(*dirs) returns the mount's handles. If the mount fails, the directories go again.

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from cowlab.base import sysutil
-from cowlab.storage.backing import Backing
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image, ImageStore
 from cowlab.base.resources import Handle, Resources
+from cowlab.storage.backing import Backing
+from cowlab.store.images import Image, ImageStore
 
 
 @dataclass

@@ -22,14 +22,14 @@ import re
 import struct
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources, releaser
 from cowlab.base.state import StateRoot
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 # linux/btrfs.h: _IOW(0x94, nr, struct) with 4096-byte argument structs.
 _IOW = lambda nr: (1 << 30) | (4096 << 16) | (0x94 << 8) | nr  # noqa: E731

@@ -24,14 +24,14 @@ import json
 import os
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
 from cowlab.base.resources import Handle, Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Probe
 from cowlab.storage.drivers.overlay2 import OVL_MAX_STACK, Overlay2
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 MS_RDONLY = 1
 MKFS = ["--quiet", "--preserve-mtime"]

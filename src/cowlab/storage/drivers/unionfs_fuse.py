@@ -31,12 +31,12 @@ import stat
 import tarfile
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 META = ".unionfs"   # upstream's name; Debian 12's unionfs-fuse 1.0 uses ".unionfs-fuse" (meta_name())
 HIDETAG = "_HIDDEN~"
