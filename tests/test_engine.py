@@ -129,7 +129,7 @@ def test_save_archive_round_trips_with_the_same_layer_bytes(store, tmp_path):
         assert manifest[0]["RepoTags"] == ["cowlab/x:1"]
         assert cfg["rootfs"]["diff_ids"] == img.layers         # sha256 of the plain layer tars
         assert cfg["config"]["Cmd"] == ["/bin/sh"]
-        for name, digest in zip(manifest[0]["Layers"], img.layers):
+        for name, digest in zip(manifest[0]["Layers"], img.layers, strict=True):
             assert t.extractfile(name).read() == store.layer_path(digest).read_bytes()
     import hashlib
     assert image_id == "sha256:" + hashlib.sha256(cfg_raw).hexdigest()

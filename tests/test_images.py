@@ -37,7 +37,7 @@ def test_build_list_get(store, state):
     assert len(img.layers) == 2 and all(d.startswith("sha256:") for d in img.layers)
     assert img.content_bytes == 100 + 30 + 20
     assert img.source == "spec:<test>"
-    for d, n in zip(img.layers, img.layer_bytes):
+    for d, n in zip(img.layers, img.layer_bytes, strict=True):
         p = store.layer_path(d)
         assert p.parent == state.layers and p.stat().st_size == n
         assert "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() == d  # named by digest

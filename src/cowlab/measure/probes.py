@@ -157,7 +157,7 @@ DENTRY_FIELDS = ("nr_dentry", "nr_unused", "age_limit", "want_pages", "nr_negati
 
 def parse_dentry_state(text: str) -> dict[str, int]:
     vals = [int(x) for x in text.split()]
-    return dict(zip(DENTRY_FIELDS, vals))
+    return dict(zip(DENTRY_FIELDS, vals, strict=False))  # a field a newer kernel adds is left out
 
 
 def dentry_state(path: str = "/proc/sys/fs/dentry-state") -> dict[str, int]:
@@ -312,8 +312,8 @@ def delta(after: dict, before: dict) -> dict:
     for k in after.keys() & before.keys():
         a, b = after[k], before[k]
         if isinstance(a, tuple):
-            out[k] = type(a)(*(x - y for x, y in zip(a, b))) if hasattr(a, "_fields") else \
-                tuple(x - y for x, y in zip(a, b))
+            out[k] = type(a)(*(x - y for x, y in zip(a, b, strict=True))) if hasattr(a, "_fields") else \
+                tuple(x - y for x, y in zip(a, b, strict=True))
         elif isinstance(a, (int, float)):
             out[k] = a - b
     return out

@@ -186,7 +186,7 @@ class EnginePart:
             cases = list(CASES[w.name](ctx))
             total, done = sum(map(case_total, cases)), 0
             for case in cases:
-                def rep_done(case=case, w=w):
+                def rep_done(case=case, w=w, total=total):
                     nonlocal done
                     done += 1
                     if progress:

@@ -92,7 +92,7 @@ class Sharing(Workload):
         for n in IMAGES:  # each repetition imports both afresh: the disk figure is the import's
             if drv.has_image(ctx.images[n]):
                 drv.remove_image(ctx.images[n])
-        for n, event in zip(IMAGES, ("import_first", "import_second")):
+        for n, event in zip(IMAGES, ("import_first", "import_second"), strict=True):
             u0 = drv.used_bytes()
             ctx.image(n)
             out.append(Sample("space_bytes", drv.used_bytes() - u0, "B", {**params, "event": event}, rep))
@@ -112,7 +112,7 @@ class Sharing(Workload):
                 sysutil.drop_caches()
                 drops = probes.drop_count()
                 got = []
-                for n, which in zip(IMAGES, ("first", "second")):
+                for n, which in zip(IMAGES, ("first", "second"), strict=True):
                     before = cgroup.stat()["file"] if cgroup else probes.meminfo()["Cached"]
                     _read(ctx, files[n], cgroup)
                     after = cgroup.stat()["file"] if cgroup else probes.meminfo()["Cached"]

@@ -142,8 +142,8 @@ def balance(path: Path, dusage: int, musage: int | None = None) -> str:
         argv.append(f"-musage={musage}")
     cp = sysutil.run(argv + [str(path)], check=False, timeout=1800)
     if cp.returncode != 0:
-        lines = [l for l in (cp.stderr + cp.stdout).splitlines() if l.strip()]
-        err = next((l for l in lines if l.startswith("ERROR")), lines[0] if lines else "")
+        lines = [line for line in (cp.stderr + cp.stdout).splitlines() if line.strip()]
+        err = next((line for line in lines if line.startswith("ERROR")), lines[0] if lines else "")
         raise CowlabError(f"btrfs balance start -dusage={dusage} failed ({cp.returncode}): {err}")
     return cp.stdout.strip()
 
@@ -184,11 +184,12 @@ class Btrfs(Driver):
             (self.home / d).mkdir(exist_ok=True)
         parent = None
         chains = U.chain_ids(image)
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             dst = self._layer(chain)
             if not is_subvolume(dst):
                 stage = self.staging()
-                make = (lambda: subvol_create(stage)) if parent is None else (lambda p=parent: subvol_snapshot(p, stage))
+                make = ((lambda s=stage: subvol_create(s)) if parent is None
+                        else (lambda p=parent, s=stage: subvol_snapshot(p, s)))
                 h = self.res.acquire("btrfs_subvolume", make, path=str(stage))
                 try:
                     L.apply_tar(self.store.layer_path(digest), stage, "apply", f"{image.name} layer {i}")

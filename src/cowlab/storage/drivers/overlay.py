@@ -51,11 +51,11 @@ class Overlay(Driver):
             (self.home / d).mkdir(exist_ok=True)
         chains = U.chain_ids(image)
         parent = None
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             dst = self._layer(chain)
             if not (dst / "root").is_dir():
                 stage = self.staging()
-                h = self.res.acquire("dir", lambda: stage.mkdir(), path=str(stage))
+                h = self.res.acquire("dir", lambda stage=stage: stage.mkdir(), path=str(stage))
                 if parent is None:
                     (stage / "root").mkdir(0o755)
                 else:

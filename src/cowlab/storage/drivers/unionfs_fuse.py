@@ -200,11 +200,11 @@ class UnionfsFuse(Driver):
             (self.home / d).mkdir(exist_ok=True)
         chains = U.chain_ids(image)
         below: list[Path] = []  # lower branches of the next layer, top first
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             dst = self._layer(chain)
             if not (dst / "diff").is_dir():
                 stage = self.staging()
-                h = self.res.acquire("dir", lambda: (stage / "diff").mkdir(parents=True), path=str(stage))
+                h = self.res.acquire("dir", lambda stage=stage: (stage / "diff").mkdir(parents=True), path=str(stage))
                 tar = self.store.layer_path(digest)
                 L.apply_tar(tar, stage / "diff", "aufs", f"{image.name} layer {i}")
                 os.chmod(stage / "diff", 0o755)
