@@ -96,10 +96,10 @@ def guest_disks(driver_cls, device: str | None, size: int, mode: str | None = No
         if given:
             raise CowlabError(f"{given} names a device of this host, which the VM does not see; in the VM "
                               "cowlab attaches fresh sparse disks of its own (leave --device and engine_device out)")
-    disks, args = {DIRECT_SERIAL: size}, ["--device", "{disk:%s}" % DIRECT_SERIAL]
+    disks, args = {DIRECT_SERIAL: size}, ["--device", f"{{disk:{DIRECT_SERIAL}}}"]
     if mode == "both":
         disks[ENGINE_SERIAL] = size
-        args += ["--opt", "engine_device={disk:%s}" % ENGINE_SERIAL]
+        args += ["--opt", f"engine_device={{disk:{ENGINE_SERIAL}}}"]
     return disks, args
 
 

@@ -211,7 +211,7 @@ class Density(Workload):
             raise NotApplicable(f"{k} containers need about {human_bytes(need)} on the backing "
                                 f"filesystem, which has {human_bytes(b.free_bytes())} free")
         try:
-            for i in range(k):
+            for _ in range(k):
                 containers.append(ctx.create(img))
             cg_why = ""
             try:

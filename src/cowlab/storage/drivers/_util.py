@@ -122,7 +122,7 @@ def _tail(log: Path | None) -> str:
     if log is None:
         return "(its output is discarded)"
     try:
-        lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "(no log)"
     return lines[-1] if lines else "(no output)"
@@ -134,9 +134,9 @@ def tool_version(argv: list[str], contains: str = "") -> str:
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    text = [l.strip() for l in (cp.stdout + "\n" + cp.stderr).splitlines() if l.strip()]
+    text = [line.strip() for line in (cp.stdout + "\n" + cp.stderr).splitlines() if line.strip()]
     if contains:
-        text = [l for l in text if contains in l]
+        text = [line for line in text if contains in line]
     return text[0] if text else ""
 
 

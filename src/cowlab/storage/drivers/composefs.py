@@ -79,7 +79,7 @@ def stub_tree(tree: Path, objects: Path) -> list[str]:
     hard links (of the stub), and every directory keeps its times."""
     dir_times = {}
     groups: dict[int, list[str]] = {}  # inode → its paths, found before any of them changes
-    for dp, dns, fns in os.walk(tree):
+    for dp, _dns, fns in os.walk(tree):
         st = os.lstat(dp)
         dir_times[dp] = (st.st_atime_ns, st.st_mtime_ns)
         for fn in fns:
