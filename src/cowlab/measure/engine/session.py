@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, Unavailable
@@ -192,7 +193,7 @@ class EnginePart:
                     if progress:
                         progress(f"engine {w.name}: {case_name(case)} {describe_params(case.params)}", done, total)
                 # CowlabError, OSError, the daemon's APIError: all recorded as failed samples
-                run_case(case, lambda smp, w=w: self.record(smp, w.name), rep_done, errors=(Exception,),
+                run_case(case, partial(self.record, workload=w.name), rep_done, errors=(Exception,),
                          why=_why, unit="s" if isinstance(case, Timed) else "B")
         errs = self.close()
         if errs:

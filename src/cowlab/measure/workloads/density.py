@@ -47,6 +47,7 @@ import os
 import select
 import subprocess
 import time
+from functools import partial
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
@@ -187,7 +188,7 @@ class Density(Workload):
         img = ctx.image(image_name(g))
         for k in g["containers"]:
             params = {"containers": k, "files": g["files"], "set_bytes": g["set_bytes"]}
-            yield Measured("density", params, lambda rep, k=k, params=params: self.measure(ctx, img, k, params, rep),
+            yield Measured("density", params, partial(self.measure, ctx, img, k, params),
                            reps=g["reps"])
 
     def measure(self, ctx: Context, img, k: int, params: dict, rep: int) -> list[Sample]:

@@ -34,6 +34,7 @@ shared_bytes for every union driver whatever K is.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
@@ -81,7 +82,7 @@ class Sharing(Workload):
         for k in g["containers"]:
             params = {"containers": k, "files": g["files"], "shared_bytes": g["shared_bytes"],
                       "backing_fs": backing_fs(ctx)}
-            yield Measured("sharing", params, lambda rep, k=k, params=params: self.measure(ctx, k, params, rep),
+            yield Measured("sharing", params, partial(self.measure, ctx, k, params),
                            reps=g["reps"], unit="B")
 
     @staticmethod

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from functools import partial
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
@@ -70,8 +71,7 @@ class Volatile(Workload):
                     params["size_bytes"] = g["size_bytes"]
                 else:
                     params.update(files=g["files"], file_bytes=g["file_bytes"])
-                yield Measured(job, params, lambda rep, vol=vol, job=job, params=params:
-                               self.measure(ctx, vol, job, params, rep), reps=g["reps"],
+                yield Measured(job, params, partial(self.measure, ctx, vol, job, params), reps=g["reps"],
                                unit="s" if job == "unpack-small" else "B/s")
 
     @staticmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 from cowlab.base import sysutil
@@ -61,7 +62,7 @@ class Aufs(Driver):
             if (dst / "diff").is_dir():
                 continue
             stage = self.staging()
-            h = self.res.acquire("dir", lambda stage=stage: (stage / "diff").mkdir(parents=True), path=str(stage))
+            h = self.res.acquire("dir", partial((stage / "diff").mkdir, parents=True), path=str(stage))
             L.apply_tar(self.store.layer_path(digest), stage / "diff", "aufs", f"{image.name} layer {i}")
             os.chmod(stage / "diff", 0o755)
             os.replace(stage, dst)

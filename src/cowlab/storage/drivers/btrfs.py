@@ -20,6 +20,7 @@ import json
 import os
 import re
 import struct
+from functools import partial
 from pathlib import Path
 
 from cowlab.base import sysutil
@@ -188,8 +189,7 @@ class Btrfs(Driver):
             dst = self._layer(chain)
             if not is_subvolume(dst):
                 stage = self.staging()
-                make = ((lambda s=stage: subvol_create(s)) if parent is None
-                        else (lambda p=parent, s=stage: subvol_snapshot(p, s)))
+                make = partial(subvol_create, stage) if parent is None else partial(subvol_snapshot, parent, stage)
                 h = self.res.acquire("btrfs_subvolume", make, path=str(stage))
                 try:
                     L.apply_tar(self.store.layer_path(digest), stage, "apply", f"{image.name} layer {i}")

@@ -55,7 +55,7 @@ class Overlay(Driver):
             dst = self._layer(chain)
             if not (dst / "root").is_dir():
                 stage = self.staging()
-                h = self.res.acquire("dir", lambda stage=stage: stage.mkdir(), path=str(stage))
+                h = self.res.acquire("dir", stage.mkdir, path=str(stage))
                 if parent is None:
                     (stage / "root").mkdir(0o755)
                 else:

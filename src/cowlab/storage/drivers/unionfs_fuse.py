@@ -29,6 +29,7 @@ import os
 import posixpath
 import stat
 import tarfile
+from functools import partial
 from pathlib import Path
 
 from cowlab.base import sysutil
@@ -204,7 +205,7 @@ class UnionfsFuse(Driver):
             dst = self._layer(chain)
             if not (dst / "diff").is_dir():
                 stage = self.staging()
-                h = self.res.acquire("dir", lambda stage=stage: (stage / "diff").mkdir(parents=True), path=str(stage))
+                h = self.res.acquire("dir", partial((stage / "diff").mkdir, parents=True), path=str(stage))
                 tar = self.store.layer_path(digest)
                 L.apply_tar(tar, stage / "diff", "aufs", f"{image.name} layer {i}")
                 os.chmod(stage / "diff", 0o755)
