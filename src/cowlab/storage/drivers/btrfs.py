@@ -66,7 +66,7 @@ def _ioctl_in(parent: Path, req: int, buf: bytearray, what: str) -> None:
     try:
         fcntl.ioctl(fd, req, buf, True)
     except OSError as e:
-        raise OSError(e.errno, f"{what}: {os.strerror(e.errno)}") from None
+        raise OSError(e.errno, f"{what}: {e.strerror}") from None
     finally:
         os.close(fd)
 
@@ -165,10 +165,11 @@ class Btrfs(Driver):
         if "\tbtrfs\n" not in U.filesystems():
             return Probe(False, "this kernel has no btrfs (not in /proc/filesystems)",
                          "a kernel with CONFIG_BTRFS_FS (modprobe btrfs)")
-        if not U.which("mkfs.btrfs") or not U.which("btrfs"):
+        btrfs = U.which("btrfs")
+        if not U.which("mkfs.btrfs") or not btrfs:
             return Probe(False, "btrfs-progs is not installed (no mkfs.btrfs / btrfs)",
                          "sudo bash vagrant/provision/btrfs.sh")
-        return Probe(True, details={"btrfs_progs": U.tool_version([U.which("btrfs"), "--version"])})
+        return Probe(True, details={"btrfs_progs": U.tool_version([btrfs, "--version"])})
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cowlab.base import sysutil
@@ -68,7 +69,7 @@ def mkfs_version() -> str:
     return U.tool_version([U.which("mkfs.erofs") or "mkfs.erofs"], "mkfs.erofs") or U.pkg_version("erofs-utils")
 
 
-def make_image(tree: Path, out: Path, extra: list[str] = ()) -> None:
+def make_image(tree: Path, out: Path, extra: Sequence[str] = ()) -> None:
     """mkfs.erofs of tree into out (a new file)."""
     cp = sysutil.run([U.which("mkfs.erofs") or "mkfs.erofs", *MKFS, *extra, str(out), str(tree)], check=False)
     if cp.returncode != 0:

@@ -29,6 +29,7 @@ import os
 import posixpath
 import stat
 import tarfile
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def deleted_after_creation(tar_path: Path) -> list[str]:
     return gone
 
 
-def translate(branch: Path, lowers: list[Path], gone: list[str] = ()) -> int:
+def translate(branch: Path, lowers: list[Path], gone: Sequence[str] = ()) -> int:
     """Turn an AUFS-style layer dir into unionfs-fuse's format in place; returns markers made.
     `gone`: entries the layer made and then deleted (deleted_after_creation), removed first."""
     meta = meta_name()
