@@ -140,7 +140,7 @@ def cache_growth(before: dict, after: dict) -> list[tuple[str, int, str, dict]]:
     dentry_count, and per slab cache (param `cache`) slab_bytes and slab_objects. slab_bytes
     is the growth of active objects × the object size: a cache's pages grow only once the free
     slots drop_caches left in them are used up, so whole pages would read 0 at small K."""
-    out = [("page_cache_bytes", after["cached"] - before["cached"], "B", {}),
+    out: list[tuple[str, int, str, dict]] = [("page_cache_bytes", after["cached"] - before["cached"], "B", {}),
            ("dentry_count", after["dentries"] - before["dentries"], "count", {})]
     for cache, s1 in after["slabs"].items():
         s0 = before["slabs"].get(cache)
@@ -262,8 +262,8 @@ def make_memory_cgroup(res: Resources) -> MemoryCgroup:
     try:
         h = res.acquire("cgroup", lambda: path.mkdir(), path=str(path))
     except OSError as e:
-        raise NotApplicable(f"cannot create a memory cgroup under {parent}: "
-                            f"{e.strerror or errno.errorcode.get(e.errno, e)}") from None
+        why = e.strerror or (errno.errorcode.get(e.errno, str(e)) if e.errno is not None else str(e))
+        raise NotApplicable(f"cannot create a memory cgroup under {parent}: {why}") from None
     return MemoryCgroup(path, version, h)
 
 

@@ -175,13 +175,18 @@ class BenchSession:
         cases = list(wl.cases(ctx))
         total = sum(map(case_total, cases))
         done = 0
+
+        def record(s: Sample) -> None:
+            self.record(s, wl.name)
+            self._reclaim()  # between samples, never inside a timed op
+
         for case in cases:
             def rep_done(case=case):
                 nonlocal done
                 done += 1
                 if progress:
                     progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
-            run_case(case, lambda s: (self.record(s, wl.name), self._reclaim()), rep_done)  # reclaim between samples, never inside a timed op
+            run_case(case, record, rep_done)
         # Where a run's time goes (image imports included), so a slow grid can be trimmed
         # from facts; the harness's own figure, never a measurement of the driver.
         self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",

@@ -43,6 +43,7 @@ from cowlab.measure import probes
 from cowlab.measure.workloads.base import Context, Measured, MiB, Workload
 from cowlab.measure.workloads.rename import backing_fs, own_fs
 from cowlab.results import Sample
+from cowlab.storage.drivers.base import Container
 from cowlab.store.spec import from_dict
 
 SHARED = "/shared"
@@ -97,7 +98,7 @@ class Sharing(Workload):
             u0 = drv.used_bytes()
             ctx.image(n)
             out.append(Sample("space_bytes", drv.used_bytes() - u0, "B", {**params, "event": event}, rep))
-        containers = {n: [] for n in IMAGES}
+        containers: dict[str, list[Container]] = {n: [] for n in IMAGES}
         cgroup = None
         try:
             for n in IMAGES:
