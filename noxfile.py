@@ -6,6 +6,7 @@ Works with Debian 12's own nox (2022.11): `apt install nox`, then `sudo nox -s b
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import subprocess
@@ -85,7 +86,7 @@ def _bench(session, backend: str) -> None:
     _provision(session, backend)
     args = list(session.posargs)
     if any(a in ("--mode=engine", "--mode=both") for a in args) or \
-            any(a == "--mode" and b in ("engine", "both") for a, b in zip(args, args[1:])):
+            any(a == "--mode" and b in ("engine", "both") for a, b in itertools.pairwise(args)):
         _provision(session, "engine")  # Docker Engine for engine mode (cowlab.measure.engine)
     _install(session, "test,engine,vm")  # vm: virtme-ng, for backends this kernel lacks (cowlab.storage.vm)
     if not any(a == "--out" or a.startswith("--out=") for a in args):
@@ -115,7 +116,7 @@ def bench_pytest(session):
     """`pytest bench`: pytest-benchmark over the same case runner and results layout as
     `cowlab bench` (as root). `-- --driver vfs --quick --workload space --out DIR`."""
     args = list(session.posargs) or ["--driver", "vfs", "--quick"]
-    driver = next((b for a, b in zip(args, args[1:]) if a == "--driver"), "overlay2")
+    driver = next((b for a, b in itertools.pairwise(args) if a == "--driver"), "overlay2")
     _provision(session, driver)
     _install(session)
     session.run("pytest", "bench", "-p", "no:cacheprovider", *args)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.measure import workloads as W
 from cowlab.base.errors import CowlabError
+from cowlab.measure import workloads as W
 from cowlab.run.runner import BenchSession
 
 

@@ -54,7 +54,7 @@ def docker_archive(layers: list[bytes], tags=("t:1",)) -> bytes:
     names = [f"l{i}/layer.tar" for i in range(1, len(layers) + 1)]
     manifest = [{"Config": "c.json", "RepoTags": list(tags), "Layers": names}]
     members = [(ti("manifest.json"), json.dumps(manifest).encode()), (ti("c.json"), b"{}")]
-    for n, data in zip(names, layers):
+    for n, data in zip(names, layers, strict=True):
         members.append((ti(n), data))
     return tar_bytes(members)
 

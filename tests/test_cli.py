@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SRC, mounts_under, run_cli
 from cowlab import results
 from cowlab.base import sysutil
 from cowlab.base.state import MARKER
-
-from conftest import SRC, mounts_under, run_cli
 from helpers import docker_archive, simple_layer
 
 SPEC = """\
@@ -194,7 +193,7 @@ def test_foreign_directory_refused_and_untouched(tmp_path, cmd):
     assert not (d / MARKER).exists()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _nobody() -> tuple[tuple[str, ...] | None, str]:
     """(setpriv prefix or None, why not)."""
     if not shutil.which("setpriv"):
@@ -308,7 +307,7 @@ def test_import_hostile_archive_is_a_clean_error(tmp_path, root_dir):
     assert not (tmp_path / "escape").exists()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bench_has_mode() -> bool:
     return "--mode" in run_cli("bench", "--help").stdout
 
@@ -360,9 +359,9 @@ def test_cleanup_on_fresh_root(root_dir):
 
 @pytest.mark.root
 def test_container_create_refuses_too_many_layers(root_dir):
-    from cowlab.store.images import ImageStore
     from cowlab.base.state import StateRoot
     from cowlab.measure.workloads.base import synthetic_image
+    from cowlab.store.images import ImageStore
     ImageStore(StateRoot(root_dir).ensure()).build(synthetic_image("l501", 0, 501))
     cp = run_cli("container", "create", "l501", "--driver", "overlay2", root=root_dir)
     assert_clean_error(cp, "501 layers", "500", code=1)

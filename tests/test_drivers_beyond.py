@@ -5,23 +5,21 @@ shared by images), their probes' reasons, the idmap option, and nothing left beh
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from cowlab.storage import backing as B
+from conftest import mounts_under
 from cowlab.base import sysutil
+from cowlab.base.errors import CowlabError
+from cowlab.base.resources import Resources
+from cowlab.base.state import StateRoot
+from cowlab.storage import backing as B
 from cowlab.storage.drivers import composefs as CF
 from cowlab.storage.drivers import erofs as ER
 from cowlab.storage.drivers import idmap as IM
 from cowlab.storage.drivers.overlay2 import Overlay2
-from cowlab.base.errors import CowlabError
 from cowlab.store.images import ImageStore
-from cowlab.base.resources import Resources
 from cowlab.store.spec import from_dict
-from cowlab.base.state import StateRoot
-
-from conftest import mounts_under
 
 MiB = 1 << 20
 

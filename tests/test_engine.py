@@ -21,14 +21,21 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.run import cleanup
-from cowlab.measure.engine import drivers as ED
-from cowlab.measure.engine.daemon import PATH_EXTRA, RUN_DIRS, PrivateDockerd, availability, cgroup_dirs, engine_processes
-from cowlab.measure.engine.session import resolve_mode
-from cowlab.store.images import ImageStore, docker_ref
 from cowlab.base.resources import Resources, tagged_processes
-from cowlab.store.spec import from_dict
 from cowlab.base.state import StateRoot
+from cowlab.measure.engine import drivers as ED
+from cowlab.measure.engine.daemon import (
+    PATH_EXTRA,
+    RUN_DIRS,
+    PrivateDockerd,
+    availability,
+    cgroup_dirs,
+    engine_processes,
+)
+from cowlab.measure.engine.session import resolve_mode
+from cowlab.run import cleanup
+from cowlab.store.images import ImageStore, docker_ref
+from cowlab.store.spec import from_dict
 
 MiB = 1 << 20
 PROVISION = "sudo bash vagrant/provision/engine.sh"
@@ -122,7 +129,7 @@ def test_save_archive_round_trips_with_the_same_layer_bytes(store, tmp_path):
         assert manifest[0]["RepoTags"] == ["cowlab/x:1"]
         assert cfg["rootfs"]["diff_ids"] == img.layers         # sha256 of the plain layer tars
         assert cfg["config"]["Cmd"] == ["/bin/sh"]
-        for name, digest in zip(manifest[0]["Layers"], img.layers):
+        for name, digest in zip(manifest[0]["Layers"], img.layers, strict=True):
             assert t.extractfile(name).read() == store.layer_path(digest).read_bytes()
     import hashlib
     assert image_id == "sha256:" + hashlib.sha256(cfg_raw).hexdigest()
@@ -385,6 +392,7 @@ def test_engine_space_is_measured_on_the_pool_cowlab_made_for_dockerd(tmp_path):
     """dm.thinpooldev and zfs.fsname put dockerd's layers in a pool on another device: its space
     is the pool's, not the data-root filesystem's (which then holds only metadata)."""
     from types import SimpleNamespace
+
     from cowlab.measure.engine.workloads import EngineContext
     daemon = SimpleNamespace(client=SimpleNamespace(api=SimpleNamespace(create_host_config=lambda **kw: kw)),
                              data_root=tmp_path)

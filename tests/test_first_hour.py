@@ -19,14 +19,13 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from cowlab.run import holdings
-from cowlab.report import summary
+from conftest import SRC, loops_under, mounts_under, run_cli
 from cowlab.base import sysutil, units
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Resources
 from cowlab.base.state import StateRoot
-
-from conftest import SRC, loops_under, mounts_under, run_cli
+from cowlab.report import summary
+from cowlab.run import holdings
 
 REPO = SRC.parent
 SPEC = """\
@@ -340,8 +339,8 @@ def test_hand_over_does_nothing_without_sudo(tmp_path, monkeypatch):
 
 # --- results apart from the committed reference runs ----------------------------------------------
 def test_user_runs_go_to_git_ignored_results_local(tmp_path):
-    from cowlab.cli.main import main as cli
     from cowlab import results
+    from cowlab.cli.main import main as cli
     assert cli.LOCAL_RESULTS == "results/local"
     assert [p.default for p in cli.bench.params if p.name == "out"] == ["results/local"]
     assert "results/local/" in (REPO / ".gitignore").read_text().split()

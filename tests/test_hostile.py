@@ -23,16 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cowlab.measure import conformance as C
-from cowlab.store import layers
-from cowlab.storage.drivers import DRIVERS
-from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
-from cowlab.base.state import StateRoot
-
 from conftest import loops_under, mounts_under, run_cli
-from helpers import (box_setup, box_untouched, docker_archive, oci_archive, simple_layer, tar_bytes,
-                     ti, tree_fingerprint)
+from cowlab.base.errors import CowlabError
+from cowlab.base.state import StateRoot
+from cowlab.measure import conformance as C
+from cowlab.storage.drivers import DRIVERS
+from cowlab.store import layers
+from cowlab.store.images import ImageStore
+from helpers import box_setup, box_untouched, docker_archive, oci_archive, simple_layer, tar_bytes, ti, tree_fingerprint
 
 TiB = 1 << 40
 

@@ -10,12 +10,23 @@ import tarfile
 
 import pytest
 
-from cowlab.store import layers
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
-
-from helpers import (CHECK_MISSES, HOSTILE, box_setup, box_untouched, docker_archive, hostile_layer,
-                     listing, oci_archive, sha, simple_layer, spec_of, tar_bytes, ti)
+from cowlab.store import layers
+from helpers import (
+    CHECK_MISSES,
+    HOSTILE,
+    box_setup,
+    box_untouched,
+    docker_archive,
+    hostile_layer,
+    listing,
+    oci_archive,
+    sha,
+    simple_layer,
+    spec_of,
+    tar_bytes,
+    ti,
+)
 
 BASE = [[{"op": "file", "path": "/etc/hello", "size": 100}, {"op": "files", "dir": "/d", "count": 3, "size": 10}]]
 TWO = BASE + [[{"op": "file", "path": "/etc/second", "size": 20}]]
@@ -26,7 +37,7 @@ def test_build_list_get(store, state):
     assert len(img.layers) == 2 and all(d.startswith("sha256:") for d in img.layers)
     assert img.content_bytes == 100 + 30 + 20
     assert img.source == "spec:<test>"
-    for d, n in zip(img.layers, img.layer_bytes):
+    for d, n in zip(img.layers, img.layer_bytes, strict=True):
         p = store.layer_path(d)
         assert p.parent == state.layers and p.stat().st_size == n
         assert "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() == d  # named by digest

@@ -9,13 +9,23 @@ import tarfile
 
 import pytest
 
-from cowlab.store import content, layers
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
 from cowlab.base.state import StateRoot
-
-from helpers import (APPLY_MISSES, CHECK_MISSES, HOSTILE, box_setup, box_untouched, hostile_layer,
-                     is_whiteout, listing, spec_of, tar_bytes, ti)
+from cowlab.store import content, layers
+from cowlab.store.images import ImageStore
+from helpers import (
+    APPLY_MISSES,
+    CHECK_MISSES,
+    HOSTILE,
+    box_setup,
+    box_untouched,
+    hostile_layer,
+    is_whiteout,
+    listing,
+    spec_of,
+    tar_bytes,
+    ti,
+)
 
 KiB = 1024
 

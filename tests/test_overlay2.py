@@ -10,15 +10,14 @@ import tarfile
 
 import pytest
 
-from cowlab.storage import backing
+from conftest import mounts_under
 from cowlab.base import sysutil
-from cowlab.storage.drivers import DRIVERS, get
-from cowlab.storage.drivers.overlay2 import OVL_MAX_STACK, Overlay2
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Resources
 from cowlab.measure.workloads.base import synthetic_image
-
-from conftest import mounts_under
+from cowlab.storage import backing
+from cowlab.storage.drivers import DRIVERS, get
+from cowlab.storage.drivers.overlay2 import OVL_MAX_STACK, Overlay2
 from helpers import is_whiteout, spec_of, tree_fingerprint
 
 pytestmark = pytest.mark.root

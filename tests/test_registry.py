@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from matplotlib.colors import is_color_like
 
+from cowlab.measure.engine import drivers as ED
 from cowlab.run import cleanup
 from cowlab.storage import drivers
 from cowlab.storage.drivers import DRIVERS
 from cowlab.storage.drivers.vfs import Vfs
-from cowlab.measure.engine import drivers as ED
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import warnings
 
 import pytest
 
-from cowlab.base import provenance
 from cowlab import results
+from cowlab.base import provenance
 from cowlab.results import RunWriter, Sample
 
 

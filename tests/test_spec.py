@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cowlab.store import spec
 from cowlab.base.errors import CowlabError
+from cowlab.store import spec
 from cowlab.store.spec import ImageSpec
 
 VALID = """\

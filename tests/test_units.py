@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.measure import probes
 from cowlab.base.errors import CowlabError
 from cowlab.base.units import parse_size
+from cowlab.measure import probes
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cowlab"
 

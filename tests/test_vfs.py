@@ -7,11 +7,10 @@ import stat
 
 import pytest
 
+from conftest import mounts_under
+from cowlab.base.resources import Resources
 from cowlab.storage import backing
 from cowlab.storage.drivers.vfs import Vfs
-from cowlab.base.resources import Resources
-
-from conftest import mounts_under
 from helpers import listing, spec_of, tree_fingerprint
 from test_overlay2 import BASE
 

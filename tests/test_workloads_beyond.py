@@ -6,11 +6,9 @@ overlay2's, an idmapped mount beats a recursive chown on a large tree."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from cowlab.storage.drivers import DRIVERS
-
 from helpers import medians, run_session  # noqa: E402  (one BenchSession runner for the workload tests)
 
 pytestmark = pytest.mark.root

@@ -8,9 +8,8 @@ import shutil
 
 import pytest
 
-from cowlab.storage.drivers.overlay2 import Overlay2
 from cowlab.measure.workloads.lookup import static_busybox
-
+from cowlab.storage.drivers.overlay2 import Overlay2
 from helpers import medians, run_session  # noqa: E402  (one BenchSession runner for the workload tests)
 
 pytestmark = pytest.mark.root

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.measure import probes
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
+from cowlab.measure import probes
 from cowlab.measure.workloads.io import JOBS, fio_argv, job_dir, load_fio_json, parse_fio
-
 from helpers import bench_session
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fio"
@@ -164,7 +163,7 @@ def test_density_page_cache_shared_by_overlay_copied_by_vfs(density_runs):
 
 @pytest.mark.root
 def test_density_cgroup_charges_once_for_overlay(density_runs):
-    for driver, recs in density_runs.items():
+    for recs in density_runs.values():
         if any(r["metric"] == "cgroup_memory_bytes" and r["status"] == "skipped" for r in recs):
             pytest.skip(next(r["error"] for r in recs if r["status"] == "skipped"))
     f = {d: medians(r, "cgroup_memory_bytes", stat="file") for d, r in density_runs.items()}

@@ -37,7 +37,7 @@ def sh(*argv: str) -> str:
 def leftovers() -> dict:
     return {"dm": [n for n in sh("dmsetup", "ls").split() if n.startswith("cowlab-")],
             "loops": sh("losetup", "-a").strip(),
-            "mounts": [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if "/store/" in l]}
+            "mounts": [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/store/" in line]}
 
 
 BENCH = ["bench", "devicemapper-loop", "--workload", "space", "--reps", "1", "--mode", "primitive",
@@ -104,8 +104,8 @@ try:
         "opaque_listing": sorted(os.listdir(mp / "usr" / "share" / "doc")),
         "mode_of_big": oct(big.stat().st_mode & 0o777),
         "dm_while_up": [n for n in sh("dmsetup", "ls").split() if n.startswith("cowlab-")],
-        "fstype": next((l.split(" - ")[1].split()[0] for l in Path("/proc/self/mountinfo").read_text().splitlines()
-                        if f" {mp} " in l), None),
+        "fstype": next((line.split(" - ")[1].split()[0] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                        if f" {mp} " in line), None),
     }
     # a second container of the same image does not see the first one's write
     mp2 = Path(cowlab("container", "create", "demo", "--driver", "devicemapper-loop").stdout.strip().splitlines()[-1])

@@ -40,7 +40,7 @@ class StateRoot:
     def __init__(self, path: Path):
         self.path = path
 
-    def ensure(self) -> "StateRoot":
+    def ensure(self) -> StateRoot:
         p = self.path
         if p.exists():
             if not p.is_dir():

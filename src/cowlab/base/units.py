@@ -14,7 +14,6 @@ from typing import Any
 
 from cowlab.base.errors import CowlabError
 
-
 _POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
 _SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([KMGTP]?)(I?B?)\s*", re.I)
 

@@ -16,7 +16,6 @@ from cowlab.run import vmroute
 from cowlab.run.runner import BenchSession, sigterm_as_interrupt
 from cowlab.storage import backing as B
 
-
 LOCAL_RESULTS = "results/local"  # a user's own runs, kept apart from the committed reference runs
 
 @click.command("bench")
@@ -92,7 +91,8 @@ def _print_summary(s: BenchSession) -> None:
     if not s.records:
         return
     run = s.writer.run
-    fallback, note = [], ""
+    fallback: list[dict] = []
+    note = ""
     if any(r.get("mode") == "engine" for r in s.records) and not any(
             r.get("mode", "primitive") == "primitive" and r["workload"] == "creation" for r in s.records):
         fallback, src = summary.primitive_records_from(s.out, s.driver_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -17,7 +18,7 @@ from cowlab.storage import drivers
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def drivers_cmd(as_json):
     """Every backend: available here, or why not and how to get it."""
-    rows = []
+    rows: list[dict[str, Any]] = []  # what --json prints
     for name, cls in drivers.DRIVERS.items():
         p = vmroute.probe(cls)
         rows.append({"driver": name, "available": p.available,

@@ -269,8 +269,8 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
                              "systemd-detect-virt; grep -m1 'model name' /proc/cpuinfo; uname -r; "
                              "echo COWLAB_ROOT=$COWLAB_ROOT; findmnt -no SOURCE,FSTYPE -T ${COWLAB_ROOT:-/var/lib/cowlab}",
                              capture=True, check=False)
-        self.guest_probe = "\n".join(l for l in (probe.stdout or "").splitlines()
-                                     if l.strip() and not l.startswith("==>")).strip()
+        self.guest_probe = "\n".join(line for line in (probe.stdout or "").splitlines()
+                                     if line.strip() and not line.startswith("==>")).strip()
         log("guest says:\n" + self.guest_probe)
         session = self.session_for()
         cmd = f"cd /cowlab && sudo nox -s {session[0]} -- {' '.join(session[1:])}"

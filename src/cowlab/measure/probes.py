@@ -140,7 +140,7 @@ def cache_growth(before: dict, after: dict) -> list[tuple[str, int, str, dict]]:
     dentry_count, and per slab cache (param `cache`) slab_bytes and slab_objects. slab_bytes
     is the growth of active objects × the object size: a cache's pages grow only once the free
     slots drop_caches left in them are used up, so whole pages would read 0 at small K."""
-    out = [("page_cache_bytes", after["cached"] - before["cached"], "B", {}),
+    out: list[tuple[str, int, str, dict]] = [("page_cache_bytes", after["cached"] - before["cached"], "B", {}),
            ("dentry_count", after["dentries"] - before["dentries"], "count", {})]
     for cache, s1 in after["slabs"].items():
         s0 = before["slabs"].get(cache)
@@ -157,7 +157,7 @@ DENTRY_FIELDS = ("nr_dentry", "nr_unused", "age_limit", "want_pages", "nr_negati
 
 def parse_dentry_state(text: str) -> dict[str, int]:
     vals = [int(x) for x in text.split()]
-    return dict(zip(DENTRY_FIELDS, vals))
+    return dict(zip(DENTRY_FIELDS, vals, strict=False))  # a field a newer kernel adds is left out
 
 
 def dentry_state(path: str = "/proc/sys/fs/dentry-state") -> dict[str, int]:
@@ -262,8 +262,8 @@ def make_memory_cgroup(res: Resources) -> MemoryCgroup:
     try:
         h = res.acquire("cgroup", lambda: path.mkdir(), path=str(path))
     except OSError as e:
-        raise NotApplicable(f"cannot create a memory cgroup under {parent}: "
-                            f"{e.strerror or errno.errorcode.get(e.errno, e)}") from None
+        why = e.strerror or (errno.errorcode.get(e.errno, str(e)) if e.errno is not None else str(e))
+        raise NotApplicable(f"cannot create a memory cgroup under {parent}: {why}") from None
     return MemoryCgroup(path, version, h)
 
 
@@ -312,8 +312,8 @@ def delta(after: dict, before: dict) -> dict:
     for k in after.keys() & before.keys():
         a, b = after[k], before[k]
         if isinstance(a, tuple):
-            out[k] = type(a)(*(x - y for x, y in zip(a, b))) if hasattr(a, "_fields") else \
-                tuple(x - y for x, y in zip(a, b))
+            out[k] = type(a)(*(x - y for x, y in zip(a, b, strict=True))) if hasattr(a, "_fields") else \
+                tuple(x - y for x, y in zip(a, b, strict=True))
         elif isinstance(a, (int, float)):
             out[k] = a - b
     return out

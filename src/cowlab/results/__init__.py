@@ -10,9 +10,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cowlab.base import faults, sysutil
 from cowlab.base.resources import releaser

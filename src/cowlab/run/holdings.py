@@ -9,17 +9,15 @@ persistent containers: release_unused() lets it go with the last container that 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from cowlab.storage import drivers
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
 from cowlab.base.resources import Resources, owner_alive, owners
 from cowlab.base.state import StateRoot
 from cowlab.base.units import human_bytes
+from cowlab.storage import drivers
+from cowlab.store.images import ImageStore
 
 
 @dataclass

@@ -12,25 +12,29 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from cowlab.base.units import human_bytes, human_params
-from cowlab.storage import backing as B
-from cowlab.storage import autobacking, drivers
-from cowlab.run import cleanup, vmroute
 from cowlab.base import provenance
-from cowlab.measure import workloads as W
 from cowlab.base.errors import CowlabError, Unavailable
+from cowlab.base.resources import Resources
+from cowlab.base.state import StateRoot, resolve_root
+<<<<<<< HEAD
+from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it)
+=======
+from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it
+from cowlab.base.units import human_bytes
+from cowlab.measure import workloads as W
+>>>>>>> types
+from cowlab.measure.workloads.base import Context, case_name, case_total, describe_params, run_case
+from cowlab.results import RunWriter, Sample
+from cowlab.run import cleanup, vmroute
+from cowlab.storage import autobacking, drivers
+from cowlab.storage import backing as B
 from cowlab.store.images import ImageStore
 from cowlab.store.layers import spec_bytes
-from cowlab.base.resources import Resources
-from cowlab.results import RunWriter, Sample
-from cowlab.base.state import StateRoot, resolve_root
-from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it)
-from cowlab.measure.workloads.base import Context, case_name, case_total, describe_params, run_case
 
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -175,13 +179,18 @@ class BenchSession:
         cases = list(wl.cases(ctx))
         total = sum(map(case_total, cases))
         done = 0
+
+        def record(s: Sample) -> None:
+            self.record(s, wl.name)
+            self._reclaim()  # between samples, never inside a timed op
+
         for case in cases:
             def rep_done(case=case):
                 nonlocal done
                 done += 1
                 if progress:
                     progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
-            run_case(case, lambda s: (self.record(s, wl.name), self._reclaim()), rep_done)  # reclaim between samples, never inside a timed op
+            run_case(case, record, rep_done)
         # Where a run's time goes (image imports included), so a slow grid can be trimmed
         # from facts; the harness's own figure, never a measurement of the driver.
         self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",

@@ -10,14 +10,21 @@ import os
 import tempfile
 from pathlib import Path
 
+<<<<<<< HEAD
 from cowlab.run import cleanup
 from cowlab.storage import drivers, kernels, vm
 from cowlab.measure import workloads as W
 from cowlab.storage.drivers.base import Driver, Probe
+=======
+>>>>>>> types
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
 from cowlab.base.state import StateRoot, resolve_root
 from cowlab.base.sysutil import require_root
+from cowlab.measure import workloads as W
+from cowlab.run import cleanup
+from cowlab.storage import drivers, vm
+from cowlab.storage.drivers.base import Driver, Probe
+from cowlab.store.images import ImageStore
 
 GiB = 1 << 30
 MODES = vm.MODES
@@ -110,10 +117,10 @@ def guest_disks(driver_cls, device: str | None, size: int, mode: str | None = No
         if given:
             raise CowlabError(f"{given} names a device of this host, which the VM does not see; in the VM "
                               "cowlab attaches fresh sparse disks of its own (leave --device and engine_device out)")
-    disks, args = {DIRECT_SERIAL: size}, ["--device", "{disk:%s}" % DIRECT_SERIAL]
+    disks, args = {DIRECT_SERIAL: size}, ["--device", f"{{disk:{DIRECT_SERIAL}}}"]
     if mode == "both":
         disks[ENGINE_SERIAL] = size
-        args += ["--opt", "engine_device={disk:%s}" % ENGINE_SERIAL]
+        args += ["--opt", f"engine_device={{disk:{ENGINE_SERIAL}}}"]
     return disks, args
 
 

@@ -3,26 +3,28 @@ manifest per image under <root>/images. Drivers import from here into their own 
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import gzip
-import io
 import hashlib
-import zlib
+import io
 import json
 import os
 import tarfile
 import time
 import uuid
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
-from cowlab.base.units import human_bytes
 from cowlab.base import faults
-from cowlab.store import layers as L
 from cowlab.base.errors import CowlabError
-from cowlab.store.spec import ImageSpec
 from cowlab.base.state import StateRoot
+from cowlab.base.units import human_bytes
+from cowlab.store import layers as L
+from cowlab.store.spec import ImageSpec
 
 BUILDER_VERSION = 2  # bump when the same spec would produce different bytes
 Progress = Callable[[int], None]
@@ -49,10 +51,10 @@ class Image:
 
 def _spec_hash(spec: ImageSpec) -> str:
     def enc(o):
-        if dataclasses.is_dataclass(o):
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
             return dataclasses.asdict(o)
         raise TypeError(o)
-    data = {"v": BUILDER_VERSION, "name": spec.name, "seed": spec.seed, "mtime": spec.mtime,
+    data: dict[str, Any] = {"v": BUILDER_VERSION, "name": spec.name, "seed": spec.seed, "mtime": spec.mtime,
             "layers": spec.layers}
     for layer in spec.layers:  # a copied host file changes the image when it changes
         for op in layer.ops:
@@ -181,7 +183,9 @@ class ImageStore:
                 if m is None or not m.isreg() or m.size > 16 << 20:
                     raise CowlabError(f"{where}: {n} is missing or not a small file")
                 try:
-                    return json.load(outer.extractfile(m))
+                    fobj = outer.extractfile(m)
+                    assert fobj is not None  # a regular member always has its data
+                    return json.load(fobj)
                 except (ValueError, tarfile.TarError, EOFError, OSError) as e:  # JSON, UTF-8, short data
                     raise CowlabError(f"{where}: {n} is not valid JSON ({e})") from None
 
@@ -273,7 +277,7 @@ class ImageStore:
             out.append(blob(d))
         return out, tag
 
-    def compose(self, name: str, parts: list[Image]) -> Image:
+    def compose(self, name: str, parts: builtins.list[Image]) -> Image:  # `list` here is the method above
         """An image whose layers are the parts' layers stacked, bottom first (like FROM): no
         layer is rebuilt, so every part keeps its exact bytes (engine mode puts a busybox base
         layer under the primitive workloads' images this way)."""
@@ -333,7 +337,7 @@ class ImageStore:
         return cfg_digest
 
     # --- removing --------------------------------------------------------------------------
-    def _gc_layers(self, digests: list[str]) -> None:
+    def _gc_layers(self, digests: builtins.list[str]) -> None:
         used = {d for i in self.list() for d in i.layers}
         for d in digests:
             if d not in used:
@@ -363,7 +367,9 @@ def _copy_uncompressed(src, dst: Path, where: str) -> tuple[str, int]:
                     b, self.first = self.first, b""
                     return b
                 return src.read(n)
-        rest, head = gzip.GzipFile(fileobj=_Cat()), b""
+        # typeshed's GzipFile wants a file object that can seek too; it only seeks when rewound,
+        # and this one is read straight through.
+        rest, head = gzip.GzipFile(fileobj=_Cat()), b""  # type: ignore[call-overload]
     h, n = hashlib.sha256(), 0
     try:
         with open(dst, "wb") as out:

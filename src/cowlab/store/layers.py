@@ -17,13 +17,14 @@ import posixpath
 import shutil
 import stat
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Literal
 
 from cowlab.base import faults
-from cowlab.store.content import Content
 from cowlab.base.errors import CowlabError
+from cowlab.store.content import Content
 from cowlab.store.spec import ImageSpec
 
 WH = ".wh."
@@ -49,6 +50,13 @@ class Inode:
     mtime: int = 0  # 0: the spec's mtime
 
 
+# A layer entry's node: the inode, another name of an inode written earlier in the same layer
+# ("link", that name, inode), a whiteout or an opaque marker.
+Link = tuple[Literal["link"], str, Inode]
+Node = Inode | Link | Literal["whiteout", "opaque"]
+Entry = tuple[str, Node]
+
+
 def file_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
 
@@ -65,15 +73,15 @@ class _Model:
         pre = d.rstrip("/") + "/"
         return [p for p in self.tree if p.startswith(pre)]
 
-    def layer_entries(self, index: int) -> list[tuple[str, object]]:
+    def layer_entries(self, index: int) -> list[Entry]:
         """Entries of one layer: (path, Inode), (path, ('link', target, Inode)), (path, 'whiteout')
         or (path, 'opaque')."""
-        out: list[tuple[str, object]] = []
+        out: list[Entry] = []
         emitted: dict[str, Inode] = {}
         whited: set[str] = set()  # paths deleted in this layer
         where = f"{self.spec.source}, layer {index + 1}"
 
-        def emit(p, node):
+        def emit(p: str, node: Inode) -> None:
             """An entry, after its parent directories (a union shows a directory's metadata
             from the topmost layer that has it, so every layer carries its entries' parents with
             their current metadata, as Docker's layers do) and followed by the other names of a
@@ -88,11 +96,12 @@ class _Model:
                         out.append((q, ("link", p, node)))
                         emitted[q] = node
 
-        def purge(pre):
+        def purge(pre: str) -> None:
             """Drop this layer's entries under pre (hidden by an opaque dir or a re-creation); a
             hard link elsewhere to a dropped file becomes the file itself."""
             gone = {e[0] for e in out if e[0].startswith(pre)}
-            kept, moved = [], {}
+            kept: list[Entry] = []
+            moved: dict[str, str] = {}  # a dropped file's name → the link that became the file
             for q, node in out:
                 if q in gone:
                     continue
@@ -108,7 +117,7 @@ class _Model:
                 emitted.pop(q, None)
             whited.difference_update([q for q in whited if q.startswith(pre)])
 
-        def recreated(p, node):
+        def recreated(p: str, node: Inode) -> None:
             """p was deleted earlier in this layer and exists again: drop the whiteout and what
             the layer put under p before (an entry in the same layer shadows the lower one
             anyway) and make a directory opaque, so the lower directory's content stays hidden
@@ -120,7 +129,7 @@ class _Model:
                 if node.type == "dir":
                     out.append((p, "opaque"))
 
-        def ensure_parents(p, w):
+        def ensure_parents(p: str, w: str) -> None:
             par = posixpath.dirname(p)
             chain = []
             while par != "/":
@@ -138,13 +147,13 @@ class _Model:
                 elif emitted.get(d) is not node:
                     emit(d, node)
 
-        def unlink(p):
+        def unlink(p: str) -> None:
             node = self.tree.pop(p)
             group = self.links.get(id(node))
             if group is not None:
                 group.discard(p)
 
-        def put(p, node, w):
+        def put(p: str, node: Inode, w: str) -> None:
             ensure_parents(p, w)
             old = self.tree.get(p)
             if old is not None and old.type == "dir" and node.type != "dir":
@@ -156,7 +165,7 @@ class _Model:
             emit(p, node)
             recreated(p, node)
 
-        def need(p, w) -> Inode:
+        def need(p: str, w: str) -> Inode:
             if p not in self.tree:
                 raise CowlabError(f"{w}: {p} does not exist in the image at this layer")
             return self.tree[p]
@@ -256,11 +265,13 @@ class _HashWriter:
         return self.f.write(b)
 
 
-def write_layer_tar(entries: list[tuple[str, object]], f, mtime: int, progress=None) -> tuple[str, int]:
+def write_layer_tar(entries: list[Entry], f, mtime: int, progress=None) -> tuple[str, int]:
     """Write one layer as a deterministic PAX tar; returns (sha256 digest, bytes).
     progress(n) is called with each chunk's size."""
     hw = _HashWriter(f, progress)
-    with tarfile.open(fileobj=hw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    # typeshed's tarfile wants a file object that can also read, seek and close; mode "w" on a
+    # caller's file object only writes and tells, which is all _HashWriter does.
+    with tarfile.open(fileobj=hw, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for path, node in entries:
             name = path.lstrip("/")
             ti = tarfile.TarInfo(name)
@@ -298,7 +309,7 @@ def write_layer_tar(entries: list[tuple[str, object]], f, mtime: int, progress=N
     return "sha256:" + hw.h.hexdigest(), hw.n
 
 
-def spec_layers(spec: ImageSpec) -> Iterator[list[tuple[str, object]]]:
+def spec_layers(spec: ImageSpec) -> Iterator[list[Entry]]:
     model = _Model(spec)
     for i in range(len(spec.layers)):
         yield model.layer_entries(i)
@@ -434,7 +445,7 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
     root = os.fspath(dest)
     created: set[str] = set()
     opaque: list[str] = []
-    dirs: list[tuple[str, tarfile.TarInfo]] = []
+    dirs: list[tuple[str, tarfile.TarInfo, int]] = []  # (path, member, inode number)
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
@@ -472,6 +483,7 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                     fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                     with os.fdopen(fd, "wb") as out:
                         src = tar.extractfile(m)
+                        assert src is not None  # a regular member always has its data
                         shutil.copyfileobj(src, out, 1 << 20)
                 elif m.issym():
                     os.symlink(m.linkname, full)

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cowlab.store.content import PATTERNS
 from cowlab.base import units
 from cowlab.base.errors import CowlabError
+from cowlab.store.content import PATTERNS
 
 MAX_FILE = 1 << 40
 

@@ -5,19 +5,20 @@ primitive part. The runner calls these; all samples go to the same samples.jsonl
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
-from cowlab.storage import backing as B
 from cowlab.base import sysutil
-from cowlab.storage.drivers.base import Driver, Probe
 from cowlab.base.errors import CowlabError, Unavailable
-from cowlab.store.images import ImageStore
-from cowlab.results import Sample
 from cowlab.measure.engine import drivers as ED
 from cowlab.measure.engine.daemon import EngineRefused, PrivateDockerd, availability, check_socket_room
 from cowlab.measure.engine.images import build_engine_images, load, static_busybox
 from cowlab.measure.engine.workloads import CASES, EngineContext
 from cowlab.measure.workloads.base import Timed, case_name, case_total, describe_params, run_case
+from cowlab.results import Sample
+from cowlab.storage import backing as B
+from cowlab.storage.drivers.base import Driver, Probe
+from cowlab.store.images import ImageStore
 
 Progress = Callable[[str, int, int], None]
 MODES = ("primitive", "engine", "both")
@@ -31,11 +32,14 @@ def engine_only_driver(name: str) -> type[Driver]:
     if ed is None:
         raise CowlabError(f"unknown engine storage driver {name!r}; engine drivers: {', '.join(ED.ENGINE_DRIVERS)}")
 
+    backing = ed.backing
+    # the options of the cowlab driver that makes dockerd's pool (checked in EnginePart.check)
+    pool_options = _pool_cls(ed).option_names if ed.pool_driver else frozenset()
+
     class EngineOnly(Driver):
         description = f"Docker Engine storage driver {name} (engine mode only)"
-        backing_kinds = (ed.backing,) if ed.backing else None
-        # the options of the cowlab driver that makes dockerd's pool (checked in EnginePart.check)
-        option_names = _pool_cls(ed).option_names if ed.pool_driver else frozenset()
+        backing_kinds = (backing,) if backing else None
+        option_names = pool_options
 
         @classmethod
         def probe(cls) -> Probe:
@@ -79,10 +83,11 @@ class EnginePart:
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> None:
         s = self.s
-        self.driver = ED.get(s.driver_name)
-        if self.driver is None:
+        driver = ED.get(s.driver_name)
+        if driver is None:
             raise CowlabError(f"Docker has no storage driver {s.driver_name!r} that cowlab knows; "
                               f"engine drivers: {', '.join(ED.ENGINE_DRIVERS)}")
+        self.driver: ED.EngineDriver = driver
         ok, why = availability()
         if not ok:
             raise Unavailable("engine mode", why, HINT)
@@ -180,34 +185,34 @@ class EnginePart:
         desc["images"] = {n: {"name": img.name, "layers": len(img.layers), "content_bytes": img.content_bytes,
                               "base_layers": 1} for n, img in self.images.items()}
         s.writer.write_run(engine=desc)
-        self._load(progress)
+        self._load(self.daemon, progress)
         for w in self.workloads:
             ctx = EngineContext(self.daemon, self.refs, self.load_errors, s.grids[w.name], s.quick, self.pool_drv)
             cases = list(CASES[w.name](ctx))
             total, done = sum(map(case_total, cases)), 0
             for case in cases:
-                def rep_done(case=case, w=w):
+                def rep_done(case=case, w=w, total=total):
                     nonlocal done
                     done += 1
                     if progress:
                         progress(f"engine {w.name}: {case_name(case)} {describe_params(case.params)}", done, total)
                 # CowlabError, OSError, the daemon's APIError: all recorded as failed samples
-                run_case(case, lambda smp, w=w: self.record(smp, w.name), rep_done, errors=(Exception,),
+                run_case(case, partial(self.record, workload=w.name), rep_done, errors=(Exception,),
                          why=_why, unit="s" if isinstance(case, Timed) else "B")
         errs = self.close()
         if errs:
             s.writer.write_run(engine_teardown_errors=errs)
 
-    def _load(self, progress: Progress | None) -> None:
+    def _load(self, daemon: PrivateDockerd, progress: Progress | None) -> None:
         items = list(self.images.items())
         for i, (name, img) in enumerate(items):
             if progress:
                 progress(f"engine: docker load {img.name}", i, len(items))
             prim = self.s.images[name]  # params as in primitive mode; the base layer is in run.json
             params = {"image": name, "layers": len(prim.layers), "image_size_bytes": prim.content_bytes,
-                      "backing_fs": sysutil.mount_of(self.daemon.data_root).fstype}
+                      "backing_fs": sysutil.mount_of(daemon.data_root).fstype}
             try:
-                ref, dt = load(self.daemon.client, ImageStore(self.s.state), img)
+                ref, dt = load(daemon.client, ImageStore(self.s.state), img)
             except Exception as e:
                 if isinstance(e, (KeyboardInterrupt, SystemExit)):
                     raise
@@ -245,7 +250,7 @@ def _spec_bytes(spec) -> int:
     return spec_bytes(spec)
 
 
-def _why(e: Exception) -> str:
+def _why(e: BaseException) -> str:
     expl = getattr(e, "explanation", None)
     if expl:
         return f"{type(e).__name__}: {expl}"

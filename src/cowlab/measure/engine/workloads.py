@@ -27,15 +27,16 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
-from cowlab.base.units import human_bytes
-from cowlab.measure import probes
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
+from cowlab.base.units import human_bytes
+from cowlab.measure import probes
 from cowlab.measure.engine.daemon import container_security_opts
-from cowlab.results import Sample
 from cowlab.measure.workloads.base import Case, GiB, Measured, Timed
+from cowlab.results import Sample
 
 READY_TIMEOUT = 600.0
 SPACE_MARGIN = GiB
@@ -102,21 +103,24 @@ class EngineContext:
 def creation_cases(ctx: EngineContext) -> Iterator[Case]:
     from cowlab.measure.workloads.creation import grid_points, image_name
 
-    reps = ctx.grid["reps"]
     for size, layers in grid_points(ctx.grid):
-        name = image_name(size, layers)
-        params = {"image_size_bytes": size, "layers": layers}
+        yield from _creation_point(ctx, image_name(size, layers), {"image_size_bytes": size, "layers": layers})
 
-        def ref(name=name):
-            return ctx.ref(name)
 
-        yield Timed("create_seconds", params, op=lambda _, ref=ref: ctx.create(ref(), TRUE),
-                    teardown=lambda _, cid: ctx.remove(cid), reps=reps)
-        yield Timed("start_seconds", params, setup=lambda ref=ref: ctx.create(ref(), LONG_SLEEP),
-                    op=ctx.start, teardown=lambda cid, _: ctx.remove(cid, force=True), reps=reps)
-        yield Timed("run_seconds", params, op=lambda _, ref=ref: ctx.run_true(ref()), reps=reps)
-        yield Timed("remove_seconds", params, setup=lambda ref=ref: ctx.create(ref(), TRUE),
-                    op=ctx.remove, reps=reps)
+def _creation_point(ctx: EngineContext, name: str, params: dict) -> Iterator[Case]:
+    # One grid point in a function of its own: the session lists every case before running any,
+    # so each closure must hold its own point's image name, not the loop's last.
+    reps = ctx.grid["reps"]
+
+    def ref():
+        return ctx.ref(name)
+
+    yield Timed("create_seconds", params, op=lambda _: ctx.create(ref(), TRUE),
+                teardown=lambda _, cid: ctx.remove(cid), reps=reps)
+    yield Timed("start_seconds", params, setup=lambda: ctx.create(ref(), LONG_SLEEP),
+                op=ctx.start, teardown=lambda cid, _: ctx.remove(cid, force=True), reps=reps)
+    yield Timed("run_seconds", params, op=lambda _: ctx.run_true(ref()), reps=reps)
+    yield Timed("remove_seconds", params, setup=lambda: ctx.create(ref(), TRUE), op=ctx.remove, reps=reps)
 
 
 # --- density ----------------------------------------------------------------------------------
@@ -214,7 +218,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
 
     for k in g["containers"]:
         params = {"containers": k, "files": g["files"], "set_bytes": g["set_bytes"]}
-        yield Measured("density", params, lambda rep, k=k, params=params: measure(k, params, rep),
+        yield Measured("density", params, partial(measure, k, params),
                        reps=g["reps"])
 
 

@@ -8,20 +8,20 @@ Context and never ask which driver they run on; optional driver abilities are `r
 from __future__ import annotations
 
 import time
-
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
-from cowlab.storage.backing import Backing, make_loop
-from cowlab.storage.drivers.base import Container, Driver
 from cowlab.base.errors import CowlabError, NotApplicable
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
-from cowlab.results import Sample
-from cowlab.store.spec import ImageSpec
 from cowlab.base.state import StateRoot
 from cowlab.base.units import human_params
+from cowlab.results import Sample
+from cowlab.storage.backing import Backing, make_loop
+from cowlab.storage.drivers.base import Container, Driver
+from cowlab.store.images import Image
+from cowlab.store.spec import ImageSpec
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -141,7 +141,7 @@ class Context:
     def remove(self, c: Container) -> None:
         self.driver.remove(c, self.res)
 
-    def variant(self, backing: str | None = None, **options) -> "Context":
+    def variant(self, backing: str | None = None, **options) -> Context:
         """The same driver on another backing filesystem (a loop fs cowlab makes) or with other
         options (e.g. metacopy=True). NotApplicable if the driver can't, which the runner
         records as a skipped case with the reason."""

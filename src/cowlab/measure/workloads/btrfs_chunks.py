@@ -34,11 +34,11 @@ import errno
 import os
 import time
 
-from cowlab.storage.backing import make_loop
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Resources
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
+from cowlab.storage.backing import make_loop
 
 IMAGE = "btrfs-chunks-small"
 BLOCK = 256 << 10

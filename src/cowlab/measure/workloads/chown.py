@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 
 from cowlab.base import sysutil
-from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.measure.workloads.rename import backing_fs, option_values, own_fs
+from cowlab.results import Sample
 
 KiB = 1 << 10
 TREE = "/tree"
@@ -68,8 +69,7 @@ class Chown(Workload):
         for mc in option_values(ctx, "metacopy", g["metacopy"]):
             for size in g["file_bytes"]:
                 params = {"file_bytes": size, "files": g["files"], "metacopy": mc, "backing_fs": backing_fs(ctx)}
-                yield Measured("chown", params, lambda rep, mc=mc, size=size, params=params:
-                               self.measure(ctx, mc, size, params, rep), reps=g["reps"], unit="s")
+                yield Measured("chown", params, partial(self.measure, ctx, mc, size, params), reps=g["reps"], unit="s")
 
     @staticmethod
     def measure(ctx: Context, mc, size: int, params: dict, rep: int) -> list[Sample]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 
 from cowlab.base import sysutil
-from cowlab.measure.workloads.base import GiB, MiB, Context, Timed, Workload, synthetic_image
+from cowlab.measure.workloads.base import Context, GiB, MiB, Timed, Workload, synthetic_image
 
 KiB = 1 << 10
 FILE = "/data/file"

@@ -7,7 +7,10 @@ size; vfs (a plain copy) should grow with it. Metrics create_seconds, remove_sec
 
 from __future__ import annotations
 
-from cowlab.measure.workloads.base import GiB, MiB, Context, Timed, Workload, synthetic_image
+from collections.abc import Iterator
+
+from cowlab.measure.workloads.base import Context, GiB, MiB, Timed, Workload, synthetic_image
+from cowlab.store.images import Image
 
 
 def image_name(size: int, layers: int) -> str:
@@ -35,9 +38,14 @@ class Creation(Workload):
 
     def cases(self, ctx: Context):
         for size, layers in grid_points(ctx.grid):
-            img = ctx.image(image_name(size, layers))
-            params = {"image_size_bytes": size, "layers": layers}
-            yield Timed("create_seconds", params, op=lambda _, img=img: ctx.create(img),
-                        teardown=lambda _, c: ctx.remove(c), reps=ctx.grid["reps"])
-            yield Timed("remove_seconds", params, setup=lambda img=img: ctx.create(img),
-                        op=ctx.remove, reps=ctx.grid["reps"])
+            yield from self.point_cases(ctx, ctx.image(image_name(size, layers)),
+                                        {"image_size_bytes": size, "layers": layers})
+
+    @staticmethod
+    def point_cases(ctx: Context, img: Image, params: dict) -> Iterator[Timed]:
+        # One grid point in a function of its own: the runner lists every case before running
+        # any, so each closure must hold its own point's image, not the loop's last.
+        reps = ctx.grid["reps"]
+        yield Timed("create_seconds", params, op=lambda _: ctx.create(img),
+                    teardown=lambda _, c: ctx.remove(c), reps=reps)
+        yield Timed("remove_seconds", params, setup=lambda: ctx.create(img), op=ctx.remove, reps=reps)

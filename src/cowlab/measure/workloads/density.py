@@ -47,16 +47,21 @@ import os
 import select
 import subprocess
 import time
+from functools import partial
 
-from cowlab.base.units import human_bytes
-from cowlab.measure import probes
 from cowlab.base import sysutil
+<<<<<<< HEAD
 from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it)
+=======
+>>>>>>> types
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import spawn
+from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it
+from cowlab.base.units import human_bytes
+from cowlab.measure import probes
+from cowlab.measure.workloads.base import Context, GiB, Measured, MiB, Workload
 from cowlab.results import Sample
 from cowlab.store.spec import from_dict
-from cowlab.measure.workloads.base import GiB, MiB, Context, Measured, Workload
 
 GRID = {
     "full": {"containers": [1, 8, 32, 128], "files": 200, "set_bytes": 64 * MiB, "dirs": 4, "reps": 3},
@@ -187,7 +192,7 @@ class Density(Workload):
         img = ctx.image(image_name(g))
         for k in g["containers"]:
             params = {"containers": k, "files": g["files"], "set_bytes": g["set_bytes"]}
-            yield Measured("density", params, lambda rep, k=k, params=params: self.measure(ctx, img, k, params, rep),
+            yield Measured("density", params, partial(self.measure, ctx, img, k, params),
                            reps=g["reps"])
 
     def measure(self, ctx: Context, img, k: int, params: dict, rep: int) -> list[Sample]:
@@ -211,7 +216,7 @@ class Density(Workload):
             raise NotApplicable(f"{k} containers need about {human_bytes(need)} on the backing "
                                 f"filesystem, which has {human_bytes(b.free_bytes())} free")
         try:
-            for i in range(k):
+            for _ in range(k):
                 containers.append(ctx.create(img))
             cg_why = ""
             try:

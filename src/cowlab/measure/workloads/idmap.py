@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import os
 
-from cowlab.storage.drivers.idmap import supported
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.measure.workloads.base import Context, Timed, Workload, synthetic_image
+from cowlab.storage.drivers.idmap import supported
 
 KiB = 1 << 10
 MAP = "0:100000:65536"

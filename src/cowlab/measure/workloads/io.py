@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,8 @@ from typing import Any
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import run_tool
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
 
 JOBS = ["seq-read-1m", "seq-write-1m", "rand-read-4k", "rand-write-4k", "first-write"]
 TARGETS = ["container", "volume"]
@@ -136,8 +137,7 @@ class IO(Workload):
         for job in g["jobs"]:
             for target in g["targets"]:
                 params = {"job": job, "target": target, "size_bytes": g["size_bytes"]}
-                yield Measured("fio", params, lambda rep, job=job, target=target, params=params:
-                               self.measure(ctx, img, job, target, params, rep), reps=g["reps"])
+                yield Measured("fio", params, partial(self.measure, ctx, img, job, target, params), reps=g["reps"])
 
     def measure(self, ctx: Context, img, job: str, target: str, params: dict, rep: int) -> list[Sample]:
         if not shutil.which("fio"):

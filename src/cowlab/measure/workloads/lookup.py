@@ -39,15 +39,16 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from functools import partial
 
 from cowlab.base import sysutil
-from cowlab.base.sysutil import static_busybox
 from cowlab.base.errors import CowlabError, NotApplicable
-from cowlab.store.images import ImageStore
-from cowlab.results import Sample
-from cowlab.store.spec import ImageSpec, from_dict
+from cowlab.base.sysutil import static_busybox
 from cowlab.measure.workloads.base import Context, Measured, Timed, Workload
+from cowlab.results import Sample
+from cowlab.store.images import ImageStore
+from cowlab.store.spec import ImageSpec, from_dict
 
 TARGET = "true"           # the hit: busybox picks the applet from argv[0], so it is named true
 MISSING = "no-such-cmd"   # the miss: in no PATH directory
@@ -147,6 +148,8 @@ class Lookup(Workload):
         rel_dirs = [d.lstrip("/") for d in path_dirs(dirs)]
         names = scan_names(dirs, g["scan_names"])
         expect_found = min(dirs, len(names))  # lib{j} exists in p{j} for j < dirs
+        fn: Callable[[int], object]  # the lookup, on the container root's fd
+        ok: Callable[[object], bool]  # whether its answer is the one the image was built for
         if kind == "hit":
             fn, ok = (lambda fd: resolve(fd, rel_dirs, TARGET)), (lambda r: r is True)
         elif kind == "miss":
@@ -189,6 +192,7 @@ class Lookup(Workload):
         busybox = static_busybox()  # the same answer specs() got: the image has it iff this
 
         def run(c):
+            assert chroot is not None  # setup() skips the case without it
             return subprocess.run([chroot, os.fspath(c.mountpoint), TARGET], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
 

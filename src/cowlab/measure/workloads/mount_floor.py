@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 import uuid
 
-from cowlab.results import Sample
 from cowlab.measure.workloads.base import Context, Measured, Workload
 from cowlab.measure.workloads.creation import Creation, grid_points, image_name
+from cowlab.results import Sample
+from cowlab.storage.drivers.base import HasBareMount
 
 
 class MountFloor(Workload):
@@ -34,7 +35,9 @@ class MountFloor(Workload):
             img = ctx.image(image_name(size, layers))
             scratch = ctx.driver.home / "floor" / uuid.uuid4().hex[:8]
             ctx.res.add("dir", path=str(scratch))  # released with the run
-            mount, umount = ctx.driver.bare_mount(img, scratch)
+            drv = ctx.driver
+            assert isinstance(drv, HasBareMount)  # requires = {"bare_mount"}
+            mount, umount = drv.bare_mount(img, scratch)
             ctx.res.add("mount", target=str(scratch / "merged"))  # in case a Ctrl-C lands mid-op
             params = {"image_size_bytes": size, "layers": layers}
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
+from cowlab.storage.drivers.base import HasPoolStats
 
 IMAGE = "pool-stats-base"
 
@@ -55,7 +56,9 @@ class PoolStats(Workload):
                         (c.mountpoint / f"dup{i}").write_bytes(block)
                     line = b"copy-on-write is everywhere: fork(), snapshots, VMs and containers\n"
                     (c.mountpoint / "text").write_bytes(line * (g["text_bytes"] // len(line)))
-                    st = vctx.driver.pool_stats()
+                    drv = vctx.driver
+                    assert isinstance(drv, HasPoolStats)  # requires = {"pool_stats"}
+                    st = drv.pool_stats()
                 finally:
                     vctx.remove(c)
                 out = [Sample("compressratio", st["compressratio"], "ratio", params, rep),

@@ -30,11 +30,12 @@ import errno
 import os
 import shutil
 import time
+from functools import partial
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
+from cowlab.measure.workloads.base import Context, GiB, Measured, MiB, Workload, synthetic_image
 from cowlab.results import Sample
-from cowlab.measure.workloads.base import GiB, MiB, Context, Measured, Workload, synthetic_image
 
 KiB = 1 << 10
 TREE, MOVED = "/tree", "/tree-renamed"
@@ -102,8 +103,7 @@ class Rename(Workload):
         for rd in option_values(ctx, "redirect_dir", g["redirect_dir"]):
             for size in g["dir_bytes"]:
                 params = {"dir_bytes": size, "files": g["files"], "redirect_dir": rd, "backing_fs": backing_fs(ctx)}
-                yield Measured("rename", params, lambda rep, rd=rd, size=size, params=params:
-                               self.measure(ctx, rd, size, params, rep), reps=g["reps"], unit="s")
+                yield Measured("rename", params, partial(self.measure, ctx, rd, size, params), reps=g["reps"], unit="s")
 
     @staticmethod
     def measure(ctx: Context, rd, size: int, params: dict, rep: int) -> list[Sample]:

@@ -34,15 +34,17 @@ shared_bytes for every union driver whatever K is.
 from __future__ import annotations
 
 import time
+from functools import partial
 
-from cowlab.measure import probes
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import run_tool
-from cowlab.results import Sample
-from cowlab.store.spec import from_dict
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload
+from cowlab.measure import probes
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload
 from cowlab.measure.workloads.rename import backing_fs, own_fs
+from cowlab.results import Sample
+from cowlab.storage.drivers.base import Container
+from cowlab.store.spec import from_dict
 
 SHARED = "/shared"
 IMAGES = ("sharing-a", "sharing-b")
@@ -81,7 +83,7 @@ class Sharing(Workload):
         for k in g["containers"]:
             params = {"containers": k, "files": g["files"], "shared_bytes": g["shared_bytes"],
                       "backing_fs": backing_fs(ctx)}
-            yield Measured("sharing", params, lambda rep, k=k, params=params: self.measure(ctx, k, params, rep),
+            yield Measured("sharing", params, partial(self.measure, ctx, k, params),
                            reps=g["reps"], unit="B")
 
     @staticmethod
@@ -92,11 +94,11 @@ class Sharing(Workload):
         for n in IMAGES:  # each repetition imports both afresh: the disk figure is the import's
             if drv.has_image(ctx.images[n]):
                 drv.remove_image(ctx.images[n])
-        for n, event in zip(IMAGES, ("import_first", "import_second")):
+        for n, event in zip(IMAGES, ("import_first", "import_second"), strict=True):
             u0 = drv.used_bytes()
             ctx.image(n)
             out.append(Sample("space_bytes", drv.used_bytes() - u0, "B", {**params, "event": event}, rep))
-        containers = {n: [] for n in IMAGES}
+        containers: dict[str, list[Container]] = {n: [] for n in IMAGES}
         cgroup = None
         try:
             for n in IMAGES:
@@ -112,7 +114,7 @@ class Sharing(Workload):
                 sysutil.drop_caches()
                 drops = probes.drop_count()
                 got = []
-                for n, which in zip(IMAGES, ("first", "second")):
+                for n, which in zip(IMAGES, ("first", "second"), strict=True):
                     before = cgroup.stat()["file"] if cgroup else probes.meminfo()["Cached"]
                     _read(ctx, files[n], cgroup)
                     after = cgroup.stat()["file"] if cgroup else probes.meminfo()["Cached"]

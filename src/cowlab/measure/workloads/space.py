@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
 
 IMAGE = "space-64MiB"
 BIG = "/data/big"

@@ -23,14 +23,15 @@ import shutil
 import subprocess
 import time
 import uuid
+from functools import partial
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import run_tool
-from cowlab.results import Sample
-from cowlab.measure.workloads.base import MiB, Context, Measured, Workload, synthetic_image
+from cowlab.measure.workloads.base import Context, Measured, MiB, Workload, synthetic_image
 from cowlab.measure.workloads.io import FIO_TIMEOUT, fio_argv, job_dir, load_fio_json, parse_fio
 from cowlab.measure.workloads.rename import option_values
+from cowlab.results import Sample
 
 KiB = 1 << 10
 IMAGE = "volatile-base"
@@ -70,8 +71,7 @@ class Volatile(Workload):
                     params["size_bytes"] = g["size_bytes"]
                 else:
                     params.update(files=g["files"], file_bytes=g["file_bytes"])
-                yield Measured(job, params, lambda rep, vol=vol, job=job, params=params:
-                               self.measure(ctx, vol, job, params, rep), reps=g["reps"],
+                yield Measured(job, params, partial(self.measure, ctx, vol, job, params), reps=g["reps"],
                                unit="s" if job == "unpack-small" else "B/s")
 
     @staticmethod

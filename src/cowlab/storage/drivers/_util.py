@@ -14,13 +14,13 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
 from cowlab.base.resources import Handle, Resources, spawn
+from cowlab.store.images import Image
 
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
@@ -40,7 +40,7 @@ def chain_key(chain_id: str) -> str:
 
 
 def union_container(res: Resources, cdir: Path, names: tuple[str, ...],
-                    mount: "Callable[..., list[Handle]]") -> tuple[Path, list[Handle]]:
+                    mount: Callable[..., list[Handle]]) -> tuple[Path, list[Handle]]:
     """A union container's directories cdir/<names> (the first is the writable upper dir, the
     container's root, made 0755 whatever our umask; the last the mount point), journaled; then
     mount(*dirs) returns the mount's handles. If the mount fails, the directories go again.
@@ -122,7 +122,7 @@ def _tail(log: Path | None) -> str:
     if log is None:
         return "(its output is discarded)"
     try:
-        lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "(no log)"
     return lines[-1] if lines else "(no output)"
@@ -134,9 +134,9 @@ def tool_version(argv: list[str], contains: str = "") -> str:
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    text = [l.strip() for l in (cp.stdout + "\n" + cp.stderr).splitlines() if l.strip()]
+    text = [line.strip() for line in (cp.stdout + "\n" + cp.stderr).splitlines() if line.strip()]
     if contains:
-        text = [l for l in text if contains in l]
+        text = [line for line in text if contains in line]
     return text[0] if text else ""
 
 

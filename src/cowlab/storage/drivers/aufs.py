@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+from functools import partial
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 MS_REMOUNT = 32
 HINT = ("cowlab's AUFS kernel in the kernel VM: `sudo nox -s aufs-kernel` (builds it once, minutes), or the "
@@ -65,7 +66,7 @@ class Aufs(Driver):
             if (dst / "diff").is_dir():
                 continue
             stage = self.staging()
-            h = self.res.acquire("dir", lambda: (stage / "diff").mkdir(parents=True), path=str(stage))
+            h = self.res.acquire("dir", partial((stage / "diff").mkdir, parents=True), path=str(stage))
             L.apply_tar(self.store.layer_path(digest), stage / "diff", "aufs", f"{image.name} layer {i}")
             os.chmod(stage / "diff", 0o755)
             os.replace(stage, dst)

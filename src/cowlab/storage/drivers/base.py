@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 from cowlab.base import sysutil
-from cowlab.storage.backing import Backing
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image, ImageStore
 from cowlab.base.resources import Handle, Resources
+from cowlab.storage.backing import Backing
+from cowlab.store.images import Image, ImageStore
 
 
 @dataclass
@@ -198,3 +199,19 @@ class Driver:
 
 def image_key(image: Image) -> str:
     return image.id.split(":")[-1][:24]
+
+
+# The methods behind two capabilities, for the workloads that require them (the runner gives
+# such a workload only a driver whose `capabilities` name it).
+@runtime_checkable
+class HasBareMount(Protocol):
+    def bare_mount(self, image: Image, scratch: Path) -> tuple[Callable[[], object], Callable[[], object]]:
+        """capability "bare_mount": (mount, unmount) of the driver's mount with nothing else around it."""
+        ...
+
+
+@runtime_checkable
+class HasPoolStats(Protocol):
+    def pool_stats(self) -> dict:
+        """capability "pool_stats": the pool's compressratio, dedupratio and what else it reports."""
+        ...

@@ -20,16 +20,17 @@ import json
 import os
 import re
 import struct
+from functools import partial
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources, releaser
 from cowlab.base.state import StateRoot
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 # linux/btrfs.h: _IOW(0x94, nr, struct) with 4096-byte argument structs.
 _IOW = lambda nr: (1 << 30) | (4096 << 16) | (0x94 << 8) | nr  # noqa: E731
@@ -65,7 +66,7 @@ def _ioctl_in(parent: Path, req: int, buf: bytearray, what: str) -> None:
     try:
         fcntl.ioctl(fd, req, buf, True)
     except OSError as e:
-        raise OSError(e.errno, f"{what}: {os.strerror(e.errno)}") from None
+        raise OSError(e.errno, f"{what}: {e.strerror}") from None
     finally:
         os.close(fd)
 
@@ -142,8 +143,8 @@ def balance(path: Path, dusage: int, musage: int | None = None) -> str:
         argv.append(f"-musage={musage}")
     cp = sysutil.run(argv + [str(path)], check=False, timeout=1800)
     if cp.returncode != 0:
-        lines = [l for l in (cp.stderr + cp.stdout).splitlines() if l.strip()]
-        err = next((l for l in lines if l.startswith("ERROR")), lines[0] if lines else "")
+        lines = [line for line in (cp.stderr + cp.stdout).splitlines() if line.strip()]
+        err = next((line for line in lines if line.startswith("ERROR")), lines[0] if lines else "")
         raise CowlabError(f"btrfs balance start -dusage={dusage} failed ({cp.returncode}): {err}")
     return cp.stdout.strip()
 
@@ -164,10 +165,11 @@ class Btrfs(Driver):
         if "\tbtrfs\n" not in U.filesystems():
             return Probe(False, "this kernel has no btrfs (not in /proc/filesystems)",
                          "a kernel with CONFIG_BTRFS_FS (modprobe btrfs)")
-        if not U.which("mkfs.btrfs") or not U.which("btrfs"):
+        btrfs = U.which("btrfs")
+        if not U.which("mkfs.btrfs") or not btrfs:
             return Probe(False, "btrfs-progs is not installed (no mkfs.btrfs / btrfs)",
                          "sudo bash vagrant/provision/btrfs.sh")
-        return Probe(True, details={"btrfs_progs": U.tool_version([U.which("btrfs"), "--version"])})
+        return Probe(True, details={"btrfs_progs": U.tool_version([btrfs, "--version"])})
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -184,11 +186,11 @@ class Btrfs(Driver):
             (self.home / d).mkdir(exist_ok=True)
         parent = None
         chains = U.chain_ids(image)
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             dst = self._layer(chain)
             if not is_subvolume(dst):
                 stage = self.staging()
-                make = (lambda: subvol_create(stage)) if parent is None else (lambda p=parent: subvol_snapshot(p, stage))
+                make = partial(subvol_create, stage) if parent is None else partial(subvol_snapshot, parent, stage)
                 h = self.res.acquire("btrfs_subvolume", make, path=str(stage))
                 try:
                     L.apply_tar(self.store.layer_path(digest), stage, "apply", f"{image.name} layer {i}")

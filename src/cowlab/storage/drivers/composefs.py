@@ -31,14 +31,22 @@ import os
 import stat
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
-from cowlab.store.images import Image
 from cowlab.base.resources import Handle, Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Probe, image_key
-from cowlab.storage.drivers.erofs import MKFS, erofs_probe, kernel_version, make_image, mkfs_version, mount_image, unmount_image
+from cowlab.storage.drivers.erofs import (
+    MKFS,
+    erofs_probe,
+    kernel_version,
+    make_image,
+    mkfs_version,
+    mount_image,
+    unmount_image,
+)
 from cowlab.storage.drivers.overlay2 import Overlay2
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 MIN_KERNEL = (6, 5)  # overlayfs data-only lower layers ("lowerdir=A::B")
 METACOPY = "trusted.overlay.metacopy"
@@ -71,7 +79,7 @@ def stub_tree(tree: Path, objects: Path) -> list[str]:
     hard links (of the stub), and every directory keeps its times."""
     dir_times = {}
     groups: dict[int, list[str]] = {}  # inode → its paths, found before any of them changes
-    for dp, dns, fns in os.walk(tree):
+    for dp, _dns, fns in os.walk(tree):
         st = os.lstat(dp)
         dir_times[dp] = (st.st_atime_ns, st.st_mtime_ns)
         for fn in fns:

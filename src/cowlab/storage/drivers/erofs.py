@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
 from cowlab.base.resources import Handle, Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Probe
 from cowlab.storage.drivers.overlay2 import OVL_MAX_STACK, Overlay2
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 MS_RDONLY = 1
 MKFS = ["--quiet", "--preserve-mtime"]
@@ -68,7 +69,7 @@ def mkfs_version() -> str:
     return U.tool_version([U.which("mkfs.erofs") or "mkfs.erofs"], "mkfs.erofs") or U.pkg_version("erofs-utils")
 
 
-def make_image(tree: Path, out: Path, extra: list[str] = ()) -> None:
+def make_image(tree: Path, out: Path, extra: Sequence[str] = ()) -> None:
     """mkfs.erofs of tree into out (a new file)."""
     cp = sysutil.run([U.which("mkfs.erofs") or "mkfs.erofs", *MKFS, *extra, str(out), str(tree)], check=False)
     if cp.returncode != 0:

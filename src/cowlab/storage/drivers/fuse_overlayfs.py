@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Probe
 from cowlab.storage.drivers.overlay2 import Overlay2
+from cowlab.store.images import Image
 
 
 class FuseOverlayfs(Overlay2):

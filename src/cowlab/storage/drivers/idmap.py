@@ -74,8 +74,9 @@ def userns_fd(res: Resources, mapping: str) -> int:
         deadline = time.monotonic() + 10
         while os.stat(f"/proc/{p.pid}/ns/user").st_ino == mine:  # not unshared yet
             if p.poll() is not None or time.monotonic() > deadline:
+                err = (p.stderr.read() if p.stderr else b"") or b""  # a pipe: stderr=PIPE above
                 raise CowlabError(f"unshare --user did not make a user namespace: "
-                                  f"{(p.stderr.read() or b'').decode(errors='replace').strip()}")
+                                  f"{err.decode(errors='replace').strip()}")
             time.sleep(0.001)
         for f in ("uid_map", "gid_map"):
             with open(f"/proc/{p.pid}/{f}", "w") as m:

@@ -19,12 +19,12 @@ import os
 import shutil
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 
 class Overlay(Driver):
@@ -51,11 +51,11 @@ class Overlay(Driver):
             (self.home / d).mkdir(exist_ok=True)
         chains = U.chain_ids(image)
         parent = None
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             dst = self._layer(chain)
             if not (dst / "root").is_dir():
                 stage = self.staging()
-                h = self.res.acquire("dir", lambda: stage.mkdir(), path=str(stage))
+                h = self.res.acquire("dir", stage.mkdir, path=str(stage))
                 if parent is None:
                     (stage / "root").mkdir(0o755)
                 else:

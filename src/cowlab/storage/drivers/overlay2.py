@@ -12,15 +12,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers import idmap as IM
 from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 # fs/overlayfs/params.h: OVL_MAX_STACK. The kernel refuses more lower layers than this.
 OVL_MAX_STACK = 500
@@ -31,11 +32,13 @@ class Overlay2(Driver):
     description = "kernel overlayfs, one lower dir per layer (Docker's overlay2)"
     capabilities = frozenset({"bare_mount", "union", "xattrs", "files_on_backing"})  # xattrs: user.* kept (conformance)
     # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
+    # (typed as Driver's, which mypy would otherwise narrow to these values: erofs, composefs
+    # and fuse-overlayfs derive from this class and set None)
     color = "tab:blue"
-    engine = {"note": "overlayfs, up to 128 lower layers per mount (multi-lower)"}
-    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
+    engine: ClassVar[dict | None] = {"note": "overlayfs, up to 128 lower layers per mount (multi-lower)"}
+    vagrant: ClassVar[dict | None] = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
                "scripts": ["overlay2.sh"]}
-    max_layers = OVL_MAX_STACK
+    max_layers: ClassVar[int | None] = OVL_MAX_STACK
     # Overlay features a workload may switch (ctx.variant(redirect_dir=True)); None or absent
     # leaves the kernel's default (the module parameters).
     # idmap=INSIDE:OUTSIDE:COUNT: containers on idmapped lower layers (see drivers/idmap.py).

@@ -29,14 +29,16 @@ import os
 import posixpath
 import stat
 import tarfile
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 META = ".unionfs"   # upstream's name; Debian 12's unionfs-fuse 1.0 uses ".unionfs-fuse" (meta_name())
 HIDETAG = "_HIDDEN~"
@@ -111,7 +113,7 @@ def deleted_after_creation(tar_path: Path) -> list[str]:
     return gone
 
 
-def translate(branch: Path, lowers: list[Path], gone: list[str] = ()) -> int:
+def translate(branch: Path, lowers: list[Path], gone: Sequence[str] = ()) -> int:
     """Turn an AUFS-style layer dir into unionfs-fuse's format in place; returns markers made.
     `gone`: entries the layer made and then deleted (deleted_after_creation), removed first."""
     meta = meta_name()
@@ -200,11 +202,11 @@ class UnionfsFuse(Driver):
             (self.home / d).mkdir(exist_ok=True)
         chains = U.chain_ids(image)
         below: list[Path] = []  # lower branches of the next layer, top first
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             dst = self._layer(chain)
             if not (dst / "diff").is_dir():
                 stage = self.staging()
-                h = self.res.acquire("dir", lambda: (stage / "diff").mkdir(parents=True), path=str(stage))
+                h = self.res.acquire("dir", partial((stage / "diff").mkdir, parents=True), path=str(stage))
                 tar = self.store.layer_path(digest)
                 L.apply_tar(tar, stage / "diff", "aufs", f"{image.name} layer {i}")
                 os.chmod(stage / "diff", 0o755)

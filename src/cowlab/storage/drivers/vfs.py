@@ -10,11 +10,11 @@ import os
 import shutil
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 
 class Vfs(Driver):
