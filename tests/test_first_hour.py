@@ -340,9 +340,9 @@ def test_hand_over_does_nothing_without_sudo(tmp_path, monkeypatch):
 # --- results apart from the committed reference runs ----------------------------------------------
 def test_user_runs_go_to_git_ignored_results_local(tmp_path):
     from cowlab import results
-    from cowlab.cli.main import main as cli
-    assert cli.LOCAL_RESULTS == "results/local"
-    assert [p.default for p in cli.bench.params if p.name == "out"] == ["results/local"]
+    from cowlab.cli import bench
+    assert bench.LOCAL_RESULTS == "results/local"
+    assert [p.default for p in bench.bench.params if p.name == "out"] == ["results/local"]
     assert "results/local/" in (REPO / ".gitignore").read_text().split()
     for where in ("local/h", "h"):
         d = tmp_path / "results" / where / "r1"
@@ -355,7 +355,7 @@ def test_user_runs_go_to_git_ignored_results_local(tmp_path):
 
 # --- small traps ----------------------------------------------------------------------------------
 def test_drivers_table_keeps_brackets_in_hints(monkeypatch):
-    from cowlab.cli.main import main as cli
+    from cowlab.cli import main as cli
     from cowlab.storage import drivers
     from cowlab.storage.drivers.base import Probe
     cls = drivers.get("devicemapper-loop")

@@ -74,7 +74,7 @@ def test_density_readings_have_one_definition(monkeypatch):
 def test_engine_and_primitive_density_share_the_readings():
     """Neither density computes a reading itself: both take probes.cache_snapshot and
     probes.cache_growth (so engine and primitive slab_bytes mean the same thing)."""
-    for rel in ("workloads/density.py", "engine/workloads.py"):
+    for rel in ("measure/workloads/density.py", "measure/engine/workloads.py"):
         text = (SRC / rel).read_text()
         assert "probes.cache_snapshot(" in text or "settled_snapshot(" in text, rel
         assert "probes.cache_growth(" in text, rel

@@ -21,13 +21,9 @@ from cowlab.base import provenance
 from cowlab.base.errors import CowlabError, Unavailable
 from cowlab.base.resources import Resources
 from cowlab.base.state import StateRoot, resolve_root
-<<<<<<< HEAD
 from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it)
-=======
-from cowlab.base.sysutil import require_root  # noqa: F401  (cli's, labcli's name for it
 from cowlab.base.units import human_bytes
 from cowlab.measure import workloads as W
->>>>>>> types
 from cowlab.measure.workloads.base import Context, case_name, case_total, describe_params, run_case
 from cowlab.results import RunWriter, Sample
 from cowlab.run import cleanup, vmroute

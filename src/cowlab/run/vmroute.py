@@ -10,19 +10,12 @@ import os
 import tempfile
 from pathlib import Path
 
-<<<<<<< HEAD
-from cowlab.run import cleanup
-from cowlab.storage import drivers, kernels, vm
-from cowlab.measure import workloads as W
-from cowlab.storage.drivers.base import Driver, Probe
-=======
->>>>>>> types
 from cowlab.base.errors import CowlabError
 from cowlab.base.state import StateRoot, resolve_root
 from cowlab.base.sysutil import require_root
 from cowlab.measure import workloads as W
 from cowlab.run import cleanup
-from cowlab.storage import drivers, vm
+from cowlab.storage import drivers, kernels, vm
 from cowlab.storage.drivers.base import Driver, Probe
 from cowlab.store.images import ImageStore
 

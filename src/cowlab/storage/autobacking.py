@@ -15,12 +15,8 @@ from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Resources, owners
 from cowlab.base.state import StateRoot
-<<<<<<< HEAD
 from cowlab.base.units import parse_size  # noqa: F401  (the CLI's sizes; one parser: cowlab.base.units)
-=======
-from cowlab.base.units import parse_size  # noqa: F401  (the CLI's sizes; one parser: cowlab.base.units
 from cowlab.storage import backing as B
->>>>>>> types
 
 DEFAULT_SIZE = 32 << 30   # sparse: costs what is written
 

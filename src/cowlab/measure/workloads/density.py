@@ -50,13 +50,9 @@ import time
 from functools import partial
 
 from cowlab.base import sysutil
-<<<<<<< HEAD
-from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it)
-=======
->>>>>>> types
 from cowlab.base.errors import CowlabError, NotApplicable
 from cowlab.base.resources import spawn
-from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it
+from cowlab.base.sysutil import static_busybox  # noqa: F401  (this module's name for it)
 from cowlab.base.units import human_bytes
 from cowlab.measure import probes
 from cowlab.measure.workloads.base import Context, GiB, Measured, MiB, Workload
