@@ -13,7 +13,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 host_out=$(bash "$here/host.sh" "$@") || { echo "$host_out"; exit 1; }
 [ -n "$host_out" ] && echo "$host_out"
 source "$here/common.sh" "$@"
-need dmsetup thin-provisioning-tools util-linux \
+# udev: virtme-ng's guest init runs the host's systemd-udevd to find its console ports (without
+# it the guest's output is lost and vng exits 255).
+need dmsetup thin-provisioning-tools util-linux udev \
      linux-image-amd64 qemu-system-x86 \
      python3-venv python3-pip
 # linux-image-amd64 is Debian 12's generic 6.1 flavour. Where it is installed but /boot has no

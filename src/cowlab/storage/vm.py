@@ -245,11 +245,12 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
 
 
 def _module_args(kern: Kernel) -> list[str]:
-    """A kernel whose modules are in the cache, not the host's /lib/modules: the guest sees that
-    tree at /lib/modules/<release> (read-only), so modprobe finds them."""
-    if kern.modules is None:
+    """A kernel whose modules are in the cache, not the host's /lib/modules: virtme-ng finds
+    lib/modules/<release> beside the image and links it into the guest's /lib/modules, but its
+    init puts a tmpfs over /var/cache, so the kernel's cache directory is shared read-only."""
+    if kern.modules is None or kern.home is None:
         return []
-    return ["--rodir", f"/lib/modules/{kern.release}={kern.modules}"]
+    return ["--rodir", str(kern.home)]
 
 
 def _lines(f):

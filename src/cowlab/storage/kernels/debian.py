@@ -25,7 +25,7 @@ from cowlab.base.errors import CowlabError
 from cowlab.storage.kernels import Kernel, cache_dir
 
 # name -> (suite, the release pattern of its generic kernel, what it is)
-SUITES = {
+SUITES = {  # the security suite carries the newest ABI of a stable release's kernel
     "5.10": ("bullseye", r"5\.10\.0-\d+-amd64", "Debian 11 (bullseye)"),
     "6.1": ("bookworm", r"6\.1\.0-\d+-amd64", "Debian 12 (bookworm)"),
     "6.12": ("trixie", r"6\.12\.\d+\+deb13-amd64", "Debian 13 (trixie)"),
@@ -68,9 +68,17 @@ def find(name: str) -> Kernel | None:
     home = dirs[-1]
     release = home.name.removeprefix("debian-")
     info = json.loads((home / "fetch.json").read_text())
-    return Kernel(name, release, home / "boot" / f"vmlinuz-{release}", home / "lib" / "modules" / release,
+    return Kernel(name, release, home / "boot" / f"vmlinuz-{release}", _modules(home, release),
                   f"Debian package {info.get('package')} {info.get('version')} ({SUITES[name][2]})",
                   frozenset(), home, info)
+
+
+def _modules(home: Path, release: str) -> Path:
+    """lib/modules/<release> of an unpacked package (trixie's ships it under usr/)."""
+    for cand in (home / "lib" / "modules" / release, home / "usr" / "lib" / "modules" / release):
+        if cand.is_dir():
+            return cand
+    return home / "lib" / "modules" / release
 
 
 def how_to_get(name: str) -> str:
@@ -81,21 +89,27 @@ def cache_prefixes(name: str) -> list[str]:
     return [f"debian-{SUITES[name][1].split(chr(92))[0]}", f"apt-{SUITES[name][0]}"]
 
 
-def _mirror() -> str:
-    """The Debian mirror the host's apt already uses (no other host is ever named)."""
+def _mirrors() -> tuple[str, str]:
+    """The Debian and Debian security mirrors the host's apt already uses (no other host is
+    ever named)."""
+    main = security = ""
     for f in [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list"),
               *Path("/etc/apt/sources.list.d").glob("*.list")]:
         try:
             text = f.read_text()
         except OSError:
             continue
-        for m in re.finditer(r"^URIs:\s*(\S+)", text, re.M):
-            if not m.group(1).rstrip("/").endswith("-security"):
-                return m.group(1).rstrip("/")
-        for m in re.finditer(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", text, re.M):
-            if "security" not in m.group(1):
-                return m.group(1).rstrip("/")
-    raise CowlabError("no Debian mirror in /etc/apt/sources.list(.d): cowlab fetches kernels through the host's own")
+        uris = re.findall(r"^URIs:\s*(\S+)", text, re.M) + \
+            re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", text, re.M)
+        for u in uris:
+            u = u.rstrip("/")
+            if "security" in u:
+                security = security or u
+            else:
+                main = main or u
+    if not main:
+        raise CowlabError("no Debian mirror in /etc/apt/sources.list(.d): cowlab fetches kernels through the host's own")
+    return main, security
 
 
 def _apt(suite: str) -> tuple[list[str], Path]:
@@ -103,12 +117,18 @@ def _apt(suite: str) -> tuple[list[str], Path]:
     d = cache_dir() / f"apt-{suite}"
     for sub in ("lists/partial", "cache/archives/partial"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "sources.list").write_text(f"deb [signed-by={KEYRING}] {_mirror()} {suite} main\n")
+    main, security = _mirrors()
+    lines = [f"deb [signed-by={KEYRING}] {main} {suite} main"]
+    if security:
+        lines.append(f"deb [signed-by={KEYRING}] {security} {suite}-security main")
+    (d / "sources.list").write_text("\n".join(lines) + "\n")
     (d / "status").touch()
     opts = ["-o", f"Dir::Etc::SourceList={d / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/nonexistent",
+            "-o", "Dir::Etc::Preferences=/nonexistent", "-o", "Dir::Etc::PreferencesParts=/nonexistent",
             "-o", f"Dir::State::Lists={d / 'lists'}", "-o", f"Dir::Cache={d / 'cache'}",
             "-o", f"Dir::State::Status={d / 'status'}", "-o", "APT::Get::List-Cleanup=0",
-            "-o", "Debug::NoLocking=1"]
+            "-o", "APT::Architecture=amd64", "-o", "Acquire::Languages=none",
+            "-o", "APT::Sandbox::User=root", "-o", "Debug::NoLocking=1"]
     return opts, d
 
 
@@ -146,6 +166,9 @@ def obtain(name: str, echo=print) -> Kernel:
         _run(["dpkg-deb", "-x", str(deb), tmp], f"dpkg-deb -x {deb.name}")
         if not (Path(tmp) / "boot" / f"vmlinuz-{release}").is_file():
             raise CowlabError(f"{deb.name} has no boot/vmlinuz-{release}")
+        # modules.dep for the guest's modprobe (virtme-ng would otherwise run depmod in the cache)
+        mods = _modules(Path(tmp), release)
+        _run(["depmod", "-a", "-b", str(mods.parents[2]), release], f"depmod {release}")
         (Path(tmp) / "fetch.json").write_text(json.dumps({
             "package": pkg, "version": version, "suite": suite, "deb": deb.name, "deb_bytes": deb.stat().st_size,
             "fetch_seconds": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
