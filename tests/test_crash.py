@@ -345,7 +345,7 @@ def test_killpoint_format():
 
 
 def test_faults_are_off_by_default():
-    cp = subprocess.run([sys.executable, "-c", "from cowlab import faults; print(faults.enabled, "
+    cp = subprocess.run([sys.executable, "-c", "from cowlab.base import faults; print(faults.enabled, "
                          "faults.point is faults._nothing)"], capture_output=True, text=True,
                         env={k: v for k, v in os.environ.items() if not k.startswith("COWLAB_")} |
                         {"PYTHONPATH": str(SRC)})
