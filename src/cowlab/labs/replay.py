@@ -141,12 +141,22 @@ def _make_workdir(workdir: Path, lab_id: str) -> None:
     (workdir / LAB_MARKER).write_text(lab_id + "\n")
 
 
+def timeout_factor() -> float:
+    """How much longer a step may take than its lesson says: an emulated kernel VM (TCG) runs
+    Python and every command several times slower, so a step's limit there is scaled, not the
+    lesson's text (COWLAB_LAB_TIMEOUT_FACTOR overrides)."""
+    forced = os.environ.get("COWLAB_LAB_TIMEOUT_FACTOR")
+    if forced:
+        return float(forced)
+    return 8.0 if os.environ.get("COWLAB_VIRTUALIZATION") == "tcg" else 1.0
+
+
 def _step(sess: Session, step: Step, names: dict, workdir: Path, env: dict, echo) -> StepReport:
     kind = "cleanup" if step.cleanup else "step"
     echo(f"--- {kind} {step.n}: {step.label}")
     for line in prompt_lines(step.script):
         echo(line)
-    r = sess.run(step.script, step.timeout, echo=lambda line: echo(f"  {line}"))
+    r = sess.run(step.script, step.timeout * timeout_factor(), echo=lambda line: echo(f"  {line}"))
     failures = judge(step, r, names)
     checked = []
     if not failures and step.check:
@@ -187,7 +197,7 @@ def judge(step: Step, r: StepResult, names: dict) -> list[str]:
     """Every way this step's run differs from what the lab says; empty when it held."""
     failures = []
     if r.timed_out:
-        return [f"timed out after {step.timeout:.0f} s"]
+        return [f"timed out after {step.timeout * timeout_factor():.0f} s"]
     explicit_exit = [e for e in step.expects if e.kind == "exit"]
     if not explicit_exit and r.rc != 0:
         failures.append(f"exit status {r.rc} (the lab expects success)")
