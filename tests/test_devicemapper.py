@@ -1,6 +1,6 @@
-"""Device mapper driver: parsing dmsetup's text (captured from Debian 12's 6.1 kernel, dm ioctl
-4.47, thin-pool target 1.22), table building, option checks and the VM route's decisions. No
-device mapper needed: these run on any kernel."""
+"""Device mapper driver (driver) and its thin pool (thin): parsing dmsetup's text (captured from
+Debian 12's 6.1 kernel, dm ioctl 4.47, thin-pool target 1.22), table building, option checks and
+the VM route's decisions. No device mapper needed: these run on any kernel."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from cowlab.storage import vm
 from cowlab.run import vmroute
 from cowlab.storage.drivers.devicemapper import driver as dm
+from cowlab.storage.drivers.devicemapper import thin
 from cowlab.base.errors import CowlabError
 
 # `dmsetup status` / `dmsetup table`, verbatim (trailing spaces included)
@@ -26,7 +27,7 @@ LINEAR_TABLE = "0 100 linear 7:1 0\n"
 
 
 def test_pool_status_rw():
-    s = dm.parse_pool_status(POOL_RW)
+    s = thin.parse_pool_status(POOL_RW)
     assert (s.used_data_blocks, s.total_data_blocks) == (0, 16384)
     assert (s.used_meta_blocks, s.total_meta_blocks) == (2571, 25600)
     assert s.mode == "rw" and not s.out_of_data_space
@@ -35,45 +36,45 @@ def test_pool_status_rw():
 
 
 def test_pool_status_full_and_error_mode():
-    s = dm.parse_pool_status(POOL_FULL)
+    s = thin.parse_pool_status(POOL_FULL)
     assert s.out_of_data_space and s.used_data_blocks == s.total_data_blocks == 128
     assert s.no_space == "error_if_no_space"
     assert s.as_dict()["out_of_data_space"] is True
-    assert dm.parse_pool_status(POOL_ERR).used_data_blocks == 3
+    assert thin.parse_pool_status(POOL_ERR).used_data_blocks == 3
 
 
 def test_pool_status_fail_and_old_kernels():
-    assert dm.parse_pool_status(POOL_FAIL).mode == "Fail"
-    old = dm.parse_pool_status(POOL_OLD)
+    assert thin.parse_pool_status(POOL_FAIL).mode == "Fail"
+    old = thin.parse_pool_status(POOL_OLD)
     assert old.mode == "rw" and old.transaction_id == 1 and old.no_space is None
 
 
 def test_pool_status_rejects_other_targets():
     with pytest.raises(CowlabError):
-        dm.parse_pool_status(THIN_USED)
+        thin.parse_pool_status(THIN_USED)
 
 
 def test_pool_table_round_trip():
-    t = dm.parse_pool_table(POOL_TABLE)
+    t = thin.parse_pool_table(POOL_TABLE)
     assert (t.metadata_dev, t.data_dev, t.block_sectors, t.low_water_blocks) == ("7:0", "7:1", 128, 0)
     assert t.features == ["skip_block_zeroing", "error_if_no_space"] and t.length == 16384
-    again = dm.pool_table(t.length, t.metadata_dev, t.data_dev, t.block_sectors, t.low_water_blocks, t.features)
+    again = thin.pool_table(t.length, t.metadata_dev, t.data_dev, t.block_sectors, t.low_water_blocks, t.features)
     assert again == POOL_TABLE.strip()
-    t0 = dm.parse_pool_table(POOL_TABLE0)
+    t0 = thin.parse_pool_table(POOL_TABLE0)
     assert t0.features == [] and t0.low_water_blocks == 32768
-    assert dm.pool_table(8, "a", "b", 128, 0, []) == "0 8 thin-pool a b 128 0 0"
+    assert thin.pool_table(8, "a", "b", 128, 0, []) == "0 8 thin-pool a b 128 0 0"
 
 
 def test_thin_status_and_table():
-    e = dm.parse_thin_status(THIN_EMPTY)
+    e = thin.parse_thin_status(THIN_EMPTY)
     assert e.mapped_sectors == 0 and e.highest_mapped is None
-    u = dm.parse_thin_status(THIN_USED)
+    u = thin.parse_thin_status(THIN_USED)
     assert u.mapped_sectors == 384 and u.highest_mapped == 383  # 3 blocks of 64 KiB
-    assert dm.parse_thin_status("0 8 thin Fail\n").mapped_sectors is None
-    t = dm.parse_table(THIN_TABLE)[0]
+    assert thin.parse_thin_status("0 8 thin Fail\n").mapped_sectors is None
+    t = thin.parse_table(THIN_TABLE)[0]
     assert (t.target, t.args) == ("thin", ["253:0", "1"])
-    assert dm.thin_table(65536, "/dev/mapper/p", 1) == "0 65536 thin /dev/mapper/p 1"
-    assert dm.parse_table(LINEAR_TABLE)[0].args == ["7:1", "0"]
+    assert thin.thin_table(65536, "/dev/mapper/p", 1) == "0 65536 thin /dev/mapper/p 1"
+    assert thin.parse_table(LINEAR_TABLE)[0].args == ["7:1", "0"]
 
 
 def test_sizes_and_options(tmp_path):
@@ -86,22 +87,22 @@ def test_sizes_and_options(tmp_path):
 def test_root_prefix_separates_state_roots(tmp_path):
     from cowlab.base.state import StateRoot
     a, b = StateRoot(tmp_path / "a"), StateRoot(tmp_path / "b")
-    assert dm.root_prefix(a) != dm.root_prefix(b)
-    assert dm.root_prefix(a).startswith("cowlab-") and len(dm.root_prefix(a)) == len("cowlab-123456-")
+    assert thin.root_prefix(a) != thin.root_prefix(b)
+    assert thin.root_prefix(a).startswith("cowlab-") and len(thin.root_prefix(a)) == len("cowlab-123456-")
 
 
 def test_remove_refuses_foreign_names():
     with pytest.raises(CowlabError, match="not cowlab's"):
-        dm.remove_device("docker-253:0-1234-pool")
+        thin.remove_device("docker-253:0-1234-pool")
 
 
 def test_check_device_refuses_non_block(tmp_path):
     f = tmp_path / "f"
     f.write_bytes(b"x")
     with pytest.raises(CowlabError, match="not a block device"):
-        dm.check_device(str(f))
+        thin.check_device(str(f))
     with pytest.raises(CowlabError, match="does not exist"):
-        dm.check_device(str(tmp_path / "nope"))
+        thin.check_device(str(tmp_path / "nope"))
 
 
 def test_vm_route_choice(monkeypatch):
@@ -189,8 +190,8 @@ def test_mapper_node_releaser_touches_only_this_roots_links(state):
     with pytest.raises(CowlabError, match="not touching"):
         RELEASERS["dm_node"]({"path": "/dev/mapper/control"}, state)
     with pytest.raises(CowlabError, match="not touching"):
-        RELEASERS["dm_node"]({"path": f"/tmp/{dm.root_prefix(state)}pool"}, state)
-    RELEASERS["dm_node"]({"path": f"/dev/mapper/{dm.root_prefix(state)}gone-pool"}, state)  # absent: fine
+        RELEASERS["dm_node"]({"path": f"/tmp/{thin.root_prefix(state)}pool"}, state)
+    RELEASERS["dm_node"]({"path": f"/dev/mapper/{thin.root_prefix(state)}gone-pool"}, state)  # absent: fine
 
 
 def test_kernel_choice_skips_cloud(tmp_path, monkeypatch):
@@ -200,6 +201,6 @@ def test_kernel_choice_skips_cloud(tmp_path, monkeypatch):
 
 def test_probe_names_the_reason_here():
     p = vmroute.probe(dm.DeviceMapperLoop)
-    if not dm.has_device_mapper():
+    if not thin.has_device_mapper():
         assert not p.available and "dm-thin-pool" in p.reason
         assert p.details["route"] in ("vm", None)

@@ -121,8 +121,9 @@ def test_adding_a_driver_is_one_module(tmp_path):
     """The module of docs/adding-a-driver.md, dropped into a copy of the package, is a driver:
     registered, in engine mode's list or not as it declares, coloured in figures, complete."""
     shutil.copytree(REPO / "src" / "cowlab", tmp_path / "cowlab", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "cowlab" / "drivers" / "reflink.py").write_text(_example_module())
-    code = ("import json; from cowlab import drivers, plots; from cowlab.measure.engine import drivers as ED; "
+    (tmp_path / "cowlab" / "storage" / "drivers" / "reflink.py").write_text(_example_module())
+    code = ("import json; from cowlab.storage import drivers; from cowlab.report import plots; "
+            "from cowlab.measure.engine import drivers as ED; "
             "c = drivers.get('reflink'); "
             "print(json.dumps({'undeclared': drivers.undeclared(c), 'color': plots.driver_color('reflink'), "
             "'engine': 'reflink' in ED.ENGINE_DRIVERS, 'machine': 'reflink' in drivers.machines(), "

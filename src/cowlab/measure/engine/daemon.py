@@ -135,7 +135,7 @@ def _release_engine_dm(e: dict, state: StateRoot) -> None:
     d, home = Path(e["dir"]), e["home"]
     if not (state.inside(d) and state.inside(home)):
         raise CowlabError(f"journal names {d}, outside the state root; not touching it")
-    from cowlab.storage.drivers.devicemapper import driver as dm
+    from cowlab.storage.drivers.devicemapper import thin as dm
     if d.is_dir() and dm.has_device_mapper():
         st = os.stat(d)
         prefix = f"docker-{os.major(st.st_dev)}:{os.minor(st.st_dev)}-{st.st_ino}-"

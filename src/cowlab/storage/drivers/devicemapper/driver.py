@@ -15,9 +15,8 @@ it touches: copy-on-write happens per block, whatever the file's size.
   metadata and data are two dm `linear` slices of it ("direct-lvm" without LVM). A device that is
   mounted, in use or carries a filesystem/RAID/LVM signature is refused unless `force` is set.
 
-Every dm device is named `cowlab-<state-root id>-<pool id>-...` and journaled before it exists
-(resource kinds `dm`, `dm_thin`, `dm_param`), so a crash leaves nothing `cowlab cleanup` can't
-find; `dmsetup ls` names with this state root's prefix and no live owner are swept as strays.
+The pool's plumbing (dm calls, tables, status, releasers, strays) is in thin.py beside this
+module, the ioctls in dmioctl.py.
 
 The pool, its loop devices and files are journaled in the driver's resources: a bench run's
 (torn down with the run), or for `cowlab container create` the persistent service owner the CLI
@@ -28,35 +27,26 @@ pool through home/pool.json and the thin ids in home/devices.json).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
 import os
-import stat
-import time
+import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cowlab.storage.drivers.devicemapper.dmioctl as dmio
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import Image
-from cowlab.base.resources import Resources, releaser
+from cowlab.base.resources import Resources
 from cowlab.base.state import StateRoot
 from cowlab.base.units import parse_size
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
+from cowlab.storage.drivers.devicemapper import thin
+from cowlab.storage.drivers.devicemapper.thin import KiB, MiB, GiB, SECTOR
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
-SECTOR = 512
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-PREFIX = "cowlab-"
-PARAM = Path("/sys/module/dm_thin_pool/parameters/no_space_timeout")
-# dm-thin: data block size is a multiple of 64 KiB between 64 KiB and 1 GiB; thin ids are 24 bit.
-MIN_BLOCK, MAX_BLOCK = 64 * KiB, GiB
-MAX_THIN_ID = (1 << 24) - 1
-MAX_METADATA = 16 * GiB - 8 * MiB  # what the thin-pool target can address (THIN_METADATA_MAX)
 DEFAULTS = {
     "block_size": 64 * KiB,        # Docker: dm.blocksize=64K
     "fs": "xfs",                   # Docker: dm.fs (xfs where available, since 1.13)
@@ -73,290 +63,7 @@ MKFS = {"xfs": ["mkfs.xfs", "-q", "-f", "-K"],  # -K / nodiscard: Docker's dm.mk
 MOUNT_OPTS = {"xfs": "nouuid", "ext4": ""}  # every snapshot of an xfs volume has the base's UUID
 
 
-# --- the kernel's dm ioctls (cowlab.storage.drivers.devicemapper.dmioctl), as Docker's libdevmapper used them -------------
-# No dmsetup processes: under an emulated CPU each costs 0.3-1 s (measured in the kernel VM:
-# create+remove 1.04 s through dmsetup, 0.09 s through the ioctls), which a create would time.
-def _dm(call, *args, check: bool = True):
-    """A dm ioctl; DMError (an OSError naming the command and device) becomes CowlabError."""
-    try:
-        return call(*args)
-    except dmio.DMError as e:
-        if check:
-            raise CowlabError(str(e)) from None
-        return e
-
-
-def dev_path(name: str) -> str:
-    """The device's node: /dev/dm-N (devtmpfs makes it as the device appears)."""
-    return _dm(dmio.node, name)
-
-
-def exists(name: str) -> bool:
-    return dmio.exists(name)
-
-
-def try_remove(name: str) -> bool:
-    """Remove a device; False instead of an error while it is busy (callers retry)."""
-    return _dm(dmio.remove, name, check=False) is None
-
-
-MAPPER = Path("/dev/mapper")
-
-
-def mapper_node(name: str, res: Resources) -> str:
-    """/dev/mapper/NAME, the path dockerd's devicemapper driver writes into its thin tables for
-    a pool it is given. udev makes it where udev runs; elsewhere (a virtme guest, no udevd)
-    cowlab links it to /dev/dm-N itself, journaled, and removes the link before the device."""
-    p = MAPPER / name
-    if not os.path.lexists(p):
-        target = dev_path(name)
-        res.acquire("dm_node", lambda: os.symlink(os.path.relpath(target, MAPPER), p), path=str(p))
-    return str(p)
-
-
-@releaser("dm_node")
-def _release_dm_node(e: dict, state: StateRoot) -> None:
-    p = Path(e["path"])
-    if p.parent != MAPPER or not p.name.startswith(root_prefix(state)):
-        raise CowlabError(f"journal names {p}, not a /dev/mapper link of this state root; not touching it")
-    if p.is_symlink():
-        p.unlink()
-
-
-# --- parsing (pure, unit-tested with captured text) ------------------------------------------
-@dataclass
-class TableLine:
-    start: int
-    length: int
-    target: str
-    args: list[str]
-
-
-def parse_table(text: str) -> list[TableLine]:
-    """`dmsetup table NAME` (or a line of `dmsetup status NAME`): start length target args..."""
-    out = []
-    for line in text.strip().splitlines():
-        f = line.split()
-        if len(f) < 3:
-            raise CowlabError(f"unexpected dm table line: {line!r}")
-        out.append(TableLine(int(f[0]), int(f[1]), f[2], f[3:]))
-    return out
-
-
-@dataclass
-class PoolTable:
-    metadata_dev: str
-    data_dev: str
-    block_sectors: int
-    low_water_blocks: int
-    features: list[str] = field(default_factory=list)
-    length: int = 0
-
-
-def parse_pool_table(text: str) -> PoolTable:
-    """`0 LEN thin-pool META DATA BLOCK_SECTORS LOW_WATER NFEAT FEAT...`"""
-    t = parse_table(text)[0]
-    if t.target != "thin-pool":
-        raise CowlabError(f"not a thin-pool table: {text.strip()!r}")
-    a = t.args
-    nfeat = int(a[4]) if len(a) > 4 else 0
-    return PoolTable(a[0], a[1], int(a[2]), int(a[3]), a[5:5 + nfeat], t.length)
-
-
-def pool_table(length: int, meta: str, data: str, block_sectors: int, low_water: int,
-               features: list[str]) -> str:
-    return " ".join(map(str, [0, length, "thin-pool", meta, data, block_sectors, low_water,
-                              len(features), *features])).rstrip()
-
-
-def thin_table(length: int, pool_dev: str, dev_id: int) -> str:
-    return f"0 {length} thin {pool_dev} {dev_id}"
-
-
-@dataclass
-class PoolStatus:
-    """One `dmsetup status POOL` line. mode: rw, ro, out_of_data_space, or Fail (then the
-    counters are 0). Fields after `mode` came with later kernels; missing ones are None."""
-    length: int
-    mode: str
-    transaction_id: int = 0
-    used_meta_blocks: int = 0
-    total_meta_blocks: int = 0
-    used_data_blocks: int = 0
-    total_data_blocks: int = 0
-    held_root: str = "-"
-    discard: str | None = None
-    no_space: str | None = None        # queue_if_no_space | error_if_no_space
-    needs_check: bool = False
-    meta_low_water: int | None = None
-
-    @property
-    def out_of_data_space(self) -> bool:
-        return self.mode == "out_of_data_space"
-
-    def as_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["out_of_data_space"] = self.out_of_data_space
-        return d
-
-
-def parse_pool_status(text: str) -> PoolStatus:
-    t = parse_table(text)[0]
-    if t.target != "thin-pool":
-        raise CowlabError(f"not a thin-pool status: {text.strip()!r}")
-    a = t.args
-    if a and a[0] in ("Fail", "Error"):
-        return PoolStatus(t.length, "Fail")
-    um, tm = a[1].split("/")
-    ud, td = a[2].split("/")
-    s = PoolStatus(t.length, a[4], int(a[0]), int(um), int(tm), int(ud), int(td), a[3])
-    rest = a[5:]
-    for w in rest:
-        if w.endswith("discard_passdown") or w == "ignore_discard":
-            s.discard = w
-        elif w.endswith("_if_no_space"):
-            s.no_space = w
-        elif w == "needs_check":
-            s.needs_check = True
-        elif w.isdigit():
-            s.meta_low_water = int(w)
-    return s
-
-
-@dataclass
-class ThinStatus:
-    length: int
-    mapped_sectors: int | None     # None: Fail
-    highest_mapped: int | None     # None: nothing mapped yet ('-')
-
-
-def parse_thin_status(text: str) -> ThinStatus:
-    t = parse_table(text)[0]
-    if t.target != "thin":
-        raise CowlabError(f"not a thin status: {text.strip()!r}")
-    if not t.args or t.args[0] == "Fail":
-        return ThinStatus(t.length, None, None)
-    hi = t.args[1] if len(t.args) > 1 else "-"
-    return ThinStatus(t.length, int(t.args[0]), None if hi == "-" else int(hi))
-
-
-# --- releasers: idempotent, the same code for teardown, Ctrl-C and `cowlab cleanup` -----------
-def remove_device(name: str, attempts: int = 50) -> None:
-    """dmsetup remove with retries (a just-unmounted fs or a udev probe may hold it a moment).
-    A pool stuck queueing I/O for a full data device is switched to error_if_no_space first, so
-    the held writers get ENOSPC and let go."""
-    if not name.startswith(PREFIX):
-        raise CowlabError(f"refusing to remove dm device {name!r}: not cowlab's")
-    err = None
-    for i in range(attempts):
-        err = _dm(dmio.remove, name, check=False)
-        if err is None or not exists(name):
-            return
-        if i == 3:
-            _unstick_pool(name)
-        time.sleep(0.1)
-    raise CowlabError(f"dm device {name} stays busy: {err}; see dmsetup info {name}")
-
-
-def _table(name: str) -> str:
-    got = _dm(dmio.table, name, check=False)
-    return got if isinstance(got, str) else ""
-
-
-def _unstick_pool(name: str) -> None:
-    tbl = _table(name)
-    if " thin " in tbl:  # a thin volume held open by a writer the pool keeps waiting: its pool
-        majmin = tbl.split()[3]
-        if ":" in majmin:
-            maj, mi = map(int, majmin.split(":"))
-            pool = next((n for n, dev in dmio.list_devices() if dev == os.makedev(maj, mi)), None)
-            if pool:
-                _unstick_pool(pool)
-        return
-    if " thin-pool " not in tbl:
-        return
-    with contextlib.suppress(CowlabError):
-        pt = parse_pool_table(tbl)
-        if "error_if_no_space" not in pt.features:
-            reload(name, pool_table(pt.length, pt.metadata_dev, pt.data_dev, pt.block_sectors,
-                                    pt.low_water_blocks, pt.features + ["error_if_no_space"]))
-
-
-def reload(name: str, table: str) -> None:
-    """Load a new table and switch to it (suspend flushes or, for a full pool, holds I/O)."""
-    _dm(dmio.reload, name, table)
-    _dm(dmio.suspend, name, True)  # nolockfs: a full pool can't take an fs freeze
-    _dm(dmio.resume, name)
-
-
-@releaser("dm")
-def _release_dm(e: dict, state: StateRoot) -> None:
-    remove_device(e["name"])
-
-
-@releaser("dm_thin")
-def _release_dm_thin(e: dict, state: StateRoot) -> None:
-    """Delete a thin volume from its pool, freeing its blocks; nothing to do once the pool is gone."""
-    if not exists(e["pool"]):
-        return
-    err = _dm(dmio.message, e["pool"], 0, f"delete {e['id']}", check=False)
-    if isinstance(err, dmio.DMError) and err.errno != errno.ENODATA:
-        # ENODATA: no such thin id (never created, or deleted already): success here
-        raise CowlabError(f"could not delete thin {e['id']} of {e['pool']}: {err}")
-
-
-@releaser("dm_param")
-def _release_dm_param(e: dict, state: StateRoot) -> None:
-    """Put a dm-thin module parameter back as it was."""
-    p = Path(e["path"])
-    if p.parent != PARAM.parent:
-        raise CowlabError(f"journal names {p}, not a dm_thin_pool parameter; not touching it")
-    if p.exists() and e.get("old") is not None:
-        p.write_text(str(e["old"]))
-
-
-def has_device_mapper() -> bool:
-    """The kernel's device-mapper: its control device is registered in /proc/misc. (The
-    /dev/mapper/control node alone proves nothing: dmsetup makes it even where the kernel has none.)"""
-    try:
-        return any(line.split()[1:] == ["device-mapper"] for line in open("/proc/misc"))
-    except OSError:
-        return False
-
-
-def list_devices() -> list[str]:
-    if not has_device_mapper():
-        return []
-    got = _dm(dmio.list_devices, check=False)
-    return [n for n, _ in got] if isinstance(got, list) else []
-
-
-def root_prefix(state: StateRoot) -> str:
-    """`cowlab-<6 hex of the state root's path>-`: two state roots never sweep each other's."""
-    return PREFIX + hashlib.sha256(str(state.path).encode()).hexdigest()[:6] + "-"
-
-
-def sweep_strays(state: StateRoot, protected: set[str]) -> list[str]:
-    """Remove dm devices with this state root's prefix that no live journal names: thin volumes
-    first, then pools, then the linear slices under them."""
-    pre = root_prefix(state)
-    names = [n for n in list_devices() if n.startswith(pre) and n not in protected]
-    order = {"thin": 0, "thin-pool": 1}
-    typed = []
-    for n in names:
-        tbl = _table(n).split()
-        typed.append((order.get(tbl[2] if len(tbl) > 2 else "", 2), n))
-    done = []
-    for _, n in sorted(typed):
-        try:
-            remove_device(n)
-            done.append(f"removed stray dm device {n}")
-        except CowlabError as err:
-            done.append(f"  could not remove dm device {n}: {err}")
-    return done
-
-
-# --- the driver ----------------------------------------------------------------------------
+# --- options (Docker's dm.* options, as cowlab reads them) ---------------------------------------
 def _opt(options: dict, key: str):
     v = options.get(key, DEFAULTS.get(key))
     if key in ("block_size", "base_size", "data_size", "metadata_size"):
@@ -374,56 +81,6 @@ def _bool(v) -> bool:
     return str(v).lower() in ("1", "true", "yes", "on")
 
 
-def check_device(dev: str, force: bool = False) -> int:
-    """A block device cowlab may take whole: returns its size in bytes, or raises saying why not."""
-    try:
-        st = os.stat(dev)
-    except FileNotFoundError:
-        raise CowlabError(f"{dev} does not exist") from None
-    if not stat.S_ISBLK(st.st_mode):
-        raise CowlabError(f"{dev} is not a block device")
-    real = os.path.realpath(dev)
-    sysname = _sysfs_name(st.st_rdev)
-    for m in sysutil.mountinfo():
-        if m.source and os.path.exists(m.source) and os.path.realpath(m.source) == real:
-            raise CowlabError(f"{dev} is mounted at {m.target}; refusing to use it")
-    if sysname:
-        holders = os.listdir(f"/sys/class/block/{sysname}/holders") if os.path.isdir(
-            f"/sys/class/block/{sysname}/holders") else []
-        if holders:
-            raise CowlabError(f"{dev} is in use by {', '.join(holders)} (see /sys/class/block/{sysname}/holders)")
-        parts = [p for p in os.listdir(f"/sys/class/block/{sysname}") if p.startswith(sysname)]
-        for p in parts:
-            if any(m.source == f"/dev/{p}" for m in sysutil.mountinfo()):
-                raise CowlabError(f"a partition of {dev} (/dev/{p}) is mounted; refusing to use it")
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/swaps").read_text().splitlines()[1:]:
-            if line.split() and os.path.realpath(line.split()[0]) == real:
-                raise CowlabError(f"{dev} is a swap device in use")
-    sigs = signatures(dev)
-    if sigs and not force:
-        raise CowlabError(f"{dev} carries {', '.join(sigs)} (wipefs -n {dev}); it may hold data. "
-                          "Use another device, or force (--force / option force=true) to overwrite it")
-    fd = os.open(dev, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
-def signatures(dev: str) -> list[str]:
-    """Filesystem, RAID, LVM, partition-table signatures on dev (wipefs -n, which blkid backs)."""
-    cp = sysutil.run(["wipefs", "--no-act", "--noheadings", "--output", "TYPE", dev], check=False)
-    if cp.returncode != 0:
-        raise CowlabError(f"wipefs -n {dev} failed: {cp.stderr.strip()}")
-    return sorted({t.strip() for t in cp.stdout.splitlines() if t.strip()})
-
-
-def _sysfs_name(rdev: int) -> str | None:
-    p = f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}"
-    return os.path.basename(os.path.realpath(p)) if os.path.exists(p) else None
-
-
 class _DeviceMapper(Driver):
     """Shared by both variants; a subclass only says where data and metadata live."""
 
@@ -435,30 +92,30 @@ class _DeviceMapper(Driver):
     # --- probe ------------------------------------------------------------------------------
     @classmethod
     def probe(cls) -> Probe:
-        if not has_device_mapper():
+        if not thin.has_device_mapper():
             sysutil.run(["modprobe", "dm-mod"], check=False)
-        if not has_device_mapper():
+        if not thin.has_device_mapper():
             why = "kernel has no dm-thin-pool (no device-mapper at all: not in /proc/misc)"
             return _unavailable(why)
         if not dmio.available():
             return _unavailable("device-mapper is in /proc/misc but /dev/mapper/control does not answer "
                                 "(no node? `dmsetup mknodes` makes it)")
-        targets = _targets()
+        targets = thin.targets()
         if "thin-pool" not in targets:
             sysutil.run(["modprobe", "dm-thin-pool"], check=False)
-            targets = _targets()
+            targets = thin.targets()
         if "thin-pool" not in targets:
             return _unavailable("kernel has no dm-thin-pool (modprobe dm-thin-pool failed)")
         missing = [t for t in MKFS.values() if not _which(t[0])]
         if len(missing) == len(MKFS):
             return Probe(False, "neither mkfs.xfs nor mkfs.ext4 installed", "apt-get install xfsprogs e2fsprogs")
         return Probe(True, details={"route": "native", "thin_pool_target": targets["thin-pool"],
-                                    "no_space_timeout": _param()})
+                                    "no_space_timeout": thin.read_no_space_timeout()})
 
     @classmethod
     def sweep_strays(cls, state: StateRoot, journal_entries: list[dict]) -> list[str]:
         """Stray dm devices of this state root (thin volumes, then pools, then slices)."""
-        return sweep_strays(state, {e.get("name") for e in journal_entries if e.get("kind") == "dm"})
+        return thin.sweep_strays(state, {e.get("name") for e in journal_entries if e.get("kind") == "dm"})
 
     # --- options ----------------------------------------------------------------------------
     def opt(self, key: str):
@@ -478,7 +135,7 @@ class _DeviceMapper(Driver):
                 _opt(options, k)
         except (ValueError, TypeError) as e:
             raise CowlabError(f"{cls.name}: bad option value: {e}") from None
-        if bs % MIN_BLOCK or not MIN_BLOCK <= bs <= MAX_BLOCK:
+        if bs % thin.MIN_BLOCK or not thin.MIN_BLOCK <= bs <= thin.MAX_BLOCK:
             raise CowlabError(f"block_size {bs} must be a multiple of 64 KiB between 64 KiB and 1 GiB")
         if _opt(options, "fs") not in MKFS:
             raise CowlabError(f"fs {_opt(options, 'fs')!r}: choose {' or '.join(MKFS)}")
@@ -490,7 +147,7 @@ class _DeviceMapper(Driver):
     def prefix(self) -> str:
         if not getattr(self, "_pool_id", None):
             self._ensure_pool()  # adopts the live pool (another command made it) or makes one
-        return f"{root_prefix(self.store.state)}{self._pool_id}-"
+        return f"{thin.root_prefix(self.store.state)}{self._pool_id}-"
 
     def _pool_file(self) -> Path:
         return self.home / "pool.json"
@@ -507,7 +164,7 @@ class _DeviceMapper(Driver):
             pf = self._pool_file()
             if pf.exists():
                 info = json.loads(pf.read_text())
-                if exists(info["name"]):
+                if thin.exists(info["name"]):
                     self._adopt(info)
                     return self._pool_name
                 sysutil.ignore_enoent(os.unlink, self.home / "devices.json")  # the pool went away
@@ -530,20 +187,10 @@ class _DeviceMapper(Driver):
         try:
             meta_dev, data_dev, data_bytes, slices = self._areas(pres)
             bs = self.opt("block_size")
-            data_sectors = data_bytes // bs * bs // SECTOR
-            if data_sectors == 0:
-                raise CowlabError(f"data area of {data_bytes} bytes holds no {bs}-byte block")
-            feats = [] if self.opt("zero_blocks") else ["skip_block_zeroing"]
-            if self.opt("error_if_no_space"):
-                feats.append("error_if_no_space")
-            low = min(self.opt("low_water_blocks") or 0, data_sectors * SECTOR // bs // 2)
-            t = self.opt("no_space_timeout")
-            if t is not None and PARAM.exists():
-                pres.add("dm_param", path=str(PARAM), old=_param())  # journaled before it changes
-                PARAM.write_text(str(t))
-            pres.acquire("dm", lambda: _dm(dmio.create, name,
-                                           pool_table(data_sectors, meta_dev, data_dev, bs // SECTOR,
-                                                      low, feats)), name=name)
+            data_sectors, feats = thin.create_pool(
+                pres, name, meta_dev, data_dev, data_bytes, bs, zero_blocks=self.opt("zero_blocks"),
+                error_if_no_space=self.opt("error_if_no_space"), low_water_blocks=self.opt("low_water_blocks"),
+                timeout=self.opt("no_space_timeout"))
         except BaseException:
             for h in reversed(pres.handles()[mark - 2:]):
                 pres.release(h)
@@ -562,7 +209,7 @@ class _DeviceMapper(Driver):
     def engine_storage(self) -> dict:
         """A pristine pool for dockerd (dm.thinpooldev): Docker refuses one with used blocks or a
         non-zero transaction id, so it is a pool of this instance's own, never the bench's."""
-        node = mapper_node(self.pool, self.res)
+        node = thin.mapper_node(self.pool, self.res)
         return {"storage_opts": [f"dm.thinpooldev={node}"], "path": [],
                 "meta": {"thinpooldev": node, **self.metadata()}}
 
@@ -591,14 +238,14 @@ class _DeviceMapper(Driver):
         with self._lock():
             d = self._devices()
             i = d["next"]
-            if i > MAX_THIN_ID:
+            if i > thin.MAX_THIN_ID:
                 raise CowlabError("the pool has used all 2^24 thin device ids")
             d["next"] = i + 1
             self._write_devices(d)
         return i
 
     def message(self, msg: str) -> None:
-        _dm(dmio.message, self.pool, 0, msg)
+        thin.message(self.pool, msg)
 
     def _thin_sectors(self) -> int:
         return self.opt("base_size") // SECTOR
@@ -607,18 +254,17 @@ class _DeviceMapper(Driver):
     def _active(self, dev_id: int, res: Resources, mount: bool = True):
         """Activate thin `dev_id` (and mount its fs) for the duration of the block."""
         name = f"{self.prefix}l{dev_id}"
-        h = res.acquire("dm", lambda: _dm(dmio.create, name,
-                                          thin_table(self._thin_sectors(), dev_path(self.pool), dev_id)),
-                        name=name)
+        h = res.acquire("dm", lambda: thin.create(
+            name, thin.thin_table(self._thin_sectors(), thin.dev_path(self.pool), dev_id)), name=name)
         hm = hd = None
         try:
             if mount:
                 mnt = self.staging()
                 hd = res.acquire("dir", lambda: mnt.mkdir(), path=str(mnt))
-                hm = res.acquire("mount", lambda: self._mount(dev_path(name), mnt), target=str(mnt))
+                hm = res.acquire("mount", lambda: self._mount(thin.dev_path(name), mnt), target=str(mnt))
                 yield mnt
             else:
-                yield dev_path(name)
+                yield thin.dev_path(name)
         finally:
             for x in (hm, hd, h):
                 if x is not None:
@@ -655,7 +301,7 @@ class _DeviceMapper(Driver):
         if not self._pool_file().exists():
             return False
         info = json.loads(self._pool_file().read_text())
-        return exists(info["name"]) and image_key(image) in self._devices().get("images", {})
+        return thin.exists(info["name"]) and image_key(image) in self._devices().get("images", {})
 
     def import_image(self, image: Image) -> None:
         if self.has_image(image):
@@ -683,7 +329,7 @@ class _DeviceMapper(Driver):
             self._write_devices(d)
 
     def remove_image(self, image: Image) -> None:
-        if not self._pool_file().exists() or not exists(json.loads(self._pool_file().read_text())["name"]):
+        if not self._pool_file().exists() or not thin.exists(json.loads(self._pool_file().read_text())["name"]):
             return
         with self._lock():
             d = self._devices()
@@ -695,7 +341,7 @@ class _DeviceMapper(Driver):
             for c in _chains(image.layers):
                 if c not in used and c in d["chains"]:
                     i = d["chains"].pop(c)
-                    _release_dm_thin({"pool": self.pool, "id": i}, self.store.state)
+                    thin.delete_thin(self.pool, i)
             self._write_devices(d)
 
     # --- containers -------------------------------------------------------------------------
@@ -710,10 +356,10 @@ class _DeviceMapper(Driver):
         try:
             i, h = self._snapshot(top, res)
             handles.append(h)
-            handles.append(res.acquire("dm", lambda: _dm(
-                dmio.create, name, thin_table(self._thin_sectors(), dev_path(self.pool), i)), name=name))
+            handles.append(res.acquire("dm", lambda: thin.create(
+                name, thin.thin_table(self._thin_sectors(), thin.dev_path(self.pool), i)), name=name))
             handles.append(res.acquire("dir", lambda: mnt.mkdir(parents=True), path=str(cdir)))
-            handles.append(res.acquire("mount", lambda: self._mount(dev_path(name), mnt), target=str(mnt)))
+            handles.append(res.acquire("mount", lambda: self._mount(thin.dev_path(name), mnt), target=str(mnt)))
         except BaseException:
             for x in reversed(handles):
                 res.release(x)
@@ -721,8 +367,8 @@ class _DeviceMapper(Driver):
         return Container(cid, image.id, self.name, mnt, handles)
 
     # --- space ------------------------------------------------------------------------------
-    def pool_status(self) -> PoolStatus:
-        return parse_pool_status(_dm(dmio.status, self.pool))
+    def pool_status(self) -> thin.PoolStatus:
+        return thin.parse_pool_status(thin.call(dmio.status, self.pool))
 
     def used_bytes(self) -> int:
         """Pool data blocks in use × block size, after writing back dirty pages."""
@@ -743,14 +389,10 @@ class _DeviceMapper(Driver):
 
     def grow_pool(self, add_bytes: int) -> None:
         """Grow the data area by add_bytes and reload the pool's table (resumes queued I/O)."""
-        pt = parse_pool_table(_dm(dmio.table, self.pool))
-        new_len = self._grow_data(pt, add_bytes)
-        bs = self._block_bytes // SECTOR
-        new_len = new_len // bs * bs
-        reload(self.pool, pool_table(new_len, pt.metadata_dev, pt.data_dev, pt.block_sectors,
-                                     pt.low_water_blocks, pt.features))
+        thin.extend_pool(self.pool, self._block_bytes, add_bytes, self._grow_data)
 
-    def _grow_data(self, pt: PoolTable, add_bytes: int) -> int:
+    def _grow_data(self, pt: thin.PoolTable, add_bytes: int) -> int:
+        """Grow the device under the pool's data area; its new length in sectors."""
         raise NotImplementedError
 
     # --- description ------------------------------------------------------------------------
@@ -759,10 +401,12 @@ class _DeviceMapper(Driver):
              "dm_base_size": self.opt("base_size"), "dm_zero_blocks": self.opt("zero_blocks"),
              "dm_error_if_no_space": self.opt("error_if_no_space"),
              "dm_no_space_timeout": self.opt("no_space_timeout") if self.opt("no_space_timeout") is not None
-             else _param(), "dm_mkfs": MKFS[self.opt("fs")], "dm_mount_options": MOUNT_OPTS[self.opt("fs")]}
+             else thin.read_no_space_timeout(),
+             "dm_mkfs": MKFS[self.opt("fs")], "dm_mount_options": MOUNT_OPTS[self.opt("fs")]}
         with contextlib.suppress(CowlabError, OSError):
-            m["dm_interface"] = "dm ioctls (cowlab.storage.drivers.devicemapper.dmioctl), driver version " + ".".join(map(str, dmio.version()))
-            m["dm_targets"] = {k: v for k, v in _targets().items() if k in ("thin-pool", "thin", "linear")}
+            m["dm_interface"] = ("dm ioctls (cowlab.storage.drivers.devicemapper.dmioctl), driver version "
+                                 + ".".join(map(str, dmio.version())))
+            m["dm_targets"] = {k: v for k, v in thin.targets().items() if k in ("thin-pool", "thin", "linear")}
         return m
 
 
@@ -774,20 +418,7 @@ def _chains(digests: list[str]) -> list[str]:
     return out
 
 
-def _param() -> int | None:
-    try:
-        return int(PARAM.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _targets() -> dict[str, str]:
-    got = _dm(dmio.targets, check=False)
-    return got if isinstance(got, dict) else {}
-
-
 def _which(tool: str) -> bool:
-    import shutil
     return bool(shutil.which(tool) or any(os.access(f"{d}/{tool}", os.X_OK) for d in ("/sbin", "/usr/sbin")))
 
 
@@ -815,7 +446,7 @@ class DeviceMapperLoop(_DeviceMapper):
         d = self.home / "pool"
         d.mkdir(parents=True, exist_ok=True)
         devs = []
-        for part, size in (("metadata", min(self.opt("metadata_size"), MAX_METADATA)),
+        for part, size in (("metadata", min(self.opt("metadata_size"), thin.MAX_METADATA)),
                            ("data", self.opt("data_size"))):
             f = d / f"{self._pool_id}-{part}"
             pres.acquire("file", lambda f=f, size=size: sysutil.sparse_file(f, size), path=str(f))
@@ -826,7 +457,7 @@ class DeviceMapperLoop(_DeviceMapper):
         return devs[0], devs[1], self.opt("data_size"), []
 
     def _grow_data(self, pt, add_bytes):
-        dev = pt.data_dev if pt.data_dev.startswith("/dev/") else _devnode(pt.data_dev)
+        dev = pt.data_dev if pt.data_dev.startswith("/dev/") else thin.device_node(pt.data_dev)
         f = sysutil.loop_devices().get(dev)
         if not f:
             raise CowlabError(f"pool data device {dev} is not a loop device")
@@ -865,44 +496,44 @@ class DeviceMapperDirect(_DeviceMapper):
             if not dev:
                 raise CowlabError("devicemapper-direct needs a block device: --device /dev/XXX "
                                   "(a spare disk; everything on it is lost)")
-            check_device(dev, _opt(options, "force"))
+            thin.check_device(dev, _opt(options, "force"))
         eng = options.get("engine_device")
         if eng and options.get("device") and os.path.realpath(eng) == os.path.realpath(options["device"]):
             raise CowlabError(f"engine_device {eng} is --device itself: dockerd needs a pool of its own, "
                               "on a second spare device")
         if eng and here:
-            check_device(eng, _opt(options, "force"))
+            thin.check_device(eng, _opt(options, "force"))
 
     def _areas(self, pres):
         dev = self.options.get("device")
         if not dev:
             raise CowlabError("devicemapper-direct needs a block device: --device /dev/XXX "
                               "(a spare disk; everything on it is lost)")
-        size = check_device(dev, self.opt("force"))
-        meta = min(max(16 * MiB, size // 100 // (4 * KiB) * (4 * KiB)), self.opt("metadata_size"), MAX_METADATA)
+        size = thin.check_device(dev, self.opt("force"))
+        meta = min(max(16 * MiB, size // 100 // (4 * KiB) * (4 * KiB)), self.opt("metadata_size"), thin.MAX_METADATA)
         data = size - meta
         if "data_size" in self.options:
             data = min(data, self.opt("data_size"))  # the rest stays free: grow_pool takes from it
-        if data < MIN_BLOCK * 16:
+        if data < thin.MIN_BLOCK * 16:
             raise CowlabError(f"{dev} is too small for a thin pool ({size} bytes)")
         mname, dname = self.prefix + "meta", self.prefix + "data"
-        pres.acquire("dm", lambda: _dm(dmio.create, mname, f"0 {meta // SECTOR} linear {dev} 0"), name=mname)
-        pres.acquire("dm", lambda: _dm(dmio.create, dname, f"0 {data // SECTOR} linear {dev} {meta // SECTOR}"),
+        pres.acquire("dm", lambda: thin.create(mname, f"0 {meta // SECTOR} linear {dev} 0"), name=mname)
+        pres.acquire("dm", lambda: thin.create(dname, f"0 {data // SECTOR} linear {dev} {meta // SECTOR}"),
                      name=dname)
-        _zero(dev_path(mname), 4 * KiB)  # a fresh pool formats metadata whose superblock is zero
+        thin.zero(thin.dev_path(mname), 4 * KiB)  # a fresh pool formats metadata whose superblock is zero
         self._device, self._meta_bytes = dev, meta
-        return dev_path(mname), dev_path(dname), data, [mname, dname]
+        return thin.dev_path(mname), thin.dev_path(dname), data, [mname, dname]
 
     def _grow_data(self, pt, add_bytes):
         info = json.loads(self._pool_file().read_text())
         dname = info["slices"][1]
-        t = parse_table(_dm(dmio.table, dname))[0]
+        t = thin.parse_table(thin.call(dmio.table, dname))[0]
         dev, offset = t.args[0], int(t.args[1])
-        total = _devsize(self.options["device"]) // SECTOR
+        total = thin.device_size(self.options["device"]) // SECTOR
         new = min(t.length + add_bytes // SECTOR, total - offset)
         if new <= t.length:
             raise CowlabError(f"{self.options['device']} has no room left to grow the pool into")
-        reload(dname, f"0 {new} linear {dev} {offset}")
+        thin.reload(dname, f"0 {new} linear {dev} {offset}")
         return new
 
     def metadata(self) -> dict:
@@ -911,30 +542,8 @@ class DeviceMapperDirect(_DeviceMapper):
         if dev:
             m["dm_device"] = dev
             with contextlib.suppress(OSError):
-                m["dm_device_bytes"] = _devsize(dev)
-                name = _sysfs_name(os.stat(dev).st_rdev)
+                m["dm_device_bytes"] = thin.device_size(dev)
+                name = thin.sysfs_name(os.stat(dev).st_rdev)
                 if name:
                     m["dm_device_rotational"] = Path(f"/sys/class/block/{name}/queue/rotational").read_text().strip() == "1"
         return m
-
-
-def _zero(dev: str, n: int) -> None:
-    fd = os.open(dev, os.O_WRONLY)
-    try:
-        os.write(fd, b"\0" * n)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _devsize(dev: str) -> int:
-    fd = os.open(dev, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
-def _devnode(majmin: str) -> str:
-    name = os.path.basename(os.path.realpath(f"/sys/dev/block/{majmin}"))
-    return f"/dev/{name}"
