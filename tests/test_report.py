@@ -237,18 +237,18 @@ def test_a_slow_first_repetition_is_flagged_as_warm_up(tmp_path):
 
 
 def test_figures_keep_emulated_hosts_apart_and_every_driver_its_own_colour(tmp_path):
-    from cowlab.report import plots
+    from cowlab.report import figures
     from cowlab.storage.drivers import DRIVERS
 
     run(tmp_path, "overlay2", creation(1, 1.1))
     run(tmp_path, "vfs", creation(10, 3000))
     run(tmp_path, "devicemapper-loop", creation(200, 210), host="hostA-vm", emulated=True)
-    fig = plots.host_panels(results.load(tmp_path), "image_size_bytes", "create_seconds", filter={"layers": 1})
+    fig = figures.host_panels(results.load(tmp_path), "image_size_bytes", "create_seconds", filter={"layers": 1})
     panels = {ax.get_title(): sorted(ax.get_legend_handles_labels()[1]) for ax in fig.axes if ax.get_visible()}
     assert panels == {"hostA · native": ["overlay2", "vfs"],
                       "hostA-vm · emulated (TCG)": ["devicemapper-loop (emulated)"]}
     names = set(DRIVERS) | {"erofs", "composefs"}
-    assert len({plots.driver_color(d) for d in names}) == len(names)
+    assert len({figures.driver_color(d) for d in names}) == len(names)
 
 
 def test_a_fallback_metric_decides_where_the_preferred_one_is_missing(tmp_path):

@@ -150,7 +150,7 @@ def _same_grid(sel: pd.DataFrame, vs: list[dict]) -> pd.DataFrame:
 
 
 def claim_figure(c: Claim, df: pd.DataFrame, vs: list[dict] | None = None):
-    from cowlab.report import plots
+    from cowlab.report.figures import bars_panels, host_panels
 
     f = c.figure
     sel = _figure_rows(c, df)
@@ -167,11 +167,11 @@ def claim_figure(c: Claim, df: pd.DataFrame, vs: list[dict] | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if f["kind"] == "line":
-            return plots.host_panels(sel, f["x"], c.metric, filter=filt, split=f.get("split"),
-                                     logx=f.get("logx", True if f["x"].endswith("_bytes") else None),
-                                     logy=f.get("logy"))
+            return host_panels(sel, f["x"], c.metric, filter=filt, split=f.get("split"),
+                               logx=f.get("logx", True if f["x"].endswith("_bytes") else None),
+                               logy=f.get("logy"))
         metric = c.metric
-        return plots.bars_panels(sel, metric, f["category"], hue=f.get("hue"), filter=filt)
+        return bars_panels(sel, metric, f["category"], hue=f.get("hue"), filter=filt)
 
 
 def _save(fig, path: Path) -> None:
@@ -320,7 +320,7 @@ def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = Tr
 
     figs: dict[str, str] = {}
     if figures:
-        from cowlab.report import plots
+        from cowlab.report.figures import space_figure
 
         for old in (out / "figures").glob("*.png"):
             old.unlink()
@@ -332,7 +332,7 @@ def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = Tr
         if not df.empty and (df["workload"] == "space").any():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _save(plots.space_figure(df), out / "figures" / "space.png")
+                _save(space_figure(df), out / "figures" / "space.png")
             figs["space"] = "figures/space.png"
 
     refs = reference_rows(load_references(), df, vs)
