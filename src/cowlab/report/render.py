@@ -307,14 +307,16 @@ def _failed_above(paths, o: dict) -> list[str]:
 # The whole report
 
 def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = True,
-          compare_rows: list[dict] | None = None, compare_title: str = "") -> dict:
-    """Write the report for the results under `paths` into `out`; returns a summary dict."""
+          compare_rows: list[dict] | None = None, compare_title: str = "",
+          source: str | None = None) -> dict:
+    """Write the report for the results under `paths` into `out` (`source`: how the page names
+    them, default the paths); returns a summary dict."""
     import jinja2
 
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     cs, df, vs = compute(paths, drivers)
-    source = ", ".join(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
+    source = source or ", ".join(str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths))
     (out / "verdicts.json").write_text(json.dumps(vs, indent=1, sort_keys=True, default=_json) + "\n")
     (out / "README.md").write_text(report_markdown(cs, vs, source))
 
