@@ -52,8 +52,8 @@ def report_cmd(results_dir, out, no_figures, baseline, readme):
     if readme:
         _rewrite_readme(Path(readme), got["claims"], got["verdict_list"])
     c = got["counts"]
-    click.echo(f"{got['verdicts']} verdicts ({c['holds']} holds, {c['fails']} fails, {c['depends']} depends, "
-               f"{c['not measured']} not measured), {got['figures']} figures in "
+    words = ", ".join(f"{c[w]} {w}" for w in c)
+    click.echo(f"{got['verdicts']} verdicts ({words}), {got['figures']} figures in "
                f"{time.monotonic() - t0:.1f} s → {Path(out) / 'index.html'}")
 
 
