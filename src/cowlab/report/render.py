@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from cowlab import __version__, results
-from cowlab.report.catalogue import Claim, Reference, as_dict, claims as load_claims, references as load_references
+from cowlab.report.catalogue import Claim, Reference, as_dict, claims as load_claims, coverage, undecidable
+from cowlab.report.catalogue import references as load_references
 from cowlab.report.format import fmt_param, fmt_value
 from cowlab.report.intervals import LEVEL
 from cowlab.report.verdicts import VERDICTS, evaluate, matrix, prepare, select
@@ -64,11 +65,13 @@ def _cell_drivers(vs: list[dict], word: str) -> str:
 
 def summary_markdown(claims: list[Claim], verdicts: list[dict], link: str = "") -> str:
     """The claims table of README.md and report/README.md: one row per claim, the drivers by
-    verdict. `link`: prefix for the claim links (e.g. "report/index.html")."""
+    verdict, under the line saying how many of the slides' lines these results decide. `link`:
+    prefix for the claim links (e.g. "report/index.html")."""
     by_claim: dict[str, list[dict]] = {}
     for v in verdicts:
         by_claim.setdefault(v["claim"], []).append(v)
-    lines = ["| claim | the slide says | " + " | ".join(VERDICTS) + " |", "|---|---|" + "---|" * len(VERDICTS)]
+    lines = [coverage_sentence(coverage(claims, verdicts)), "",
+             "| claim | the slide says | " + " | ".join(VERDICTS) + " |", "|---|---|" + "---|" * len(VERDICTS)]
     for c in claims:
         vs = by_claim.get(c.id, [])
         cid = f"[`{c.id}`]({link}#{c.id})" if link else f"`{c.id}`"
@@ -76,6 +79,16 @@ def summary_markdown(claims: list[Claim], verdicts: list[dict], link: str = "") 
         quote = c.quote.replace("|", "\\|")
         lines.append(f"| {cid} | {quote} | " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def coverage_sentence(cov: dict) -> str:
+    """'Decided N of M slide lines ...': the page's and README's account of the slides."""
+    return (f"**Decided {cov['decided']} of {cov['testable']} slide lines** that a measurement can decide: "
+            f"{cov['claimed']} have a claim with a rule (a line is decided when a claim of it holds, fails "
+            f"or depends on some driver here; the others are inconclusive or not measured yet), "
+            f"{cov['no_workload']} more need a measurement no workload makes yet; {cov['not_decidable']} "
+            f"other lines state nothing a measurement decides (each with why: "
+            f"`src/cowlab/report/claims.toml`, [[undecidable]]).")
 
 
 def _num(v: dict) -> str:
@@ -353,6 +366,7 @@ def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = Tr
         refs=refs, envs=environments(paths), num=_num, compare=compare_rows, compare_title=compare_title,
         by_claim={c.id: [v for v in vs if v["claim"] == c.id] for c in cs},
         rule_text=_rule_text, counts={w: sum(v["verdict"] == w for v in vs) for w in VERDICTS},
+        coverage=coverage_sentence(coverage(cs, vs)), undecidable=undecidable(),
         level=f"{LEVEL:.0%}")
     (out / "index.html").write_text(html)
     return {"out": str(out), "verdicts": len(vs), "figures": len(figs),
@@ -372,7 +386,9 @@ def loader_env():
 def _rule_text(c: Claim) -> str:
     r = c.rule
     where = ", ".join(fmt_param(k, v) for k, v in c.where.items())
-    if r.kind == "value":
+    if r.kind == "param":
+        what = f"the largest {r.param} with {c.metric} samples"
+    elif r.kind == "value":
         side = ", ".join(fmt_param(k, v) for k, v in r.at.items())
         what = f"median {c.metric}" + (f" at {side}" if side else "")
     else:

@@ -154,6 +154,19 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
     """One evaluation of the rule on `rows` (one host, one grid); None when a side has no data."""
     r: Rule = claim.rule
     base = {**_base(claim, driver), **claim.where, **extra}
+    if r.kind == "param":  # the largest parameter value measured: exact, nothing to resample
+        a, fa = select(rows, {**base, **r.at})
+        a = a[a["value"].notna()]
+        if r.param not in a.columns or a[r.param].dropna().empty:
+            return None
+        top = float(pd.to_numeric(a[r.param], errors="coerce").max())
+        iv = intervals.Interval(top, top, True)
+        text = (f"largest {r.param} measured: {fmt_param(r.param, top)} (exact); holds if "
+                f"{r.test_text(lambda x: f'{x:g}')}")
+        return {"verdict": intervals.decide(r, iv), "value": top, "unit": "count", "p10": top, "p90": top,
+                "n": int(len(a)), "few_samples": False, **_ci(iv, r, top, int(len(a)), log=False),
+                "detail": text, "at": _describe(fa, ("driver",)), "warmup": False,
+                "runs": sorted(set(a["run_id"]))}
     if r.kind == "value":
         a, fa = select(rows, {**base, **r.at})
         if a["value"].dropna().empty:
@@ -318,7 +331,8 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, drivers: Iterable[str] = ())
 def _columns(c: Claim) -> set[str]:
     r = c.rule
     return {"workload", "metric", "mode", "driver", "value", "unit", "run_id", "_grid", "_host", "repetition",
-            *c.where, *r.num, *r.den, *r.at, *r.split, *(k for f in c.fallback for k in f.get("where", {}))}
+            *c.where, *r.num, *r.den, *r.at, *r.split, *(k for f in c.fallback for k in f.get("where", {})),
+            *([r.param] if r.param else [])}
 
 
 def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
@@ -356,7 +370,7 @@ def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
 
 def _rule_points(c: Claim) -> str:
     r = c.rule
-    sides = [r.at] if r.kind == "value" else [r.num, r.den]
+    sides = [r.at] if r.kind in ("value", "param") else [r.num, r.den]
     return "; ".join(_describe({**c.where, **s}) or c.metric for s in sides)
 
 
