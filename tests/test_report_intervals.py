@@ -51,6 +51,7 @@ def test_an_interval_across_the_threshold_is_inconclusive_and_more_samples_decid
     assert not few["exact"] and few["near_threshold"]
     need = int(few["command"].rsplit("--reps ", 1)[1])
     assert need > 3 and f"about {need} samples per side (now 3)" in few["decide"]
+    assert few["command"].startswith("sudo nox -s bench-overlay2 -- --workload creation --quick")
     # the estimate, taken at its word: that many samples of the same distribution decide it
     creation_run(tmp_path / "enough", spread(10, need), spread(16, need))
     enough = create_free(tmp_path / "enough")

@@ -113,7 +113,7 @@ def report_markdown(claims: list[Claim], verdicts: list[dict], source: str) -> s
             detail = f"{v.get('why', '')}; measure: `{v.get('command', '')}`"
         elif v["verdict"] == "inconclusive":
             detail = (v.get("condition") or "") + ("; " if v.get("condition") else "") + \
-                f"what would decide it: {v.get('decide', '')}"
+                f"what would decide it: {v.get('decide', '')}; measure: `{v.get('command', '')}`"
         else:
             detail = (v.get("condition") or "") + ("; " if v.get("condition") and v.get("notes") else "") + \
                 "; ".join(v.get("notes", []))

@@ -403,8 +403,10 @@ def _record(c: Claim, d: str, h: Host, got: dict, grid: str) -> dict:
          "few_samples": bool(got.get("few_samples")), "near_threshold": bool(got.get("near_threshold")),
          "why": got.get("why", ""), "command": "", "decide": ""}
     if got["verdict"] == "inconclusive":
-        v["command"] = _reps_command(c.measure_command(d), grid, got.get("reps_needed"))
-        v["decide"] = _decide_text(got, v["command"])
+        reps = got.get("reps_needed")
+        practical = reps if reps is not None and reps <= intervals.MAX_REPS else None
+        v["command"] = _reps_command(c.measure_command(d), grid, practical)
+        v["decide"] = _decide_text(got)
     if got.get("num"):
         v["num"], v["den"] = got["num"], got["den"]
     return v
@@ -425,17 +427,18 @@ def _reps_command(cmd: str, grid: str, reps: int | None) -> str:
     return "; ".join(out)
 
 
-def _decide_text(got: dict, cmd: str) -> str:
+def _decide_text(got: dict) -> str:
+    """What would decide an inconclusive verdict, in words (the command is the verdict's own)."""
     reps, n = got.get("reps_needed"), got.get("n_side")
     level = f"{intervals.LEVEL:.0%}"
     if reps is None:
         return (f"the estimate sits on the threshold (or the interval is unbounded): more samples "
-                f"narrow the {level} interval but may never clear it; measure again with `{cmd}`")
+                f"narrow the {level} interval but may never clear it")
     if reps > intervals.MAX_REPS:
         return (f"over {intervals.MAX_REPS:,} samples per side (now {n}): the medians sit too close to "
                 f"the threshold for a practical run")
     return (f"about {reps} samples per side (now {n}) would put the {level} interval on one side of "
-            f"the threshold, if the spread stays as measured: `{cmd}`")
+            f"the threshold, if the spread stays as measured")
 
 
 def _slim(p: dict) -> dict:
