@@ -34,7 +34,7 @@ ALL_EMULATED_NOTE = "all runs emulated (TCG): times are not native times"
 # One formatter for every output: cowlab.base.units (re-exported here, where notebooks find them).
 human_bytes, human_seconds, human_value, human_x = (units.human_bytes, units.human_seconds,
                                                     units.human_value, units.human_param)
-_num, _count, _time_scale, _x_unit = units.number, units.count, units.time_scale, units.param_unit
+_num, _count, time_scale, x_unit = units.number, units.count, units.time_scale, units.param_unit
 
 
 # Axis names that the generic rule below would get wrong.
@@ -72,7 +72,7 @@ def series_label(driver: str, emulated: bool) -> str:
     return f"{driver} (emulated)" if emulated else driver
 
 
-def _span_decades(values: Iterable[float]) -> float:
+def span_decades(values: Iterable[float]) -> float:
     v = np.asarray([float(x) for x in values if x is not None], dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
     if len(v) < 2:
@@ -84,7 +84,7 @@ def _signed_bytes(v: float) -> str:
     return human_bytes(v) if v > 0 else "0" if v == 0 else "−" + human_bytes(-v)
 
 
-def _value_formatter(unit: str, scale: float = 1.0) -> FuncFormatter:
+def value_formatter(unit: str, scale: float = 1.0) -> FuncFormatter:
     if unit == "s":
         return FuncFormatter(lambda v, _: _num(v * scale))
     if unit == "B":
@@ -122,7 +122,7 @@ class _BinaryLocator(Locator):
 MIXED_TIME_DECADES = 3.5
 
 
-def _axis_label(name: str, unit: str, scale_unit: str | None = None) -> str:
+def axis_label(name: str, unit: str, scale_unit: str | None = None) -> str:
     if unit == "s" and scale_unit == "mixed":
         return name  # every tick carries its own unit
     if unit == "s":
@@ -134,18 +134,18 @@ def _axis_label(name: str, unit: str, scale_unit: str | None = None) -> str:
     return name
 
 
-def _format_axis(axis, unit: str, log: bool, values: list[float], ticks_at: list[float] | None = None):
+def format_axis(axis, unit: str, log: bool, values: list[float], ticks_at: list[float] | None = None):
     """Ticks and labels for one axis: times scaled to s/ms/µs, bytes as KiB/MiB/GiB."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
-    scale, su = _time_scale(max((abs(v) for v in vals), default=1.0)) if unit == "s" else (1.0, None)
-    fmt = _value_formatter(unit, scale)
-    if unit == "s" and log and ticks_at is None and _span_decades(vals) > MIXED_TIME_DECADES:
+    scale, su = time_scale(max((abs(v) for v in vals), default=1.0)) if unit == "s" else (1.0, None)
+    fmt = value_formatter(unit, scale)
+    if unit == "s" and log and ticks_at is None and span_decades(vals) > MIXED_TIME_DECADES:
         su, fmt = "mixed", FuncFormatter(lambda v, _: human_seconds(v) if v > 0 else "0")
     if ticks_at is not None and 0 < len(ticks_at) <= 12:
         axis.set_major_locator(FixedLocator(sorted(ticks_at)))
         axis.set_minor_locator(NullLocator())
     elif log:
-        decades = _span_decades(vals)
+        decades = span_decades(vals)
         subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
         if unit in ("B", "B/s"):
             axis.set_major_locator(LogLocator(base=2.0, numticks=12))

@@ -61,7 +61,7 @@ def summarize(df: pd.DataFrame, by: str | Iterable[str]) -> pd.DataFrame:
     return out[cols]
 
 
-def _select(df: pd.DataFrame, metric: str | None = None, filter: Any = None) -> pd.DataFrame:
+def select_rows(df: pd.DataFrame, metric: str | None = None, filter: Any = None) -> pd.DataFrame:
     """Rows of `metric`, narrowed by `filter`: a mapping column -> value (a list, tuple or set
     means "any of"; a callable gets the column and returns a mask), or a callable frame -> mask."""
     if df.empty or "metric" not in df.columns:
@@ -90,14 +90,14 @@ def is_emulated(df: pd.DataFrame) -> pd.Series:
     return df["emulated"].map(lambda v: v is True or v == True)  # noqa: E712 (numpy bools too)
 
 
-def _unit(sel: pd.DataFrame, metric: str) -> str:
+def metric_unit(sel: pd.DataFrame, metric: str) -> str:
     units = sorted(set(sel["unit"].dropna())) if "unit" in sel.columns else []
     if len(units) > 1:
         raise ValueError(f"{metric} comes in several units {units}; filter to one first")
     return units[0] if units else ""
 
 
-def _mixed_params_warning(sel: pd.DataFrame, x: str, where: str) -> None:
+def mixed_params_warning(sel: pd.DataFrame, x: str, where: str) -> None:
     """Warn when rows at one x (and driver) differ in another parameter: their median would
     pool different measurements (e.g. all layer counts at one image size)."""
     if "params" not in sel.columns or sel.empty:

@@ -13,11 +13,12 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from cowlab.report.figures.axes import (ALL_EMULATED_NOTE, EMULATED_NOTE, FLOOR_COLOR, LOG_DECADES,
-                                        _axis_label, _format_axis, _span_decades, _time_scale,
-                                        _value_formatter, _x_unit, driver_color, human_bytes,
-                                        pretty_name, series_label)
-from cowlab.report.figures.data import _mixed_params_warning, _select, _unit, is_emulated, summarize
-from cowlab.report.figures.sentences import _filter_text, _ratio
+                                        axis_label, driver_color, format_axis, human_bytes,
+                                        pretty_name, series_label, span_decades, time_scale,
+                                        value_formatter, x_unit)
+from cowlab.report.figures.data import (is_emulated, metric_unit, mixed_params_warning, select_rows,
+                                        summarize)
+from cowlab.report.figures.sentences import filter_text, ratio_text
 
 
 def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None,
@@ -31,30 +32,30 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.2))
-    sel = _select(df, metric, filter)
+    sel = select_rows(df, metric, filter)
     if x in sel.columns:
         sel = sel[sel[x].notna()]
     if sel.empty or x not in sel.columns or "driver" not in sel.columns:
-        ax.text(0.5, 0.5, f"no {metric} data{_filter_text(filter)}", ha="center", va="center",
+        ax.text(0.5, 0.5, f"no {metric} data{filter_text(filter)}", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
         ax.set_xlabel(pretty_name(x))
         ax.set_ylabel(pretty_name(metric))
         ax.set_xticks([])
         ax.set_yticks([])
         return ax
-    unit = _unit(sel, metric)
-    _mixed_params_warning(sel, x, f"line_by_driver({metric!r})")
+    unit = metric_unit(sel, metric)
+    mixed_params_warning(sel, x, f"line_by_driver({metric!r})")
     sel = sel.assign(_emulated=is_emulated(sel))
     s = summarize(sel, ["driver", "_emulated", x]).sort_values(["driver", "_emulated", x])
 
     ys = [*s["p10"], *s["p90"], *s["median"]]
     xs = list(s[x].astype(float))
     if logy is None:
-        logy = _span_decades(ys) > LOG_DECADES
+        logy = span_decades(ys) > LOG_DECADES
     if logx is None:
-        logx = _span_decades(xs) > LOG_DECADES
+        logx = span_decades(xs) > LOG_DECADES
     if logx:
-        ax.set_xscale("log", base=2 if _x_unit(x) == "B" else 10)
+        ax.set_xscale("log", base=2 if x_unit(x) == "B" else 10)
     if logy:
         ax.set_yscale("log")
 
@@ -71,11 +72,11 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
                     markersize=6, markerfacecolor="white", markeredgecolor=driver_color(driver), zorder=3)
             ax._cowlab_few = True  # read by the legends
 
-    xunit = _x_unit(x)
-    _format_axis(ax.xaxis, xunit, logx, xs, ticks_at=sorted(set(xs)))
-    su = _format_axis(ax.yaxis, unit, logy, ys)
-    ax.set_xlabel(_axis_label(pretty_name(x), xunit))
-    ax.set_ylabel(_axis_label(pretty_name(metric), unit, su)
+    xunit = x_unit(x)
+    format_axis(ax.xaxis, xunit, logx, xs, ticks_at=sorted(set(xs)))
+    su = format_axis(ax.yaxis, unit, logy, ys)
+    ax.set_xlabel(axis_label(pretty_name(x), xunit))
+    ax.set_ylabel(axis_label(pretty_name(metric), unit, su)
                   + ("  [log]" if logy else ""))
     if logx:
         ax.set_xlabel(ax.get_xlabel() + "  [log]")
@@ -120,7 +121,7 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
     Only runs that measured the floor are used, so both sides come from the same runs."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.2))
-    sel = _select(df, None, filter)
+    sel = select_rows(df, None, filter)
     need = {"metric", "driver", "image_size_bytes", "layers"}
     floor = sel[sel["metric"] == "floor_seconds"] if need <= set(sel.columns) else sel.iloc[0:0]
     if floor.empty:
@@ -162,7 +163,7 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
                        hatch="///", label=once(f"{series_label(driver, em)}: remove"))
                 total = cr["median"] + rm["median"]
                 if f is not None and f["median"] > 0:
-                    ax.text(x0 + width / 2, total, f"{_ratio(total / f['median'])}× floor",
+                    ax.text(x0 + width / 2, total, f"{ratio_text(total / f['median'])}× floor",
                             ha="center", va="bottom", fontsize="small")
                 ymax = max(ymax, total)
             if f is not None:
@@ -173,8 +174,8 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
                 ymax = max(ymax, f["p90"])
     ax.set_xticks(range(len(points)))
     ax.set_xticklabels([f"{human_bytes(sz)}\n{int(n)} layer{'s' if n != 1 else ''}" for sz, n in points])
-    scale, su = _time_scale(ymax)
-    ax.yaxis.set_major_formatter(_value_formatter("s", scale))
+    scale, su = time_scale(ymax)
+    ax.yaxis.set_major_formatter(value_formatter("s", scale))
     ax.set_ylabel(f"median time ({su})")
     ax.set_ylim(0, ymax * 1.2)
     ax.grid(True, axis="y", alpha=0.3)
@@ -207,7 +208,7 @@ def _summary_values(sel: pd.DataFrame, keys: list[str]) -> list[float]:
 
 
 def _auto_log(vals: list[float]) -> bool:
-    return bool(vals) and min(vals) > 0 and _span_decades(vals) > LOG_DECADES
+    return bool(vals) and min(vals) > 0 and span_decades(vals) > LOG_DECADES
 
 
 BLANK = object()  # a line_panels panel spec: leave this cell of the grid empty
@@ -220,7 +221,7 @@ def _mixed_kinds(df: pd.DataFrame, metric: str, items: list) -> bool:
         if spec is BLANK:
             continue
         m, f = spec if isinstance(spec, tuple) else (metric, spec)
-        sel = _select(df, m, f)
+        sel = select_rows(df, m, f)
         kinds |= {bool(v) for v in is_emulated(sel)}
     return kinds == {True, False}
 
@@ -232,7 +233,7 @@ def _kind_spec(spec: Any, metric: str, emulated: bool) -> Any:
     m, f = spec if isinstance(spec, tuple) else (metric, spec)
 
     def only(sel: pd.DataFrame, f=f):
-        keep = _select(sel, None, f).index if f is not None else sel.index
+        keep = select_rows(sel, None, f).index if f is not None else sel.index
         return sel.index.isin(keep) & (is_emulated(sel) == emulated).to_numpy()
     return (m, only)
 
@@ -284,7 +285,7 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
             blank.add((i // ncols, i % ncols))
             continue
         m, f = spec if isinstance(spec, tuple) else (metric, spec)
-        sel = _select(df, m, f)
+        sel = select_rows(df, m, f)
         if x in sel.columns:
             sel = sel[sel[x].notna()]
         else:
@@ -337,16 +338,16 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
             for r, c, _, _ in members:
                 axes[r][c].set_ylim(lo, hi)
             continue
-        unit = _unit(pd.concat([sel for *_, sel in members]), metric)
+        unit = metric_unit(pd.concat([sel for *_, sel in members]), metric)
         for r, c, m, _ in members:
             ax = axes[r][c]
             ax.set_ylim(lo, hi)
-            su = _format_axis(ax.yaxis, unit, glog[g], gvals[g])
-            label = _axis_label(ylabel or pretty_name(m), unit, su) + ("  [log]" if glog[g] else "")
+            su = format_axis(ax.yaxis, unit, glog[g], gvals[g])
+            label = axis_label(ylabel or pretty_name(m), unit, su) + ("  [log]" if glog[g] else "")
             ax.set_ylabel(label if (c == 0 or share in ("col",)) else "")
     fig.tight_layout()
     for r, c, *_ in specs:
-        _declutter_xticks(axes[r][c])
+        declutter_xticks(axes[r][c])
     if handles:
         note = emulation_note(flags)
         what = _what(*[a for row in axes for a in row])
@@ -361,7 +362,7 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
     return fig
 
 
-def _declutter_xticks(ax: Axes) -> None:
+def declutter_xticks(ax: Axes) -> None:
     """Tilt the x tick labels when neighbours would overlap (e.g. 64 MiB, 256 MiB, 1 GiB on a
     log axis in a narrow panel)."""
     try:
@@ -410,14 +411,14 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
     decades. Returns the Axes."""
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4.2))
-    sel = _select(df, metric, filter)
+    sel = select_rows(df, metric, filter)
     if sel.empty or category not in sel.columns or (hue and hue not in sel.columns):
-        ax.text(0.5, 0.5, f"no {metric} data{_filter_text(filter)}", ha="center", va="center",
+        ax.text(0.5, 0.5, f"no {metric} data{filter_text(filter)}", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
         ax.set_xticks([])
         ax.set_yticks([])
         return ax
-    unit = _unit(sel, metric)
+    unit = metric_unit(sel, metric)
     sel = sel.assign(_emulated=is_emulated(sel), _hue=sel[hue] if hue else "")
     s = summarize(sel, [category, "driver", "_emulated", "_hue"])
 
@@ -436,7 +437,7 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
         pos = [v for v in vals if v > 0]
         # sizes spanning decades with zeros or negative noise among them (disk growth): a
         # symmetric log axis, linear within one 4 KiB block of zero
-        symlog = not logy and unit == "B" and len(pos) > 1 and _span_decades(pos) > LOG_DECADES
+        symlog = not logy and unit == "B" and len(pos) > 1 and span_decades(pos) > LOG_DECADES
     if logy:
         ax.set_yscale("log")
     if symlog:
@@ -473,14 +474,14 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
         ticks = [0.0] + [float(1 << k) for k in range(12, 41, 4) if (1 << k) <= top]
         ax.yaxis.set_major_locator(FixedLocator(ticks))
         ax.yaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_major_formatter(_value_formatter("B"))
+        ax.yaxis.set_major_formatter(value_formatter("B"))
         ax.set_ylabel(pretty_name(metric) + "  [log above 4 KiB]")
         # shrinkage is noise (other writers on a shared filesystem): shown, but cut at -64 KiB
         # so it does not take half the axis
         ax.set_ylim(max(min(0.0, min(vals)), -65536.0), top)
     else:
-        su = _format_axis(ax.yaxis, unit, logy, vals)
-        ax.set_ylabel(_axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
+        su = format_axis(ax.yaxis, unit, logy, vals)
+        ax.set_ylabel(axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
     if logy:
         pos = [v for v in vals if v > 0]
         if pos:

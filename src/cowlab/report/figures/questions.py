@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from cowlab.report.figures.axes import (_axis_label, _format_axis, driver_color, human_bytes,
+from cowlab.report.figures.axes import (axis_label, driver_color, format_axis, human_bytes,
                                         human_seconds, human_x, pretty_name, series_label)
-from cowlab.report.figures.data import _select, is_emulated, summarize
-from cowlab.report.figures.panels import (BLANK, _declutter_xticks, bars_by_driver, line_panels,
+from cowlab.report.figures.data import is_emulated, select_rows, summarize
+from cowlab.report.figures.panels import (BLANK, bars_by_driver, declutter_xticks, line_panels,
                                           reference_line)
 
 
@@ -39,7 +39,7 @@ def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split
     """`metric` against `x` per driver, one row of panels per host (emulated hosts get their own
     rows and y scale) and one column per value of `split` (e.g. backing_fs, cache). Returns the
     Figure."""
-    sel = _select(df, metric, filter)
+    sel = select_rows(df, metric, filter)
     if x in sel.columns:
         sel = sel[sel[x].notna()]
     hosts = hosts_in(sel)
@@ -74,7 +74,7 @@ def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = 
                 order: Iterable[Any] | None = None):
     """Grouped bars per driver (bars_by_driver), one panel per host and per value of `by`
     (e.g. mode: primitive / engine). Returns the Figure."""
-    sel = _select(df, metric, filter)
+    sel = select_rows(df, metric, filter)
     hosts = hosts_in(sel) or [("", False)]
     bys = sorted({v for v in sel[by].dropna()}, key=str) if by and by in sel.columns else [None]
     n = len(hosts) * len(bys)
@@ -103,7 +103,7 @@ def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = 
     for r in axes:
         for ax in r:
             if ax.get_visible():
-                _declutter_xticks(ax)
+                declutter_xticks(ax)
     if handles:
         fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
                    bbox_to_anchor=(1.0, 0.93), fontsize="small", title="median, bars p10–p90",
@@ -188,8 +188,8 @@ def engine_split_figure(split: pd.DataFrame, layers: int = 1):
             ax.set_yscale("log")
             vals = [v for v in (*part["engine_median"], *part["storage"]) if v == v and v > 0]
             ax.set_ylim(min(vals) / 2, max(vals) * 4)
-            su = _format_axis(ax.yaxis, "s", True, vals)
-            ax.set_ylabel(_axis_label("median time", "s", su) + "  [log]")
+            su = format_axis(ax.yaxis, "s", True, vals)
+            ax.set_ylabel(axis_label("median time", "s", su) + "  [log]")
             ax.set_xticks(xs)
             ax.set_xticklabels([human_bytes(r.image_size_bytes) for r in part.itertuples()], fontsize="small")
             for t, r in zip(ax.get_xticklabels(), part.itertuples()):
@@ -207,7 +207,7 @@ def engine_split_figure(split: pd.DataFrame, layers: int = 1):
     fig.tight_layout(h_pad=2.0)
     for r in axes:
         for ax in r:
-            _declutter_xticks(ax)
+            declutter_xticks(ax)
     return fig
 
 

@@ -8,8 +8,8 @@ from typing import Any, Mapping
 import pandas as pd
 
 from cowlab.report.figures.axes import human_value, human_x, pretty_name, series_label
-from cowlab.report.figures.data import (_mixed_params_warning, _select, _unit, is_emulated,
-                                        param_values, series_rows)
+from cowlab.report.figures.data import (is_emulated, metric_unit, mixed_params_warning,
+                                        param_values, select_rows, series_rows)
 
 
 # How a metric reads in a sentence ("<phrase> takes 2× as long ...").
@@ -39,7 +39,7 @@ PREPOSITIONS = {"image_size_bytes": "from", "layers": "from", "file_size_bytes":
                 "containers": "with"}
 
 
-def _ratio(r: float) -> str:
+def ratio_text(r: float) -> str:
     """0.83, 1.1, 7.1, 56, 1,234: two significant figures below 10, whole numbers above."""
     s = f"{r:.2f}" if r < 1 else f"{r:.1f}" if r < 10 else f"{r:,.0f}"
     return s.rstrip("0").rstrip(".") if "." in s else s
@@ -102,7 +102,7 @@ def _overlap(a: pd.Series, b: pd.Series) -> bool:
 
 def _times(r: float) -> str:
     """A ratio as a multiplier: '1.1×', '56×', and '1/1,800' rather than '0.00056×'."""
-    return f"1/{_ratio(1 / r)}" if 0 < r < 0.1 else f"{_ratio(r)}×"
+    return f"1/{ratio_text(1 / r)}" if 0 < r < 0.1 else f"{ratio_text(r)}×"
 
 
 def _comparison(a: pd.Series, b: pd.Series, unit: str, note: str) -> tuple[str, str]:
@@ -134,21 +134,21 @@ def ratio_sentence(df: pd.DataFrame, metric: str, x: str, lo: Any, hi: Any, driv
     `phrase` replaces the metric's words ("a cold PATH miss"), `prep` the word before each
     point ("in": "... in a 32-layer image ... in a 1-layer image").
     """
-    sel = _select(df, metric, filter)
+    sel = select_rows(df, metric, filter)
     sel = sel[sel["driver"] == driver] if "driver" in sel.columns else sel.iloc[0:0]
     if sel.empty or x not in sel.columns:
-        return f"{driver}: no {metric} data{_filter_text(filter)}, so no ratio."
+        return f"{driver}: no {metric} data{filter_text(filter)}, so no ratio."
     sel, suffix, note = _pick_emulated(sel, emulated)
     name = f"{driver}{suffix}"
     if sel.empty:
-        return f"{name}: no {metric} data{_filter_text(filter)}, so no ratio."
-    _mixed_params_warning(sel, x, f"ratio_sentence({metric!r}, {driver!r})")
-    unit = _unit(sel, metric)
+        return f"{name}: no {metric} data{filter_text(filter)}, so no ratio."
+    mixed_params_warning(sel, x, f"ratio_sentence({metric!r}, {driver!r})")
+    unit = metric_unit(sel, metric)
     a, b = _point(sel, x, hi), _point(sel, x, lo)
     gone = [human_x(x, v) for v, s in ((lo, b), (hi, a)) if s.empty]
     if gone:
         return (f"{name}: no {metric} data at {pretty_name(x)} {' or '.join(gone)}"
-                f"{_filter_text(filter)} (have: {_have(sel, x)}), so no ratio.")
+                f"{filter_text(filter)} (have: {_have(sel, x)}), so no ratio.")
     times, detail = _comparison(a, b, unit, note)
     prep = prep or PREPOSITIONS.get(x, "at")
     return (f"{name}: {phrase or _phrase(metric)} {prep} {_at(x, hi)} {_verb(unit, metric)} {times} "
@@ -160,7 +160,7 @@ def driver_ratio_sentence(df: pd.DataFrame, metric: str, x: str, at: Any, num: s
                           phrase: str | None = None) -> str:
     """How much larger `metric` is for driver `num` than for driver `den` at x=at, e.g.
     "At a 1 GiB image, creating a container with vfs takes 55× as long as with overlay2 (…)"."""
-    sel = _select(df, metric, filter)
+    sel = select_rows(df, metric, filter)
     sides = []
     for d in (num, den):
         s = sel[sel["driver"] == d] if "driver" in sel.columns else sel.iloc[0:0]
@@ -171,14 +171,14 @@ def driver_ratio_sentence(df: pd.DataFrame, metric: str, x: str, at: Any, num: s
     if a.empty or b.empty:
         missing = [f"{n} (have: {_have(s, x)})" for n, s, v, _ in sides if v.empty]
         return (f"{num} vs {den}: no {metric} data at {pretty_name(x)} {human_x(x, at)}"
-                f"{_filter_text(filter)} for {' and '.join(missing)}, so no ratio.")
-    unit = _unit(pd.concat([sa, sb]), metric)
+                f"{filter_text(filter)} for {' and '.join(missing)}, so no ratio.")
+    unit = metric_unit(pd.concat([sa, sb]), metric)
     times, detail = _comparison(a, b, unit, note_a or note_b)
     return (f"At {_at(x, at)}, {phrase or _phrase(metric)} with {na} {_verb(unit, metric)} {times} "
             f"with {nb} {detail}.")
 
 
-def _filter_text(filter: Any) -> str:
+def filter_text(filter: Any) -> str:
     if isinstance(filter, Mapping) and filter:
         parts = [f"{pretty_name(k)} = " + (", ".join(human_x(k, w) for w in v)
                                            if isinstance(v, (list, tuple, set)) else human_x(k, v))
@@ -199,23 +199,23 @@ def compare_sentence(df: pd.DataFrame, metric: str, num: tuple[str, Any], den: t
     ("with metacopy=on", {"metacopy": True})). `subject` follows the driver's name. Emulated rows
     are handled as in ratio_sentence; missing data is said, not raised.
     """
-    sel = _select(df, metric, filter)
+    sel = select_rows(df, metric, filter)
     sel = sel[sel["driver"] == driver] if "driver" in sel.columns else sel.iloc[0:0]
     sel, suffix, note = _pick_emulated(sel, emulated) if len(sel) else (sel, "", "")
     name = f"{driver}{suffix}" + (f" {subject}" if subject else "")
     sides = []
     for words, f in (num, den):
-        rows = _select(sel, None, f) if len(sel) else sel
+        rows = select_rows(sel, None, f) if len(sel) else sel
         if len(rows):
-            _mixed_params_warning(rows, "\0", f"compare_sentence({metric!r}, {driver!r}, {words!r})")
+            mixed_params_warning(rows, "\0", f"compare_sentence({metric!r}, {driver!r}, {words!r})")
         sides.append((words, rows, pd.to_numeric(rows["value"], errors="coerce").dropna()
                       if len(rows) else pd.Series(dtype=float)))
     gone = [w for w, _, v in sides if v.empty]
     if gone:
-        return (f"{name}: no {metric} data for {' or '.join(gone)}{_filter_text(filter)}, "
+        return (f"{name}: no {metric} data for {' or '.join(gone)}{filter_text(filter)}, "
                 f"so no comparison.")
     (wa, ra, a), (wb, rb, b) = sides
-    unit = _unit(pd.concat([ra, rb]), metric)
+    unit = metric_unit(pd.concat([ra, rb]), metric)
     times, detail = _comparison(a, b, unit, note)
     return f"{name}: {wa} {_verb(unit, metric)} {times} {wb} {detail}."
 
