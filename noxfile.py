@@ -17,8 +17,8 @@ import nox
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / "src"))
-from cowlab.storage.drivers import DRIVERS, provision_script  # noqa: E402  (the registry; stdlib only
 from cowlab.report.places import bench_places  # noqa: E402  (where runs and reports land; stdlib only)
+from cowlab.storage.drivers import DRIVERS, provision_script  # noqa: E402  (the registry; stdlib only
 
 # One session per backend of the driver registry; each is the same thin layer over `cowlab bench`.
 BACKENDS = list(DRIVERS)

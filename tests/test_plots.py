@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.report import figures  # first: it picks the Agg backend
-import matplotlib.pyplot as plt  # noqa: E402
 from cowlab import results
+from cowlab.report import figures
 from cowlab.results import RunWriter, Sample
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -69,6 +68,8 @@ def df(resdir):
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield
+    import matplotlib.pyplot as plt  # after cowlab.report.figures has chosen the backend
+
     plt.close("all")
 
 

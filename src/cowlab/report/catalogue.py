@@ -66,7 +66,7 @@ class Claim:
     def lines(self) -> tuple[str, ...]:
         return (self.quote, *self.also)
 
-    def variants(self) -> list["Claim"]:
+    def variants(self) -> list[Claim]:
         """The claim with its preferred metric, then with each fallback metric."""
         return [self, *(replace(self, metric=f["metric"], where=dict(f.get("where", {})), fallback=())
                         for f in self.fallback)]

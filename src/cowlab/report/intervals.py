@@ -92,7 +92,7 @@ def decide(rule: Rule, iv: Interval) -> str:
     if rule.holds_if == "between":
         if lo_ok and hi_ok:
             return "holds"
-        if iv.high < rule.low or iv.low > rule.high:
+        if rule.low is not None and rule.high is not None and (iv.high < rule.low or iv.low > rule.high):
             return "fails"
         return "inconclusive"
     if lo_ok and hi_ok:
@@ -104,7 +104,7 @@ def decide(rule: Rule, iv: Interval) -> str:
 
 def _crossed(rule: Rule, iv: Interval) -> list[float]:
     bounds = [rule.low, rule.high] if rule.holds_if == "between" else [rule.threshold]
-    return [b for b in bounds if iv.low < b < iv.high or b in (iv.low, iv.high)]
+    return [b for b in bounds if b is not None and (iv.low < b < iv.high or b in (iv.low, iv.high))]
 
 
 def reps_to_decide(rule: Rule, estimate: float, iv: Interval, n: int, log: bool = False) -> int | None:

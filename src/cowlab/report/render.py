@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from cowlab import __version__, results
-from cowlab.report.catalogue import Claim, Reference, as_dict, claims as load_claims, coverage, undecidable
+from cowlab.report.catalogue import Claim, Reference, as_dict, coverage, undecidable
+from cowlab.report.catalogue import claims as load_claims
 from cowlab.report.catalogue import references as load_references
 from cowlab.report.format import fmt_param, fmt_value
 from cowlab.report.intervals import LEVEL
@@ -328,7 +329,6 @@ def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = Tr
           source: str | None = None) -> dict:
     """Write the report for the results under `paths` into `out` (`source`: how the page names
     them, default the paths); returns a summary dict."""
-    import jinja2
 
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)

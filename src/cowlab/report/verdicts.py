@@ -14,8 +14,9 @@ deterministic outcome) are exact, not resampled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -222,7 +223,7 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
 def _ci(iv: intervals.Interval, r: Rule, estimate: float, n: int, log: bool) -> dict:
     """The interval's fields of a verdict part: its bounds, whether it is exact, and for an
     interval across the threshold the samples per side that would decide it (None: none would)."""
-    out = {"ci_low": iv.low, "ci_high": iv.high, "exact": iv.exact,
+    out: dict[str, Any] = {"ci_low": iv.low, "ci_high": iv.high, "exact": iv.exact,
            "near_threshold": intervals.decide(r, iv) == "inconclusive", "n_side": n}
     if out["near_threshold"]:
         out["reps_needed"] = intervals.reps_to_decide(r, estimate, iv, n, log=log)
@@ -278,22 +279,27 @@ def evaluate_one(claim: Claim, rows: pd.DataFrame, driver: str) -> dict | None:
            "runs": sorted({r for p in weighed for r in p["runs"]}),
            "detail": "; ".join(f"{p['condition']}: {p['verdict']}, {p['detail']}" for p in weighed)}
     if word == "inconclusive":  # what decides it: the most repetitions any undecided part needs
-        need = [p.get("reps_needed") for p in weighed if p["verdict"] == "inconclusive"]
-        out["reps_needed"] = None if None in need else max(need)
+        out["reps_needed"] = _most_reps([p.get("reps_needed") for p in weighed if p["verdict"] == "inconclusive"])
     return out
+
+
+def _most_reps(need: list[int | None]) -> int | None:
+    """The repetitions that decide every undecided part: the most any needs; None when one of
+    them no number decides (or there is none)."""
+    known = [n for n in need if n is not None]
+    return max(known) if need and len(known) == len(need) else None
 
 
 def _combine(parts: list[dict]) -> dict:
     """Split values that agree: the verdict with the range of values and all samples."""
     vals = [p["value"] for p in parts if p["value"] is not None]
     first = parts[0]
-    need = [p.get("reps_needed") for p in parts if p["verdict"] == "inconclusive"]
     return {**first, "value": float(np.median(vals)) if vals else None,
             "p10": min(p.get("p10", np.nan) for p in parts), "p90": max(p.get("p90", np.nan) for p in parts),
             "ci_low": min(p.get("ci_low", np.nan) for p in parts),
             "ci_high": max(p.get("ci_high", np.nan) for p in parts),
             "exact": all(p.get("exact") for p in parts),
-            "reps_needed": (None if None in need else max(need)) if need else None,
+            "reps_needed": _most_reps([p.get("reps_needed") for p in parts if p["verdict"] == "inconclusive"]),
             "n": sum(p["n"] for p in parts), "few_samples": any(p.get("few_samples") for p in parts),
             "near_threshold": any(p.get("near_threshold") for p in parts),
             "warmup": any(p.get("warmup") for p in parts),

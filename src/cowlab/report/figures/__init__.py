@@ -31,21 +31,71 @@ if ("matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules
     matplotlib.use("Agg")
 
 from cowlab.report.figures.axes import (  # noqa: E402
-    ALL_EMULATED_NOTE, DRIVER_COLORS, EMULATED_NOTE, FLOOR_COLOR, LOG_DECADES, MIXED_TIME_DECADES,
-    PRETTY_NAMES, driver_color, human_bytes, human_seconds, human_value, human_x, pretty_name,
-    series_label)
+    ALL_EMULATED_NOTE,
+    DRIVER_COLORS,
+    EMULATED_NOTE,
+    FLOOR_COLOR,
+    LOG_DECADES,
+    MIXED_TIME_DECADES,
+    PRETTY_NAMES,
+    driver_color,
+    human_bytes,
+    human_seconds,
+    human_value,
+    human_x,
+    pretty_name,
+    series_label,
+)
 from cowlab.report.figures.data import (  # noqa: E402
-    BENCH_DRIVERS, bench_command, driver_series, drivers_text, is_emulated, no_results_text,
-    param_values, per_extra, results_dir, runs_table, series_rows, summarize, workload_data)
+    BENCH_DRIVERS,
+    bench_command,
+    driver_series,
+    drivers_text,
+    is_emulated,
+    no_results_text,
+    param_values,
+    per_extra,
+    results_dir,
+    runs_table,
+    series_rows,
+    summarize,
+    workload_data,
+)
 from cowlab.report.figures.panels import (  # noqa: E402
-    BLANK, FEW_SAMPLES, HATCHES, bars_by_driver, emulation_note, line_by_driver, line_panels,
-    overhead_bars, reference_line)
+    BLANK,
+    FEW_SAMPLES,
+    HATCHES,
+    bars_by_driver,
+    emulation_note,
+    line_by_driver,
+    line_panels,
+    overhead_bars,
+    reference_line,
+)
 from cowlab.report.figures.questions import (  # noqa: E402
-    ENGINE_OPS, SPACE_EVENTS, bars_panels, density_guides, engine_split, engine_split_figure,
-    engine_split_sentences, engine_split_table, host_panels, hosts_in, io_figure, space_figure)
+    ENGINE_OPS,
+    SPACE_EVENTS,
+    bars_panels,
+    density_guides,
+    engine_split,
+    engine_split_figure,
+    engine_split_sentences,
+    engine_split_table,
+    host_panels,
+    hosts_in,
+    io_figure,
+    space_figure,
+)
 from cowlab.report.figures.sentences import (  # noqa: E402
-    METRIC_PHRASES, PREPOSITIONS, compare_sentence, driver_ratio_sentence, growth_sentence,
-    largest_common_compare, ratio_sentence, span_sentence)
+    METRIC_PHRASES,
+    PREPOSITIONS,
+    compare_sentence,
+    driver_ratio_sentence,
+    growth_sentence,
+    largest_common_compare,
+    ratio_sentence,
+    span_sentence,
+)
 
 __all__ = [
     "ALL_EMULATED_NOTE", "DRIVER_COLORS", "EMULATED_NOTE", "FLOOR_COLOR", "LOG_DECADES",

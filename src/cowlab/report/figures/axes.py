@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
-from matplotlib.ticker import (FixedLocator, FuncFormatter, Locator, LogLocator, NullFormatter,
-                               NullLocator)
+from matplotlib.ticker import FixedLocator, FuncFormatter, Locator, LogLocator, NullFormatter, NullLocator
 
 from cowlab.base import units
 from cowlab.storage import drivers as _drivers  # the registry: each driver's colour
-
 
 # Spans wider than this many decades get a log axis when the scale is left to us.
 LOG_DECADES = 1.5

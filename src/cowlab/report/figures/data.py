@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
-
 
 # ---------------------------------------------------------------------------------------------
 # Where the results are

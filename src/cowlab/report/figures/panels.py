@@ -4,7 +4,8 @@ one panel or a grid), bars per category, the legend and its emulation note."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,12 +13,23 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from cowlab.report.figures.axes import (ALL_EMULATED_NOTE, EMULATED_NOTE, FLOOR_COLOR, LOG_DECADES,
-                                        axis_label, driver_color, format_axis, human_bytes,
-                                        pretty_name, series_label, span_decades, time_scale,
-                                        value_formatter, x_unit)
-from cowlab.report.figures.data import (is_emulated, metric_unit, mixed_params_warning, select_rows,
-                                        summarize)
+from cowlab.report.figures.axes import (
+    ALL_EMULATED_NOTE,
+    EMULATED_NOTE,
+    FLOOR_COLOR,
+    LOG_DECADES,
+    axis_label,
+    driver_color,
+    format_axis,
+    human_bytes,
+    pretty_name,
+    series_label,
+    span_decades,
+    time_scale,
+    value_formatter,
+    x_unit,
+)
+from cowlab.report.figures.data import is_emulated, metric_unit, mixed_params_warning, select_rows, summarize
 from cowlab.report.figures.sentences import filter_text, ratio_text
 
 

@@ -4,19 +4,26 @@ axis), what a container costs on disk, engine vs storage, fio, density guides.""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from cowlab.report.figures.axes import (axis_label, driver_color, format_axis, human_bytes,
-                                        human_seconds, human_x, pretty_name, series_label)
+from cowlab.report.figures.axes import (
+    axis_label,
+    driver_color,
+    format_axis,
+    human_bytes,
+    human_seconds,
+    human_x,
+    pretty_name,
+    series_label,
+)
 from cowlab.report.figures.data import is_emulated, select_rows, summarize
-from cowlab.report.figures.panels import (BLANK, bars_by_driver, declutter_xticks, line_panels,
-                                          reference_line)
-
+from cowlab.report.figures.panels import BLANK, bars_by_driver, declutter_xticks, line_panels, reference_line
 
 # ---------------------------------------------------------------------------------------------
 # Figures with one panel per host: native and emulated runs never share an axis

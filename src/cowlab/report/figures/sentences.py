@@ -3,14 +3,20 @@ medians and sample counts they rest on; missing data is said, never raised."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
 from cowlab.report.figures.axes import human_value, human_x, pretty_name, series_label
-from cowlab.report.figures.data import (is_emulated, metric_unit, mixed_params_warning,
-                                        param_values, select_rows, series_rows)
-
+from cowlab.report.figures.data import (
+    is_emulated,
+    metric_unit,
+    mixed_params_warning,
+    param_values,
+    select_rows,
+    series_rows,
+)
 
 # How a metric reads in a sentence ("<phrase> takes 2× as long ...").
 METRIC_PHRASES = {
