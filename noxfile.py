@@ -17,6 +17,7 @@ import nox
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE / "src"))
+from cowlab.report.places import bench_places  # noqa: E402  (where runs and reports land; stdlib only)
 from cowlab.storage.drivers import DRIVERS, provision_script  # noqa: E402  (the registry; stdlib only
 
 # One session per backend of the driver registry; each is the same thin layer over `cowlab bench`.
@@ -231,9 +232,10 @@ def aufs_kernel(session):
 
 @nox.session
 def report(session):
-    """Verdicts for every slide claim from results/ into report/ (index.html, README.md,
+    """The maintainer's rebuild of the committed reference: verdicts for every slide claim from
+    the reference runs in results/ (not results/local/) into report/ (index.html, README.md,
     verdicts.json, figures/) and README.md's claims table. Arguments after -- go to
-    `cowlab report` (e.g. -- other-results/ --out /tmp/r)."""
+    `cowlab report` (e.g. -- results/local --out results/local/report --compare-with results)."""
     session.install("-e", ".")
     session.chdir(str(HERE))  # relative paths: the committed report names `results`, not a checkout
     args = list(session.posargs) or ["results", "--out", "report", "--readme", "README.md"]
@@ -255,23 +257,32 @@ def _provision_reason(backend: str) -> str | None:
 
 
 @nox.session(name="bench-all")
+@_gives_back
 def bench_all(session):
     """The quick grid (`-- --quick`) or any `cowlab bench` arguments for every driver that runs
     here, then the report (as root). Drivers that need the kernel VM run only with `--with-vm`;
-    what cannot run is skipped with the reason. Results in results/ and the report in report/
-    (with `-- --out DIR`: the results in DIR, the report in DIR-report)."""
+    what cannot run is skipped with the reason. Your runs land in results/local/ and their report
+    in results/local/report/ (git-ignored), with a section comparing them with the committed
+    reference runs; `-- --out DIR`: runs in DIR, report in DIR/report. `-- --reference` (the
+    maintainer's choice) writes the reference itself: runs into results/<host>/, report/ and
+    README.md's claims table rebuilt (cowlab.report.places decides)."""
     _install(session, "test,engine,vm")
     args = list(session.posargs)
     with_vm = "--with-vm" in args
-    args = [a for a in args if a != "--with-vm"]
-    out = str(HERE / "results")
+    reference = "--reference" in args
+    args = [a for a in args if a not in ("--with-vm", "--reference")]
+    out = None
     for i, a in enumerate(args):
         if a.startswith("--out="):
             out = a.split("=", 1)[1]
         elif a == "--out" and i + 1 < len(args):
             out = args[i + 1]
-    if not any(a == "--out" or a.startswith("--out=") for a in args):
-        args += ["--out", out]
+    try:
+        places = bench_places(HERE, out, reference=reference)
+    except ValueError as e:
+        session.error(str(e))
+    if out is None:
+        args += ["--out", str(places.results)]
     # stdout alone (session.run(silent=True) would mix in stderr)
     drivers = json.loads(subprocess.run([os.path.join(session.bin, "cowlab"), "drivers", "--json"],
                                         capture_output=True, text=True, check=True).stdout)
@@ -296,5 +307,20 @@ def bench_all(session):
     for name, why in skipped:
         session.log(f"skipped {name}: {why}")
     session.log(f"ran: {', '.join(ran) or 'none'}")
-    report_dir = HERE / "report" if Path(out).resolve() == (HERE / "results").resolve() else Path(f"{out}-report")
-    session.run("cowlab", "report", out, "--out", str(report_dir))
+    session.chdir(str(HERE))  # relative paths: a report names `results/local`, not a checkout
+    report = [_rel(places.results), "--out", _rel(places.report)]
+    if places.readme:
+        report += ["--readme", _rel(places.readme)]
+    if places.compare_with:
+        report += ["--compare-with", _rel(places.compare_with)]  # A: the reference, B: your runs
+    session.run("cowlab", "report", *report)
+    if places.compare_with:
+        session.log(f"your machine against the reference, at the terminal: "
+                    f"cowlab compare {_rel(places.compare_with)} {_rel(places.results)}")
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(HERE.resolve()))
+    except ValueError:
+        return str(p)

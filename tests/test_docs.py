@@ -11,7 +11,10 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 def test_readme_is_short_and_links_the_docs():
     text = (REPO / "README.md").read_text()
-    assert len(text.splitlines()) <= 150
+    # the prose; the claims table between the markers is generated, one row per claim
+    head, rest = text.split("<!-- claims:begin", 1)
+    prose = head + rest.split("<!-- claims:end -->", 1)[-1]
+    assert len(prose.splitlines()) <= 125
     for d in ("drivers", "adding-a-driver", "workloads", "engine", "devicemapper", "reliability", "results",
               "architecture", "development"):
         assert f"(docs/{d}.md)" in text, d

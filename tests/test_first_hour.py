@@ -44,8 +44,8 @@ def test_units_read_the_same_everywhere():
     assert units.human_value(1.75e9, "B/s") == "1.63 GiB/s"    # fio's "1.75e+09" with no unit
     assert units.human_seconds(0.00071) == "0.71 ms" and units.human_seconds(112) == "1 min 52 s"
     assert units.human_params({"image_size_bytes": 1 << 30, "layers": 16}) == "image_size=1 GiB layers=16"
-    from cowlab.report import plots
-    assert plots.human_bytes is units.human_bytes and plots.human_x is units.human_param
+    from cowlab.report import figures
+    assert figures.human_bytes is units.human_bytes and figures.human_x is units.human_param
 
 
 def test_no_second_byte_formatter():

@@ -1,4 +1,4 @@
-"""cowlab.report.plots on a tiny synthetic results dir, and notebook 01 executed against it."""
+"""cowlab.report.figures on a tiny synthetic results dir, and notebook 01 executed against it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.report import plots
 from cowlab import results
+from cowlab.report import figures
 from cowlab.results import RunWriter, Sample
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -68,12 +68,14 @@ def df(resdir):
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield
-    plots.plt.close("all")
+    import matplotlib.pyplot as plt  # after cowlab.report.figures has chosen the backend
+
+    plt.close("all")
 
 
 def test_summarize_numbers(df):
-    c = df[df["metric"] == "create_seconds"].assign(emulated=plots.is_emulated(df))
-    s = plots.summarize(c, ["driver", "emulated", "image_size_bytes", "layers"])
+    c = df[df["metric"] == "create_seconds"].assign(emulated=figures.is_emulated(df))
+    s = figures.summarize(c, ["driver", "emulated", "image_size_bytes", "layers"])
     assert list(s.columns) == ["driver", "emulated", "image_size_bytes", "layers", "median", "p10", "p90", "n"]
     row = s[(s["driver"] == "overlay2") & ~s["emulated"] & (s["image_size_bytes"] == MiB) & (s["layers"] == 1)]
     assert len(row) == 1
@@ -83,7 +85,7 @@ def test_summarize_numbers(df):
     assert r["p10"] == pytest.approx(2.2e-3)
     assert r["p90"] == pytest.approx(3.8e-3)
     assert len(s) == 3 * len(points())
-    assert plots.summarize(c.iloc[0:0], "driver").empty
+    assert figures.summarize(c.iloc[0:0], "driver").empty
 
 
 def _series(ax):
@@ -94,12 +96,12 @@ def _series(ax):
 
 
 def test_line_by_driver_one_series_per_driver_emulated_apart(df):
-    ax = plots.line_by_driver(df, "image_size_bytes", "create_seconds", logx=None, filter={"layers": 1})
+    ax = figures.line_by_driver(df, "image_size_bytes", "create_seconds", logx=None, filter={"layers": 1})
     labels, styles, colors = _series(ax)
     assert len(ax.containers) == 3
     assert sorted(labels) == ["overlay2", "overlay2 (emulated)", "vfs"]
     assert styles["overlay2 (emulated)"] == "--" and styles["overlay2"] == "-"
-    assert colors["overlay2"] == colors["overlay2 (emulated)"] == plots.driver_color("overlay2")
+    assert colors["overlay2"] == colors["overlay2 (emulated)"] == figures.driver_color("overlay2")
     assert colors["vfs"] != colors["overlay2"]
     assert "emulated" in ax.get_legend().get_title().get_text()
     # vfs spans 2 ms .. 2 s: log y chosen automatically; log x for sizes spanning 3 decades
@@ -113,67 +115,67 @@ def test_line_by_driver_one_series_per_driver_emulated_apart(df):
 
 
 def test_line_by_driver_native_only_and_empty(df):
-    native = df[~plots.is_emulated(df)]
-    ax = plots.line_by_driver(native, "layers", "create_seconds", filter={"image_size_bytes": MiB})
+    native = df[~figures.is_emulated(df)]
+    ax = figures.line_by_driver(native, "layers", "create_seconds", filter={"image_size_bytes": MiB})
     labels, _, _ = _series(ax)
     assert sorted(labels) == ["overlay2", "vfs"]
     assert ax.get_ylabel() == "create time (ms)"  # 3 ms .. 8 ms: linear, in ms
     assert ax.get_yscale() == "linear"
     assert "emulated" not in ax.get_legend().get_title().get_text()
-    ax = plots.line_by_driver(df.iloc[0:0], "layers", "create_seconds")
+    ax = figures.line_by_driver(df.iloc[0:0], "layers", "create_seconds")
     assert "no create_seconds data" in ax.texts[0].get_text()
 
 
 def test_ratio_sentence(df):
-    s = plots.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2",
+    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2",
                              filter={"layers": 1})
     assert s.startswith("overlay2: creating a container from a 1 GiB image takes 1.1× as long as "
                         "from a 1 MiB image (3.3 ms vs 3 ms, medians")
     assert "emulated samples left out" in s  # native wins, the mix is not pooled
-    s = plots.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2",
+    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2",
                              filter={"layers": 1}, emulated=True)
     assert s.startswith("overlay2 (emulated):") and " 1× as long" in s
-    s = plots.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "vfs", filter={"layers": 1})
+    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "vfs", filter={"layers": 1})
     assert "1,024× as long" in s and "(2.05 s vs 2 ms," in s
-    s = plots.driver_ratio_sentence(df, "create_seconds", "image_size_bytes", GiB, "vfs", "overlay2",
+    s = figures.driver_ratio_sentence(df, "create_seconds", "image_size_bytes", GiB, "vfs", "overlay2",
                                     filter={"layers": 1})
     assert s.startswith("At a 1 GiB image, creating a container with vfs takes 621× as long as with overlay2")
 
 
 def test_ratio_sentence_missing_data(df):
-    s = plots.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, 4 * GiB, "overlay2",
+    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, 4 * GiB, "overlay2",
                              filter={"layers": 1})
     assert "no create_seconds data at image size 4 GiB" in s and "have: 1 MiB, 64 MiB, 1 GiB" in s
-    assert "no create_seconds data" in plots.ratio_sentence(df, "create_seconds", "layers", 1, 4, "zfs")
-    assert "no ratio" in plots.ratio_sentence(df.iloc[0:0], "create_seconds", "layers", 1, 4, "vfs")
-    s = plots.driver_ratio_sentence(df, "create_seconds", "image_size_bytes", GiB, "zfs", "overlay2",
+    assert "no create_seconds data" in figures.ratio_sentence(df, "create_seconds", "layers", 1, 4, "zfs")
+    assert "no ratio" in figures.ratio_sentence(df.iloc[0:0], "create_seconds", "layers", 1, 4, "vfs")
+    s = figures.driver_ratio_sentence(df, "create_seconds", "image_size_bytes", GiB, "zfs", "overlay2",
                                     filter={"layers": 1})
     assert "no create_seconds data" in s and "zfs" in s
 
 
 def test_pooling_other_parameters_warns(df):
     with pytest.warns(UserWarning, match="differ in layers"):
-        plots.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "vfs")
+        figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "vfs")
 
 
 def test_overhead_bars(df):
-    ax = plots.overhead_bars(df)
+    ax = figures.overhead_bars(df)
     assert any("floor" in t.get_text() for t in ax.texts)
-    ax = plots.overhead_bars(df[df["driver"] == "vfs"])
+    ax = figures.overhead_bars(df[df["driver"] == "vfs"])
     assert "no mount_floor data" in ax.texts[0].get_text()
 
 
 def test_results_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("COWLAB_RESULTS", str(tmp_path))
-    assert plots.results_dir() == tmp_path
+    assert figures.results_dir() == tmp_path
     monkeypatch.delenv("COWLAB_RESULTS")
-    assert plots.results_dir(REPO / "notebooks") == REPO / "results"
-    assert plots.results_dir(REPO) == REPO / "results"
+    assert figures.results_dir(REPO / "notebooks") == REPO / "results"
+    assert figures.results_dir(REPO) == REPO / "results"
 
 
 def test_importable_without_display():
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
-    out = subprocess.run([sys.executable, "-c", "import cowlab.report.plots, matplotlib; print(matplotlib.get_backend())"],
+    out = subprocess.run([sys.executable, "-c", "import cowlab.report.figures, matplotlib; print(matplotlib.get_backend())"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().lower() == "agg"
 

@@ -1,5 +1,7 @@
 """The claims catalogue (claims.toml) and the published reference figures (references.toml),
-loaded and checked: data, not prose in code."""
+loaded and checked: data, not prose in code. The catalogue accounts for every line of the
+slides: a claim's quote (or one of its `also` lines, decided by the same rule), an
+[[undecidable]] entry saying why no measurement decides it, or a heading or shell output."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 from cowlab.base.errors import CowlabError
 
-KINDS = {"ratio", "value"}
+KINDS = {"ratio", "value", "param"}
 HOLDS_IF = {"above", "below", "between"}
 FIGURE_KINDS = {"line", "bars"}
 
@@ -27,6 +29,7 @@ class Rule:
     den: dict = field(default_factory=dict)
     at: dict = field(default_factory=dict)
     split: tuple[str, ...] = ()
+    param: str = ""  # kind "param": the largest value of this parameter among the samples
 
     def passes(self, v: float) -> bool:
         if self.holds_if == "above":
@@ -57,8 +60,13 @@ class Claim:
     command: str = ""
     figure: dict = field(default_factory=dict)
     fallback: tuple = ()  # ({metric, where}, ...): what decides where the preferred metric is missing
+    also: tuple[str, ...] = ()  # more slide lines the same rule decides (their exact words)
 
-    def variants(self) -> list["Claim"]:
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return (self.quote, *self.also)
+
+    def variants(self) -> list[Claim]:
         """The claim with its preferred metric, then with each fallback metric."""
         return [self, *(replace(self, metric=f["metric"], where=dict(f.get("where", {})), fallback=())
                         for f in self.fallback)]
@@ -71,6 +79,17 @@ class Claim:
 
     def applies(self, driver: str) -> bool:
         return not self.applies_to or driver in self.applies_to
+
+
+@dataclass(frozen=True)
+class Undecidable:
+    """A slide line no claim decides, and why: `testable` says a measurement could decide it
+    (no workload records one yet: it counts among the lines to decide) or not (a heading's
+    lead-in, a definition, history, a metaphor, advice)."""
+    quote: str
+    section: str
+    why: str
+    testable: bool
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,8 @@ def parse_claims(text: str, origin: str = "claims.toml") -> list[Claim]:
             _need(r, ("threshold",), f"{where} rule")
         if r["kind"] == "ratio":
             _need(r, ("num", "den"), f"{where} rule")
+        if r["kind"] == "param":
+            _need(r, ("param",), f"{where} rule")
         r["split"] = tuple(r.get("split", ()))
         fig = dict(c.get("figure", {}))
         if fig and fig.get("kind") not in FIGURE_KINDS:
@@ -130,7 +151,8 @@ def parse_claims(text: str, origin: str = "claims.toml") -> list[Claim]:
                          rule=Rule(**r), mode=c.get("mode", "primitive"),
                          applies_to=tuple(c.get("applies_to", ())), where=dict(c.get("where", {})),
                          command=c.get("command", ""), figure=fig,
-                         fallback=tuple(dict(f) for f in c.get("fallback", ()))))
+                         fallback=tuple(dict(f) for f in c.get("fallback", ())),
+                         also=tuple(c.get("also", ()))))
     if not out:
         raise CowlabError(f"{origin}: no [[claim]] entries")
     return out
@@ -138,6 +160,41 @@ def parse_claims(text: str, origin: str = "claims.toml") -> list[Claim]:
 
 def claims() -> list[Claim]:
     return parse_claims(_text("claims.toml"))
+
+
+def undecidable(text: str | None = None) -> list[Undecidable]:
+    """The [[undecidable]] entries: slide lines no measurement decides (or none does yet)."""
+    data = tomllib.loads(text if text is not None else _text("claims.toml"))
+    out = []
+    for i, u in enumerate(data.get("undecidable", [])):
+        _need(u, ("quote", "section", "why", "testable"), f"claims.toml: undecidable #{i + 1}")
+        out.append(Undecidable(quote=u["quote"], section=u["section"], why=u["why"],
+                               testable=bool(u["testable"])))
+    return out
+
+
+def slide_furniture(text: str | None = None) -> tuple[list[str], list[str]]:
+    """(headings and list labels, shell lines) of the slides: lines that state nothing."""
+    s = tomllib.loads(text if text is not None else _text("claims.toml")).get("slides", {})
+    return list(s.get("headings", [])), list(s.get("code", []))
+
+
+def coverage(cs: list[Claim], verdicts: list[dict]) -> dict:
+    """How many of the slide lines a measurement can decide these verdicts decide: the lines
+    of every claim plus the testable [[undecidable]] ones; a line is decided when one of its
+    claims has a holds, fails or depends verdict."""
+    words = {"holds", "fails", "depends"}
+    decided_claims = {v["claim"] for v in verdicts if v["verdict"] in words}
+    lines: dict[str, bool] = {}
+    for c in cs:
+        for q in c.lines:
+            lines[" ".join(q.split())] = lines.get(" ".join(q.split()), False) or c.id in decided_claims
+    waiting = [u for u in undecidable() if u.testable]
+    for u in waiting:
+        lines.setdefault(" ".join(u.quote.split()), False)
+    return {"decided": sum(lines.values()), "testable": len(lines),
+            "claimed": len({" ".join(q.split()) for c in cs for q in c.lines}),
+            "no_workload": len(waiting), "not_decidable": sum(not u.testable for u in undecidable())}
 
 
 def references() -> list[Reference]:

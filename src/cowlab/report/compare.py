@@ -16,7 +16,7 @@ import pandas as pd
 
 from cowlab import results
 from cowlab.base.errors import CowlabError
-from cowlab.report.plots import human_x
+from cowlab.report.figures import human_x
 from cowlab.report.format import fmt_ratio, fmt_value
 
 HIGHER_IS_BETTER = {"B/s", "1/s"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cowlab.report.plots import human_value, human_x, pretty_name
+from cowlab.report.figures import human_value, human_x, pretty_name
 
 
 def fmt_value(v: float | None, unit: str | None) -> str:

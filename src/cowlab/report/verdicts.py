@@ -4,23 +4,30 @@ A host is (hostname, kernel, emulated): emulated (TCG) runs are their own host a
 with native ones. Within a host the full grid decides when it has the data, else the quick grid;
 the two are never pooled, and the verdict says which one it used and what it left out.
 
-The four verdicts: "holds", "fails", "depends" (split values disagree; `condition` says where it
-holds and where it fails) and "not measured" (`why`, and `command`: what would measure it).
+The five verdicts: "holds" and "fails" (the statistic's bootstrap confidence interval lies wholly
+on one side of the rule's threshold: cowlab.report.intervals), "inconclusive" (the interval
+straddles it; `decide` says what would decide it: about how many repetitions), "depends" (split
+values decided differently; `condition` says where it holds and where it fails) and "not
+measured" (`why`, and `command`: what would measure it). Samples all equal on every side (a
+deterministic outcome) are exact, not resampled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cowlab.storage.drivers import DRIVERS
+from cowlab.report import intervals
 from cowlab.report.catalogue import Claim, Rule
-from cowlab.report.format import fmt_value, fmt_ratio, fmt_param
+from cowlab.report.format import fmt_param, fmt_ratio, fmt_value
+from cowlab.storage.drivers import DRIVERS
 
-VERDICTS = ("holds", "fails", "depends", "not measured")
+VERDICTS = ("holds", "fails", "depends", "inconclusive", "not measured")
+DECIDED = ("holds", "fails")
 FEW = 5  # fewer samples than this on a side are flagged (the issue's "fewer than 5 samples")
 SPECIAL = ("max", "min")
 
@@ -148,23 +155,36 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
     """One evaluation of the rule on `rows` (one host, one grid); None when a side has no data."""
     r: Rule = claim.rule
     base = {**_base(claim, driver), **claim.where, **extra}
+    if r.kind == "param":  # the largest parameter value measured: exact, nothing to resample
+        a, fa = select(rows, {**base, **r.at})
+        a = a[a["value"].notna()]
+        if r.param not in a.columns or a[r.param].dropna().empty:
+            return None
+        top = float(pd.to_numeric(a[r.param], errors="coerce").max())
+        iv = intervals.Interval(top, top, True)
+        text = (f"largest {r.param} measured: {fmt_param(r.param, top)} (exact); holds if "
+                f"{r.test_text(lambda x: f'{x:g}')}")
+        return {"verdict": intervals.decide(r, iv), "value": top, "unit": "count", "p10": top, "p90": top,
+                "n": int(len(a)), "few_samples": False, **_ci(iv, r, top, int(len(a)), log=False),
+                "detail": text, "at": _describe(fa, ("driver",)), "warmup": False,
+                "runs": sorted(set(a["run_id"]))}
     if r.kind == "value":
         a, fa = select(rows, {**base, **r.at})
         if a["value"].dropna().empty:
             return None
         unit = str(a["unit"].iloc[0])
         s = _stats(a["value"])
-        ok = r.passes(s["median"])
-        decisive = r.passes(s["p10"]) == r.passes(s["p90"]) == ok
+        iv = intervals.median_interval(a["value"])
+        verdict = intervals.decide(r, iv)
         text = (f"{fmt_value(s['median'], unit)} (p10–p90 {fmt_value(s['p10'], unit)}–"
-                f"{fmt_value(s['p90'], unit)}, n={s['n']}); holds if "
-                f"{r.test_text(lambda x: fmt_value(x, unit))}")
+                f"{fmt_value(s['p90'], unit)}, n={s['n']}; {iv.text(lambda x: fmt_value(x, unit))}); "
+                f"holds if {r.test_text(lambda x: fmt_value(x, unit))}")
         if unit == "B" and s["p10"] < 0:
             text += "; some samples are negative: other writers on the shared backing filesystem"
-        return {"verdict": "holds" if ok else "fails", "value": s["median"], "unit": unit,
-                "warmup": warmup_outlier(a),
+        return {"verdict": verdict, "value": s["median"], "unit": unit,
+                "warmup": warmup_outlier(a), **_ci(iv, r, s["median"], s["n"], log=False),
                 "p10": s["p10"], "p90": s["p90"], "n": s["n"], "few_samples": s["n"] < FEW,
-                "near_threshold": not decisive, "detail": text, "at": _describe(fa, ("driver",)),
+                "detail": text, "at": _describe(fa, ("driver",)),
                 "runs": sorted(set(a["run_id"]))}
     a, fa = select(rows, {**base, **r.num})
     b, fb = select(rows, {**base, **r.den})
@@ -181,23 +201,33 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
                 "detail": "", "runs": sorted(set(a["run_id"]) | set(b["run_id"]))}
     ratio, lo, hi = (1.0, 1.0, 1.0) if zero else \
         (sa["median"] / sb["median"], sa["p10"] / sb["p90"], sa["p90"] / sb["p10"])
-    ok = r.passes(ratio)
-    decisive = r.passes(lo) == r.passes(hi) == ok
+    iv = intervals.Interval(1.0, 1.0, True) if zero else intervals.ratio_interval(a["value"], b["value"])
     skip = [k for k in base if fa.get(k) == fb.get(k)]
     na = _describe(fa, skip) or f"{fa.get('mode', claim.mode)} {fa['metric']}"
     nb = _describe(fb, skip) or f"{fb.get('mode', claim.mode)} {fb['metric']}"
     text = (f"{na}: {fmt_value(sa['median'], ua)} (n={sa['n']}) ÷ {nb}: "
             f"{fmt_value(sb['median'], ub)} (n={sb['n']}) = {fmt_ratio(ratio)} "
             + ("(median 0 on both sides: no growth)" if zero else
-               f"(from p10/p90 {fmt_ratio(lo)}–{fmt_ratio(hi)})")
+               f"(from p10/p90 {fmt_ratio(lo)}–{fmt_ratio(hi)}; {iv.text(fmt_ratio)})")
             + f"; holds if {r.test_text(fmt_ratio)}")
-    return {"verdict": "holds" if ok else "fails", "value": ratio, "unit": "ratio", "p10": lo,
+    return {"verdict": intervals.decide(r, iv), "value": ratio, "unit": "ratio", "p10": lo,
             "p90": hi, "n": sa["n"] + sb["n"], "n_num": sa["n"], "n_den": sb["n"],
+            **_ci(iv, r, ratio, min(sa["n"], sb["n"]), log=True),
             "num": {"median": sa["median"], "unit": ua, "at": na},
             "den": {"median": sb["median"], "unit": ub, "at": nb},
-            "few_samples": min(sa["n"], sb["n"]) < FEW, "near_threshold": not decisive,
+            "few_samples": min(sa["n"], sb["n"]) < FEW,
             "warmup": warmup_outlier(a) or warmup_outlier(b),
             "detail": text, "runs": sorted(set(a["run_id"]) | set(b["run_id"]))}
+
+
+def _ci(iv: intervals.Interval, r: Rule, estimate: float, n: int, log: bool) -> dict:
+    """The interval's fields of a verdict part: its bounds, whether it is exact, and for an
+    interval across the threshold the samples per side that would decide it (None: none would)."""
+    out: dict[str, Any] = {"ci_low": iv.low, "ci_high": iv.high, "exact": iv.exact,
+           "near_threshold": intervals.decide(r, iv) == "inconclusive", "n_side": n}
+    if out["near_threshold"]:
+        out["reps_needed"] = intervals.reps_to_decide(r, estimate, iv, n, log=log)
+    return out
 
 
 def _split_values(claim: Claim, rows: pd.DataFrame, driver: str) -> list[dict]:
@@ -228,24 +258,36 @@ def evaluate_one(claim: Claim, rows: pd.DataFrame, driver: str) -> dict | None:
             parts.append({**got, "condition": _cond_text(extra), "split": extra})
     if not parts:
         return None
-    decided = [p for p in parts if p["verdict"] in ("holds", "fails")]
-    if not decided:
+    # a part that is "not measured" (no ratio) decides nothing; an inconclusive one keeps the
+    # claim from holding or failing as a whole, unless others already decided both ways
+    weighed = [p for p in parts if p["verdict"] in (*DECIDED, "inconclusive")]
+    if not weighed:
         return {**parts[0], "parts": parts}
-    words = {p["verdict"] for p in decided}
-    if len(decided) == 1 or len(words) == 1:
-        main = decided[0] if len(decided) == 1 else _combine(decided)
-        cond = ", ".join(p["condition"] for p in decided if p["condition"])
+    words = {p["verdict"] for p in weighed}
+    if len(words) == 1:
+        main = weighed[0] if len(weighed) == 1 else _combine(weighed)
+        cond = ", ".join(p["condition"] for p in weighed if p["condition"])
         out = {**main, "parts": parts if len(parts) > 1 else []}
         out["condition"] = f"on {cond}" if cond else ""
         return out
-    holds = [p["condition"] for p in decided if p["verdict"] == "holds"]
-    fails = [p["condition"] for p in decided if p["verdict"] == "fails"]
-    main = max(decided, key=lambda p: p["n"])
-    return {**main, "verdict": "depends", "value": None if len(decided) > 1 else main["value"],
-            "condition": f"holds on {', '.join(holds)}; fails on {', '.join(fails)}",
-            "parts": parts, "n": sum(p["n"] for p in decided),
-            "runs": sorted({r for p in decided for r in p["runs"]}),
-            "detail": "; ".join(f"{p['condition']}: {p['verdict']}, {p['detail']}" for p in decided)}
+    by = {w: [p["condition"] for p in weighed if p["verdict"] == w] for w in VERDICTS}
+    word = "depends" if set(DECIDED) <= words else "inconclusive"
+    main = max(weighed, key=lambda p: p["n"])
+    out = {**main, "verdict": word, "value": None,
+           "condition": "; ".join(f"{w} on {', '.join(by[w])}" for w in (*DECIDED, "inconclusive") if by[w]),
+           "parts": parts, "n": sum(p["n"] for p in weighed),
+           "runs": sorted({r for p in weighed for r in p["runs"]}),
+           "detail": "; ".join(f"{p['condition']}: {p['verdict']}, {p['detail']}" for p in weighed)}
+    if word == "inconclusive":  # what decides it: the most repetitions any undecided part needs
+        out["reps_needed"] = _most_reps([p.get("reps_needed") for p in weighed if p["verdict"] == "inconclusive"])
+    return out
+
+
+def _most_reps(need: list[int | None]) -> int | None:
+    """The repetitions that decide every undecided part: the most any needs; None when one of
+    them no number decides (or there is none)."""
+    known = [n for n in need if n is not None]
+    return max(known) if need and len(known) == len(need) else None
 
 
 def _combine(parts: list[dict]) -> dict:
@@ -254,6 +296,10 @@ def _combine(parts: list[dict]) -> dict:
     first = parts[0]
     return {**first, "value": float(np.median(vals)) if vals else None,
             "p10": min(p.get("p10", np.nan) for p in parts), "p90": max(p.get("p90", np.nan) for p in parts),
+            "ci_low": min(p.get("ci_low", np.nan) for p in parts),
+            "ci_high": max(p.get("ci_high", np.nan) for p in parts),
+            "exact": all(p.get("exact") for p in parts),
+            "reps_needed": _most_reps([p.get("reps_needed") for p in parts if p["verdict"] == "inconclusive"]),
             "n": sum(p["n"] for p in parts), "few_samples": any(p.get("few_samples") for p in parts),
             "near_threshold": any(p.get("near_threshold") for p in parts),
             "warmup": any(p.get("warmup") for p in parts),
@@ -291,7 +337,8 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, drivers: Iterable[str] = ())
 def _columns(c: Claim) -> set[str]:
     r = c.rule
     return {"workload", "metric", "mode", "driver", "value", "unit", "run_id", "_grid", "_host", "repetition",
-            *c.where, *r.num, *r.den, *r.at, *r.split, *(k for f in c.fallback for k in f.get("where", {}))}
+            *c.where, *r.num, *r.den, *r.at, *r.split, *(k for f in c.fallback for k in f.get("where", {})),
+            *([r.param] if r.param else [])}
 
 
 def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
@@ -329,7 +376,7 @@ def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
 
 def _rule_points(c: Claim) -> str:
     r = c.rule
-    sides = [r.at] if r.kind == "value" else [r.num, r.den]
+    sides = [r.at] if r.kind in ("value", "param") else [r.num, r.den]
     return "; ".join(_describe({**c.where, **s}) or c.metric for s in sides)
 
 
@@ -344,7 +391,8 @@ def _common(c: Claim, d: str, h: Host | None) -> dict:
 def _not_measured(c: Claim, d: str, h: Host | None, why: str) -> dict:
     return {**_common(c, d, h), "verdict": "not measured", "condition": "", "value": None, "unit": None,
             "p10": None, "p90": None, "n": 0, "grid": None, "why": why,
-            "command": c.measure_command(d), "detail": "", "runs": [], "notes": [], "parts": []}
+            "command": c.measure_command(d), "detail": "", "runs": [], "notes": [], "parts": [],
+            "decide": ""}
 
 
 def _record(c: Claim, d: str, h: Host, got: dict, grid: str) -> dict:
@@ -353,21 +401,55 @@ def _record(c: Claim, d: str, h: Host, got: dict, grid: str) -> dict:
         notes.append(f"fewer than {FEW} samples on a side")
     if got.get("warmup") or any(p.get("warmup") for p in got.get("parts", [])):
         notes.append(f"a first repetition took over {WARMUP:g}× the later ones' median (warm-up)")
-    if got.get("near_threshold"):
-        notes.append("the p10–p90 spread crosses the threshold: close to the line")
     v = {**_common(c, d, h), "verdict": got["verdict"], "condition": got.get("condition", ""),
          "value": got.get("value"), "unit": got.get("unit"), "p10": got.get("p10"),
          "p90": got.get("p90"), "n": got.get("n", 0), "grid": grid, "detail": got.get("detail", ""),
+         "ci_low": got.get("ci_low"), "ci_high": got.get("ci_high"), "exact": bool(got.get("exact")),
          "runs": got.get("runs", []), "notes": notes, "parts": [_slim(p) for p in got.get("parts", [])],
          "few_samples": bool(got.get("few_samples")), "near_threshold": bool(got.get("near_threshold")),
-         "why": got.get("why", ""), "command": ""}
+         "why": got.get("why", ""), "command": "", "decide": ""}
+    if got["verdict"] == "inconclusive":
+        reps = got.get("reps_needed")
+        practical = reps if reps is not None and reps <= intervals.MAX_REPS else None
+        v["command"] = _reps_command(c.measure_command(d), grid, practical)
+        v["decide"] = _decide_text(got)
     if got.get("num"):
         v["num"], v["den"] = got["num"], got["den"]
     return v
 
 
+def _reps_command(cmd: str, grid: str, reps: int | None) -> str:
+    """The claim's measuring command with the repetitions that would decide it (a bench only:
+    a lab's command has no --reps)."""
+    if reps is None:
+        return cmd
+    out = []
+    for part in cmd.split("; "):  # a claim comparing two drivers measures both
+        if "bench" in part:
+            quick = " --quick" if grid == "quick" and "--quick" not in part else ""
+            sep = "" if " -- " in part or "nox" not in part else " --"
+            part = f"{part}{sep}{quick} --reps {min(reps, intervals.MAX_REPS)}"
+        out.append(part)
+    return "; ".join(out)
+
+
+def _decide_text(got: dict) -> str:
+    """What would decide an inconclusive verdict, in words (the command is the verdict's own)."""
+    reps, n = got.get("reps_needed"), got.get("n_side")
+    level = f"{intervals.LEVEL:.0%}"
+    if reps is None:
+        return (f"the estimate sits on the threshold (or the interval is unbounded): more samples "
+                f"narrow the {level} interval but may never clear it")
+    if reps > intervals.MAX_REPS:
+        return (f"over {intervals.MAX_REPS:,} samples per side (now {n}): the medians sit too close to "
+                f"the threshold for a practical run")
+    return (f"about {reps} samples per side (now {n}) would put the {level} interval on one side of "
+            f"the threshold, if the spread stays as measured")
+
+
 def _slim(p: dict) -> dict:
-    return {k: p.get(k) for k in ("condition", "verdict", "value", "unit", "p10", "p90", "n", "detail")}
+    return {k: p.get(k) for k in ("condition", "verdict", "value", "unit", "p10", "p90", "n", "detail",
+                                  "ci_low", "ci_high", "exact")}
 
 
 def matrix(verdicts: list[dict]) -> tuple[list[str], list[str], dict]:

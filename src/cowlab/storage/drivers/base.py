@@ -46,7 +46,7 @@ class Driver:
     # --- the registry: everything else about a backend derives from these (each driver
     # declares them itself; tests/test_registry.py checks). What it needs installed is
     # vagrant/provision/<name>.sh (nox, CI and the Vagrant machines run it).
-    color: ClassVar[str]                 # its colour in every figure (cowlab.report.plots)
+    color: ClassVar[str]                 # its colour in every figure (cowlab.report.figures)
     engine: ClassVar[dict | None]        # dockerd's driver for it: cowlab.measure.engine.drivers.EngineDriver
     #                                      fields (note, backing, docker_name...); None: Docker has none
     vagrant: ClassVar[dict | None]       # its workshop VM (vagrant/machines.json: os, memory, cpus,
