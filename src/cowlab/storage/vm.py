@@ -248,7 +248,7 @@ def _journal_qemu(res: Resources, p: subprocess.Popen) -> None:
     for _ in range(600):
         if p.poll() is not None:
             return
-        for pid in tagged_processes(res.owner):
+        for pid in tagged_processes(res.owner, res.state):
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
             except OSError:
