@@ -354,3 +354,36 @@ def test_a_cgroup_the_lab_listed_goes_with_its_workspace_after_a_kill(tmp_path, 
     assert not os.path.exists(f"{base}/{name}"), cp.stdout
     assert not mounts_under(tmp_path)
     _sleeper_gone(tmp_path / "root")
+
+
+@pytest.mark.root
+def test_two_labs_typed_in_one_shell_keep_apart_and_their_resets_leave_nothing(tmp_path):
+    """Lab A exports COWLAB_ROOT=$LAB/cowlab and builds an image there; lab B, typed next in the
+    same shell, gets its workspace beside A's (not inside A's state root) and its own image;
+    both resets, typed in that shell in either order, leave the labs directory empty."""
+    root = tmp_path / "root"
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "tiny"\n[[layers]]\nops = [{op = "file", path = "/f", size = 100}]\n')
+    script = textwrap.dedent(f"""\
+        set -e
+        export LAB=$(cowlab lab workdir 90) && cd "$LAB"
+        export COWLAB_ROOT=$LAB/cowlab
+        cowlab image build {spec} >/dev/null
+        export LAB=$(cowlab lab workdir 91) && cd "$LAB"
+        echo "B=$LAB"
+        export COWLAB_ROOT=$LAB/cowlab
+        cowlab image build {spec} >/dev/null
+        cd /
+        cowlab lab reset 90
+        cowlab lab reset 91
+        echo "ROOT=$COWLAB_ROOT"
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("COWLAB_ROOT", "LAB")}
+    env.update(COWLAB_ROOT=str(root), PYTHONPATH=str(SRC), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    cp = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert f"B={root}/labs/91" in cp.stdout, cp.stdout
+    assert "an earlier lab's own state root" in cp.stderr
+    assert "lab 90: reset" in cp.stdout and "lab 91: reset" in cp.stdout
+    assert list((root / "labs").iterdir()) == []
+    assert not mounts_under(tmp_path)

@@ -162,7 +162,13 @@ def lab_workdir(ctx, lab_id):
     from cowlab.labs import replay
     from cowlab.run.runner import require_root
     require_root()
-    click.echo(str(replay.workdir_for(_state_of(ctx), lab_id.zfill(2) if lab_id.isdigit() else lab_id)))
+    state = _state_of(ctx)
+    home = replay.home_root(state)
+    if home.path != state.path and not os.environ.get(replay.WORKDIR_ENV):
+        click.echo(f"cowlab: {state.path} is an earlier lab's own state root (COWLAB_ROOT is still "
+                   f"exported); this lab's workspace goes under {home.path}/labs. A fresh `sudo -i` "
+                   "per lab starts clean", err=True)
+    click.echo(str(replay.workdir_for(state, lab_id.zfill(2) if lab_id.isdigit() else lab_id)))
 
 
 @lab.command("reset")

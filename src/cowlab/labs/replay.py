@@ -241,11 +241,25 @@ def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path) ->
 
 
 # --- an attendee's workspace -----------------------------------------------------------------
+def home_root(state: StateRoot) -> StateRoot:
+    """The state root the labs' workspaces live in. A lab gives itself a state root inside its
+    workspace (`export COWLAB_ROOT=$LAB/cowlab`), which stays exported in the attendee's shell:
+    a later lab's workspace, its reset and its check must not land inside the earlier lab's
+    (…/labs/06/cowlab/labs/11), so a root inside a lab workspace stands for the root above
+    the outermost such workspace."""
+    p = Path(os.path.abspath(state.path))
+    for anc in reversed(p.parents):  # outermost first
+        if (anc / LAB_MARKER).is_file() and anc.parent.name == "labs":
+            return StateRoot(anc.parent.parent)
+    return state
+
+
 def workdir_for(state: StateRoot, lab_id: str) -> Path:
     """$LAB for an attendee: <root>/labs/<id>, kept between commands until `cowlab lab reset`.
     In a replay, the replay's own workspace."""
     if os.environ.get(WORKDIR_ENV):
         return Path(os.environ[WORKDIR_ENV])
+    state = home_root(state)
     state.ensure()
     wd = state.path / "labs" / lab_id
     owner = f"lab-{lab_id}"
@@ -264,11 +278,7 @@ def find_workdir(state: StateRoot, lab_id: str) -> Path:
     lab = os.environ.get("LAB")
     if lab and (Path(lab) / LAB_MARKER).is_file() and (Path(lab) / LAB_MARKER).read_text().strip() == lab_id:
         return Path(lab)
-    wd = state.path / "labs" / lab_id
-    # $LAB may name a state root of the lab's own ($LAB/cowlab): its parent holds the labs
-    if not wd.exists() and state.path.parent.joinpath(LAB_MARKER).is_file():
-        return state.path.parent
-    return wd
+    return home_root(state).path / "labs" / lab_id
 
 
 def reset(state: StateRoot, lab_id: str) -> list[str]:
@@ -277,7 +287,7 @@ def reset(state: StateRoot, lab_id: str) -> list[str]:
     here = os.path.realpath(os.getcwd())
     if here == os.path.realpath(wd) or here.startswith(os.path.realpath(wd) + "/"):
         raise CowlabError(f"your shell is inside {wd}: `cd /` first, then run this again")
-    owner_state = state if (state.journal / f"lab-{lab_id}").exists() else StateRoot(wd.parent.parent)
+    owner_state = StateRoot(wd.parent.parent)  # the root whose labs/ holds it (see home_root)
     done = []
     for nested in cleanup.nested_roots(str(wd)):
         done += [f"{nested.name}: {line}" for line in cleanup.sweep(StateRoot(nested), everything=True)]
