@@ -387,3 +387,98 @@ def test_two_labs_typed_in_one_shell_keep_apart_and_their_resets_leave_nothing(t
     assert "lab 90: reset" in cp.stdout and "lab 91: reset" in cp.stdout
     assert list((root / "labs").iterdir()) == []
     assert not mounts_under(tmp_path)
+
+
+# --- the fresh-shell property ---------------------------------------------------------------------
+def _steps(*scripts: str):
+    return [lesson.Step(i, f"step {i}", textwrap.dedent(s), 1) for i, s in enumerate(scripts, 1)]
+
+
+def test_shell_state_a_later_step_uses_must_be_guarded():
+    from cowlab.labs import shellstate as S
+    steps = _steps('export LAB=/x; export COWLAB_ROOT=$LAB/cowlab\n',
+                   'deep=$(cowlab container create deep --driver overlay2)\nf() { echo hi; }\n',
+                   'echo "$deep" ${deep} \'$deep in single quotes\'  # $deep in a comment\n'
+                   'cat <<\'EOF\'\n$deep in a quoted here-document\nEOF\n',
+                   'echo "${deep:?run step 2 first}"\nf\n',
+                   ': "${COWLAB_ROOT:?run step 1 first}"\ndeclare -F f >/dev/null || { echo "run step 2 first" >&2; false; }\n'
+                   'f; cowlab image ls; echo "${deep:-none}"\n',
+                   'deep=again; echo "$deep"; cd "${LAB:?run step 1 first}"\n')
+    got = {(n.step, n.name): n.guarded for n in S.needed(steps)}
+    assert got == {(2, "COWLAB_ROOT"): False,         # cowlab reads it unseen
+                   (3, "deep"): False,                # two bare uses (quotes and comments don't count)
+                   (4, "deep"): True, (4, "f"): False,
+                   (5, "COWLAB_ROOT"): True, (5, "f"): True,   # ${deep:-none} means to work without
+                   (6, "LAB"): True}, got
+    assert [n.name for n in S.needed(steps) if n.exported] == ["COWLAB_ROOT", "COWLAB_ROOT", "LAB"]
+    assert "${deep:?run step 2 first}" in S.describe(next(n for n in S.needed(steps) if n.step == 3))
+
+
+def test_every_lab_guards_what_it_takes_from_earlier_steps():
+    """The property `cowlab lab run` refuses a lab without: in a new shell, each step that uses
+    an earlier step's variable or function stops and names that step."""
+    from cowlab.labs import replay
+    for les in lesson.load_all(REPO_LABS):
+        assert replay.fresh_shell_failures(les) == [], les.path.name
+
+
+FRESH_LAB = """
+## Step 1: workspace
+```sh
+export LAB=$(cowlab lab workdir 90) && cd "$LAB"
+n=7
+```
+
+## Step 2: uses n
+```sh
+echo "n is ${n:?run step 1 first}"
+```
+```expect
+contains "n is 7"
+```
+
+## Step 3: forgets the guard
+```sh
+echo "n again: {use}"
+```
+
+## Cleanup
+```sh cleanup
+cd /
+cowlab lab reset 90
+```
+"""
+
+
+@pytest.mark.root
+def test_the_replayer_refuses_an_unguarded_lab_and_proves_a_guarded_one_in_new_shells(tmp_path):
+    cp = _replay(tmp_path, FRESH_LAB.replace("{use}", "$n"))
+    assert cp.returncode != 0
+    assert "step 3 uses $n, which step 1 sets, without a guard" in cp.stdout
+    (tmp_path / "labs" / "90-test.md").unlink()
+    labs = tmp_path / "labs"
+    _write_lab(labs, FRESH_LAB.replace("{use}", "${n:?run step 1 first}"))
+    from conftest import run_cli
+    cp = run_cli("lab", "run", "90", "--fresh-shells", root=tmp_path / "root",
+                 env={"COWLAB_LABS": str(labs)}, timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cp.stdout.count("in a new shell stops and names the step to run") == 2, cp.stdout
+    assert not list((tmp_path / "root" / "labs").iterdir()) and not mounts_under(tmp_path)
+
+
+@pytest.mark.root
+def test_check_names_the_shell_state_a_new_shell_lacks(tmp_path, cli):
+    labs = tmp_path / "labs"
+    body = FRESH_LAB.replace("{use}", "${n:?run step 1 first}").replace(
+        'echo "n is', 'cd "${LAB:?run step 1 first}"; echo "n is').replace(
+        'contains "n is 7"\n```\n', 'contains "n is 7"\n```\n```check\ntrue\n```\n')
+    _write_lab(labs, body)
+    root = tmp_path / "root"
+    env = {"COWLAB_LABS": str(labs)}
+    lab = Path(cli("lab", "workdir", "90", root=root, env=env).stdout.strip())
+    cp = cli("lab", "check", "90", root=root, env=env)  # no LAB in this "shell"
+    assert "shell: $LAB is not set in this shell (a new shell?): run step 1 again" in cp.stdout, cp.stdout + cp.stderr
+    assert "$n from step 1 are missing too" in cp.stdout, cp.stdout
+    cp = cli("lab", "check", "90", root=root, env={**env, "LAB": str(lab)})
+    assert "$LAB" not in cp.stdout and "$n from step 1 may be missing" in cp.stdout, cp.stdout
+    assert cli("lab", "reset", "90", root=root, env=env).returncode == 0

@@ -78,8 +78,11 @@ def lab_scripts(lab_ids, labs_path):
 @click.option("--vm", "vm_mode", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Labs that need what only the kernel VM has run there (auto); never: skip them.")
 @click.option("--json-report", type=click.Path(dir_okay=False), help="Write the reports as JSON to this file.")
+@click.option("--fresh-shells", is_flag=True,
+              help="Before each step that uses what earlier steps left in the shell, run it in a new shell "
+                   "too: it must stop and name the step to run (every lab's text is checked for that anyway).")
 @click.pass_context
-def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, json_report):
+def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, json_report, fresh_shells):
     """Replay labs unattended: every step run as typed, every expectation checked.
 
     Exits 0 only when every lab asked for ran and held; with --all, labs that can't run here are
@@ -105,7 +108,7 @@ def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, json_report):
     reports = []
     with sigterm_as_interrupt():
         for les in native:
-            reports.append(replay.run(les, state, echo=click.echo, vm_mode="never"))
+            reports.append(replay.run(les, state, echo=click.echo, vm_mode="never", fresh_shells=fresh_shells))
         if in_vm:
             click.echo(f"=== labs {', '.join(les.id for les in in_vm)} need the kernel VM: one boot for all ===")
             reports += replay.run_in_vm(in_vm, state, click.echo, d)
@@ -138,6 +141,7 @@ def lab_check(ctx, lab_id, labs_path):
     results = replay.check(les, _state_of(ctx))
     if not results:
         raise CowlabError(f"lab {les.id} has no checks")
+    notes = replay.shell_notes(les, replay.find_workdir(_state_of(ctx), les.id))
     done = max((i for i, (_, ok, _) in enumerate(results) if ok), default=-1)
     for i, (step, ok, out) in enumerate(results):
         mark = "✓" if ok else ("·" if i > done else "✗")
@@ -145,6 +149,8 @@ def lab_check(ctx, lab_id, labs_path):
         if not ok and i <= done + 1:
             for h in step.hints or ["redo this step as the lab shows it"]:
                 click.echo(f"    hint: {h}")
+    for line in notes:
+        click.echo(line)
     nxt = results[done + 1][0] if done + 1 < len(results) else None
     if nxt is None:
         click.echo(f"lab {les.id}: every step with a check is done")
