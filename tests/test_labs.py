@@ -482,3 +482,20 @@ def test_check_names_the_shell_state_a_new_shell_lacks(tmp_path, cli):
     cp = cli("lab", "check", "90", root=root, env={**env, "LAB": str(lab)})
     assert "$LAB" not in cp.stdout and "$n from step 1 may be missing" in cp.stdout, cp.stdout
     assert cli("lab", "reset", "90", root=root, env=env).returncode == 0
+
+
+@pytest.mark.root
+def test_lab_06_in_new_shells_stops_at_each_step_that_needs_an_earlier_one(tmp_path, cli):
+    """The fresh-shell property on a real lab, dynamically: every step of lab 06 that uses an
+    earlier step's variables or functions, run in a new shell after the earlier steps ran in the
+    replay's, stops and names the step to run; the replay then passes as usual."""
+    from cowlab.labs import needs, shellstate
+    les = lesson.find(REPO_LABS, "06")
+    if not needs.evaluate(les.needs, "never").runnable:
+        pytest.skip(f"lab 06 can't run here: {needs.evaluate(les.needs, 'never').reason}")
+    probed = {n.step for n in shellstate.needed(les.body_steps)}
+    cp = cli("lab", "run", "06", "--fresh-shells", root=tmp_path / "root", timeout=900)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
+    for n in probed:
+        assert f"✓ step {n} in a new shell stops and names the step to run" in cp.stdout
+    assert len(probed) >= 5 and not mounts_under(tmp_path)

@@ -189,7 +189,7 @@ def evaluate(needs: dict, vm_mode: str = "auto") -> Verdict:
         return Verdict(None, [f"{n}: {FEATURES[n].what}" if n in FEATURES else f"{n} needs the kernel VM"
                               for n in vm_only], [FEATURES[n].hint if n in FEATURES else vm.hint() for n in vm_only])
     if vm_only or vm_mode == "always":
-        why = vm.why_unavailable()
+        why = vm.why_unavailable(with_hint=False)  # the hint below names the command once
         if why:
             return Verdict(None, [f"{', '.join(vm_only) or 'the lab'} needs the kernel VM, which can't run here: {why}"],
                            [vm.hint()])

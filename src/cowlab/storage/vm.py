@@ -79,8 +79,9 @@ def find_qemu() -> str | None:
     return shutil.which("qemu-system-x86_64")
 
 
-def why_unavailable() -> str:
-    """'' when the VM route can run here, else what is missing."""
+def why_unavailable(with_hint: bool = True) -> str:
+    """'' when the VM route can run here, else what is missing (and, with_hint, how to get it:
+    callers that print hint() beside it say it once)."""
     if os.environ.get(IN_VM):
         return "already inside cowlab's VM"
     missing = []
@@ -91,7 +92,7 @@ def why_unavailable() -> str:
     if not find_vng():
         missing.append("virtme-ng not installed (pip install 'cowlab[vm]')")
     if missing:
-        return "; ".join(missing) + f"; run {PROVISION}"
+        return "; ".join(missing) + (f"; run {PROVISION}" if with_hint else "")
     return ""
 
 
