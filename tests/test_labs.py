@@ -499,3 +499,19 @@ def test_lab_06_in_new_shells_stops_at_each_step_that_needs_an_earlier_one(tmp_p
     for n in probed:
         assert f"✓ step {n} in a new shell stops and names the step to run" in cp.stdout
     assert len(probed) >= 5 and not mounts_under(tmp_path)
+
+
+def test_a_lab_the_vm_cannot_run_names_the_command_once(monkeypatch):
+    """Lab 09's "not runnable" line: the reason says what is missing, the hint how to get it,
+    and the provisioning command is not said twice."""
+    from cowlab.labs import needs
+    from cowlab.storage import vm
+    monkeypatch.setattr(needs.os, "geteuid", lambda: 0)
+    import dataclasses
+    monkeypatch.setitem(needs.FEATURES, "dm-thin", dataclasses.replace(needs.FEATURES["dm-thin"], check=lambda: False))
+    monkeypatch.setattr(vm, "find_kernel", lambda: None)
+    monkeypatch.delenv(vm.IN_VM, raising=False)
+    v = needs.evaluate({"features": ["dm-thin"]}, "auto")
+    assert not v.runnable and "no Debian 6.1 kernel" in v.reason
+    line = f"{v.reason} — {'; '.join(v.hints)}"
+    assert line.count(vm.PROVISION) == 1, line
