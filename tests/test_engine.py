@@ -291,12 +291,12 @@ def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
         (sbin / name).chmod(0o755)
     monkeypatch.setattr(zfs, "KERNEL_TOOLS", tmp_path)
     monkeypatch.setattr(zfs, "implementation", lambda: "kernel")
-    assert zfs._tool("zfs") == str(sbin / "zfs") and zfs._tool("zpool") == str(sbin / "zpool")
+    assert zfs.tool("zfs") == str(sbin / "zfs") and zfs.tool("zpool") == str(sbin / "zpool")
     assert zfs.kernel_tools_ok() == ""
     (sbin / "zfs").write_text("#!/bin/sh\necho 'unrecognized command version' >&2; exit 1\n")
     assert "not zfsutils-linux's" in zfs.kernel_tools_ok()
     monkeypatch.setattr(zfs, "implementation", lambda: "fuse")  # zfs-fuse's own tools then
-    assert zfs._tool("zfs") != str(sbin / "zfs")
+    assert zfs.tool("zfs") != str(sbin / "zfs")
     from cowlab.measure.engine.session import engine_only_driver
     assert engine_only_driver("zfs").option_names == driver.Zfs.option_names
     assert ED.get("zfs").pool_driver == "zfs"

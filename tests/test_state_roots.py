@@ -81,7 +81,7 @@ def test_two_roots_share_zfs_fuse_and_keep_their_containers(cli, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     spec = tmp_path / "s.toml"
     spec.write_text(SPEC)
-    zpool = D._tool("zpool")
+    zpool = D.tool("zpool")
 
     def pools() -> str:
         return subprocess.run([zpool, "list", "-H", "-o", "name"], capture_output=True, text=True).stdout

@@ -60,7 +60,7 @@ def _kernel_tool(name: str) -> str | None:
     return None
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
     """zfs and zpool talk to kernel ZFS or to zfs-fuse's daemon, whichever ships them: with
     kernel ZFS, the kernel tools unpacked in KERNEL_TOOLS come first."""
     if name in ("zfs", "zpool") and implementation() == "kernel":
@@ -71,15 +71,15 @@ def _tool(name: str) -> str:
 def kernel_tools_ok() -> str:
     """'' if the zfs tool found for kernel ZFS is zfsutils-linux's, else why not (zfs-fuse's
     own zfs has no `version` subcommand and talks only to its daemon's socket)."""
-    cp = subprocess.run([_tool("zfs"), "version"], capture_output=True, text=True)
+    cp = subprocess.run([tool("zfs"), "version"], capture_output=True, text=True)
     if cp.returncode != 0 or "zfs-" not in cp.stdout:
-        return (f"kernel ZFS (/dev/zfs) but {_tool('zfs')} is not zfsutils-linux's zfs "
+        return (f"kernel ZFS (/dev/zfs) but {tool('zfs')} is not zfsutils-linux's zfs "
                 f"(zfs-fuse's?); zfsutils-linux belongs in {KERNEL_TOOLS} or on PATH")
     return ""
 
 
-def _zfs_cli(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    return sysutil.run([_tool(args[0]), *args[1:]], check=check, timeout=300)
+def zfs_cli(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    return sysutil.run([tool(args[0]), *args[1:]], check=check, timeout=300)
 
 
 _modprobed: list[bool] = []
@@ -353,7 +353,7 @@ def attach(res: Resources, home: Path, start: bool, journaled: bool) -> tuple[bo
     log_path = home / "zfs-fuse.log"
     log = open(log_path, "ab")
     try:  # its own session: a Ctrl-C meant for cowlab must not reach it before teardown
-        proc = subprocess.Popen([_tool("zfs-fuse"), "--no-daemon", "--no-kstat-mount",
+        proc = subprocess.Popen([tool("zfs-fuse"), "--no-daemon", "--no-kstat-mount",
                                  "--pidfile", str(home / "zfs-fuse.pid"),
                                  "--max-arc-size", str(ARC_MAX_MB)], env=env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)

@@ -53,7 +53,7 @@ from cowlab.base.units import parse_size  # zpool's sizes too (1.50K, 171M
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
 from cowlab.storage.drivers.zfs import daemon as D
-from cowlab.storage.drivers.zfs.daemon import (ARC_MAX_MB, _tool, _zfs_cli, implementation, kernel_tools_ok,
+from cowlab.storage.drivers.zfs.daemon import (ARC_MAX_MB, tool, zfs_cli, implementation, kernel_tools_ok,
                                                user_lock_acquire, user_lock_release)
 
 POOL_PREFIX = "cowlab-"
@@ -72,7 +72,7 @@ def version(impl: str | None) -> str:
         try:
             return Path("/sys/module/zfs/version").read_text().strip()
         except OSError:
-            return U.tool_version([_tool("zfs"), "version"])
+            return U.tool_version([tool("zfs"), "version"])
     if impl == "fuse":
         cp = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "zfs-fuse"], capture_output=True, text=True)
         return f"zfs-fuse {cp.stdout.strip() or '?'} (pool version 23)"
@@ -96,9 +96,9 @@ def _release_zpool(e: dict, state: StateRoot) -> None:
     pool = e["pool"]
     if not pool.startswith(POOL_PREFIX):
         raise CowlabError(f"journal names pool {pool!r}, which is not cowlab's; not touching it")
-    cp = _zfs_cli(["zpool", "list", "-H", "-o", "name", pool], check=False)
+    cp = zfs_cli(["zpool", "list", "-H", "-o", "name", pool], check=False)
     if cp.returncode == 0:
-        _zfs_cli(["zpool", "destroy", "-f", pool])
+        zfs_cli(["zpool", "destroy", "-f", pool])
     # else gone, or its zfs-fuse daemon is (a pool with cachefile=none lives only in one); a
     # daemon that died leaves its FUSE mounts behind, disconnected: unmount them
     home = e.get("home")
@@ -113,7 +113,7 @@ def _release_dataset(e: dict, state: StateRoot | None) -> None:
     ds = e["dataset"]
     if not ds.startswith(POOL_PREFIX) or "/" not in ds:
         raise CowlabError(f"journal names dataset {ds!r}, which is not cowlab's; not touching it")
-    cp = _zfs_cli(["zfs", "list", "-H", "-o", "name", ds], check=False)
+    cp = zfs_cli(["zfs", "list", "-H", "-o", "name", ds], check=False)
     if cp.returncode != 0:
         return
     for attempt in range(30):
@@ -124,8 +124,8 @@ def _release_dataset(e: dict, state: StateRoot | None) -> None:
             with contextlib.suppress(OSError):
                 sysutil.umount(e["mountpoint"])
         force = ["-f"] if attempt >= 20 else []
-        cp = _zfs_cli(["zfs", "destroy", "-r", *force, ds], check=False)
-        if cp.returncode == 0 or _zfs_cli(["zfs", "list", "-H", ds], check=False).returncode != 0:
+        cp = zfs_cli(["zfs", "destroy", "-r", *force, ds], check=False)
+        if cp.returncode == 0 or zfs_cli(["zfs", "list", "-H", ds], check=False).returncode != 0:
             return
         if "busy" not in cp.stderr:
             raise CowlabError(f"zfs destroy {ds}: {cp.stderr.strip()}")
@@ -150,13 +150,13 @@ class Zfs(Driver):
     def probe(cls) -> Probe:
         impl = implementation()
         if impl == "kernel":
-            if any(_tool(t) == t for t in ("zfs", "zpool")):  # found neither beside zfs-fuse nor on PATH
+            if any(tool(t) == t for t in ("zfs", "zpool")):  # found neither beside zfs-fuse nor on PATH
                 return Probe(False, "kernel ZFS (/dev/zfs) but no zfs/zpool tools (zfsutils-linux)", HINT)
             why = kernel_tools_ok()
             if why:
                 return Probe(False, why, KERNEL_HINT)
             return Probe(True, details={"implementation": "kernel", "version": version(impl),
-                                        "tools": _tool("zfs")})
+                                        "tools": tool("zfs")})
         if impl is None:
             return Probe(False, "no /dev/zfs and zfs-fuse not installed", HINT)
         ok, why = U.has_fuse()
@@ -182,10 +182,10 @@ class Zfs(Driver):
             except Unavailable as e:
                 return [f"  skipped the sweep of stray zfs pools: {e}"]
         try:
-            cp = _zfs_cli(["zpool", "list", "-H", "-o", "name"], check=False)
+            cp = zfs_cli(["zpool", "list", "-H", "-o", "name"], check=False)
             for pool in cp.stdout.split() if cp.returncode == 0 else []:
                 if pool.startswith(pre) and pool not in named:
-                    _zfs_cli(["zpool", "destroy", "-f", pool], check=False)
+                    zfs_cli(["zpool", "destroy", "-f", pool], check=False)
                     done.append(f"destroyed stray zfs pool {pool}")
         finally:
             if impl == "fuse":
@@ -204,7 +204,7 @@ class Zfs(Driver):
         return self.home / "pool.json"
 
     def _pool_alive(self, pool: str) -> bool:
-        return _zfs_cli(["zpool", "list", "-H", "-o", "name", pool], check=False).returncode == 0
+        return zfs_cli(["zpool", "list", "-H", "-o", "name", pool], check=False).returncode == 0
 
     def _daemon(self, start: bool) -> bool:
         if self.impl != "fuse":
@@ -255,7 +255,7 @@ class Zfs(Driver):
             vdev = str(self.home / f"{pool}.vdev")
             size = parse_size_option(self.options.get("pool_size", DEFAULT_POOL_SIZE))
             self.res.acquire("file", lambda: sysutil.sparse_file(vdev, size), path=vdev)
-        self.res.acquire("zpool", lambda: _zfs_cli(
+        self.res.acquire("zpool", lambda: zfs_cli(
             ["zpool", "create", "-f", "-o", "cachefile=none", "-m", "none", *self._props(), pool, vdev]),
             pool=pool, vdev=vdev, implementation=self.impl, home=str(self.home))
         for d in ("mnt", "containers", "images"):
@@ -287,7 +287,7 @@ class Zfs(Driver):
         return self.home / "images" / f"{image_key(image)}.json"
 
     def _exists(self, name: str) -> bool:
-        return _zfs_cli(["zfs", "list", "-H", "-o", "name", name], check=False).returncode == 0
+        return zfs_cli(["zfs", "list", "-H", "-o", "name", name], check=False).returncode == 0
 
     def has_image(self, image: Image) -> bool:
         if not self._image_file(image).exists():
@@ -311,14 +311,14 @@ class Zfs(Driver):
                     _release_dataset({"dataset": ds}, None)
                 mnt = self.home / "mnt" / ds.split("/")[-1]
                 if parent is None:
-                    _zfs_cli(["zfs", "create", "-o", f"mountpoint={mnt}", ds])
+                    zfs_cli(["zfs", "create", "-o", f"mountpoint={mnt}", ds])
                 else:
-                    _zfs_cli(["zfs", "clone", "-o", f"mountpoint={mnt}", f"{parent}@layer", ds])
+                    zfs_cli(["zfs", "clone", "-o", f"mountpoint={mnt}", f"{parent}@layer", ds])
                 try:
                     L.apply_tar(self.store.layer_path(digest), mnt, "apply", f"{image.name} layer {i}")
                     os.chmod(mnt, 0o755)
-                    _zfs_cli(["zfs", "snapshot", f"{ds}@layer"])
-                    _zfs_cli(["zfs", "umount", ds], check=False)  # as Docker: layers stay unmounted
+                    zfs_cli(["zfs", "snapshot", f"{ds}@layer"])
+                    zfs_cli(["zfs", "umount", ds], check=False)  # as Docker: layers stay unmounted
                 except BaseException:
                     _release_dataset({"dataset": ds}, None)
                     raise
@@ -348,7 +348,7 @@ class Zfs(Driver):
         used = {c for p in (self.home / "images").glob("*.json") for c in json.loads(p.read_text())["chains"]}
         for chain in reversed(U.chain_ids(image)):  # clones before their origins
             if U.chain_key(chain) not in used and self._exists(self._ds(chain)):
-                _zfs_cli(["zfs", "destroy", "-r", self._ds(chain)])
+                zfs_cli(["zfs", "destroy", "-r", self._ds(chain)])
 
     # --- containers ------------------------------------------------------------------------
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
@@ -358,7 +358,7 @@ class Zfs(Driver):
         ds = f"{self.pool}/c-{cid}"
         h1 = res.acquire("dir", lambda: mnt.mkdir(), path=str(mnt))
         try:
-            h2 = res.acquire("zfs_dataset", lambda: _zfs_cli(["zfs", "clone", "-o", f"mountpoint={mnt}",
+            h2 = res.acquire("zfs_dataset", lambda: zfs_cli(["zfs", "clone", "-o", f"mountpoint={mnt}",
                                                               f"{top}@layer", ds]), dataset=ds, mountpoint=str(mnt))
         except BaseException:
             res.release(h1)
@@ -369,19 +369,19 @@ class Zfs(Driver):
     def _sync(self) -> None:
         os.sync()
         if self.impl == "kernel":
-            _zfs_cli(["zpool", "sync", self.pool])
+            zfs_cli(["zpool", "sync", self.pool])
         else:  # no `zpool sync` in zfs-fuse 0.7: a snapshot commits a transaction group
             self._syncs += 1
             snap = f"{self.pool}@cowlab-sync-{os.getpid()}-{self._syncs}"
-            _zfs_cli(["zfs", "snapshot", snap])
-            _zfs_cli(["zfs", "destroy", snap])
+            zfs_cli(["zfs", "snapshot", snap])
+            zfs_cli(["zfs", "destroy", snap])
 
     def used_bytes(self) -> int:
         self._ensure()
         self._sync()
         if self.impl == "kernel":
-            return int(_zfs_cli(["zpool", "list", "-Hp", "-o", "allocated", self.pool]).stdout.strip())
-        return parse_size(_zfs_cli(["zpool", "list", "-H", "-o", "allocated", self.pool]).stdout.strip())
+            return int(zfs_cli(["zpool", "list", "-Hp", "-o", "allocated", self.pool]).stdout.strip())
+        return parse_size(zfs_cli(["zpool", "list", "-H", "-o", "allocated", self.pool]).stdout.strip())
 
     def inodes_used(self) -> int | None:
         return None  # ZFS allocates dnodes on demand: there is no inode table to run out of
@@ -391,9 +391,9 @@ class Zfs(Driver):
         readable (None under zfs-fuse, with the reason in 'arc_note')."""
         self._ensure()
         self._sync()
-        out = {"compressratio": _ratio(_zfs_cli(["zfs", "get", "-H", "-o", "value", "compressratio",
+        out = {"compressratio": _ratio(zfs_cli(["zfs", "get", "-H", "-o", "value", "compressratio",
                                                  self.pool]).stdout),
-               "dedupratio": _ratio(_zfs_cli(["zpool", "list", "-H", "-o", "dedupratio", self.pool]).stdout),
+               "dedupratio": _ratio(zfs_cli(["zpool", "list", "-H", "-o", "dedupratio", self.pool]).stdout),
                "arc_size_bytes": None, "arc_note": ""}
         arc = Path("/proc/spl/kstat/zfs/arcstats")
         if arc.exists():
@@ -415,8 +415,8 @@ class Zfs(Driver):
                               f"zfs-fuse here. Kernel ZFS in the kernel VM: {KERNEL_HINT}")
         pool = self._ensure()
         ds = f"{pool}/docker"
-        _zfs_cli(["zfs", "create", "-o", "mountpoint=none", ds])  # destroyed with the pool
-        return {"storage_opts": [f"zfs.fsname={ds}"], "path": [os.path.dirname(_tool("zfs"))],
+        zfs_cli(["zfs", "create", "-o", "mountpoint=none", ds])  # destroyed with the pool
+        return {"storage_opts": [f"zfs.fsname={ds}"], "path": [os.path.dirname(tool("zfs"))],
                 "meta": {"zfs_fsname": ds, **self.metadata()}}
 
     def metadata(self) -> dict:
