@@ -124,7 +124,7 @@ def _run_native(lesson: Lesson, state: StateRoot, echo, fresh_shells: bool = Fal
             try:
                 for step in lesson.body_steps:
                     if step.n in probe:
-                        why = _probe_fresh(res, step, env, scratch)
+                        why = _probe_fresh(res, step, env, scratch, names)
                         if why:
                             echo(f"  ✗ step {step.n} in a new shell: {why}")
                             report.steps.append(StepReport(step.n, f"{step.label} (in a new shell)", False, 0.0,
@@ -162,10 +162,10 @@ def _run_native(lesson: Lesson, state: StateRoot, echo, fresh_shells: bool = Fal
     return report
 
 
-def _probe_fresh(res: Resources, step: Step, env: dict, scratch: Path) -> str:
+def _probe_fresh(res: Resources, step: Step, env: dict, scratch: Path, names: dict) -> str:
     """Run a step that needs shell state in a new shell (no $LAB, no COWLAB_ROOT, no earlier
     variables or functions, an empty directory), after the earlier steps ran in the session:
-    it must fail and say which step to run. '' when it does, else what happened instead."""
+    it must say which step to run and not pass. '' when so, else what happened instead."""
     fresh = {k: v for k, v in env.items() if k not in ("LAB", "COWLAB_ROOT", WORKDIR_ENV)}
     empty = scratch / f"fresh-{step.n}"
     empty.mkdir()
@@ -180,11 +180,16 @@ def _probe_fresh(res: Resources, step: Step, env: dict, scratch: Path) -> str:
     finally:
         import shutil
         shutil.rmtree(empty, ignore_errors=True)
-    if r.rc == 0 and not r.failed_commands:
-        return "it ran to the end without what the earlier steps made"
+    # A guard inside $(...) ends only that subshell: the line may still print, without its
+    # number. So: it names the step to run, and it is not a step that held (it failed, or its
+    # expectations do not hold on what it printed).
+    held = not judge(step, r, dict(names))
     if "run step" not in r.output:
         tail = r.output.strip().splitlines()[-1:] or ["(no output)"]
-        return f"it failed without naming the step to run: {tail[0]}"
+        return ("it ran as if the earlier steps' shell were there" if held else
+                f"it failed without naming the step to run: {tail[0]}")
+    if held:
+        return "it named a step to run, yet printed what the lab expects, as if it had worked"
     return ""
 
 
