@@ -342,6 +342,7 @@ def test_fuse_daemon_killed_if_it_outlives_the_unmount(make_driver, store):
 
 
 def test_zfs_pool_stats_and_teardown(make_driver, store):
+    from cowlab.storage.drivers.zfs import daemon as ZD
     from cowlab.storage.drivers.zfs import driver as Z
     drv, res = make_driver("zfs", compression="gzip" if Z.implementation() == "fuse" else "lz4", dedup="on")
     img = store.build(spec_of([[{"op": "file", "path": "/z", "size": "1MiB", "pattern": "zero"},
@@ -367,7 +368,7 @@ def test_zfs_pool_stats_and_teardown(make_driver, store):
     listed = subprocess.run([U.which("zpool") or "zpool", "list", "-H", "-o", "name"], capture_output=True, text=True)
     assert pool not in listed.stdout
     if Z.implementation() == "fuse":
-        assert not [p for p, ours in Z.fuse_daemons() if ours and _is_descendant(p)]
+        assert not [p for p, ours in ZD.fuse_daemons() if ours and _is_descendant(p)]
 
 
 def _is_descendant(pid: int) -> bool:
@@ -375,7 +376,8 @@ def _is_descendant(pid: int) -> bool:
         env = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
-    return f"COWLAB_OWNER=run-{os.getpid()}-".encode() in env
+    # the daemon carries the holder that started it: COWLAB_ZFS_DAEMON=<root>:run-<pid>-<start>
+    return f":run-{os.getpid()}-".encode() in env
 
 
 # ------------------------------------------------------------------------------------------
@@ -447,6 +449,7 @@ def test_inodes_lab_legacy_overlay_vs_overlay2(cli, root_dir, tmp_path):
 
 def test_pool_stats_lab_from_the_cli(cli, root_dir, tmp_path):
     _skip_unless_available("zfs")
+    from cowlab.storage.drivers.zfs import daemon as ZD
     from cowlab.storage.drivers.zfs import driver as Z
     rows = _bench(cli, root_dir, tmp_path / "out", "zfs", "pool_stats")
     assert _one(rows, "compressratio", variant="default")["value"] == pytest.approx(1.0, abs=0.05)
@@ -457,7 +460,7 @@ def test_pool_stats_lab_from_the_cli(cli, root_dir, tmp_path):
         assert arc["status"] == "skipped" and "zfs-kstat" in arc["error"]
     else:
         assert arc["value"] > 0
-    assert not [p for p, ours in Z.fuse_daemons() if ours and _is_descendant(p)]
+    assert not [p for p, ours in ZD.fuse_daemons() if ours and _is_descendant(p)]
 
 
 def test_container_create_btrfs_on_a_persistent_loop_btrfs(cli, root_dir, tmp_path):
@@ -496,9 +499,9 @@ def test_zfs_fuse_user_lock_is_machine_wide_and_dies_with_its_holder():
     import sys
     import time
 
-    from cowlab.storage.drivers.zfs import driver as Z
+    from cowlab.storage.drivers.zfs import daemon as Z
     from conftest import SRC
-    code = ("import sys,time; from cowlab.storage.drivers import zfs as Z; Z.user_lock_acquire(); "
+    code = ("import sys,time; from cowlab.storage.drivers.zfs import daemon as Z; Z.user_lock_acquire(); "
             "print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(SRC)})

@@ -289,7 +289,8 @@ def test_zfs_engine_without_kernel_zfs_is_recorded_with_the_way_to_get_it(short_
 
 
 def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
-    from cowlab.storage.drivers.zfs import driver as zfs
+    from cowlab.storage.drivers.zfs import daemon as zfs
+    from cowlab.storage.drivers.zfs import driver
     sbin = tmp_path / "sbin"
     sbin.mkdir()
     for name, out in (("zfs", "zfs-2.1.11-1\nzfs-kmod-2.1.11-1"), ("zpool", "")):
@@ -297,14 +298,14 @@ def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
         (sbin / name).chmod(0o755)
     monkeypatch.setattr(zfs, "KERNEL_TOOLS", tmp_path)
     monkeypatch.setattr(zfs, "implementation", lambda: "kernel")
-    assert zfs._tool("zfs") == str(sbin / "zfs") and zfs._tool("zpool") == str(sbin / "zpool")
+    assert zfs.tool("zfs") == str(sbin / "zfs") and zfs.tool("zpool") == str(sbin / "zpool")
     assert zfs.kernel_tools_ok() == ""
     (sbin / "zfs").write_text("#!/bin/sh\necho 'unrecognized command version' >&2; exit 1\n")
     assert "not zfsutils-linux's" in zfs.kernel_tools_ok()
     monkeypatch.setattr(zfs, "implementation", lambda: "fuse")  # zfs-fuse's own tools then
-    assert zfs._tool("zfs") != str(sbin / "zfs")
+    assert zfs.tool("zfs") != str(sbin / "zfs")
     from cowlab.measure.engine.session import engine_only_driver
-    assert engine_only_driver("zfs").option_names == zfs.Zfs.option_names
+    assert engine_only_driver("zfs").option_names == driver.Zfs.option_names
     assert ED.get("zfs").pool_driver == "zfs"
 
 

@@ -354,3 +354,164 @@ def test_a_cgroup_the_lab_listed_goes_with_its_workspace_after_a_kill(tmp_path, 
     assert not os.path.exists(f"{base}/{name}"), cp.stdout
     assert not mounts_under(tmp_path)
     _sleeper_gone(tmp_path / "root")
+
+
+@pytest.mark.root
+def test_two_labs_typed_in_one_shell_keep_apart_and_their_resets_leave_nothing(tmp_path):
+    """Lab A exports COWLAB_ROOT=$LAB/cowlab and builds an image there; lab B, typed next in the
+    same shell, gets its workspace beside A's (not inside A's state root) and its own image;
+    both resets, typed in that shell in either order, leave the labs directory empty."""
+    root = tmp_path / "root"
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "tiny"\n[[layers]]\nops = [{op = "file", path = "/f", size = 100}]\n')
+    script = textwrap.dedent(f"""\
+        set -e
+        export LAB=$(cowlab lab workdir 90) && cd "$LAB"
+        export COWLAB_ROOT=$LAB/cowlab
+        cowlab image build {spec} >/dev/null
+        export LAB=$(cowlab lab workdir 91) && cd "$LAB"
+        echo "B=$LAB"
+        export COWLAB_ROOT=$LAB/cowlab
+        cowlab image build {spec} >/dev/null
+        cd /
+        cowlab lab reset 90
+        cowlab lab reset 91
+        echo "ROOT=$COWLAB_ROOT"
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("COWLAB_ROOT", "LAB")}
+    env.update(COWLAB_ROOT=str(root), PYTHONPATH=str(SRC), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    cp = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert f"B={root}/labs/91" in cp.stdout, cp.stdout
+    assert "an earlier lab's own state root" in cp.stderr
+    assert "lab 90: reset" in cp.stdout and "lab 91: reset" in cp.stdout
+    assert list((root / "labs").iterdir()) == []
+    assert not mounts_under(tmp_path)
+
+
+# --- the fresh-shell property ---------------------------------------------------------------------
+def _steps(*scripts: str):
+    return [lesson.Step(i, f"step {i}", textwrap.dedent(s), 1) for i, s in enumerate(scripts, 1)]
+
+
+def test_shell_state_a_later_step_uses_must_be_guarded():
+    from cowlab.labs import shellstate as S
+    steps = _steps('export LAB=/x; export COWLAB_ROOT=$LAB/cowlab\n',
+                   'deep=$(cowlab container create deep --driver overlay2)\nf() { echo hi; }\n',
+                   'echo "$deep" ${deep} \'$deep in single quotes\'  # $deep in a comment\n'
+                   'cat <<\'EOF\'\n$deep in a quoted here-document\nEOF\n',
+                   'echo "${deep:?run step 2 first}"\nf\n',
+                   ': "${COWLAB_ROOT:?run step 1 first}"\ndeclare -F f >/dev/null || { echo "run step 2 first" >&2; false; }\n'
+                   'f; cowlab image ls; echo "${deep:-none}"\n',
+                   'deep=again; echo "$deep"; cd "${LAB:?run step 1 first}"\n')
+    got = {(n.step, n.name): n.guarded for n in S.needed(steps)}
+    assert got == {(2, "COWLAB_ROOT"): False,         # cowlab reads it unseen
+                   (3, "deep"): False,                # two bare uses (quotes and comments don't count)
+                   (4, "deep"): True, (4, "f"): False,
+                   (5, "COWLAB_ROOT"): True, (5, "f"): True,   # ${deep:-none} means to work without
+                   (6, "LAB"): True}, got
+    assert [n.name for n in S.needed(steps) if n.exported] == ["COWLAB_ROOT", "COWLAB_ROOT", "LAB"]
+    assert "${deep:?run step 2 first}" in S.describe(next(n for n in S.needed(steps) if n.step == 3))
+
+
+def test_every_lab_guards_what_it_takes_from_earlier_steps():
+    """The property `cowlab lab run` refuses a lab without: in a new shell, each step that uses
+    an earlier step's variable or function stops and names that step."""
+    from cowlab.labs import replay
+    for les in lesson.load_all(REPO_LABS):
+        assert replay.fresh_shell_failures(les) == [], les.path.name
+
+
+FRESH_LAB = """
+## Step 1: workspace
+```sh
+export LAB=$(cowlab lab workdir 90) && cd "$LAB"
+n=7
+```
+
+## Step 2: uses n
+```sh
+echo "n is ${n:?run step 1 first}"
+```
+```expect
+contains "n is 7"
+```
+
+## Step 3: forgets the guard
+```sh
+echo "n again: {use}"
+```
+
+## Cleanup
+```sh cleanup
+cd /
+cowlab lab reset 90
+```
+"""
+
+
+@pytest.mark.root
+def test_the_replayer_refuses_an_unguarded_lab_and_proves_a_guarded_one_in_new_shells(tmp_path):
+    cp = _replay(tmp_path, FRESH_LAB.replace("{use}", "$n"))
+    assert cp.returncode != 0
+    assert "step 3 uses $n, which step 1 sets, without a guard" in cp.stdout
+    (tmp_path / "labs" / "90-test.md").unlink()
+    labs = tmp_path / "labs"
+    _write_lab(labs, FRESH_LAB.replace("{use}", "${n:?run step 1 first}"))
+    from conftest import run_cli
+    cp = run_cli("lab", "run", "90", "--fresh-shells", root=tmp_path / "root",
+                 env={"COWLAB_LABS": str(labs)}, timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cp.stdout.count("in a new shell stops and names the step to run") == 2, cp.stdout
+    assert not list((tmp_path / "root" / "labs").iterdir()) and not mounts_under(tmp_path)
+
+
+@pytest.mark.root
+def test_check_names_the_shell_state_a_new_shell_lacks(tmp_path, cli):
+    labs = tmp_path / "labs"
+    body = FRESH_LAB.replace("{use}", "${n:?run step 1 first}").replace(
+        'echo "n is', 'cd "${LAB:?run step 1 first}"; echo "n is').replace(
+        'contains "n is 7"\n```\n', 'contains "n is 7"\n```\n```check\ntrue\n```\n')
+    _write_lab(labs, body)
+    root = tmp_path / "root"
+    env = {"COWLAB_LABS": str(labs)}
+    lab = Path(cli("lab", "workdir", "90", root=root, env=env).stdout.strip())
+    cp = cli("lab", "check", "90", root=root, env=env)  # no LAB in this "shell"
+    assert "shell: $LAB is not set in this shell (a new shell?): run step 1 again" in cp.stdout, cp.stdout + cp.stderr
+    assert "$n from step 1 are missing too" in cp.stdout, cp.stdout
+    cp = cli("lab", "check", "90", root=root, env={**env, "LAB": str(lab)})
+    assert "$LAB" not in cp.stdout and "$n from step 1 may be missing" in cp.stdout, cp.stdout
+    assert cli("lab", "reset", "90", root=root, env=env).returncode == 0
+
+
+@pytest.mark.root
+def test_lab_06_in_new_shells_stops_at_each_step_that_needs_an_earlier_one(tmp_path, cli):
+    """The fresh-shell property on a real lab, dynamically: every step of lab 06 that uses an
+    earlier step's variables or functions, run in a new shell after the earlier steps ran in the
+    replay's, stops and names the step to run; the replay then passes as usual."""
+    from cowlab.labs import needs, shellstate
+    les = lesson.find(REPO_LABS, "06")
+    if not needs.evaluate(les.needs, "never").runnable:
+        pytest.skip(f"lab 06 can't run here: {needs.evaluate(les.needs, 'never').reason}")
+    probed = {n.step for n in shellstate.needed(les.body_steps)}
+    cp = cli("lab", "run", "06", "--fresh-shells", root=tmp_path / "root", timeout=900)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
+    for n in probed:
+        assert f"✓ step {n} in a new shell stops and names the step to run" in cp.stdout
+    assert len(probed) >= 5 and not mounts_under(tmp_path)
+
+
+def test_a_lab_the_vm_cannot_run_names_the_command_once(monkeypatch):
+    """Lab 09's "not runnable" line: the reason says what is missing, the hint how to get it,
+    and the provisioning command is not said twice."""
+    from cowlab.labs import needs
+    from cowlab.storage import vm
+    monkeypatch.setattr(needs.os, "geteuid", lambda: 0)
+    import dataclasses
+    monkeypatch.setitem(needs.FEATURES, "dm-thin", dataclasses.replace(needs.FEATURES["dm-thin"], check=lambda: False))
+    monkeypatch.setattr(vm, "find_kernel", lambda: None)
+    monkeypatch.delenv(vm.IN_VM, raising=False)
+    v = needs.evaluate({"features": ["dm-thin"]}, "auto")
+    assert not v.runnable and "no Debian 6.1 kernel" in v.reason
+    line = f"{v.reason} — {'; '.join(v.hints)}"
+    assert line.count(vm.PROVISION) == 1, line

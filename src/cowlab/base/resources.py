@@ -109,7 +109,7 @@ def _release_workspace(e: dict, state: StateRoot) -> None:
     if not state.inside(path) or os.path.abspath(path) == os.path.abspath(state.path):
         raise CowlabError(f"journal names workspace {path}, outside the state root; not touching it")
     if e.get("tag"):  # what the session started in the background and that left its group
-        for pid in tagged_processes(e["tag"]):
+        for pid in tagged_processes(e["tag"], state):
             sysutil.kill_pid(pid, sysutil.proc_starttime(pid))
     # Cgroups live outside the workspace: a lab names each in .cowlab-cgroups before making it.
     listed = Path(path) / ".cowlab-cgroups"
@@ -170,7 +170,7 @@ def _release_process(e: dict, state: StateRoot) -> None:
     if e.get("pid"):
         sysutil.kill_pid(e["pid"], e.get("starttime"), grace=e.get("grace", 5.0))
     elif e.get("tag"):  # died between fork and journaling the pid: find it by its tag
-        for pid in tagged_processes(e["tag"]):
+        for pid in tagged_processes(e["tag"], state):
             sysutil.kill_pid(pid, sysutil.proc_starttime(pid), grace=e.get("grace", 5.0))
 
 
@@ -331,6 +331,10 @@ class Resources:
 
 
 OWNER_ENV = "COWLAB_OWNER"
+# Owner names are unique per state root only (service-zfs, backing-btrfs, ctr-<id> exist in
+# every root that made one): a child carries its state root too, so one root's cleanup never
+# ends another root's processes. (Not COWLAB_ROOT, which the user sets for cowlab itself.)
+ROOT_ENV = "COWLAB_OWNER_ROOT"
 
 
 def spawn(res: "Resources", argv: list[str], **popen_kw) -> subprocess.Popen:
@@ -338,6 +342,7 @@ def spawn(res: "Resources", argv: list[str], **popen_kw) -> subprocess.Popen:
     environment so `cowlab cleanup` can find it even if we die before the pid is written."""
     env = dict(popen_kw.pop("env", None) or os.environ)
     env[OWNER_ENV] = res.owner
+    env[ROOT_ENV] = os.path.realpath(res.state.path)
     h = res.add("process", pid=None, starttime=None, tag=res.owner)
     try:
         p = subprocess.Popen(argv, env=env, **popen_kw)
@@ -376,9 +381,24 @@ def processes_with_env(name: str, value: str) -> list[int]:
     return sorted(out)
 
 
-def tagged_processes(owner: str) -> list[int]:
-    """Pids whose environment carries COWLAB_OWNER=owner (children of a run, even orphans)."""
-    return processes_with_env(OWNER_ENV, owner)
+def tagged_processes(owner: str, state: StateRoot | None = None) -> list[int]:
+    """Pids whose environment carries COWLAB_OWNER=owner (children of a run, even orphans).
+    With state: only those of that state root — tagged with it, or untagged by root but owned
+    by a run (run-<pid>-<starttime> names one process on the machine, whatever its root)."""
+    pids = processes_with_env(OWNER_ENV, owner)
+    if state is None:
+        return pids
+    want = f"{ROOT_ENV}={os.path.realpath(state.path)}".encode()
+    out = []
+    for pid in pids:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        tagged = [x for x in env if x.startswith(ROOT_ENV.encode() + b"=")]
+        if want in tagged or (not tagged and owner.startswith("run-")):
+            out.append(pid)
+    return out
 
 
 def read_entry(path: Path) -> dict | None:

@@ -80,8 +80,11 @@ def lab_scripts(lab_ids, labs_path):
 @click.option("--kernel", metavar="NAME", help="Replay in the kernel VM on this kernel (5.10, 6.1, 6.12, aufs; "
               "`cowlab kernels`); a lab that can't hold there says why.")
 @click.option("--json-report", type=click.Path(dir_okay=False), help="Write the reports as JSON to this file.")
+@click.option("--fresh-shells", is_flag=True,
+              help="Before each step that uses what earlier steps left in the shell, run it in a new shell "
+                   "too: it must stop and name the step to run (every lab's text is checked for that anyway).")
 @click.pass_context
-def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report):
+def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report, fresh_shells):
     """Replay labs unattended: every step run as typed, every expectation checked.
 
     Exits 0 only when every lab asked for ran and held; with --all, labs that can't run here are
@@ -111,7 +114,7 @@ def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report):
     reports = []
     with sigterm_as_interrupt():
         for les in native:
-            reports.append(replay.run(les, state, echo=click.echo, vm_mode="never"))
+            reports.append(replay.run(les, state, echo=click.echo, vm_mode="never", fresh_shells=fresh_shells))
         for k, group in in_vm.items():
             click.echo(f"=== labs {', '.join(les.id for les in group)} in the kernel VM (kernel {k}): one boot ===")
             reports += replay.run_in_vm(group, state, click.echo, d, kernel=k)
@@ -144,6 +147,7 @@ def lab_check(ctx, lab_id, labs_path):
     results = replay.check(les, _state_of(ctx))
     if not results:
         raise CowlabError(f"lab {les.id} has no checks")
+    notes = replay.shell_notes(les, replay.find_workdir(_state_of(ctx), les.id))
     done = max((i for i, (_, ok, _) in enumerate(results) if ok), default=-1)
     for i, (step, ok, out) in enumerate(results):
         mark = "✓" if ok else ("·" if i > done else "✗")
@@ -151,6 +155,8 @@ def lab_check(ctx, lab_id, labs_path):
         if not ok and i <= done + 1:
             for h in step.hints or ["redo this step as the lab shows it"]:
                 click.echo(f"    hint: {h}")
+    for line in notes:
+        click.echo(line)
     nxt = results[done + 1][0] if done + 1 < len(results) else None
     if nxt is None:
         click.echo(f"lab {les.id}: every step with a check is done")
@@ -168,7 +174,13 @@ def lab_workdir(ctx, lab_id):
     from cowlab.labs import replay
     from cowlab.run.runner import require_root
     require_root()
-    click.echo(str(replay.workdir_for(_state_of(ctx), lab_id.zfill(2) if lab_id.isdigit() else lab_id)))
+    state = _state_of(ctx)
+    home = replay.home_root(state)
+    if home.path != state.path and not os.environ.get(replay.WORKDIR_ENV):
+        click.echo(f"cowlab: {state.path} is an earlier lab's own state root (COWLAB_ROOT is still "
+                   f"exported); this lab's workspace goes under {home.path}/labs. A fresh `sudo -i` "
+                   "per lab starts clean", err=True)
+    click.echo(str(replay.workdir_for(state, lab_id.zfill(2) if lab_id.isdigit() else lab_id)))
 
 
 @lab.command("reset")

@@ -201,10 +201,8 @@ def evaluate(needs: dict, vm_mode: str = "auto", kernel: str | None = None) -> V
     if len(wanted) > 1:
         return Verdict(None, [f"needs kernels {', '.join(sorted(wanted))} at once ({kernels_needed})"], [])
     k = kernel if forced else (wanted.pop() if wanted else None)
-    if forced and in_guest:
-        return Verdict("native")
     if vm_only or vm_mode == "always" or forced:
-        why = vm.why_unavailable(k)
+        why = vm.why_unavailable(k, with_hint=False)  # the hint below names the command once
         if why:
             return Verdict(None, [f"{', '.join(vm_only) or 'the lab'} needs the kernel VM, which can't run here: {why}"],
                            [vm.hint(k)])

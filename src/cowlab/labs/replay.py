@@ -22,7 +22,7 @@ from cowlab.run import cleanup
 from cowlab.base.errors import CowlabError, Unavailable
 from cowlab.base.resources import Resources
 from cowlab.base.state import MARKER, StateRoot
-from cowlab.labs import expect, needs
+from cowlab.labs import expect, needs, shellstate
 from cowlab.labs.lesson import Lesson, Step
 from cowlab.labs.shell import Session, StepResult
 
@@ -76,18 +76,34 @@ def session_env(state: StateRoot, workdir: Path, tag_env: dict | None = None) ->
     return env
 
 
+def fresh_shell_failures(lesson: Lesson) -> list[str]:
+    """The fresh-shell property, read from the text: a step that uses a variable or function an
+    earlier step made guards it (shellstate), so in a new shell it stops with "run step N
+    first" instead of going on with an empty value."""
+    return [shellstate.describe(n) for n in shellstate.unguarded(lesson.body_steps)]
+
+
 def run(lesson: Lesson, state: StateRoot, echo=print, vm_mode: str = "auto",
-        labs_path: Path | None = None) -> LabReport:
-    """Replay one lab here (or in the kernel VM when it needs what only the VM has)."""
+        labs_path: Path | None = None, fresh_shells: bool = False) -> LabReport:
+    """Replay one lab here (or in the kernel VM when it needs what only the VM has).
+    fresh_shells: also run each step that needs shell state in a new shell first, where it
+    must stop with a message naming the step to run (see _probe_fresh)."""
+    bad = fresh_shell_failures(lesson)
+    if bad:
+        echo(f"=== lab {lesson.id}: steps use shell state without a guard ===")
+        for b in bad:
+            echo(f"  ✗ {b}")
+        return LabReport(lesson.id, lesson.title, "text", False, 0.0,
+                         [StepReport(0, "fresh-shell property", False, 0.0, failures=bad)])
     verdict = needs.evaluate(lesson.needs, vm_mode)
     if not verdict.runnable:
         raise Unavailable(f"lab {lesson.id} ({lesson.title})", verdict.reason, "; ".join(dict.fromkeys(verdict.hints)))
     if verdict.route == "vm":
         return run_in_vm([lesson], state, echo, labs_path or lesson.path.parent)[0]
-    return _run_native(lesson, state, echo)
+    return _run_native(lesson, state, echo, fresh_shells)
 
 
-def _run_native(lesson: Lesson, state: StateRoot, echo) -> LabReport:
+def _run_native(lesson: Lesson, state: StateRoot, echo, fresh_shells: bool = False) -> LabReport:
     state.ensure()
     t0 = time.monotonic()
     report = LabReport(lesson.id, lesson.title, "native", False, 0.0)
@@ -102,10 +118,20 @@ def _run_native(lesson: Lesson, state: StateRoot, echo) -> LabReport:
         res.acquire("dir", lambda: scratch.mkdir(parents=True), path=str(scratch))
         env = session_env(state, workdir, {"COWLAB_OWNER": res.owner})
         sess = Session(res, workdir, env, scratch)
+        probe = {n.step for n in shellstate.needed(lesson.body_steps)} if fresh_shells else set()
         try:
             failed = False
             try:
                 for step in lesson.body_steps:
+                    if step.n in probe:
+                        why = _probe_fresh(res, step, env, scratch, names)
+                        if why:
+                            echo(f"  ✗ step {step.n} in a new shell: {why}")
+                            report.steps.append(StepReport(step.n, f"{step.label} (in a new shell)", False, 0.0,
+                                                           failures=[f"in a new shell: {why}"]))
+                            failed = True
+                            break
+                        echo(f"  ✓ step {step.n} in a new shell stops and names the step to run")
                     sr = _step(sess, step, names, workdir, env, echo)
                     report.steps.append(sr)
                     if not sr.ok:
@@ -134,6 +160,37 @@ def _run_native(lesson: Lesson, state: StateRoot, echo) -> LabReport:
     echo(f"=== lab {lesson.id} {mark} in {report.seconds:.1f} s "
          f"({sum(s.ok for s in report.steps)}/{len(report.steps)} steps) ===")
     return report
+
+
+def _probe_fresh(res: Resources, step: Step, env: dict, scratch: Path, names: dict) -> str:
+    """Run a step that needs shell state in a new shell (no $LAB, no COWLAB_ROOT, no earlier
+    variables or functions, an empty directory), after the earlier steps ran in the session:
+    it must say which step to run and not pass. '' when so, else what happened instead."""
+    fresh = {k: v for k, v in env.items() if k not in ("LAB", "COWLAB_ROOT", WORKDIR_ENV)}
+    empty = scratch / f"fresh-{step.n}"
+    empty.mkdir()
+    f = scratch / f"fresh-step-{step.n}.sh"
+    f.write_text(step.script)
+    try:
+        sess = Session(res, empty, fresh, scratch)
+        try:
+            r = sess.run(step.script, min(step.timeout, 60.0))
+        finally:
+            sess.close()
+    finally:
+        import shutil
+        shutil.rmtree(empty, ignore_errors=True)
+    # A guard inside $(...) ends only that subshell: the line may still print, without its
+    # number. So: it names the step to run, and it is not a step that held (it failed, or its
+    # expectations do not hold on what it printed).
+    held = not judge(step, r, dict(names))
+    if "run step" not in r.output:
+        tail = r.output.strip().splitlines()[-1:] or ["(no output)"]
+        return ("it ran as if the earlier steps' shell were there" if held else
+                f"it failed without naming the step to run: {tail[0]}")
+    if held:
+        return "it named a step to run, yet printed what the lab expects, as if it had worked"
+    return ""
 
 
 def _make_workdir(workdir: Path, lab_id: str) -> None:
@@ -253,11 +310,25 @@ def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path,
 
 
 # --- an attendee's workspace -----------------------------------------------------------------
+def home_root(state: StateRoot) -> StateRoot:
+    """The state root the labs' workspaces live in. A lab gives itself a state root inside its
+    workspace (`export COWLAB_ROOT=$LAB/cowlab`), which stays exported in the attendee's shell:
+    a later lab's workspace, its reset and its check must not land inside the earlier lab's
+    (…/labs/06/cowlab/labs/11), so a root inside a lab workspace stands for the root above
+    the outermost such workspace."""
+    p = Path(os.path.abspath(state.path))
+    for anc in reversed(p.parents):  # outermost first
+        if (anc / LAB_MARKER).is_file() and anc.parent.name == "labs":
+            return StateRoot(anc.parent.parent)
+    return state
+
+
 def workdir_for(state: StateRoot, lab_id: str) -> Path:
     """$LAB for an attendee: <root>/labs/<id>, kept between commands until `cowlab lab reset`.
     In a replay, the replay's own workspace."""
     if os.environ.get(WORKDIR_ENV):
         return Path(os.environ[WORKDIR_ENV])
+    state = home_root(state)
     state.ensure()
     wd = state.path / "labs" / lab_id
     owner = f"lab-{lab_id}"
@@ -276,11 +347,7 @@ def find_workdir(state: StateRoot, lab_id: str) -> Path:
     lab = os.environ.get("LAB")
     if lab and (Path(lab) / LAB_MARKER).is_file() and (Path(lab) / LAB_MARKER).read_text().strip() == lab_id:
         return Path(lab)
-    wd = state.path / "labs" / lab_id
-    # $LAB may name a state root of the lab's own ($LAB/cowlab): its parent holds the labs
-    if not wd.exists() and state.path.parent.joinpath(LAB_MARKER).is_file():
-        return state.path.parent
-    return wd
+    return home_root(state).path / "labs" / lab_id
 
 
 def reset(state: StateRoot, lab_id: str) -> list[str]:
@@ -289,7 +356,7 @@ def reset(state: StateRoot, lab_id: str) -> list[str]:
     here = os.path.realpath(os.getcwd())
     if here == os.path.realpath(wd) or here.startswith(os.path.realpath(wd) + "/"):
         raise CowlabError(f"your shell is inside {wd}: `cd /` first, then run this again")
-    owner_state = state if (state.journal / f"lab-{lab_id}").exists() else StateRoot(wd.parent.parent)
+    owner_state = StateRoot(wd.parent.parent)  # the root whose labs/ holds it (see home_root)
     done = []
     for nested in cleanup.nested_roots(str(wd)):
         done += [f"{nested.name}: {line}" for line in cleanup.sweep(StateRoot(nested), everything=True)]
@@ -306,6 +373,37 @@ def reset(state: StateRoot, lab_id: str) -> list[str]:
     elif wd.exists():
         raise CowlabError(f"{wd} is not a lab workspace cowlab made (no journal entry); not touching it")
     return done
+
+
+def shell_notes(lesson: Lesson, wd: Path, environ: dict | None = None) -> list[str]:
+    """What the attendee's shell lacks of what the steps left in it. Exported variables
+    ($LAB, COWLAB_ROOT) reach `cowlab lab check` through its environment, so their absence is
+    certain; a shell's own variables and functions don't, so those are named as a maybe."""
+    environ = os.environ if environ is None else environ
+    out: list[str] = []
+    seen: set[str] = set()
+    private: dict[int, set[str]] = {}
+    for n in shellstate.needed(lesson.body_steps):
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        if not n.exported:
+            private.setdefault(n.made_by, set()).add(f"{n.name}()" if n.function else f"${n.name}")
+            continue
+        have = environ.get(n.name)
+        if n.name == "LAB" and have and os.path.realpath(have) != os.path.realpath(wd):
+            out.append(f"shell: $LAB is {have}, not this lab's {wd}: run step {n.made_by} again")
+        elif not have:
+            out.append(f"shell: ${n.name} is not set in this shell (a new shell?): run step {n.made_by} again")
+        elif n.name == "COWLAB_ROOT" and (wd / "cowlab" / MARKER).exists() \
+                and os.path.realpath(have) != os.path.realpath(wd / "cowlab"):
+            out.append(f"shell: COWLAB_ROOT is {have}, not this lab's {wd / 'cowlab'}: run step {n.made_by} again")
+    for step_n in sorted(private):
+        names = ", ".join(sorted(private[step_n]))
+        verb = "are" if out else "may be"
+        out.append(f"shell: {names} from step {step_n} {verb} missing too (cowlab can't see a shell's own "
+                   f"variables; later steps stop with \"run step {step_n} first\" if so)")
+    return out
 
 
 def check(lesson: Lesson, state: StateRoot) -> list[tuple[Step, bool, str]]:

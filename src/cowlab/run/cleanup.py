@@ -36,7 +36,7 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
         res = Resources.open(state, info["owner"]) if (info["dir"] / "owner.json").exists() else None
         if res is None:
             res = Resources(state, info["owner"], "run", claim=False)
-        for pid in tagged_processes(info["owner"]):  # children first: they may hold mounts busy
+        for pid in tagged_processes(info["owner"], state):  # children first: they may hold mounts busy
             sysutil.kill_pid(pid, sysutil.proc_starttime(pid))
             done.append(f"ended process {pid} of {info['owner']}")
         errs = res.close()
@@ -51,6 +51,8 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     for m in sysutil.mounts_under(state.path):
         if m.target == os.path.realpath(state.path):
             continue  # the state root may itself be a mount (a disk given to cowlab): not ours
+        if in_nested_root(state, m.target):
+            continue  # another state root's (one made inside this one): its own cleanup's
         if m.target not in protected and not any(m.target.startswith(p + "/") for p in protected):
             try:
                 sysutil.umount(m.target)
@@ -68,7 +70,7 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     for cls in sweepers.values():
         done += cls.sweep_strays(state, entries)
     for dev, f in sysutil.loop_devices().items():
-        if state.inside(f) and f not in protected:
+        if state.inside(f) and f not in protected and not in_nested_root(state, f):
             sysutil.run(["losetup", "-d", dev], check=False)
             done.append(f"detached stray {dev} ({f})")
 
@@ -102,6 +104,20 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
                 sysutil.safe_rmtree(child, state.path)
                 done.append(f"removed {child}")
     return done
+
+
+def in_nested_root(state: StateRoot, path: str) -> bool:
+    """path lies in another state root made inside this one (its marker in a directory between
+    the two): that root's journal, not this one's sweep, owns what is there."""
+    from pathlib import Path
+    from cowlab.base.state import MARKER
+    top = os.path.realpath(state.path)
+    p = Path(os.path.realpath(path))
+    while str(p).startswith(top + "/"):
+        if (p / MARKER).exists():
+            return True
+        p = p.parent
+    return False
 
 
 def nested_roots(path: str) -> list:

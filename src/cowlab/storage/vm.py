@@ -86,8 +86,9 @@ def find_qemu() -> str | None:
     return shutil.which("qemu-system-x86_64")
 
 
-def why_unavailable(name: str | None = None) -> str:
-    """'' when the VM route can boot kernel `name` (default 6.1) here, else what is missing."""
+def why_unavailable(name: str | None = None, with_hint: bool = True) -> str:
+    """'' when the VM route can boot kernel `name` (default 6.1) here, else what is missing (and,
+    with_hint, how to get it: callers that print hint() beside it say it once)."""
     if os.environ.get(IN_VM):
         return "already inside cowlab's VM"
     missing = []
@@ -98,8 +99,7 @@ def why_unavailable(name: str | None = None) -> str:
     if not find_vng():
         missing.append("virtme-ng not installed (pip install 'cowlab[vm]')")
     if missing:
-        return "; ".join(missing) + (f"; run {PROVISION}" if len(missing) > 1 or kernel(name) is not None
-                                     or (name or DEFAULT_KERNEL) == DEFAULT_KERNEL else "")
+        return "; ".join(missing) + (f"; run {PROVISION}" if with_hint else "")
     return ""
 
 
@@ -266,7 +266,7 @@ def _journal_qemu(res: Resources, p: subprocess.Popen) -> None:
     for _ in range(600):
         if p.poll() is not None:
             return
-        for pid in tagged_processes(res.owner):
+        for pid in tagged_processes(res.owner, res.state):
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
             except OSError:
