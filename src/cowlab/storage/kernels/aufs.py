@@ -4,8 +4,8 @@ inputs (the linux-source package version, the AUFS commit, the config fragment, 
 patch and the build script), so it is rebuilt only when one of them changes.
 
 No Debian kernel has AUFS (bookworm 6.1, bullseye 5.10, the 6.12 kernels): the AUFS project's own
-way is its standalone tree patched into a kernel source, which build/build-aufs-kernel.sh does;
-build/aufs6.1-port.patch ports the hunks that no longer apply to Debian's 6.1 (each hunk says
+way is its standalone tree patched into a kernel source, which recipe/build-aufs-kernel.sh does;
+recipe/aufs6.1-port.patch ports the hunks that no longer apply to Debian's 6.1 (each hunk says
 what moved upstream). The AUFS sources are not part of cowlab: the build takes a local copy
 (COWLAB_AUFS_SRC, or the vendor/ copy beside a checkout) or clones the upstream repository at the
 pinned commit.
@@ -34,7 +34,7 @@ BUILD = "sudo nox -s aufs-kernel"
 
 
 def _files() -> dict[str, Path]:
-    d = Path(str(resources.files("cowlab.storage.kernels") / "build"))
+    d = Path(str(resources.files("cowlab.storage.kernels") / "recipe"))
     return {"script": d / "build-aufs-kernel.sh", "fragment": d / "aufs.config", "port": d / "aufs6.1-port.patch"}
 
 
@@ -117,7 +117,7 @@ def build(jobs: int | None = None, echo=print) -> Kernel:
         return found
     k = key()
     if not k:
-        raise CowlabError("can't compute the AUFS kernel's cache key (build/build-aufs-kernel.sh --print-key failed)")
+        raise CowlabError("can't compute the AUFS kernel's cache key (recipe/build-aufs-kernel.sh --print-key failed)")
     home = _home(k)
     cache_dir().mkdir(parents=True, exist_ok=True)
     log = cache_dir() / f"aufs-6.1-{k}.log"
