@@ -5,7 +5,8 @@ for deletions, `.wh..wh..opq` for opaque directories), shared by every image tha
 container is `mount -t aufs -o br:<upper>=rw:<layerN>=ro+wh:...:<layer1>=ro+wh` (one writable
 branch on top, read-only branches below that may hold whiteouts), with branches that do not fit
 in the page of mount options added by `remount,append:` one at a time, as Docker's aufs driver
-does. Options after the branches: `dio` and an xino file in the driver's home.
+does. Options after the branches: `dio` and an xino file on a tmpfs of the container's own (as
+Docker's driver kept it on /dev/shm: AUFS refuses xino files on xfs, btrfs and overlay).
 
 No Debian kernel has aufs (nor this project's development kernel): the probe then says what the
 kernel lacks, and the run layer (cowlab.run.vmroute) runs the driver in the kernel VM on the AUFS
@@ -97,12 +98,18 @@ class Aufs(Driver):
         lowers = [self._layer(d) / "diff" for d in reversed(layers)]  # top layer first
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        merged, hs = U.union_container(res, cdir, ("diff", "mnt"), lambda upper, merged: [
-            res.acquire("mount", lambda: self._mount(upper, lowers, merged, cdir / "xino"), target=str(merged))])
+        # The xino file (AUFS's inode-number table) can't live on xfs or btrfs (AUFS refuses their
+        # i_size handling) nor on overlay; Docker's driver kept it on tmpfs (/dev/shm/aufs.xino).
+        # cowlab gives each container a small tmpfs of its own, inside the container's directory.
+        merged, hs = U.union_container(res, cdir, ("diff", "xino", "mnt"), lambda upper, xdir, merged: [
+            res.acquire("mount", partial(sysutil.mount, "tmpfs", xdir, "tmpfs", "size=64m,mode=0700"),
+                        target=str(xdir)),
+            res.acquire("mount", partial(self._mount, upper, lowers, merged, xdir / "xino"), target=str(merged))])
         return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
-        return {"aufs_mount": "br:<upper>=rw:<layerN>=ro+wh:...,dio,xino=<container>/xino (+ remount,append:)",
+        return {"aufs_mount": "br:<upper>=rw:<layerN>=ro+wh:...,dio,xino=<container>/xino/xino on tmpfs "
+                              "(+ remount,append:)",
                 "aufs_version": _aufs_version()}
 
 
