@@ -123,9 +123,9 @@ def check_needs_spec(path, needs: dict) -> None:
 @dataclass
 class Verdict:
     route: str | None                 # "native", "vm", or None when it can't run here
-    kernel: str | None = None         # with route "vm": the kernel the VM boots
     missing: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+    kernel: str | None = None         # with route "vm": the kernel the VM boots
 
     @property
     def runnable(self) -> bool:
