@@ -166,7 +166,10 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         if out is not None:
             out = Path(os.path.abspath(out))
             out.mkdir(parents=True, exist_ok=True)
-        name = (socket.gethostname()[:40] + "-vm").replace("_", "-")
+        # The guest's hostname names its results directory (results/<host>-vm/): runs on another
+        # kernel than the default 6.1 go apart (…-vm-5-10, …-vm-aufs), never pooled with it.
+        suffix = "" if kern.name == DEFAULT_KERNEL else "-" + kern.name.replace(".", "-")
+        name = (socket.gethostname()[:40] + "-vm" + suffix).replace("_", "-")
         if out is not None:  # whatever the guest leaves "running" is closed once the VM is gone
             res.add("vm_results", out=str(out), hostname=name, before=sorted(_runs(str(out))))
         config = {"argv": argv, "python_argv": python_argv, "scratch": str(scratch),
