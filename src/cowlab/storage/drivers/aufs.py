@@ -37,7 +37,10 @@ HINT = ("cowlab's AUFS kernel in the kernel VM: `sudo nox -s aufs-kernel` (build
 class Aufs(Driver):
     name = "aufs"
     description = "AUFS branches (rw on top, ro+wh below) with .wh. whiteouts (Docker's aufs driver)"
-    capabilities = frozenset({"union", "files_on_backing"})
+    # rename_dir_exdev: renaming a directory that exists in a read-only branch returns EXDEV
+    # (AUFS's `dirren` option lifts that; Docker's driver never set it), as overlay without
+    # redirect_dir: `mv` then copies the tree.
+    capabilities = frozenset({"union", "files_on_backing", "rename_dir_exdev"})
     # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
     color = "tab:green"
     engine = {"note": "needs a kernel with AUFS"}
@@ -93,18 +96,29 @@ class Aufs(Driver):
         for b in rest:
             sysutil.mount("none", target, "aufs", f"append:{b}=ro+wh", MS_REMOUNT)
 
+    def _mounts(self, res: Resources, lowers: list[Path], upper: Path, xdir: Path, merged: Path) -> list:
+        """The xino file (AUFS's inode-number table) can't live on xfs or btrfs (AUFS refuses
+        their i_size handling) nor on overlay; Docker's driver kept it on tmpfs (/dev/shm). Each
+        container gets a small tmpfs of its own inside its directory, then the union."""
+        hx = res.acquire("mount", partial(sysutil.mount, "tmpfs", xdir, "tmpfs", "size=64m,mode=0700"),
+                         target=str(xdir))
+        try:
+            return [hx, res.acquire("mount", partial(self._mount, upper, lowers, merged, xdir / "xino"),
+                                    target=str(merged))]
+        except BaseException:
+            res.release(hx)
+            raise
+
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         layers = json.loads(self._image_file(image).read_text())["layers"]
-        lowers = [self._layer(d) / "diff" for d in reversed(layers)]  # top layer first
+        # Top layer first. A layer that is in the image twice (two identical layers: cowlab keeps a
+        # layer once per digest) is one branch, at its topmost place: AUFS refuses a branch given
+        # twice, and the lower copy adds nothing the upper one does not (Docker's layer ids were
+        # per position, so it never met this).
+        lowers = list(dict.fromkeys(self._layer(d) / "diff" for d in reversed(layers)))
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        # The xino file (AUFS's inode-number table) can't live on xfs or btrfs (AUFS refuses their
-        # i_size handling) nor on overlay; Docker's driver kept it on tmpfs (/dev/shm/aufs.xino).
-        # cowlab gives each container a small tmpfs of its own, inside the container's directory.
-        merged, hs = U.union_container(res, cdir, ("diff", "xino", "mnt"), lambda upper, xdir, merged: [
-            res.acquire("mount", partial(sysutil.mount, "tmpfs", xdir, "tmpfs", "size=64m,mode=0700"),
-                        target=str(xdir)),
-            res.acquire("mount", partial(self._mount, upper, lowers, merged, xdir / "xino"), target=str(merged))])
+        merged, hs = U.union_container(res, cdir, ("diff", "xino", "mnt"), partial(self._mounts, res, lowers))
         return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
