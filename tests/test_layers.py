@@ -282,6 +282,21 @@ def test_hardlink_in_a_layer(tmp_path, style):
 
 
 @pytest.mark.root
+def test_aufs_style_whiteout_removes_the_name_from_its_own_layer(tmp_path):
+    """containerd's MoveFileFromLowerLayer: a layer links d/b to d/a, then whites d/a out. In an
+    AUFS branch d/a and d/.wh.a can't both be (AUFS: EIO, "both of real entry and whiteout
+    found"): the whiteout stays, the name goes, the link keeps the data."""
+    p = tmp_path / "l.tar"
+    p.write_bytes(tar_bytes([(ti("d", type=tarfile.DIRTYPE, mode=0o755), None), (ti("d/a"), b"content"),
+                             (ti("d/b", type=tarfile.LNKTYPE, linkname="d/a"), None), (ti("d/.wh.a"), b"")]))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    layers.apply_tar(p, dest, "aufs")
+    assert sorted(os.listdir(dest / "d")) == [".wh.a", "b"]
+    assert (dest / "d" / "b").read_bytes() == b"content"
+
+
+@pytest.mark.root
 def test_hardlink_from_spec(tmp_path, store):
     img = store.build(spec_of([[{"op": "file", "path": "/bin/busybox", "size": 1000},
                                 {"op": "hardlink", "path": "/bin/sh", "target": "/bin/busybox"},

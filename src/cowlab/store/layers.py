@@ -469,6 +469,10 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                     if style == "overlay":
                         os.mknod(victim, stat.S_IFCHR | 0o000, os.makedev(0, 0))
                     continue
+                if base.startswith(WH) and base != OPAQUE:  # aufs: the whiteout stays a .wh. file, but
+                    # the name it hides can't also be in this branch (AUFS: "both of real entry and
+                    # whiteout found", EIO), as in every other style the whiteout removes it here
+                    _remove(os.path.join(root, parent, base[len(WH):]), root)
                 created.add(rel)
                 if m.isdir():
                     if os.path.lexists(full) and not os.path.isdir(full) or os.path.islink(full):
