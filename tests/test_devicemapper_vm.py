@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.store import spec
-from cowlab.storage import vm
-from cowlab.run import vmroute
-from cowlab.store.images import ImageStore
 from cowlab.base.state import StateRoot
+from cowlab.run import vmroute
+from cowlab.storage import vm
+from cowlab.store import spec
+from cowlab.store.images import ImageStore
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "bench" / "specs" / "demo.toml"

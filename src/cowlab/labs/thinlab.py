@@ -24,12 +24,12 @@ import subprocess
 import time
 import uuid
 
-from cowlab.storage import backing as B
-from cowlab.storage import drivers
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
 from cowlab.base.resources import Resources, spawn
 from cowlab.base.state import StateRoot
+from cowlab.storage import backing as B
+from cowlab.storage import drivers
+from cowlab.store.images import ImageStore
 
 MODES = ("queue", "error", "timeout")
 MiB = 1 << 20

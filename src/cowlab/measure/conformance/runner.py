@@ -26,9 +26,9 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
@@ -129,7 +129,7 @@ class DriverSession:
         self.state, self.cls, self.images, self.umask = state, cls, images, umask
         self.options = options or None
 
-    def __enter__(self) -> "DriverSession":
+    def __enter__(self) -> DriverSession:
         pid = os.getpid()
         self.tag = f"conformance-{pid}-{uuid.uuid4().hex[:6]}"
         self.res = Resources(self.state, f"run-{pid}-{sysutil.proc_starttime(pid)}-{self.tag}", "run",

@@ -43,7 +43,7 @@ from cowlab.base.state import StateRoot
 from cowlab.base.units import parse_size
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
 from cowlab.storage.drivers.devicemapper import thin
-from cowlab.storage.drivers.devicemapper.thin import KiB, MiB, GiB, SECTOR
+from cowlab.storage.drivers.devicemapper.thin import SECTOR, GiB, KiB, MiB
 from cowlab.store import layers as L
 from cowlab.store.images import Image
 
