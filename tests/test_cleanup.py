@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.run import cleanup
-from cowlab.base import sysutil
-from cowlab.store.images import ImageStore
-from cowlab.base.resources import Resources, owners
-
 from conftest import SRC, mounts_under
+from cowlab.base import sysutil
+from cowlab.base.resources import Resources, owners
+from cowlab.run import cleanup
+from cowlab.store.images import ImageStore
 from helpers import spec_of
 
 PRELUDE = """

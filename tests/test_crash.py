@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SRC, loops_under, mounts_under
 from cowlab import results
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
 from cowlab.base.state import StateRoot, resolve_root
-
-from conftest import SRC, loops_under, mounts_under
 from helpers import docker_archive, simple_layer, tree_fingerprint
 
 pytestmark = pytest.mark.root

@@ -22,16 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.storage import autobacking
+from conftest import mounts_under
 from cowlab.base import sysutil
+from cowlab.base.errors import CowlabError
+from cowlab.base.resources import Resources
+from cowlab.storage import autobacking
 from cowlab.storage import backing as B
 from cowlab.storage.drivers import DRIVERS
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.unionfs_fuse import HIDETAG, meta_name, translate
-from cowlab.base.errors import CowlabError
-from cowlab.base.resources import Resources
-
-from conftest import mounts_under
 from helpers import spec_of, tree_fingerprint
 
 pytestmark = pytest.mark.root
@@ -387,7 +386,7 @@ def _is_descendant(pid: int) -> bool:
 def _samples(out: Path) -> list[dict]:
     rows = []
     for f in out.rglob("samples.jsonl"):
-        rows += [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return rows
 
 
@@ -499,8 +498,8 @@ def test_zfs_fuse_user_lock_is_machine_wide_and_dies_with_its_holder():
     import sys
     import time
 
-    from cowlab.storage.drivers.zfs import daemon as Z
     from conftest import SRC
+    from cowlab.storage.drivers.zfs import daemon as Z
     code = ("import sys,time; from cowlab.storage.drivers.zfs import daemon as Z; Z.user_lock_acquire(); "
             "print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

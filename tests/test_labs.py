@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SRC, mounts_under
 from cowlab.base.errors import CowlabError
 from cowlab.labs import expect, lesson
-
-from conftest import SRC, mounts_under
 
 REPO_LABS = Path(__file__).resolve().parent.parent / "labs"
 IS_ROOT = os.geteuid() == 0

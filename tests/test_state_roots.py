@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mounts_under
 from cowlab.base import resources as R
 from cowlab.base import sysutil
 from cowlab.base.state import StateRoot
 from cowlab.run import cleanup
-from conftest import mounts_under
 
 SPEC = 'name = "demo"\n[[layers]]\nops = [{op = "file", path = "/etc/hello", size = 100}]\n'
 

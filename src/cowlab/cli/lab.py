@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 
-from cowlab.storage import drivers
 from cowlab.base import provenance
 from cowlab.base.errors import CowlabError
-from cowlab.results import RunWriter, Sample
 from cowlab.base.state import StateRoot, resolve_root
+from cowlab.results import RunWriter, Sample
+from cowlab.storage import drivers
 
 
 @click.group()
@@ -37,7 +37,7 @@ def _state_of(ctx) -> StateRoot:
 def lab_list(labs_path, as_json):
     """Every lab: id, title, minutes, what it needs, and whether it runs here (or why not)."""
     from cowlab.labs import lesson, needs
-    rows = []
+    rows: list[dict] = []  # printed as JSON or as a table: values of mixed types
     for les in lesson.load_all(lesson.labs_dir(labs_path)):
         v = needs.evaluate(les.needs)
         rows.append({"id": les.id, "title": les.title, "minutes": les.minutes, "file": les.path.name,
@@ -149,7 +149,7 @@ def lab_check(ctx, lab_id, labs_path):
         raise CowlabError(f"lab {les.id} has no checks")
     notes = replay.shell_notes(les, replay.find_workdir(_state_of(ctx), les.id))
     done = max((i for i, (_, ok, _) in enumerate(results) if ok), default=-1)
-    for i, (step, ok, out) in enumerate(results):
+    for i, (step, ok, _) in enumerate(results):
         mark = "✓" if ok else ("·" if i > done else "✗")
         click.echo(f"{mark} step {step.n}: {step.label}")
         if not ok and i <= done + 1:
@@ -213,10 +213,10 @@ def lab_reset(ctx, lab_id):
 @click.pass_context
 def thinpool(ctx, driver_name, modes, timeout, pool_size, device, force, out, vm_mode):
     """Fill a thin pool and show what the writer sees: blocked, ENOSPC, or blocked then ENOSPC."""
-    from cowlab.storage import autobacking, vm
+    from cowlab.base.sysutil import require_root
     from cowlab.labs import thinlab
     from cowlab.run import vmroute
-    from cowlab.base.sysutil import require_root
+    from cowlab.storage import autobacking, vm
     modes = list(modes) or list(thinlab.MODES)
     pool_bytes = autobacking.parse_size(pool_size)
     cls = drivers.get(driver_name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def _docker() -> bool:
 
 @dataclass(frozen=True)
 class Feature:
-    check: object           # () -> bool
+    check: Callable[[], bool]
     what: str               # said when missing
     hint: str               # how to get it
     in_vm: str | None = None  # the kernel (cowlab.storage.kernels) on which the kernel VM has it
@@ -141,7 +142,7 @@ def scripts(needs_list: list[dict], root: Path | None = None) -> list[str]:
     host first; only scripts that exist in the checkout are named."""
     out = ["host"]
     for n in needs_list:
-        out += [FEATURES[f].script for f in n.get("features", []) if FEATURES[f].script]
+        out += [s for f in n.get("features", []) if (s := FEATURES[f].script)]
         if n.get("drivers"):
             from cowlab.storage import drivers
             out += [drivers.get(d).name for d in n["drivers"]]  # vagrant/provision/<driver>.sh

@@ -15,16 +15,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cowlab.run import cleanup
 from cowlab.base.errors import CowlabError, Unavailable
 from cowlab.base.resources import Resources
 from cowlab.base.state import MARKER, StateRoot
 from cowlab.labs import expect, needs, shellstate
 from cowlab.labs.lesson import Lesson, Step
 from cowlab.labs.shell import Session, StepResult
+from cowlab.run import cleanup
 
 WORKDIR_ENV = "COWLAB_LAB_WORKDIR"   # set in a replay: `cowlab lab workdir` answers with it
 LAB_MARKER = ".cowlab-lab"
@@ -375,7 +376,7 @@ def reset(state: StateRoot, lab_id: str) -> list[str]:
     return done
 
 
-def shell_notes(lesson: Lesson, wd: Path, environ: dict | None = None) -> list[str]:
+def shell_notes(lesson: Lesson, wd: Path, environ: Mapping[str, str] | None = None) -> list[str]:
     """What the attendee's shell lacks of what the steps left in it. Exported variables
     ($LAB, COWLAB_ROOT) reach `cowlab lab check` through its environment, so their absence is
     certain; a shell's own variables and functions don't, so those are named as a maybe."""

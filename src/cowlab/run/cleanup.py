@@ -3,7 +3,6 @@ lists (mountinfo, loop devices), restricted to paths under the state root."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from cowlab.base import sysutil
@@ -16,9 +15,9 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
 
     Returns one line per action, for the user to read. Live runs are never touched.
     """
-    import cowlab.storage.drivers  # noqa: F401  (registers every driver's releasers)
     import cowlab.measure.engine.daemon  # noqa: F401  (a private dockerd's releasers)
     import cowlab.results  # noqa: F401  (a killed run's run.json record)
+    import cowlab.storage.drivers  # noqa: F401  (registers every driver's releasers)
 
     done: list[str] = []
     protected: set[str] = set()
@@ -66,7 +65,8 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     entries = [e for info in owners(state) for e in _entries(info["dir"])]
     sweepers: dict = {}
     for cls in DRIVERS.values():
-        sweepers.setdefault(cls.sweep_strays.__func__, cls)
+        # a classmethod bound to cls has __func__; mypy types the bound method as a plain Callable
+        sweepers.setdefault(cls.sweep_strays.__func__, cls)  # type: ignore[attr-defined]
     for cls in sweepers.values():
         done += cls.sweep_strays(state, entries)
     for dev, f in sysutil.loop_devices().items():
@@ -85,8 +85,8 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     # Staging directories of dead runs (an extraction interrupted half way).
     if state.tmp.exists():
         for d in state.tmp.iterdir():
-            pid = _staging_pid(d.name)
-            if everything or pid is None or not sysutil.pid_alive(pid, None):
+            staging_pid = _staging_pid(d.name)
+            if everything or staging_pid is None or not sysutil.pid_alive(staging_pid, None):
                 if d.is_dir() and not d.is_symlink():
                     sysutil.safe_rmtree(d, state.path)
                 else:
@@ -110,6 +110,7 @@ def in_nested_root(state: StateRoot, path: str) -> bool:
     """path lies in another state root made inside this one (its marker in a directory between
     the two): that root's journal, not this one's sweep, owns what is there."""
     from pathlib import Path
+
     from cowlab.base.state import MARKER
     top = os.path.realpath(state.path)
     p = Path(os.path.realpath(path))
@@ -124,6 +125,7 @@ def nested_roots(path: str) -> list:
     """State roots cowlab commands made inside a workspace (a lab's `COWLAB_ROOT=$LAB/...`), at
     most two levels down: deeper would mean walking through whatever the lab mounted."""
     from pathlib import Path
+
     from cowlab.base.state import MARKER
     base = Path(path)
     if not base.is_dir():

@@ -27,6 +27,7 @@ of the run: killed by pid on Ctrl-C or error, found by `cowlab cleanup` after a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -108,7 +109,7 @@ def available(name: str | None = None) -> bool:
 
 
 def hint(name: str | None = None) -> str:
-    if (name or DEFAULT_KERNEL) != DEFAULT_KERNEL:
+    if name is not None and name != DEFAULT_KERNEL:
         return f"{kernels.how_to_get(name)}, {PROVISION} && pip install 'cowlab[vm]'"
     return f"{PROVISION} && pip install 'cowlab[vm]'"
 
@@ -160,7 +161,7 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         qemu_opts = []
         for serial, size in [(STATE_SERIAL, state_disk), *disks.items()]:
             img = scratch / f"{serial}.img"
-            res.acquire("file", lambda img=img, size=size: sysutil.sparse_file(img, size), path=str(img))
+            res.acquire("file", functools.partial(sysutil.sparse_file, img, size), path=str(img))
             qemu_opts += ["-drive", f"if=none,id={serial},file={img},format=raw,cache=unsafe",
                           "-device", f"virtio-blk-pci,drive={serial},serial={serial}"]
         if out is not None:
@@ -181,7 +182,10 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         (scratch / "config.json").write_text(json.dumps(config))
         guest_cmd = " ".join(shlex.quote(a) for a in
                              [sys.executable, "-m", "cowlab.storage.vm", "guest", str(scratch / "config.json")])
-        cmd = [find_vng(), "--run", str(kern.image), *_module_args(kern), "--memory", memory, "--cpus", str(cpus or os.cpu_count() or 1),
+        vng = find_vng()
+        if vng is None:  # why_unavailable() found it a moment ago
+            raise CowlabError("virtme-ng not installed (pip install 'cowlab[vm]')")
+        cmd = [vng, "--run", str(kern.image), *_module_args(kern), "--memory", memory, "--cpus", str(cpus or os.cpu_count() or 1),
                "--name", name, "--rwdir", str(scratch), "--rodir", str(state.images), "--rodir", str(state.layers),
                f"--qemu-opts={' '.join(qemu_opts)}", "--exec", guest_cmd]
         if out is not None:
@@ -229,7 +233,8 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
             rc = 1
         if guest:
             rc = guest.get("returncode", rc)
-        info = {"boot_seconds": round(boot[0], 3) if boot else None, "wall_seconds": round(wall, 3),
+        boot_seconds = round(boot[0], 3) if boot else None
+        info = {"boot_seconds": boot_seconds, "wall_seconds": round(wall, 3),
                 "accel": accel(), "kernel_image": str(kern.image), "guest_kernel": guest.get("kernel"),
                 "kernel": kern.describe(),
                 "host_hostname": socket.gethostname(), "host_kernel": platform.release(),
@@ -240,7 +245,7 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         dirs = _stamp_results(out, guest.get("run_dirs", []), info) if out else []
         for d in dirs:
             sysutil.hand_over(d)  # written by root in the guest: the sudo user's, like native runs
-        return VMResult(rc, info["boot_seconds"], wall, guest, dirs, info)
+        return VMResult(rc, boot_seconds, wall, guest, dirs, info)
     finally:
         errs = res.close()
         for e in errs:

@@ -230,7 +230,7 @@ def user_lock_acquire(wait: float = USER_WAIT) -> None:
                     sock.close()
                     raise Unavailable("driver zfs", f"cowlab process {holder} has been using zfs-fuse for over "
                                       f"{wait:.0f} s (one process at a time: zfs-fuse deadlocks under several)",
-                                      "wait for it to finish")
+                                      "wait for it to finish") from e
                 time.sleep(0.5)
         _user["sock"] = sock
     _user["refs"] += 1

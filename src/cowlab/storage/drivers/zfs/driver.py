@@ -43,18 +43,25 @@ import time
 import uuid
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, Unavailable
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources, releaser
 from cowlab.base.state import StateRoot
 from cowlab.base.units import parse_size  # zpool's sizes too (1.50K, 171M)
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
 from cowlab.storage.drivers.zfs import daemon as D
-from cowlab.storage.drivers.zfs.daemon import (ARC_MAX_MB, tool, zfs_cli, implementation, kernel_tools_ok,
-                                               user_lock_acquire, user_lock_release)
+from cowlab.storage.drivers.zfs.daemon import (
+    ARC_MAX_MB,
+    implementation,
+    kernel_tools_ok,
+    tool,
+    user_lock_acquire,
+    user_lock_release,
+    zfs_cli,
+)
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 POOL_PREFIX = "cowlab-"
 DEFAULT_POOL_SIZE = 16 << 30
@@ -302,7 +309,7 @@ class Zfs(Driver):
         pool = self._ensure()
         chains = U.chain_ids(image)
         parent = None
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             ds = self._ds(chain)
             if not self._exists(f"{ds}@layer"):
                 # Layers belong to the pool (journaled, destroyed with it), not to one import;
@@ -367,6 +374,8 @@ class Zfs(Driver):
 
     # --- accounting --------------------------------------------------------------------------
     def _sync(self) -> None:
+        if self.pool is None:  # callers _ensure() the pool first
+            raise CowlabError("zfs: no pool to sync yet")
         os.sync()
         if self.impl == "kernel":
             zfs_cli(["zpool", "sync", self.pool])
@@ -377,11 +386,11 @@ class Zfs(Driver):
             zfs_cli(["zfs", "destroy", snap])
 
     def used_bytes(self) -> int:
-        self._ensure()
+        pool = self._ensure()
         self._sync()
         if self.impl == "kernel":
-            return int(zfs_cli(["zpool", "list", "-Hp", "-o", "allocated", self.pool]).stdout.strip())
-        return parse_size(zfs_cli(["zpool", "list", "-H", "-o", "allocated", self.pool]).stdout.strip())
+            return int(zfs_cli(["zpool", "list", "-Hp", "-o", "allocated", pool]).stdout.strip())
+        return parse_size(zfs_cli(["zpool", "list", "-H", "-o", "allocated", pool]).stdout.strip())
 
     def inodes_used(self) -> int | None:
         return None  # ZFS allocates dnodes on demand: there is no inode table to run out of
@@ -389,11 +398,11 @@ class Zfs(Driver):
     def pool_stats(self) -> dict:
         """compressratio (root dataset, children included), dedupratio (pool), ARC size where
         readable (None under zfs-fuse, with the reason in 'arc_note')."""
-        self._ensure()
+        pool = self._ensure()
         self._sync()
         out = {"compressratio": _ratio(zfs_cli(["zfs", "get", "-H", "-o", "value", "compressratio",
-                                                 self.pool]).stdout),
-               "dedupratio": _ratio(zfs_cli(["zpool", "list", "-H", "-o", "dedupratio", self.pool]).stdout),
+                                                 pool]).stdout),
+               "dedupratio": _ratio(zfs_cli(["zpool", "list", "-H", "-o", "dedupratio", pool]).stdout),
                "arc_size_bytes": None, "arc_note": ""}
         arc = Path("/proc/spl/kstat/zfs/arcstats")
         if arc.exists():
