@@ -41,6 +41,7 @@ def releaser(kind: str):
     def deco(fn: Releaser) -> Releaser:
         RELEASERS[kind] = fn
         return fn
+
     return deco
 
 
@@ -210,10 +211,10 @@ class Resources:
     owner: str
     kind: str = "run"
     meta: dict = field(default_factory=dict)
-    claim: bool = True   # write owner.json as ours; False when reopening another's journal
+    claim: bool = True  # write owner.json as ours; False when reopening another's journal
     _seq: int = 0
     _live: list[Handle] = field(default_factory=list)
-    _spent: list[Path] = field(default_factory=list)   # released lazily, entry not yet unlinked
+    _spent: list[Path] = field(default_factory=list)  # released lazily, entry not yet unlinked
 
     def __post_init__(self):
         self.dir = self.state.journal / self.owner

@@ -62,6 +62,7 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     # mapper's devices with this state root's prefix), before the loop devices a stray pool may
     # hold: each registered driver's own sweep, once per implementation.
     from cowlab.storage.drivers import DRIVERS
+
     entries = [e for info in owners(state) for e in _entries(info["dir"])]
     sweepers: dict = {}
     for cls in DRIVERS.values():
@@ -93,8 +94,10 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
                     os.unlink(d)
                 done.append(f"removed staging {d.name}")
     if everything:
+
         def in_use(p: str) -> bool:  # a live run's data (a vfs home has no mount to show it)
             return any(q == p or q.startswith(p + "/") or p.startswith(q + "/") for q in protected)
+
         for sub in (state.store, state.backings):
             if not sub.exists():
                 continue
@@ -112,6 +115,7 @@ def in_nested_root(state: StateRoot, path: str) -> bool:
     from pathlib import Path
 
     from cowlab.base.state import MARKER
+
     top = os.path.realpath(state.path)
     p = Path(os.path.realpath(path))
     while str(p).startswith(top + "/"):
@@ -127,6 +131,7 @@ def nested_roots(path: str) -> list:
     from pathlib import Path
 
     from cowlab.base.state import MARKER
+
     base = Path(path)
     if not base.is_dir():
         return []

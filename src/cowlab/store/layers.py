@@ -35,6 +35,7 @@ _ALLOWED_XATTR = ("user.", "security.capability")
 
 # --- building -----------------------------------------------------------------------------
 
+
 @dataclass(eq=False)
 class Inode:
     type: str  # file, dir, symlink
@@ -173,20 +174,50 @@ class _Model:
         for j, op in enumerate(self.spec.layers[index].ops, 1):
             w, a = f"{where}, op {j} ({op.op})", op.args
             if op.op == "file":
-                put(a["path"], Inode("file", a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0),
-                                     a["size"], a.get("pattern", "random"),
-                                     a.get("seed", file_seed(self.spec.seed, index, a["path"])),
-                                     xattrs=dict(a.get("xattrs", {})), mtime=a.get("mtime", 0)), w)
+                put(
+                    a["path"],
+                    Inode(
+                        "file",
+                        a.get("mode", 0o644),
+                        a.get("uid", 0),
+                        a.get("gid", 0),
+                        a["size"],
+                        a.get("pattern", "random"),
+                        a.get("seed", file_seed(self.spec.seed, index, a["path"])),
+                        xattrs=dict(a.get("xattrs", {})),
+                        mtime=a.get("mtime", 0),
+                    ),
+                    w,
+                )
             elif op.op == "files":
                 prefix = a.get("prefix", "f")
                 for k in range(a["count"]):
                     p = f"{a['dir']}/{prefix}{k:06d}"
-                    put(p, Inode("file", a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0),
-                                 a["size"], a.get("pattern", "random"), file_seed(self.spec.seed, index, p)), w)
+                    put(
+                        p,
+                        Inode(
+                            "file",
+                            a.get("mode", 0o644),
+                            a.get("uid", 0),
+                            a.get("gid", 0),
+                            a["size"],
+                            a.get("pattern", "random"),
+                            file_seed(self.spec.seed, index, p),
+                        ),
+                        w,
+                    )
             elif op.op == "copy":
                 src = Path(a["source"])
-                put(a["path"], Inode("file", a.get("mode", stat.S_IMODE(src.stat().st_mode)),
-                                     size=src.stat().st_size, source=str(src)), w)
+                put(
+                    a["path"],
+                    Inode(
+                        "file",
+                        a.get("mode", stat.S_IMODE(src.stat().st_mode)),
+                        size=src.stat().st_size,
+                        source=str(src),
+                    ),
+                    w,
+                )
             elif op.op == "dir":
                 old = self.tree.get(a["path"])
                 node = old if old is not None and old.type == "dir" else Inode("dir", 0o755)
@@ -195,8 +226,13 @@ class _Model:
                 node.xattrs.update(a.get("xattrs", {}))
                 put(a["path"], node, w)
             elif op.op == "symlink":
-                put(a["path"], Inode("symlink", 0o777, a.get("uid", 0), a.get("gid", 0), target=a["target"],
-                                     mtime=a.get("mtime", 0)), w)
+                put(
+                    a["path"],
+                    Inode(
+                        "symlink", 0o777, a.get("uid", 0), a.get("gid", 0), target=a["target"], mtime=a.get("mtime", 0)
+                    ),
+                    w,
+                )
             elif op.op == "hardlink":
                 tnode = need(a["target"], w)
                 if tnode.type != "file":
@@ -322,6 +358,7 @@ def spec_bytes(spec: ImageSpec) -> int:
 
 # --- checking ------------------------------------------------------------------------------
 
+
 def member_path(name: str, where: str) -> str:
     """A tar member name as a relative path; absolute names and '..' are hostile."""
     if name.startswith("/"):
@@ -339,8 +376,10 @@ def check_member(m: tarfile.TarInfo, where: str) -> str:
     if posixpath.basename(rel) in (WH + ".", WH + ".."):
         raise CowlabError(f"{where}: {m.name!r} is a whiteout of '.' or '..'")
     if m.issparse():
-        raise CowlabError(f"{where}: {m.name!r} is a sparse member (it claims {m.size} bytes); cowlab "
-                          "does not import sparse tar members")
+        raise CowlabError(
+            f"{where}: {m.name!r} is a sparse member (it claims {m.size} bytes); cowlab "
+            "does not import sparse tar members"
+        )
     if m.ischr() or m.isblk():
         raise CowlabError(f"{where}: {m.name!r} is a device node; cowlab does not import device nodes")
     if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.isfifo()):
@@ -348,7 +387,8 @@ def check_member(m: tarfile.TarInfo, where: str) -> str:
     if m.islnk():
         target = member_path(m.linkname, where + f", hard link {m.name!r}")
     if posixpath.basename(rel).startswith(WH) and not (
-            m.isreg() or (m.islnk() and posixpath.basename(target).startswith(WH))):
+        m.isreg() or (m.islnk() and posixpath.basename(target).startswith(WH))
+    ):
         # A whiteout is a marker, an empty regular file (AUFS hard-links its whiteouts to one
         # another, which tar records as links between .wh. names): anything else is not one.
         raise CowlabError(f"{where}: whiteout {m.name!r} is not a regular file (tar type {m.type!r})")
@@ -376,11 +416,13 @@ def check_tar(path: Path, where: str) -> int:
                     parts = p.split("/")
                     for k in range(1, len(parts)):
                         if "/".join(parts[:k]) in links:
-                            raise CowlabError(f"{where}: {m.name!r} would be written through the symlink "
-                                              f"{'/'.join(parts[:k])!r} of the same layer")
+                            raise CowlabError(
+                                f"{where}: {m.name!r} would be written through the symlink "
+                                f"{'/'.join(parts[:k])!r} of the same layer"
+                            )
                 base = posixpath.basename(rel)
                 if base.startswith(WH):  # a whiteout removes what the name held
-                    gone = posixpath.join(posixpath.dirname(rel), base[len(WH):])
+                    gone = posixpath.join(posixpath.dirname(rel), base[len(WH) :])
                     links = {x for x in links if x != gone and not x.startswith(gone + "/")}
                 elif m.issym():
                     links.add(rel)
@@ -402,11 +444,11 @@ def _check_end(path, end: int, where: str) -> None:
         f.seek(end)
         while chunk := f.read(1 << 16):
             if chunk.strip(b"\0"):
-                raise CowlabError(f"{where}: tar is truncated (a partial header or data after its end "
-                                  f"at byte {end})")
+                raise CowlabError(f"{where}: tar is truncated (a partial header or data after its end at byte {end})")
 
 
 # --- applying ------------------------------------------------------------------------------
+
 
 def _no_symlink_parents(root: str, rel: str, where: str) -> None:
     """Refuse to write through a symlink: a link to /etc followed by etc/passwd must not escape."""
@@ -419,7 +461,7 @@ def _no_symlink_parents(root: str, rel: str, where: str) -> None:
             os.mkdir(cur, 0o755)
             continue
         if stat.S_ISLNK(st.st_mode):
-            raise CowlabError(f"{where}: {rel!r} would be written through the symlink {cur[len(root):]!r}")
+            raise CowlabError(f"{where}: {rel!r} would be written through the symlink {cur[len(root) :]!r}")
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(cur)
             os.mkdir(cur, 0o755)
@@ -432,6 +474,7 @@ def _remove(path: str, within: str) -> None:
         return
     if stat.S_ISDIR(st.st_mode):
         from cowlab.base.sysutil import safe_rmtree
+
         safe_rmtree(path, within)
     else:
         os.unlink(path)
@@ -464,7 +507,7 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                         else:
                             opaque.append(parent)
                         continue
-                    victim = os.path.join(pfull, base[len(WH):])
+                    victim = os.path.join(pfull, base[len(WH) :])
                     _remove(victim, root)
                     if style == "overlay":
                         os.mknod(victim, stat.S_IFCHR | 0o000, os.makedev(0, 0))
@@ -472,7 +515,7 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                 if base.startswith(WH) and base != OPAQUE:  # aufs: the whiteout stays a .wh. file, but
                     # the name it hides can't also be in this branch (AUFS: "both of real entry and
                     # whiteout found", EIO), as in every other style the whiteout removes it here
-                    _remove(os.path.join(root, parent, base[len(WH):]), root)
+                    _remove(os.path.join(root, parent, base[len(WH) :]), root)
                 created.add(rel)
                 if m.isdir():
                     if os.path.lexists(full) and not os.path.isdir(full) or os.path.islink(full):
@@ -496,8 +539,9 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
                     _no_symlink_parents(root, trel, where)  # the target's parents, not the target
                     tfull = os.path.join(root, trel)
                     if not os.path.lexists(tfull) or os.path.isdir(tfull) and not os.path.islink(tfull):
-                        raise CowlabError(f"{where}: hard link {rel!r} points to {m.linkname!r}, which is "
-                                          "not a file in the layer")
+                        raise CowlabError(
+                            f"{where}: hard link {rel!r} points to {m.linkname!r}, which is not a file in the layer"
+                        )
                     if os.path.islink(tfull) and style == "apply":
                         raise CowlabError(f"{where}: hard link {rel!r} to a symlink is not supported")
                     os.link(tfull, full, follow_symlinks=False)
@@ -516,9 +560,14 @@ def apply_tar(path: Path, dest: Path, style: str, where: str = "") -> None:
         if e.errno == errno.ENOSPC:
             raise CowlabError(f"{where}: no space left while applying the layer to {dest}") from None
         # anything else a member does that the filesystem refuses is a bad layer: one line
-        raise CowlabError(f"{where}: cannot apply the layer: {e.strerror or e}"
-                          + (f" ({os.path.relpath(e.filename, root)})" if isinstance(e.filename, str)
-                             and e.filename.startswith(root) else "")) from None
+        raise CowlabError(
+            f"{where}: cannot apply the layer: {e.strerror or e}"
+            + (
+                f" ({os.path.relpath(e.filename, root)})"
+                if isinstance(e.filename, str) and e.filename.startswith(root)
+                else ""
+            )
+        ) from None
 
     def prune(dfull: str, d: str) -> None:
         """Under an opaque directory only what this layer made stays, at every depth: a
