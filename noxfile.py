@@ -223,14 +223,10 @@ def conformance(session):
 @_gives_back
 def aufs_kernel(session):
     """Build the kernel with AUFS that aufs runs on in the kernel VM (as root; 20-50 minutes on
-    two cores, once per machine: cached in /var/cache/cowlab/kernels by a key of its inputs).
-    `-- --check-only-if-missing`: where it is not cached, check its recipe instead (minutes)."""
+    two cores, once per machine: cached in /var/cache/cowlab/kernels by a key of its inputs)."""
     _provision(session, "aufs-kernel")
     _install(session, "vm")
-    if "--check-only-if-missing" in session.posargs:
-        session.run("cowlab", "kernels", "check", "aufs", "--if-missing")
-    else:
-        session.run("cowlab", "kernels", "get", "aufs", *session.posargs)
+    session.run("cowlab", "kernels", "get", "aufs", *session.posargs)
     session.run("cowlab", "kernels")
 
 

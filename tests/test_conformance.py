@@ -17,18 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cowlab.measure import conformance as C
-from cowlab.store import layers
+from conftest import mounts_under
 from cowlab.base import sysutil
+from cowlab.base.errors import CowlabError
+from cowlab.base.state import StateRoot
+from cowlab.measure import conformance as C
 from cowlab.storage.drivers import DRIVERS
 from cowlab.storage.drivers.base import Container, Probe
 from cowlab.storage.drivers.overlay2 import Overlay2
 from cowlab.storage.drivers.vfs import Vfs
-from cowlab.base.errors import CowlabError
+from cowlab.store import layers
 from cowlab.store.images import ImageStore
-from cowlab.base.state import StateRoot
-
-from conftest import mounts_under
 
 DEPTHS = (1, 2, 64, 128)
 

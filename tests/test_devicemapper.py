@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from cowlab.storage import vm
+from cowlab.base.errors import CowlabError
 from cowlab.run import vmroute
+from cowlab.storage import vm
 from cowlab.storage.drivers.devicemapper import driver as dm
 from cowlab.storage.drivers.devicemapper import thin
-from cowlab.base.errors import CowlabError
 
 # `dmsetup status` / `dmsetup table`, verbatim (trailing spaces included)
 POOL_RW = "0 2097152 thin-pool 0 2571/25600 0/16384 - rw discard_passdown queue_if_no_space - 1024 \n"
@@ -158,6 +158,7 @@ def test_direct_in_vm_in_mode_both_gets_a_second_disk_for_dockerd():
 
 def test_engine_pool_options_by_mode():
     from types import SimpleNamespace
+
     from cowlab.measure.engine.session import EnginePart
     opts = {"device": "/dev/vdb", "engine_device": "/dev/vdc", "block_size": "128K"}
     both = EnginePart(SimpleNamespace(driver_options=opts, mode="both", driver_name="devicemapper-direct"))

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.store import spec
-from cowlab.storage import vm
-from cowlab.run import vmroute
-from cowlab.store.images import ImageStore
 from cowlab.base.state import StateRoot
+from cowlab.run import vmroute
+from cowlab.storage import vm
+from cowlab.store import spec
+from cowlab.store.images import ImageStore
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "bench" / "specs" / "demo.toml"
@@ -81,7 +81,7 @@ def test_results_came_back_emulated(guest):
     assert run["virtualization"] == "tcg" and run["emulated"] is True
     assert run["kernel"].startswith("6.1.0-") and run["driver"] == "devicemapper-loop"
     assert run["vm"]["boot_seconds"] > 0 and run["vm"]["network"] == "none"
-    samples = [json.loads(l) for l in (runs[0] / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (runs[0] / "samples.jsonl").read_text().splitlines()]
     boot = [s for s in samples if s["metric"] == "vm_boot_seconds"]
     assert boot and boot[0]["workload"] == "vm"     # reported apart, never inside a measurement
     space = {s["params"]["event"]: s["value"] for s in samples if s["metric"] == "space_bytes"}

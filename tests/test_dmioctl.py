@@ -117,7 +117,7 @@ def test_parse_name_list():
     recs = [("cowlab-pool", os.makedev(253, 0)), ("cowlab-t" + "x" * 20, os.makedev(253, 300))]
     off = HDR
     starts = []
-    for i, (name, dev) in enumerate(recs):
+    for name, dev in recs:
         starts.append(off)
         nb = name.encode() + b"\0"
         struct.pack_into("=QI", buf, off, dm.encode_dev(dev), 0)

@@ -90,8 +90,8 @@ def test_summarize_numbers(df):
 
 def _series(ax):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    styles = {lab: c.lines[0].get_linestyle() for lab, c in zip(labels, ax.containers)}
-    colors = {lab: c.lines[0].get_color() for lab, c in zip(labels, ax.containers)}
+    styles = {lab: c.lines[0].get_linestyle() for lab, c in zip(labels, ax.containers, strict=True)}
+    colors = {lab: c.lines[0].get_color() for lab, c in zip(labels, ax.containers, strict=True)}
     return labels, styles, colors
 
 

@@ -47,19 +47,6 @@ def kernels_get(names):
         click.echo(f"{n}: {k.release} at {k.home or k.image}")
 
 
-@kernels_cmd.command("check")
-@click.argument("name", metavar="NAME", type=click.Choice(["aufs"]))
-@click.option("--if-missing", is_flag=True, help="Only where the kernel is not cached (else say it is).")
-def kernels_check(name, if_missing):
-    """Check a built kernel's recipe without building it (minutes): patches, port, config, AUFS compiled."""
-    from cowlab.storage.kernels import aufs
-    if if_missing and aufs.find() is not None:
-        click.echo(f"aufs kernel cached ({aufs.find().home}): its recipe was built as it stands")  # type: ignore[union-attr]
-        return
-    require_root()
-    aufs.check(echo=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
-
-
 @kernels_cmd.command("prune")
 @click.argument("names", nargs=-1, metavar="[NAME...]")
 def kernels_prune(names):

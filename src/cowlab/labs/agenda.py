@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 from cowlab.labs.lesson import Lesson, labs_dir, load_all
 

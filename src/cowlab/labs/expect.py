@@ -19,7 +19,9 @@ import ast
 import operator
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cowlab.base import units
 from cowlab.base.errors import CowlabError
@@ -197,12 +199,16 @@ def _names(expr: str) -> set[str]:
     return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
 
 
-_BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-_CMP = {ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
-        ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b,
-        ast.NotIn: lambda a, b: a not in b}
-_FUNCS = {"abs": abs, "min": min, "max": max, "round": round}
+_BIN: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_CMP: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_FUNCS: dict[str, Callable[..., Any]] = {"abs": abs, "min": min, "max": max, "round": round}
 _ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Name, ast.Constant,
             ast.Load, ast.Call, ast.And, ast.Or, ast.Not, ast.USub, ast.UAdd, *_BIN, *_CMP)
 
@@ -226,18 +232,18 @@ def _eval(n: ast.AST, env: dict):
         return _BIN[type(n.op)](_eval(n.left, env), _eval(n.right, env))
     if isinstance(n, ast.UnaryOp):
         v = _eval(n.operand, env)
-        return {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}[type(n.op)](v)
+        return _UNARY[type(n.op)](v)
     if isinstance(n, ast.BoolOp):
         vals = (_eval(v, env) for v in n.values)
         return all(vals) if isinstance(n.op, ast.And) else any(vals)
     if isinstance(n, ast.Compare):
         left = _eval(n.left, env)
-        for op, right in zip(n.ops, n.comparators):
+        for op, right in zip(n.ops, n.comparators, strict=True):
             r = _eval(right, env)
             if not _CMP[type(op)](left, r):
                 return False
             left = r
         return True
-    if isinstance(n, ast.Call):
-        return _FUNCS[n.func.id](*[_eval(a, env) for a in n.args])  # type: ignore[union-attr]
+    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):  # _check_ast allows no other call
+        return _FUNCS[n.func.id](*[_eval(a, env) for a in n.args])
     raise ExpectError(f"{type(n).__name__} is not allowed")

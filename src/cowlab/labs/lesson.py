@@ -104,7 +104,7 @@ def _steps(path: Path, text: str) -> list[Step]:
     steps: list[Step] = []
     heading = ""
     pending_heading = False
-    for i, t in enumerate(tokens):
+    for t in tokens:
         if t.type == "heading_open":
             pending_heading = True
             continue
@@ -121,18 +121,18 @@ def _steps(path: Path, text: str) -> list[Step]:
         line = (t.map[0] + 1) if t.map else 0
         where = f"{path.name}:{line}"
         if kind == "sh":
-            opts = {"cleanup": False, "timeout": DEFAULT_TIMEOUT}
+            cleanup, timeout = False, DEFAULT_TIMEOUT
             for f in flags:
-                if f in STEP_FLAGS:
-                    opts[f] = True
+                if f in STEP_FLAGS:  # only `cleanup` so far
+                    cleanup = True
                 elif f.startswith("timeout="):
                     try:
-                        opts["timeout"] = float(f.split("=", 1)[1])
+                        timeout = float(f.split("=", 1)[1])
                     except ValueError:
                         raise CowlabError(f"{where}: timeout= needs seconds, got {f!r}") from None
                 else:
                     raise CowlabError(f"{where}: unknown flag {f!r} on a sh fence (known: cleanup, timeout=S)")
-            steps.append(Step(len(steps) + 1, heading, t.content, line, **opts))
+            steps.append(Step(len(steps) + 1, heading, t.content, line, cleanup=cleanup, timeout=timeout))
             continue
         if not steps:
             raise CowlabError(f"{where}: a ```{kind} block before any ```sh step")

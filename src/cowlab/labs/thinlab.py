@@ -23,16 +23,28 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
 
-from cowlab.storage import backing as B
-from cowlab.storage import drivers
 from cowlab.base.errors import CowlabError
-from cowlab.store.images import ImageStore
 from cowlab.base.resources import Resources, spawn
 from cowlab.base.state import StateRoot
+from cowlab.storage import backing as B
+from cowlab.storage import drivers
+from cowlab.storage.drivers.devicemapper.thin import PoolStatus
+from cowlab.store.images import ImageStore
 
 MODES = ("queue", "error", "timeout")
 MiB = 1 << 20
+
+
+@runtime_checkable
+class ThinPool(Protocol):
+    """What a driver with capability thin_pool offers this lab (devicemapper's drivers)."""
+
+    def pool_status(self) -> PoolStatus: ...
+    def thin_volume(self, res: Resources, size: int | None = None) -> AbstractContextManager[str]: ...
+    def grow_pool(self, add_bytes: int) -> None: ...
 
 
 def run(driver_name: str, state: StateRoot, mode: str, timeout: int = 5, pool_bytes: int = 64 * MiB,
@@ -68,6 +80,8 @@ def run(driver_name: str, state: StateRoot, mode: str, timeout: int = 5, pool_by
         home = state.store / f"lab-thinpool-{uuid.uuid4().hex[:8]}"
         res.acquire("dir", lambda: home.mkdir(parents=True), path=str(home))
         drv = cls(B.host(home), res, ImageStore(state), options=opts)
+        if not isinstance(drv, ThinPool):
+            raise CowlabError(f"{driver_name} declares thin_pool but has no pool_status/thin_volume/grow_pool")
         st = drv.pool_status()
         event("pool created", data=f"{st.used_data_blocks}/{st.total_data_blocks} blocks",
               mode=st.mode, no_space=st.no_space, no_space_timeout=drv.metadata().get("dm_no_space_timeout"))

@@ -32,10 +32,14 @@ class Rule:
     param: str = ""  # kind "param": the largest value of this parameter among the samples
 
     def passes(self, v: float) -> bool:
+        # the loader (_need) insists on threshold for above/below and on low and high for between
         if self.holds_if == "above":
+            assert self.threshold is not None
             return v >= self.threshold
         if self.holds_if == "below":
+            assert self.threshold is not None
             return v <= self.threshold
+        assert self.low is not None and self.high is not None
         return self.low <= v <= self.high
 
     def test_text(self, fmt) -> str:

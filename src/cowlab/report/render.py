@@ -175,7 +175,7 @@ def _same_grid(sel: pd.DataFrame, vs: list[dict]) -> pd.DataFrame:
     if sel.empty or not used:
         return sel
     p = prepare(sel)
-    keep = [used.get((d, h.id), g) == g for d, h, g in zip(p["driver"], p["_host"], p["_grid"])]
+    keep = [used.get((d, h.id), g) == g for d, h, g in zip(p["driver"], p["_host"], p["_grid"], strict=True)]
     return sel[keep]
 
 
@@ -369,7 +369,7 @@ def build(paths, out: Path, drivers: list[str] | None = None, figures: bool = Tr
             figs["space"] = "figures/space.png"
 
     refs = reference_rows(load_references(), df, vs)
-    for r, ref in zip(refs, load_references()):
+    for r, ref in zip(refs, load_references(), strict=True):  # one row per reference
         if ref.ours.get("kind") == "max_ok":
             r["ours"] += _failed_above(paths, ref.ours)
     claim_ids, drivers_, cells = matrix(vs)

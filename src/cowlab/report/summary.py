@@ -188,8 +188,9 @@ def findings(records: list[dict]) -> list[Finding]:
         parts = []
         if all(v is not None for _, v in pc):
             parts.append("page cache " + " vs ".join(f"{hb(v)} for {k}" for k, v in pc) + " container(s)")
-        if all(v is not None for _, v in de):
-            parts.append("dentries " + " → ".join(units.count(v) for _, v in de))
+        dentries = [v for _, v in de if v is not None]
+        if len(dentries) == len(de):
+            parts.append("dentries " + " → ".join(units.count(v) for v in dentries))
         if parts:
             out.append(Finding("density", _claim("density"), "; ".join(parts)))
 

@@ -53,11 +53,13 @@ class Host:
 
 def host_of(df: pd.DataFrame) -> pd.Series:
     """The Host of every row (a missing emulated flag counts as native)."""
-    em = df["emulated"].map(lambda v: v is True or v == True) if "emulated" in df else False  # noqa: E712
-    kern = df["kernel"].fillna("?") if "kernel" in df else "?"
-    hn = df["hostname"].fillna("?") if "hostname" in df else "?"
-    return pd.Series([Host(str(h), str(k), bool(e)) for h, k, e in zip(hn, kern, em)], index=df.index,
-                     dtype=object)
+    # a missing column is a constant Series, not a scalar: zip() would walk "?" by character
+    em = (df["emulated"].map(lambda v: v is True or v == True) if "emulated" in df  # noqa: E712
+          else pd.Series(False, index=df.index))
+    kern = df["kernel"].fillna("?") if "kernel" in df else pd.Series("?", index=df.index)
+    hn = df["hostname"].fillna("?") if "hostname" in df else pd.Series("?", index=df.index)
+    return pd.Series([Host(str(h), str(k), bool(e)) for h, k, e in zip(hn, kern, em, strict=True)],
+                     index=df.index, dtype=object)
 
 
 GRIDS = ("full", "quick", "lab")  # in the order a verdict prefers them
@@ -240,7 +242,7 @@ def _split_values(claim: Claim, rows: pd.DataFrame, driver: str) -> list[dict]:
     if not cols or sel.empty:
         return [{}]
     combos = sel[cols].dropna().drop_duplicates()
-    return [dict(zip(cols, (x.item() if hasattr(x, "item") else x for x in t)))
+    return [dict(zip(cols, (x.item() if hasattr(x, "item") else x for x in t), strict=True))
             for t in combos.itertuples(index=False, name=None)]
 
 

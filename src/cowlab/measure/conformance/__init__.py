@@ -23,8 +23,15 @@ from cowlab.measure.conformance.catalogue import CAP_RENAME_DIR_EXDEV, CAP_XATTR
 from cowlab.measure.conformance.compare import compare, scan
 from cowlab.measure.conformance.oracle import reference_apply
 from cowlab.measure.conformance.runner import (
-    DriverSession, ImageCache, Result, available, declares_rename_dir_exdev, prebuild, run_case,
-    run_driver, run_suite,
+    DriverSession,
+    ImageCache,
+    Result,
+    available,
+    declares_rename_dir_exdev,
+    prebuild,
+    run_case,
+    run_driver,
+    run_suite,
 )
 
 __all__ = ["CAP_RENAME_DIR_EXDEV", "CAP_XATTRS", "CASES", "Act", "Case", "DriverSession", "ImageCache",

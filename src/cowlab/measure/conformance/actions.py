@@ -23,7 +23,7 @@ class Actor:
         try:
             getattr(self, "do_" + a.op)(**{k: v for k, v in a.args.items() if k not in ("lower_dir", "needs")})
         except OSError as e:
-            return errno.errorcode.get(e.errno, str(e.errno))
+            return errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "None"
         return None
 
     def do_write(self, path, data: bytes, mode: int = 0o644):

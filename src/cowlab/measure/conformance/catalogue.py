@@ -5,8 +5,8 @@ them on a driver."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from cowlab.base.errors import CowlabError
 from cowlab.store.spec import ImageSpec, from_dict

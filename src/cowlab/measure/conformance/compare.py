@@ -15,8 +15,8 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
          stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFSOCK: "socket"}
@@ -122,6 +122,7 @@ def compare(oracle: os.PathLike | str, other: os.PathLike | str, *, mtimes: bool
         if (x.uid, x.gid) != (y.uid, y.gid):
             out.append(f"{p}: owner {y.uid}:{y.gid}, expected {x.uid}:{x.gid}")
         if x.kind == "file" and (x.size, x.digest) != (y.size, y.digest):
+            assert x.digest is not None and y.digest is not None  # scan() hashes every file
             out.append(f"{p}: content differs ({y.size} bytes sha256 {y.digest[:12]}, expected "
                        f"{x.size} bytes sha256 {x.digest[:12]})")
         if x.target != y.target:

@@ -26,9 +26,9 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
@@ -129,7 +129,7 @@ class DriverSession:
         self.state, self.cls, self.images, self.umask = state, cls, images, umask
         self.options = options or None
 
-    def __enter__(self) -> "DriverSession":
+    def __enter__(self) -> DriverSession:
         pid = os.getpid()
         self.tag = f"conformance-{pid}-{uuid.uuid4().hex[:6]}"
         self.res = Resources(self.state, f"run-{pid}-{sysutil.proc_starttime(pid)}-{self.tag}", "run",
@@ -485,6 +485,12 @@ def prebuild(state: StateRoot, case_names: Iterable[str] | None = None, every_la
     return len(cache.built)
 
 
+def _shifted(progress: Callable[[str, int, int], None], base: int,
+             total: int) -> Callable[[str, int, int], None]:
+    """One driver's progress (case i of n) as the whole suite's (case base + i of total)."""
+    return lambda d, i, n: progress(d, base + i, total)
+
+
 def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
               case_names: Iterable[str] | None = None, *, every_layer: bool = False,
               progress: Callable[[str, int, int], None] | None = None,
@@ -506,8 +512,7 @@ def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
                 continue
             results += run_driver(state, cls, chosen, images, every_layer=every_layer,
                                   options=(options or {}).get(cls.name),
-                                  progress=progress and (lambda d, i, n, base=len(results):
-                                                         progress(d, base + i, total)))
+                                  progress=_shifted(progress, len(results), total) if progress else None)
     finally:
         images.close()
     return results

@@ -141,7 +141,7 @@ def _release_engine_dm(e: dict, state: StateRoot) -> None:
         prefix = f"docker-{os.major(st.st_dev)}:{os.minor(st.st_dev)}-{st.st_ino}-"
         names = [n for n in dm.list_devices() if n.startswith(prefix)]
         for n in sorted(names, key=lambda n: n.endswith("-pool")):  # thin devices, then the pool
-            for attempt in range(50):
+            for _attempt in range(50):
                 if dm.try_remove(n) or not dm.exists(n):
                     break
                 time.sleep(0.1)
@@ -257,16 +257,16 @@ class PrivateDockerd:
         h = self.proc._cowlab_handle  # type: ignore[attr-defined]
         res.update(h, grace=STOP_GRACE, what="dockerd")
         self.handles.append(h)
-        self._wait(timeout)
+        self._wait(self.proc, timeout)
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, proc: subprocess.Popen, timeout: float) -> None:
         import docker
         deadline = time.monotonic() + timeout
         api = None
         while True:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise EngineRefused(f"dockerd --storage-driver {self.driver.storage_driver} exited "
-                                    f"({self.proc.returncode}): {self.failure()}")
+                                    f"({proc.returncode}): {self.failure()}")
             if self.socket.exists():
                 try:
                     api = api or docker.APIClient(base_url=f"unix://{self.socket}", version="1.41", timeout=5)

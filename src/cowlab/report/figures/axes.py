@@ -102,6 +102,7 @@ class _BinaryLocator(Locator):
         self.nbins = nbins
 
     def __call__(self):
+        assert self.axis is not None  # matplotlib attaches the locator (set_axis) before asking it
         vmin, vmax = self.axis.get_view_interval()
         return self.tick_values(vmin, vmax)
 

@@ -153,7 +153,7 @@ def driver_series(df: pd.DataFrame) -> list[tuple[str, bool]]:
     A notebook loops over these so emulated runs get their own sentences."""
     if df.empty or "driver" not in df.columns:
         return []
-    pairs = set(zip(df["driver"], is_emulated(df).map(bool)))
+    pairs = set(zip(df["driver"], is_emulated(df).map(bool), strict=True))
     return sorted(pairs)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from itertools import pairwise
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -82,7 +83,7 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
         if few.any():  # hollow: a median of fewer than FEW_SAMPLES samples
             ax.plot(g[x].to_numpy(float)[few], med[few], linestyle="none", marker="s" if em else "o",
                     markersize=6, markerfacecolor="white", markeredgecolor=driver_color(driver), zorder=3)
-            ax._cowlab_few = True  # read by the legends
+            ax._cowlab_few = True  # type: ignore[attr-defined]  # our mark on this Axes, read by the legends
 
     xunit = x_unit(x)
     format_axis(ax.xaxis, xunit, logx, xs, ticks_at=sorted(set(xs)))
@@ -157,16 +158,21 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
     seen: set[str] = set()
 
     def once(label: str) -> str | None:  # one legend entry per series and part
-        return None if label in seen or seen.add(label) else label
+        if label in seen:
+            return None
+        seen.add(label)
+        return label
+
+    def get(metric, driver, em, size, layers):
+        r = s[(s["metric"] == metric) & (s["driver"] == driver) & (s["_emulated"] == em)
+              & (s["image_size_bytes"] == size) & (s["layers"] == layers)]
+        return r.iloc[0] if len(r) else None
 
     for gi, ((driver, em), _) in enumerate(groups):
         c = driver_color(driver)
         for pi, (size, layers) in enumerate(points):
-            def get(metric):
-                r = s[(s["metric"] == metric) & (s["driver"] == driver) & (s["_emulated"] == em)
-                      & (s["image_size_bytes"] == size) & (s["layers"] == layers)]
-                return r.iloc[0] if len(r) else None
-            cr, rm, f = get("create_seconds"), get("remove_seconds"), get("floor_seconds")
+            cr, rm, f = (get(m, driver, em, size, layers)
+                         for m in ("create_seconds", "remove_seconds", "floor_seconds"))
             x0 = pi - 0.4 + (2 * gi + 0.5) * width
             if cr is not None and rm is not None:
                 ax.bar(x0, cr["median"], width, color=c, edgecolor=c, alpha=0.55 if em else 1,
@@ -325,7 +331,7 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         leg = ax.get_legend()
         if leg is not None:
             leg.remove()
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
         if len(sel):
             flags |= {bool(v) for v in is_emulated(sel)}
@@ -378,12 +384,13 @@ def declutter_xticks(ax: Axes) -> None:
     """Tilt the x tick labels when neighbours would overlap (e.g. 64 MiB, 256 MiB, 1 GiB on a
     log axis in a narrow panel)."""
     try:
-        renderer = ax.figure.canvas.get_renderer()
+        # Agg's canvas has get_renderer, FigureCanvasBase has not: the except below covers that
+        renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
         boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
     except Exception:  # a backend without a renderer: leave the labels as they are
         return
     boxes.sort(key=lambda b: b.x0)
-    if any(a.x1 + 2 > b.x0 for a, b in zip(boxes, boxes[1:])):
+    if any(a.x1 + 2 > b.x0 for a, b in pairwise(boxes)):
         for t in ax.get_xticklabels():
             t.set_rotation(35)
             t.set_horizontalalignment("right")
@@ -440,7 +447,7 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
 
     cats = ordered(s[category], order)
     hues = ordered(s["_hue"], hue_order)
-    series = sorted({(d, bool(e), h) for d, e, h in zip(s["driver"], s["_emulated"], s["_hue"])},
+    series = sorted({(d, bool(e), h) for d, e, h in zip(s["driver"], s["_emulated"], s["_hue"], strict=True)},
                     key=lambda k: (k[0], k[1], hues.index(k[2])))
     vals = [float(v) for v in (*s["p10"], *s["p90"], *s["median"]) if pd.notna(v)]
     symlog = False
@@ -474,7 +481,7 @@ def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None
                color="white" if hatch else color, edgecolor=color, hatch=hatch,
                alpha=0.5 if em else 1.0, linestyle="--" if em else "-", linewidth=1.2,
                error_kw={"elinewidth": 1, "ecolor": "0.25"})
-        for x, m in zip(xs, med):
+        for x, m in zip(xs, med, strict=True):
             if m == 0:  # a bar of height 0 is invisible: say it was measured, and was 0
                 ax.annotate("0", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center",
                             va="bottom", fontsize="small", color=color)

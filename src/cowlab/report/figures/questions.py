@@ -32,7 +32,7 @@ def hosts_in(df: pd.DataFrame) -> list[tuple[str, bool]]:
     """(hostname, emulated) of every host in `df`, native first."""
     if df.empty or "hostname" not in df.columns:
         return []
-    pairs = {(str(h), bool(e)) for h, e in zip(df["hostname"], is_emulated(df))}
+    pairs = {(str(h), bool(e)) for h, e in zip(df["hostname"], is_emulated(df), strict=True)}
     return sorted(pairs, key=lambda p: (p[1], p[0]))
 
 
@@ -64,7 +64,7 @@ def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split
         for v in vals:
             f = {**dict(filter or {}), "hostname": h[0], "emulated": h[1]}
             name = _host_title(h, many)
-            if v is not None:
+            if split is not None and v is not None:  # v is None when there is no split
                 f[split] = v
                 name += f" · {v if split == 'backing_fs' else human_x(split, v)}"
             panels[name] = f
@@ -101,7 +101,7 @@ def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = 
                 f[by] = b
             bars_by_driver(df, metric, category, hue=hue, ax=ax, filter=f, legend=False, order=order)
             ax.set_title(_host_title(h, many) + (f" · {b}" if b is not None else ""), fontsize="medium")
-            for hd, lab in zip(*ax.get_legend_handles_labels()):
+            for hd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(lab, hd)
             i += 1
     for j in range(i, nrows * ncols):
@@ -176,7 +176,7 @@ def engine_split_figure(split: pd.DataFrame, layers: int = 1):
     kinds = sorted(set(one["emulated"])) if len(one) else [False]
     fig, axes = plt.subplots(len(kinds), 2, squeeze=False, figsize=(12, 3.8 * len(kinds) + 0.4))
     for row, em in enumerate(kinds):
-        for ax, (metric, words) in zip(axes[row], ENGINE_OPS.items()):
+        for ax, (metric, words) in zip(axes[row], ENGINE_OPS.items(), strict=True):
             part = one[(one["engine_op"] == metric) & (one["emulated"] == em)] if len(one) else one
             part = part.sort_values(["driver", "image_size_bytes"]) if len(part) else part
             ax.set_title(f"{words} · {'emulated (TCG)' if em else 'native'}", fontsize="medium")
@@ -185,7 +185,7 @@ def engine_split_figure(split: pd.DataFrame, layers: int = 1):
                 ax.set_xticks([])
                 continue
             xs = np.arange(len(part))
-            for x, r in zip(xs, part.itertuples()):
+            for x, r in zip(xs, part.itertuples(), strict=True):
                 c = driver_color(r.driver.removesuffix(" (emulated)"))
                 ax.bar(x + 0.2, r.engine_median, 0.38, color=c, alpha=0.55 if em else 1)
                 if r.storage == r.storage:
@@ -199,7 +199,7 @@ def engine_split_figure(split: pd.DataFrame, layers: int = 1):
             ax.set_ylabel(axis_label("median time", "s", su) + "  [log]")
             ax.set_xticks(xs)
             ax.set_xticklabels([human_bytes(r.image_size_bytes) for r in part.itertuples()], fontsize="small")
-            for t, r in zip(ax.get_xticklabels(), part.itertuples()):
+            for t, r in zip(ax.get_xticklabels(), part.itertuples(), strict=True):
                 t.set_color(driver_color(r.driver.removesuffix(" (emulated)")))
             ax.set_xlabel("image size (one layer), coloured by driver")
             ax.grid(True, axis="y", alpha=0.3)

@@ -114,7 +114,7 @@ def listing() -> list[dict]:
 
 def prune(which: list[str] | None = None) -> list[str]:
     """Remove cached kernels (all, or those named) from the cache; never the host's /boot."""
-    out = []
+    out: list[str] = []
     cache = cache_dir()
     if not cache.is_dir():
         return out

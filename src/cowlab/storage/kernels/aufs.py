@@ -101,24 +101,6 @@ def how_to_get(_name: str = "aufs") -> str:
     return BUILD
 
 
-def check(jobs: int | None = None, echo=print) -> None:
-    """The recipe without the kernel (minutes): extract, AUFS's patches with exactly the rejects
-    the port expects, the port, the config with every fragment item kept, then AUFS and the
-    patched mm/ compiled. What CI proves on a machine where the kernel is not cached."""
-    why = missing_inputs()
-    if why:
-        raise CowlabError(f"can't check the AUFS kernel's recipe: {why}")
-    t0 = time.monotonic()
-    cp = subprocess.run(["nice", "-n", "5", *_args(aufs_source()), "--check", "--jobs", str(jobs or os.cpu_count() or 1)],
-                        capture_output=True, text=True)
-    for line in cp.stdout.splitlines():
-        echo(line)
-    if cp.returncode != 0:
-        raise CowlabError(f"the AUFS kernel's recipe fails: {(cp.stderr.strip().splitlines() or ['?'])[0]}\n"
-                          + "\n".join(cp.stderr.strip().splitlines()[-20:]))
-    echo(f"aufs kernel: recipe checked in {time.monotonic() - t0:.0f} s (the kernel itself: {BUILD})")
-
-
 def obtain(_name: str = "aufs", echo=print) -> Kernel:
     return build(echo=echo)
 

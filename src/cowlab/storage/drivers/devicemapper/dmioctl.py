@@ -83,7 +83,7 @@ def encode_dev(dev: int) -> int:
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
-def _cstr(b: bytes) -> str:
+def _cstr(b: bytes | bytearray) -> str:
     return b.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
@@ -181,7 +181,8 @@ def parse_name_list(buf: bytes | bytearray) -> list[tuple[str, int]]:
     whose sizeof is 16 but whose name starts right after `next`. Newer kernels append event_nr,
     flags (and a uuid) after the name; `next` skips them. No devices: one record with dev 0."""
     h = unpack_header(buf)
-    off, out = h["data_start"], []
+    off = h["data_start"]
+    out: list[tuple[str, int]] = []
     if h["data_size"] <= off:
         return out
     while True:
@@ -198,7 +199,8 @@ def parse_versions(buf: bytes | bytearray) -> dict[str, str]:
     """LIST_VERSIONS output: dm_target_versions {u32 next; u32 version[3]; char name[]} chained by
     `next` (from each record's start, 0 on the last)."""
     h = unpack_header(buf)
-    off, out = h["data_start"], {}
+    off = h["data_start"]
+    out: dict[str, str] = {}
     if h["data_size"] <= off:
         return out
     while True:

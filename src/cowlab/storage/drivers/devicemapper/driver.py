@@ -38,12 +38,12 @@ from pathlib import Path
 import cowlab.storage.drivers.devicemapper.dmioctl as dmio
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
-from cowlab.base.resources import Resources
+from cowlab.base.resources import Handle, Resources
 from cowlab.base.state import StateRoot
 from cowlab.base.units import parse_size
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
 from cowlab.storage.drivers.devicemapper import thin
-from cowlab.storage.drivers.devicemapper.thin import KiB, MiB, GiB, SECTOR
+from cowlab.storage.drivers.devicemapper.thin import SECTOR, GiB, KiB, MiB
 from cowlab.store import layers as L
 from cowlab.store.images import Image
 
@@ -115,7 +115,7 @@ class _DeviceMapper(Driver):
     @classmethod
     def sweep_strays(cls, state: StateRoot, journal_entries: list[dict]) -> list[str]:
         """Stray dm devices of this state root (thin volumes, then pools, then slices)."""
-        return thin.sweep_strays(state, {e.get("name") for e in journal_entries if e.get("kind") == "dm"})
+        return thin.sweep_strays(state, {e["name"] for e in journal_entries if e.get("kind") == "dm" and e.get("name")})
 
     # --- options ----------------------------------------------------------------------------
     def opt(self, key: str):
@@ -290,7 +290,7 @@ class _DeviceMapper(Driver):
         self.res.forget(h)  # the base stays in the pool; the pool's teardown frees it
         return i
 
-    def _snapshot(self, origin: int, res: Resources, **journal) -> tuple[int, object]:
+    def _snapshot(self, origin: int, res: Resources, **journal) -> tuple[int, Handle]:
         i = self._new_id()
         h = res.acquire("dm_thin", lambda: self.message(f"create_snap {i} {origin}"), pool=self.pool,
                         id=i, **journal)
@@ -352,7 +352,7 @@ class _DeviceMapper(Driver):
         cdir = self.home / "containers" / cid
         mnt = cdir / "rootfs"
         name = f"{self.prefix}c{cid}"
-        handles = []
+        handles: list[Handle] = []
         try:
             i, h = self._snapshot(top, res)
             handles.append(h)

@@ -16,9 +16,9 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cowlab.storage.drivers.devicemapper.dmioctl as dmio
 from cowlab.base import sysutil

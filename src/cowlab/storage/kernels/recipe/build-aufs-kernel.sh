@@ -9,9 +9,6 @@
 #       --port-patch aufs6.1-port.patch --out DIR [--jobs N]
 #   build-aufs-kernel.sh --print-key --aufs ... --commit SHA --fragment F --port-patch P
 #       prints the 12-hex cache key over the inputs (cowlab's cache dir is aufs-6.1-KEY)
-#   build-aufs-kernel.sh --check --aufs ... --commit SHA --fragment F --port-patch P [--jobs N]
-#       the recipe without the kernel: every step up to the config, then AUFS and the patched mm/
-#       compiled against the tree (minutes, where the whole build takes 20-50), nothing written
 #
 # On success DIR holds vmlinuz, config and build.json. DIR is assembled beside itself and
 # renamed into place at the end, so it is either complete or absent. The build tree lives in a
@@ -32,7 +29,7 @@ usage() {
     exit 2
 }
 
-AUFS= COMMIT= FRAGMENT= PORT= OUT= JOBS=$(nproc) PRINT_KEY=0 CHECK=0
+AUFS= COMMIT= FRAGMENT= PORT= OUT= JOBS=$(nproc) PRINT_KEY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --aufs) AUFS=${2:?}; shift 2 ;;
@@ -42,13 +39,12 @@ while [ $# -gt 0 ]; do
         --out) OUT=${2:?}; shift 2 ;;
         --jobs|-j) JOBS=${2:?}; shift 2 ;;
         --print-key) PRINT_KEY=1; shift ;;
-        --check) CHECK=1; shift ;;
         -h|--help) usage ;;
         *) echo "unknown argument: $1" >&2; usage ;;
     esac
 done
 [ -n "$AUFS" ] && [ -n "$COMMIT" ] && [ -n "$FRAGMENT" ] && [ -n "$PORT" ] || usage
-[ "$PRINT_KEY" = 1 ] || [ "$CHECK" = 1 ] || [ -n "$OUT" ] || usage
+[ "$PRINT_KEY" = 1 ] || [ -n "$OUT" ] || usage
 [[ "$COMMIT" =~ ^[0-9a-fA-F]{7,40}$ ]] || { echo "--commit must be 7-40 hex digits" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "--jobs must be a positive number" >&2; exit 2; }
 COMMIT=${COMMIT,,}
@@ -73,12 +69,12 @@ if [ "$PRINT_KEY" = 1 ]; then
     exit 0
 fi
 
-OUT=$(readlink -m "${OUT:-/nonexistent/check-only}")
-if [ "$CHECK" = 0 ] && [ -e "$OUT" ]; then
+OUT=$(readlink -m "$OUT")
+if [ -e "$OUT" ]; then
     echo "output directory already exists: $OUT (remove it to rebuild)" >&2
     exit 2
 fi
-[ "$CHECK" = 1 ] || mkdir -p "$(dirname "$OUT")"
+mkdir -p "$(dirname "$OUT")"
 
 STEP=setup
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aufs-kernel.XXXXXX")
@@ -217,16 +213,6 @@ awk '
     echo "config items dropped or changed by olddefconfig (above)" >>"$LOG"; false; }
 grep -qx 'CONFIG_AUFS_FS=y' "$SRC/.config" || { echo "CONFIG_AUFS_FS=y did not survive olddefconfig" >>"$LOG"; false; }
 echo "   CONFIG_AUFS_FS=y and every item of the fragment survived"
-
-if [ "$CHECK" = 1 ]; then
-    step check "make -j$JOBS prepare, then fs/aufs/ and mm/ (the patched code) compiled"
-    make -C "$SRC" -j"$JOBS" prepare >>"$LOG" 2>&1
-    make -C "$SRC" -j"$JOBS" fs/aufs/ mm/ >>"$LOG" 2>&1
-    ls "$SRC"/fs/aufs/*.o >/dev/null 2>&1 || { echo "no fs/aufs objects" >>"$LOG"; false; }
-    STEP=done
-    echo "== check done: the recipe applies and AUFS compiles ($(ls "$SRC"/fs/aufs/*.o | wc -l) objects, $(( $(date +%s) - T0 )) s)"
-    exit 0
-fi
 
 # ---------------------------------------------------------------------------------------------
 step build "make -j$JOBS bzImage (log in the temp dir; tail shown on failure)"
