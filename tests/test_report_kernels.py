@@ -18,10 +18,10 @@ SPREAD = [0.9, 0.95, 1.0, 1.05, 1.1]
 K510, K612, K618 = "5.10.0-30-amd64", "6.12.12-amd64", "6.18.44-test"
 
 
-def run(out: Path, driver: str, samples, kernel: str, emulated: bool, workload: str):
+def run(out: Path, driver: str, samples, kernel: str, emulated: bool, workload: str, backing="ext4"):
     host = f"h-vm-{kernels.short(kernel).replace('.', '-')}" if emulated else "h"
     prov = {"hostname": host, "kernel": kernel, "virtualization": "tcg" if emulated else "none",
-            "emulated": emulated, "driver": driver, "quick": True, "backing_fs": "ext4"}
+            "emulated": emulated, "driver": driver, "quick": True, "backing_fs": backing}
     w = RunWriter(out, f"{len(list(out.rglob('run.json'))):04d}-{driver}", prov)
     for metric, value, unit, params in samples:
         for rep, f in enumerate(SPREAD):
@@ -130,3 +130,15 @@ def test_compare_names_the_kernels_when_the_trees_have_different_ones(tmp_path):
     assert rows and all((r["kernel_a"], r["kernel_b"]) == (K618, K612) for r in rows)
     assert all(r["driver"] == "overlay2 [6.18→6.12]" for r in rows)
     assert compare.kernels_compared(rows) == "overlay2 6.18→6.12"
+
+
+def test_a_pair_on_different_backing_filesystems_says_it_is_not_the_kernel_alone(tmp_path):
+    run(tmp_path, "overlay2", new_file(8 * KiB), K510, True, "space", backing="xfs")
+    run(tmp_path, "overlay2", new_file(64 * MiB), K612, True, "space", backing="ext4")
+    df = results.load(tmp_path)
+    ax = kernels.axis(verdicts.evaluate(catalogue.claims(), df, drivers=[]), kernels.backing_of(df))
+    (ch,) = ax["changes"]
+    assert (ch["a"]["backing"], ch["b"]["backing"]) == (["xfs"], ["ext4"])
+    assert "backing filesystems differ too (xfs against ext4): not the kernel alone" in ch["note"]
+    same = axis(tmp_path)["changes"][0]  # without the backing map: nothing claimed about it
+    assert "backing" not in same["note"]

@@ -50,8 +50,18 @@ def statistic(v: dict) -> str:
     return s
 
 
-def _entry(v: dict) -> dict:
-    return {"kernel": v["kernel"], "kernel_short": short(v["kernel"]), "emulated": bool(v["emulated"]),
+def backing_of(df) -> dict[tuple[str, str], set[str]]:
+    """{(run_id, workload): the backing filesystems its samples were on}: a verdict's hosts may
+    differ in more than the kernel (the kernel VM formats xfs; this host's runs are on ext4)."""
+    if df.empty or "backing_fs" not in df.columns:
+        return {}
+    g = df.dropna(subset=["backing_fs"]).groupby(["run_id", "workload"])["backing_fs"]
+    return {k: {str(x) for x in v} for k, v in g.unique().items()}
+
+
+def _entry(v: dict, backing: dict) -> dict:
+    fs = sorted({b for r in v.get("runs") or [] for b in backing.get((r, v.get("workload")), ())})
+    return {"backing": fs, "kernel": v["kernel"], "kernel_short": short(v["kernel"]), "emulated": bool(v["emulated"]),
             "hostname": v["hostname"], "host": v["host"], "host_label": v["host_label"],
             "grid": v.get("grid"), "verdict": v["verdict"], "condition": v.get("condition") or "",
             "value": v.get("value"), "unit": v.get("unit"), "n": v.get("n"), "statistic": statistic(v)}
@@ -66,10 +76,12 @@ def _differs(a: dict, b: dict) -> bool:
     return a["verdict"] != b["verdict"] or (a["verdict"] == "depends" and a["condition"] != b["condition"])
 
 
-def axis(verdicts: list[dict]) -> dict:
+def axis(verdicts: list[dict], backing: dict | None = None) -> dict:
     """{"kernels": every (release, emulated) with a verdict, "claims": each claim × driver measured
     on more than one kernel with its verdict per kernel, "changes": each pair of kernels of such
-    a claim × driver whose verdicts differ, "kernel" or "emulation" in `kind`}."""
+    a claim × driver whose verdicts differ, "kernel" or "emulation" in `kind`}. `backing`
+    (backing_of): a pair whose backing filesystems differ says so in its note."""
+    backing = backing or {}
     groups: dict[tuple[str, str], list[dict]] = {}
     meta: dict[tuple[str, str], dict] = {}
     for v in verdicts:
@@ -85,7 +97,8 @@ def axis(verdicts: list[dict]) -> dict:
     for (claim, driver), vs in groups.items():
         if len({v["kernel"] for v in vs}) < 2:
             continue
-        entries = sorted((_entry(v) for v in vs), key=lambda e: (e["emulated"], version(e["kernel"]), e["host"]))
+        entries = sorted((_entry(v, backing) for v in vs),
+                         key=lambda e: (e["emulated"], version(e["kernel"]), e["host"]))
         timing = meta[(claim, driver)]["timing"]
         claims.append({"claim": claim, "driver": driver, "quote": meta[(claim, driver)]["quote"],
                        "timing": timing, "entries": entries,
@@ -101,6 +114,9 @@ def axis(verdicts: list[dict]) -> dict:
                 note = f"both {'emulated' if a['emulated'] else 'native'}: the kernel differs"
             else:
                 note = "not a timing claim: comparable across emulation"
+            if a["backing"] and b["backing"] and a["backing"] != b["backing"]:
+                note += (f"; the backing filesystems differ too ({', '.join(a['backing'])} against "
+                         f"{', '.join(b['backing'])}): not the kernel alone")
             if "inconclusive" in (a["verdict"], b["verdict"]):
                 note += "; undecided on one kernel (its interval straddles the threshold), not a contradiction"
             changes.append({"claim": claim, "driver": driver, "timing": timing,
