@@ -58,6 +58,7 @@ def _gives_back(fn):
             fn(session)
         finally:
             _give_back()
+
     return session_fn
 
 
@@ -67,8 +68,9 @@ def _where_cowlab_is(session) -> None:
         exe = exe.relative_to(Path.cwd())
     except ValueError:
         pass
-    session.log(f"the cowlab command of this session: {exe} (e.g. `sudo {exe} status`), "
-                f"or `sudo nox -s cowlab -- ARGS`")
+    session.log(
+        f"the cowlab command of this session: {exe} (e.g. `sudo {exe} status`), or `sudo nox -s cowlab -- ARGS`"
+    )
 
 
 def _provision(session, backend: str) -> None:
@@ -86,8 +88,9 @@ def _provision(session, backend: str) -> None:
 def _bench(session, backend: str) -> None:
     _provision(session, backend)
     args = list(session.posargs)
-    if any(a in ("--mode=engine", "--mode=both") for a in args) or \
-            any(a == "--mode" and b in ("engine", "both") for a, b in itertools.pairwise(args)):
+    if any(a in ("--mode=engine", "--mode=both") for a in args) or any(
+        a == "--mode" and b in ("engine", "both") for a, b in itertools.pairwise(args)
+    ):
         _provision(session, "engine")  # Docker Engine for engine mode (cowlab.measure.engine)
     _install(session, "test,engine,vm")  # vm: virtme-ng, for backends this kernel lacks (cowlab.storage.vm)
     if not any(a == "--out" or a.startswith("--out=") for a in args):
@@ -102,8 +105,10 @@ def _bench_session(backend: str):
     @_gives_back
     def session_fn(session):
         _bench(session, backend)
-    session_fn.__doc__ = (f"Benchmark the {backend} backend into results/local/ "
-                          f"(`-- --quick` for a first answer in minutes).")
+
+    session_fn.__doc__ = (
+        f"Benchmark the {backend} backend into results/local/ (`-- --quick` for a first answer in minutes)."
+    )
     session_fn.__name__ = f"bench_{backend.replace('-', '_')}"
     return nox.session(name=f"bench-{backend}")(session_fn)
 
@@ -186,8 +191,15 @@ def notebooks(session):
 def lab(session):
     """Open Jupyter Lab on notebooks/ with cowlab importable (http://127.0.0.1:8888)."""
     _install(session, "notebooks")
-    session.run("jupyter", "lab", "--no-browser", "--ip=127.0.0.1", "--allow-root",
-                f"--notebook-dir={HERE / 'notebooks'}", *session.posargs)
+    session.run(
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        "--allow-root",
+        f"--notebook-dir={HERE / 'notebooks'}",
+        *session.posargs,
+    )
 
 
 @nox.session(name="vagrant-validate", venv_backend="none")
@@ -203,8 +215,14 @@ def vagrant_smoke(session):
     """Build the local Debian 12 box, `vagrant up btrfs` under TCG in a private network namespace,
     run `nox -s bench-btrfs -- --quick` in it, check the run comes back; tear all down (as root)."""
     _provision(session, "vagrant-host")
-    session.run("/usr/bin/python3", "-m", "cowlab.cli.vagrant_smoke", *session.posargs, external=True,
-                env={"PYTHONPATH": str(HERE / "src")})
+    session.run(
+        "/usr/bin/python3",
+        "-m",
+        "cowlab.cli.vagrant_smoke",
+        *session.posargs,
+        external=True,
+        env={"PYTHONPATH": str(HERE / "src")},
+    )
 
 
 @nox.session
@@ -284,8 +302,11 @@ def bench_all(session):
     if out is None:
         args += ["--out", str(places.results)]
     # stdout alone (session.run(silent=True) would mix in stderr)
-    drivers = json.loads(subprocess.run([os.path.join(session.bin, "cowlab"), "drivers", "--json"],
-                                        capture_output=True, text=True, check=True).stdout)
+    drivers = json.loads(
+        subprocess.run(
+            [os.path.join(session.bin, "cowlab"), "drivers", "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     ran, skipped = [], []
     for d in drivers:
         name = d["driver"]
@@ -315,8 +336,10 @@ def bench_all(session):
         report += ["--compare-with", _rel(places.compare_with)]  # A: the reference, B: your runs
     session.run("cowlab", "report", *report)
     if places.compare_with:
-        session.log(f"your machine against the reference, at the terminal: "
-                    f"cowlab compare {_rel(places.compare_with)} {_rel(places.results)}")
+        session.log(
+            f"your machine against the reference, at the terminal: "
+            f"cowlab compare {_rel(places.compare_with)} {_rel(places.results)}"
+        )
 
 
 def _rel(p: Path) -> str:

@@ -45,9 +45,16 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def cowlab_session(request):
     c = request.config
-    s = BenchSession(c.getoption("--driver"), c.getoption("--quick"), c.getoption("--workload"),
-                     Path(c.getoption("cowlab_out")), c.getoption("--cowlab-root"),
-                     argv=["pytest", *sys.argv[1:]], reps=c.getoption("--reps"), harness="pytest-benchmark")
+    s = BenchSession(
+        c.getoption("--driver"),
+        c.getoption("--quick"),
+        c.getoption("--workload"),
+        Path(c.getoption("cowlab_out")),
+        c.getoption("--cowlab-root"),
+        argv=["pytest", *sys.argv[1:]],
+        reps=c.getoption("--reps"),
+        harness="pytest-benchmark",
+    )
     try:
         s.check()  # unavailable driver, bad options: one clear reason, nothing built yet
     except CowlabError as e:

@@ -28,8 +28,7 @@ IS_ROOT = os.geteuid() == 0
 try:  # hypothesis: the autouse guard below is function scoped but only looks at the system
     from hypothesis import HealthCheck, settings
 
-    settings.register_profile("cowlab", suppress_health_check=[HealthCheck.function_scoped_fixture],
-                              deadline=None)
+    settings.register_profile("cowlab", suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
     settings.load_profile("cowlab")
 except ImportError:  # pragma: no cover
     pass
@@ -38,8 +37,10 @@ except ImportError:  # pragma: no cover
 def pytest_collection_modifyitems(config, items):
     if IS_ROOT:
         return
-    skip = pytest.mark.skip(reason="needs root: mounts overlayfs, creates whiteout device nodes and "
-                                   "trusted.* xattrs (run the suite as root, as CI does)")
+    skip = pytest.mark.skip(
+        reason="needs root: mounts overlayfs, creates whiteout device nodes and "
+        "trusted.* xattrs (run the suite as root, as CI does)"
+    )
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
@@ -79,7 +80,7 @@ def loops_under(path: str | os.PathLike) -> list[tuple[str, str]]:
     for line in cp.stdout.splitlines():
         dev, _, rest = line.partition(":")
         if "(" in rest and rest.rstrip().endswith(")"):
-            f = rest[rest.index("(") + 1:rest.rstrip().rindex(")")]
+            f = rest[rest.index("(") + 1 : rest.rstrip().rindex(")")]
         else:
             f = rest
         if p in f:
@@ -99,7 +100,7 @@ def child_pids() -> list[int]:
                 s = f.read()
         except OSError:
             continue
-        fields = s[s.rindex(")") + 2:].split()
+        fields = s[s.rindex(")") + 2 :].split()
         state, ppid = fields[0], int(fields[1])
         if ppid == me and state != "Z":
             out.append(int(d))
@@ -148,6 +149,7 @@ def no_leftovers(request, tmp_path_factory):
 
 # --- common fixtures -----------------------------------------------------------------------
 
+
 @pytest.fixture
 def root_dir(tmp_path) -> Path:
     """A fresh path for a state root (not created)."""
@@ -162,12 +164,18 @@ def state(root_dir) -> StateRoot:
 @pytest.fixture
 def store(state):
     from cowlab.store.images import ImageStore
+
     return ImageStore(state)
 
 
-def run_cli(*args: str, root: os.PathLike | str | None = None, env: dict | None = None,
-            timeout: float = 300, cwd: str | os.PathLike | None = None,
-            prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    root: os.PathLike | str | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+    cwd: str | os.PathLike | None = None,
+    prefix: list[str] | None = None,
+) -> subprocess.CompletedProcess:
     """`python3 -m cowlab [--root ROOT] ARGS...` in a subprocess, output captured as text."""
     e = {k: v for k, v in os.environ.items() if k not in ("COWLAB_ROOT", "COLUMNS", "COWLAB_DEBUG")}
     e["PYTHONPATH"] = str(SRC) + os.pathsep + e.get("PYTHONPATH", "")
@@ -177,8 +185,7 @@ def run_cli(*args: str, root: os.PathLike | str | None = None, env: dict | None 
     if root is not None:
         argv += ["--root", str(root)]
     argv += list(args)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=e,
-                          cwd=cwd or os.getcwd())
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd or os.getcwd())
 
 
 @pytest.fixture

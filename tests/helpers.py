@@ -63,8 +63,13 @@ def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def oci_archive(layers: list[bytes], gzip_layers: set[int] = frozenset(), ref: str | None = None,
-                nested_index: bool = False, media_type: str | None = None) -> bytes:
+def oci_archive(
+    layers: list[bytes],
+    gzip_layers: set[int] = frozenset(),
+    ref: str | None = None,
+    nested_index: bool = False,
+    media_type: str | None = None,
+) -> bytes:
     """An OCI image layout tar: index.json -> blobs/sha256/<manifest> -> layer blobs.
     Layers whose index is in gzip_layers are stored gzip-compressed (tar+gzip media type)."""
     blobs: dict[str, bytes] = {}
@@ -79,28 +84,51 @@ def oci_archive(layers: list[bytes], gzip_layers: set[int] = frozenset(), ref: s
         mt = media_type or mt
         blobs[sha(data)] = data
         descs.append({"mediaType": mt, "digest": "sha256:" + sha(data), "size": len(data)})
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(x) for x in layers]}}).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(x) for x in layers]},
+        }
+    ).encode()
     blobs[sha(config)] = config
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": "sha256:" + sha(config), "size": len(config)},
-                           "layers": descs}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + sha(config),
+                "size": len(config),
+            },
+            "layers": descs,
+        }
+    ).encode()
     blobs[sha(manifest)] = manifest
-    top = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + sha(manifest),
-           "size": len(manifest)}
+    top = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": "sha256:" + sha(manifest),
+        "size": len(manifest),
+    }
     if nested_index:
-        inner = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                            "manifests": [top]}).encode()
+        inner = json.dumps(
+            {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [top]}
+        ).encode()
         blobs[sha(inner)] = inner
-        top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + sha(inner),
-               "size": len(inner)}
+        top = {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": "sha256:" + sha(inner),
+            "size": len(inner),
+        }
     if ref:
         top["annotations"] = {"org.opencontainers.image.ref.name": ref}
     index = json.dumps({"schemaVersion": 2, "manifests": [top]}).encode()
-    members = [(ti("oci-layout"), b'{"imageLayoutVersion": "1.0.0"}'), (ti("index.json"), index),
-               (ti("blobs", type=tarfile.DIRTYPE, mode=0o755), None),
-               (ti("blobs/sha256", type=tarfile.DIRTYPE, mode=0o755), None)]
+    members = [
+        (ti("oci-layout"), b'{"imageLayoutVersion": "1.0.0"}'),
+        (ti("index.json"), index),
+        (ti("blobs", type=tarfile.DIRTYPE, mode=0o755), None),
+        (ti("blobs/sha256", type=tarfile.DIRTYPE, mode=0o755), None),
+    ]
     for h, data in blobs.items():
         members.append((ti(f"blobs/sha256/{h}"), data))
     return tar_bytes(members)
@@ -122,13 +150,24 @@ def tree_fingerprint(root: os.PathLike | str) -> dict[str, tuple]:
             elif stat.S_ISLNK(st.st_mode):
                 content = os.readlink(p)
             try:
-                xa = tuple(sorted((k, os.getxattr(p, k, follow_symlinks=False))
-                                  for k in os.listxattr(p, follow_symlinks=False)))
+                xa = tuple(
+                    sorted(
+                        (k, os.getxattr(p, k, follow_symlinks=False)) for k in os.listxattr(p, follow_symlinks=False)
+                    )
+                )
             except OSError:
                 xa = ()
-            out[rel] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
-                        st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
-                        st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0, content, xa)
+            out[rel] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
+                st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0,
+                content,
+                xa,
+            )
     return out
 
 
@@ -179,12 +218,17 @@ def hostile_layer(case: str, box: Path) -> bytes:
     if case == "nested dotdot path":
         return tar_bytes([(ti("a", type=tarfile.DIRTYPE, mode=0o755), None), (ti("a/../../evil"), b"evil")])
     if case == "symlink escape":
-        return tar_bytes([(ti("link", type=tarfile.SYMTYPE, linkname=str(box / "outside")), None),
-                          (ti("link/pwned"), b"evil")])
+        return tar_bytes(
+            [(ti("link", type=tarfile.SYMTYPE, linkname=str(box / "outside")), None), (ti("link/pwned"), b"evil")]
+        )
     if case == "relative symlink escape":
-        return tar_bytes([(ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
-                          (ti("d/link", type=tarfile.SYMTYPE, linkname="../../outside"), None),
-                          (ti("d/link/sub/pwned"), b"evil")])
+        return tar_bytes(
+            [
+                (ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
+                (ti("d/link", type=tarfile.SYMTYPE, linkname="../../outside"), None),
+                (ti("d/link/sub/pwned"), b"evil"),
+            ]
+        )
     if case == "hardlink out":
         return tar_bytes([(ti("ok"), b"fine"), (ti("h", type=tarfile.LNKTYPE, linkname="../x"), None)])
     if case == "absolute hardlink":
@@ -194,9 +238,9 @@ def hostile_layer(case: str, box: Path) -> bytes:
     if case == "block device":
         return tar_bytes([(ti("sda", type=tarfile.BLKTYPE, devmajor=8, devminor=0, mode=0o660), None)])
     if case == "truncated data":
-        return _two_files()[:11264 + 3000]
+        return _two_files()[: 11264 + 3000]
     if case == "truncated header":
-        return _two_files()[:10752 + 100]
+        return _two_files()[: 10752 + 100]
     if case == "not a tar":
         return _random.Random(1).randbytes(4096)
     if case == "short garbage":
@@ -208,9 +252,23 @@ def hostile_layer(case: str, box: Path) -> bytes:
     raise KeyError(case)
 
 
-HOSTILE = ["absolute path", "dotdot path", "nested dotdot path", "symlink escape", "relative symlink escape",
-           "hardlink out", "absolute hardlink", "char device", "block device", "truncated data",
-           "truncated header", "not a tar", "short garbage", "trusted xattr", "security.selinux xattr"]
+HOSTILE = [
+    "absolute path",
+    "dotdot path",
+    "nested dotdot path",
+    "symlink escape",
+    "relative symlink escape",
+    "hardlink out",
+    "absolute hardlink",
+    "char device",
+    "block device",
+    "truncated data",
+    "truncated header",
+    "not a tar",
+    "short garbage",
+    "trusted xattr",
+    "security.selinux xattr",
+]
 
 # Cases whose refusal needs more than a member-by-member look: check_tar (and so import) lets
 # them through. Each is a src bug documented by an xfail (see the report in the tests).
@@ -239,8 +297,17 @@ def bench_session(driver, workloads, overrides, root, out, **kw):
     """A BenchSession of DRIVER over WORKLOADS with grid overrides, prepared, run and finished
     (its teardown must leave nothing); the session, for its records and metadata."""
     from cowlab.run.runner import BenchSession
-    s = BenchSession(driver, quick=True, workload_names=workloads, out=out, root=str(root),
-                     argv=["pytest"], grid_overrides=overrides, **kw)
+
+    s = BenchSession(
+        driver,
+        quick=True,
+        workload_names=workloads,
+        out=out,
+        root=str(root),
+        argv=["pytest"],
+        grid_overrides=overrides,
+        **kw,
+    )
     s.check()
     status = "failed"
     try:
@@ -255,8 +322,7 @@ def bench_session(driver, workloads, overrides, root, out, **kw):
 
 def run_session(driver, workload, overrides, root, out):
     """One workload's reduced grid, natively, on a 4 GiB loop backing where one is made: its records."""
-    s = bench_session(driver, [workload], {workload: overrides}, root, out, backing_size=4 << 30,
-                      mode="primitive")
+    s = bench_session(driver, [workload], {workload: overrides}, root, out, backing_size=4 << 30, mode="primitive")
     return [r for r in s.records if r["workload"] == workload]
 
 

@@ -23,8 +23,14 @@ def _lint_imports(src: Path, cwd: Path) -> subprocess.CompletedProcess:
     if exe is None:
         pytest.fail("lint-imports is not installed: pip install -e '.[test]' (import-linter)")
     env = dict(os.environ, PYTHONPATH=str(src))
-    return subprocess.run([exe, "--no-cache", "--config", str(REPO / "pyproject.toml")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, "--no-cache", "--config", str(REPO / "pyproject.toml")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_layers_contract_is_kept():
@@ -73,7 +79,7 @@ def _imports(name: str, path: Path, mods: dict[str, Path]):
                     yield a.name, []
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = pkg.split(".")[:len(pkg.split(".")) - (node.level - 1)]
+                base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -146,8 +152,14 @@ def test_package_data_ships_the_fio_jobs(tmp_path):
     """A build of the package (setuptools' build_py, what a wheel holds) has the io workload's
     job files: the installed library finds them beside its code, not in a source tree."""
     from cowlab.measure.workloads.io import JOBS
-    cp = subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
-                         "-d", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    cp = subprocess.run(
+        [sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py", "-d", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cp.returncode == 0, cp.stderr
     shipped = {p.stem for p in (tmp_path / "cowlab" / "measure" / "workloads" / "fio").glob("*.fio")}
     assert set(JOBS) <= shipped, (sorted(JOBS), sorted(shipped))
@@ -155,16 +167,23 @@ def test_package_data_ships_the_fio_jobs(tmp_path):
 
 def test_every_import_is_a_declared_dependency():
     import tomllib
+
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = meta["dependencies"] + [r for extra in meta["optional-dependencies"].values() for r in extra]
-    declared = {r.split(">")[0].split("=")[0].split("[")[0].split("<")[0].strip().lower().replace("-", "_")
-                for r in reqs}
+    declared = {
+        r.split(">")[0].split("=")[0].split("[")[0].split("<")[0].strip().lower().replace("-", "_") for r in reqs
+    }
     dist = {"yaml": "pyyaml", "markdown_it": "markdown_it_py"}  # import name → distribution
     missing = set()
     for p in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(p.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and not node.level and node.module
+                else []
+            )
             for n in names:
                 top = n.split(".")[0]
                 if top in sys.stdlib_module_names or top == "cowlab":

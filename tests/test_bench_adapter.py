@@ -18,9 +18,13 @@ ARGS = ["--quick", "--workload", "space", "--workload", "mount_floor", "--reps",
 
 
 def _runs(out: Path) -> list[tuple[dict, list[dict]]]:
-    return [(json.loads((d / "run.json").read_text()),
-             [json.loads(line) for line in (d / "samples.jsonl").read_text().splitlines()])
-            for d in sorted(p.parent for p in out.glob("*/*/run.json"))]
+    return [
+        (
+            json.loads((d / "run.json").read_text()),
+            [json.loads(line) for line in (d / "samples.jsonl").read_text().splitlines()],
+        )
+        for d in sorted(p.parent for p in out.glob("*/*/run.json"))
+    ]
 
 
 def _keys(samples: list[dict]) -> set:
@@ -30,16 +34,52 @@ def _keys(samples: list[dict]) -> set:
 @pytest.mark.root
 def test_pytest_bench_writes_what_cowlab_bench_writes(tmp_path):
     root = tmp_path / "state"
-    pb = subprocess.run([sys.executable, "-m", "pytest", str(REPO / "bench"), "-q", "-p", "no:cacheprovider",
-                         "--driver", "vfs", *ARGS, "--out", str(tmp_path / "pytest"), "--cowlab-root", str(root)],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
+    pb = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO / "bench"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--driver",
+            "vfs",
+            *ARGS,
+            "--out",
+            str(tmp_path / "pytest"),
+            "--cowlab-root",
+            str(root),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert pb.returncode == 0, pb.stdout[-3000:] + pb.stderr[-2000:]
-    cb = subprocess.run([sys.executable, "-m", "cowlab", "--root", str(root), "bench", "vfs", *ARGS,
-                         "--mode", "primitive", "--out", str(tmp_path / "cowlab")],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
+    cb = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cowlab",
+            "--root",
+            str(root),
+            "bench",
+            "vfs",
+            *ARGS,
+            "--mode",
+            "primitive",
+            "--out",
+            str(tmp_path / "cowlab"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert cb.returncode == 0, cb.stdout[-2000:] + cb.stderr[-2000:]
-    (prun, psamples), = _runs(tmp_path / "pytest")
-    (crun, csamples), = _runs(tmp_path / "cowlab")
+    ((prun, psamples),) = _runs(tmp_path / "pytest")
+    ((crun, csamples),) = _runs(tmp_path / "cowlab")
     assert prun["harness"] == "pytest-benchmark" and crun["harness"] == "cowlab bench"
     assert prun["status"] == crun["status"] == "complete"
     assert _keys(psamples) == _keys(csamples)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.run import cleanup
-from cowlab.base import sysutil
-from cowlab.store.images import ImageStore
-from cowlab.base.resources import Resources, owners
-
 from conftest import SRC, mounts_under
+from cowlab.base import sysutil
+from cowlab.base.resources import Resources, owners
+from cowlab.run import cleanup
+from cowlab.store.images import ImageStore
 from helpers import spec_of
 
 PRELUDE = """
@@ -46,8 +45,13 @@ class Child:
     def __init__(self, root: Path, body: str):
         script = PRELUDE + textwrap.dedent(body) + EPILOGUE
         env = dict(os.environ, PYTHONPATH=str(SRC))
-        self.p = subprocess.Popen([sys.executable, "-c", script, str(root)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env)
+        self.p = subprocess.Popen(
+            [sys.executable, "-c", script, str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         line = self.p.stdout.readline()
         if not line:
             self.p.wait(timeout=30)
@@ -63,13 +67,16 @@ class Child:
 
 
 def test_sweep_releases_dead_run(state):
-    c = Child(state.path, """
+    c = Child(
+        state.path,
+        """
         d = state.store / "work"
         res.acquire("dir", d.mkdir, path=str(d))
         f = state.backings / "x.img"
         res.acquire("file", lambda: f.write_bytes(b"0" * 10), path=str(f))
         out["paths"] = [str(d), str(f)]
-    """)
+    """,
+    )
     paths = [Path(p) for p in c.out["paths"]]
     assert all(p.exists() for p in paths)
     assert cleanup.sweep(state) == []  # alive: not touched
@@ -149,10 +156,13 @@ def test_sweep_ends_orphaned_children_of_dead_run(state):
     # The orphan is re-parented to this process (a subreaper) so that ending it also reaps it.
     _set_subreaper(True)
     try:
-        c = Child(state.path, """
+        c = Child(
+            state.path,
+            """
             p = spawn(res, ["sleep", "600"])
             out["pid"] = p.pid
-        """)
+        """,
+        )
         pid = c.out["pid"]
         start = sysutil.proc_starttime(pid)
         c.kill()
@@ -166,12 +176,19 @@ def test_sweep_ends_orphaned_children_of_dead_run(state):
 
 # --- with real mounts --------------------------------------------------------------------------
 
+
 @pytest.mark.root
 def test_sweep_after_sigkill_with_containers(state):
     store = ImageStore(state)
-    store.build(spec_of([[{"op": "file", "path": "/etc/hello", "size": 100}],
-                         [{"op": "file", "path": "/etc/two", "size": 10}]], name="img"))
-    c = Child(state.path, """
+    store.build(
+        spec_of(
+            [[{"op": "file", "path": "/etc/hello", "size": 100}], [{"op": "file", "path": "/etc/two", "size": 10}]],
+            name="img",
+        )
+    )
+    c = Child(
+        state.path,
+        """
         from cowlab.storage.drivers.overlay2 import Overlay2
         from cowlab.storage.drivers.vfs import Vfs
         store = ImageStore(state)
@@ -183,7 +200,8 @@ def test_sweep_after_sigkill_with_containers(state):
             for _ in range(2):
                 mps.append(str(drv.create(img, res).mountpoint))
         out["mountpoints"] = mps
-    """)
+    """,
+    )
     mps = [Path(p) for p in c.out["mountpoints"]]
     assert len(mounts_under(state.path)) == 2  # two overlay containers
     assert all((p / "etc" / "hello").stat().st_size == 100 for p in mps)
@@ -220,9 +238,12 @@ def test_sweep_unmounts_strays_but_not_live_mounts(state):
 @pytest.mark.root
 def test_sweep_after_sigkill_with_a_loop_backing(state):
     from conftest import loops_under
+
     store = ImageStore(state)
     store.build(spec_of([[{"op": "file", "path": "/etc/hello", "size": 100}]], name="img"))
-    c = Child(state.path, """
+    c = Child(
+        state.path,
+        """
         from cowlab.storage.drivers.overlay2 import Overlay2
         b = backing.make_loop(state.backings, res, "ext4", 64 << 20)
         drv = Overlay2(b, res, ImageStore(state))
@@ -230,7 +251,8 @@ def test_sweep_after_sigkill_with_a_loop_backing(state):
         drv.import_image(img)
         out["mountpoint"] = str(drv.create(img, res).mountpoint)
         out["image_file"] = b.image_file
-    """)
+    """,
+    )
     assert Path(c.out["mountpoint"], "etc", "hello").stat().st_size == 100
     assert [f for _, f in loops_under(state.path)] == [c.out["image_file"]]
     c.kill()

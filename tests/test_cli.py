@@ -76,19 +76,21 @@ def test_version_and_help():
 
 
 UNKNOWN_DRIVER = [("bench", "nosuch", "--quick"), ("container", "create", "demo", "--driver", "nosuch")]
-WRAP_BUG = ("src bug: cli's stderr Console (rich) wraps at 80 columns when stderr is not a terminal, "
-            "so a CowlabError longer than that is printed over several lines and long paths are cut "
-            "mid-name (errors.py promises one readable line); the unknown-driver error now lists 8 "
-            "drivers and wraps, and `bench` also prints its 'mode: ...' line before it has checked "
-            "the driver name. Fix: err = Console(stderr=True, soft_wrap=True), and print the mode "
-            "after s.check()")
+WRAP_BUG = (
+    "src bug: cli's stderr Console (rich) wraps at 80 columns when stderr is not a terminal, "
+    "so a CowlabError longer than that is printed over several lines and long paths are cut "
+    "mid-name (errors.py promises one readable line); the unknown-driver error now lists 8 "
+    "drivers and wraps, and `bench` also prints its 'mode: ...' line before it has checked "
+    "the driver name. Fix: err = Console(stderr=True, soft_wrap=True), and print the mode "
+    "after s.check()"
+)
 
 
 @pytest.mark.parametrize("args", UNKNOWN_DRIVER)
 def test_unknown_driver(root_dir, args):
     cp = run_cli(*args, root=root_dir)
     assert_clean_error(cp, "unknown driver 'nosuch'", code=1)
-    err = squash(cp.stderr[cp.stderr.index("cowlab: error: "):])
+    err = squash(cp.stderr[cp.stderr.index("cowlab: error: ") :])
     assert "overlay2," in err and "vfs" in err  # lists the drivers there are
     assert not root_dir.exists()
 
@@ -110,15 +112,21 @@ def test_unknown_workload(root_dir):
     assert not root_dir.exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["overlay2", "--opt", "bogus=1"], "overlay2 has no option 'bogus' (its options: idmap, metacopy, redirect_dir, volatile)"),
-    (["vfs", "--device", "/dev/null"], "vfs has no option 'device' (it takes none)"),
-    (["overlay2", "--opt", "metacopy=maybe"], "option metacopy='maybe': say on or off"),
-    (["erofs", "--opt", "idmap=0:100000"], "idmap '0:100000': write INSIDE:OUTSIDE:COUNT"),
-    (["devicemapper-loop", "--opt", "block_size=3K"], "block_size 3072 must be a multiple of 64 KiB"),
-    (["devicemapper-loop", "--opt", "fs=ntfs"], "fs 'ntfs': choose xfs or ext4"),
-    (["devicemapper-loop", "--opt", "no_space_timeout=soon"], "bad option value"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["overlay2", "--opt", "bogus=1"],
+            "overlay2 has no option 'bogus' (its options: idmap, metacopy, redirect_dir, volatile)",
+        ),
+        (["vfs", "--device", "/dev/null"], "vfs has no option 'device' (it takes none)"),
+        (["overlay2", "--opt", "metacopy=maybe"], "option metacopy='maybe': say on or off"),
+        (["erofs", "--opt", "idmap=0:100000"], "idmap '0:100000': write INSIDE:OUTSIDE:COUNT"),
+        (["devicemapper-loop", "--opt", "block_size=3K"], "block_size 3072 must be a multiple of 64 KiB"),
+        (["devicemapper-loop", "--opt", "fs=ntfs"], "fs 'ntfs': choose xfs or ext4"),
+        (["devicemapper-loop", "--opt", "no_space_timeout=soon"], "bad option value"),
+    ],
+)
 def test_bad_driver_option_refused_before_any_work(root_dir, args, needle):
     """Found in check (or, for a VM-bound backend, before the images are built and the VM boots)."""
     cp = run_cli("bench", *args, "--out", str(root_dir.parent / "out"), root=root_dir)
@@ -128,7 +136,7 @@ def test_bad_driver_option_refused_before_any_work(root_dir, args, needle):
 
 def test_spec_error_names_file_layer_field(tmp_path, root_dir):
     bad = tmp_path / "bad.toml"
-    bad.write_text(SPEC.replace('size = 10 }', 'size = "ten" }'))
+    bad.write_text(SPEC.replace("size = 10 }", 'size = "ten" }'))
     cp = run_cli("image", "build", str(bad), root=root_dir)
     assert_clean_error(cp, str(bad), "layer 2", "op 2", "'size'", "'ten'", code=1)
     assert not root_dir.exists()  # spec errors come before any state is touched
@@ -145,7 +153,7 @@ def test_long_error_stays_on_one_line(tmp_path, root_dir):
     d = tmp_path / ("a_rather_long_directory_name_" * 2)
     d.mkdir()
     bad = d / "bad_spec_file.toml"
-    bad.write_text(SPEC.replace('size = 10 }', 'size = "ten" }'))
+    bad.write_text(SPEC.replace("size = 10 }", 'size = "ten" }'))
     cp = run_cli("image", "build", str(bad), root=root_dir)
     assert cp.returncode == 1
     assert len(cp.stderr.strip().splitlines()) == 1, cp.stderr
@@ -169,8 +177,7 @@ def _snapshot(d: Path) -> dict:
     out = {}
     for p in sorted(d.rglob("*")):
         st = p.lstat()
-        out[str(p.relative_to(d))] = (st.st_mode, st.st_size, st.st_mtime_ns,
-                                      p.read_bytes() if p.is_file() else None)
+        out[str(p.relative_to(d))] = (st.st_mode, st.st_size, st.st_mtime_ns, p.read_bytes() if p.is_file() else None)
     return out
 
 
@@ -219,8 +226,10 @@ def _nobody_prefix() -> list[str]:
 
 
 @pytest.mark.root  # to become nobody, we must start as root
-@pytest.mark.parametrize("args", [("bench", "vfs", "--quick"), ("image", "ls"),
-                                  ("container", "create", "demo", "--driver", "vfs"), ("cleanup",)])
+@pytest.mark.parametrize(
+    "args",
+    [("bench", "vfs", "--quick"), ("image", "ls"), ("container", "create", "demo", "--driver", "vfs"), ("cleanup",)],
+)
 def test_not_root_is_a_clear_error(args):
     prefix = _nobody_prefix()
     tmp = Path(tempfile.mkdtemp(prefix="cowlab-nobody-", dir="/tmp"))
@@ -301,6 +310,7 @@ def test_image_import_and_ls(tmp_path, root_dir):
 def test_import_hostile_archive_is_a_clean_error(tmp_path, root_dir):
     arch = tmp_path / "evil.tar"
     from helpers import tar_bytes, ti
+
     arch.write_bytes(docker_archive([tar_bytes([(ti("../../escape"), b"x")])]))
     cp = run_cli("image", "import", str(arch), root=root_dir)
     assert_clean_error(cp, str(arch), "'..'", code=1)
@@ -319,8 +329,9 @@ def test_bench_quick_run(tmp_path, root_dir, driver):
     # cowlab's own drivers only: where Docker is installed, `bench` may also drive a private
     # dockerd (--mode both), which is not what this test is about
     mode = ["--mode", "primitive"] if _bench_has_mode() else []
-    cp = run_cli("bench", driver, "--quick", "--reps", "1", "--workload", "creation", "--out", str(out),
-                 *mode, root=root_dir)
+    cp = run_cli(
+        "bench", driver, "--quick", "--reps", "1", "--workload", "creation", "--out", str(out), *mode, root=root_dir
+    )
     assert cp.returncode == 0, cp.stderr[-3000:]
     runs = list(out.glob("*/*/run.json"))
     assert len(runs) == 1
@@ -362,6 +373,7 @@ def test_container_create_refuses_too_many_layers(root_dir):
     from cowlab.base.state import StateRoot
     from cowlab.measure.workloads.base import synthetic_image
     from cowlab.store.images import ImageStore
+
     ImageStore(StateRoot(root_dir).ensure()).build(synthetic_image("l501", 0, 501))
     cp = run_cli("container", "create", "l501", "--driver", "overlay2", root=root_dir)
     assert_clean_error(cp, "501 layers", "500", code=1)

@@ -91,8 +91,10 @@ def test_conformance_128_layers(driver, suite):
     `cowlab conformance --driver NAME --case 128-layers` runs it anywhere)."""
     took = _elapsed.get(driver)
     if took is not None and took > DEEP_BUDGET:
-        pytest.skip(f"{driver} took {took:.0f} s for the other cases; its 128-layer case is left to "
-                    f"`cowlab conformance --driver {driver} --case {DEEP}` (nox -s conformance)")
+        pytest.skip(
+            f"{driver} took {took:.0f} s for the other cases; its 128-layer case is left to "
+            f"`cowlab conformance --driver {driver} --case {DEEP}` (nox -s conformance)"
+        )
     _run(driver, suite, [DEEP])
 
 
@@ -105,8 +107,9 @@ def test_every_driver_is_in_the_table():
 
 def test_unavailable_driver_is_never_a_pass(suite, monkeypatch):
     state, images = suite
-    monkeypatch.setattr(Vfs, "probe", classmethod(lambda cls: Probe(
-        False, "switched off for this test", "nothing to do")))
+    monkeypatch.setattr(
+        Vfs, "probe", classmethod(lambda cls: Probe(False, "switched off for this test", "nothing to do"))
+    )
     results = C.run_suite(state, ["vfs"], ["basic", "root-mode"])
     assert [r.status for r in results] == ["unavailable", "unavailable"]
     assert all("switched off for this test" in r.details[0] for r in results)
@@ -115,8 +118,10 @@ def test_unavailable_driver_is_never_a_pass(suite, monkeypatch):
 
 # --- the suite tells broken drivers apart ---------------------------------------------------------
 
+
 class CopyWithoutMetadata(Vfs):
     """A 'vfs' that copies with cp -r: modes (setuid, sticky), owners, hard links and mtimes go."""
+
     name = "broken-cp-r"
 
     def create(self, image, res, cid=None):
@@ -129,19 +134,22 @@ class CopyWithoutMetadata(Vfs):
 
 class SharedImage(Vfs):
     """A 'vfs' whose containers are bind mounts of the image itself: writes land in the image."""
+
     name = "broken-shared"
 
     def create(self, image, res, cid=None):
         cid = cid or self.new_id()
         target = self.home / "containers" / cid
         h1 = res.acquire("dir", lambda: target.mkdir(parents=True), path=str(target))
-        h2 = res.acquire("mount", lambda: sysutil.mount(str(self._rootfs(image)), target, "", "", 4096),
-                         target=str(target))  # MS_BIND
+        h2 = res.acquire(
+            "mount", lambda: sysutil.mount(str(self._rootfs(image)), target, "", "", 4096), target=str(target)
+        )  # MS_BIND
         return Container(cid, image.id, self.name, target, [h1, h2])
 
 
 class OverlayWhiteoutsAsFiles(Vfs):
     """A 'vfs' that imports layers in overlay style (0/0 whiteout devices) onto one tree."""
+
     name = "broken-whiteouts"
 
     def import_image(self, image):
@@ -176,13 +184,18 @@ def _one(state, images, cls, case):
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("case, needles", [
-    ("sticky-setuid-base", ["/a subdir: owner 0:0, expected 1:2", "/a file: mode 0222, expected 4222",
-                            "/a file: mtime"]),
-    ("hardlink-groups", ["hard links: /h/a, /h/b, /h/c should be one inode"]),
-    ("file-update-mtime", ["/etc/hosts: mtime"]),
-    ("chown-lower-tree", ["/opt/app/bin: owner 0:0, expected 1000:1000"]),
-])
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        (
+            "sticky-setuid-base",
+            ["/a subdir: owner 0:0, expected 1:2", "/a file: mode 0222, expected 4222", "/a file: mtime"],
+        ),
+        ("hardlink-groups", ["hard links: /h/a, /h/b, /h/c should be one inode"]),
+        ("file-update-mtime", ["/etc/hosts: mtime"]),
+        ("chown-lower-tree", ["/opt/app/bin: owner 0:0, expected 1000:1000"]),
+    ],
+)
 def test_suite_catches_lost_metadata(suite, case, needles):
     state, images = suite
     r = _one(state, images, CopyWithoutMetadata, case)
@@ -234,6 +247,7 @@ def test_declared_exdev_that_renames_fails(suite):
 
 
 # --- compare() and scan() on hand-made trees ------------------------------------------------------
+
 
 def _tree(root: Path):
     root.mkdir()
@@ -327,8 +341,11 @@ def specs(draw):
     for _ in range(draw(st.integers(1, 4))):
         ops = []
         for _ in range(draw(st.integers(0, 5))):
-            kind = draw(st.sampled_from(["file", "file", "dir", "symlink", "hardlink", "delete", "opaque",
-                                         "chmod", "chown", "chown"]))
+            kind = draw(
+                st.sampled_from(
+                    ["file", "file", "dir", "symlink", "hardlink", "delete", "opaque", "chmod", "chown", "chown"]
+                )
+            )
             existing = sorted(kinds)
             if kind in ("delete", "chmod", "chown", "opaque", "hardlink") and not existing:
                 kind = "file"
@@ -336,9 +353,14 @@ def specs(draw):
                 p = draw(st.sampled_from(NAMES))
                 if not parent_ok(p):
                     continue
-                op = {"op": "file", "path": p, "size": draw(st.integers(0, 300)),
-                      "mode": draw(st.sampled_from(["0644", "0600", "4755", "2711", "0444"])),
-                      "uid": draw(st.integers(0, 3)), "gid": draw(st.integers(0, 3))}
+                op = {
+                    "op": "file",
+                    "path": p,
+                    "size": draw(st.integers(0, 300)),
+                    "mode": draw(st.sampled_from(["0644", "0600", "4755", "2711", "0444"])),
+                    "uid": draw(st.integers(0, 3)),
+                    "gid": draw(st.integers(0, 3)),
+                }
                 if draw(st.booleans()):
                     op["mtime"] = draw(st.integers(1_500_000_000, 1_600_000_000))
                 drop(p), make_parents(p)
@@ -347,8 +369,12 @@ def specs(draw):
                 p = draw(st.sampled_from(NAMES))
                 if not parent_ok(p):
                     continue
-                op = {"op": "dir", "path": p, "mode": draw(st.sampled_from(["0755", "0700", "1777", "2750"])),
-                      "uid": draw(st.integers(0, 3))}
+                op = {
+                    "op": "dir",
+                    "path": p,
+                    "mode": draw(st.sampled_from(["0755", "0700", "1777", "2750"])),
+                    "uid": draw(st.integers(0, 3)),
+                }
                 if kinds.get(p) != "dir":
                     drop(p)
                 make_parents(p)
@@ -388,8 +414,13 @@ def specs(draw):
                 op = {"op": "chmod", "path": p, "mode": draw(st.sampled_from(["0600", "0755", "4711", "1700"]))}
             else:
                 p = draw(st.sampled_from(existing))
-                op = {"op": "chown", "path": p, "uid": draw(st.integers(0, 3)), "gid": draw(st.integers(0, 3)),
-                      "recursive": draw(st.booleans())}
+                op = {
+                    "op": "chown",
+                    "path": p,
+                    "uid": draw(st.integers(0, 3)),
+                    "gid": draw(st.integers(0, 3)),
+                    "recursive": draw(st.booleans()),
+                }
             ops.append(op)
         layers_.append({"ops": ops})
     return {"name": "fuzz", "seed": draw(st.integers(0, 3)), "layers": layers_}
@@ -400,6 +431,7 @@ def specs(draw):
 @given(specs())
 def test_reference_and_layer_pipeline_agree(tmp_path_factory, d):
     from cowlab.store.spec import from_dict
+
     sp = from_dict(d, "<fuzz>")
     base = tmp_path_factory.mktemp("agree")
     state = StateRoot(base / "root").ensure()

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SRC, loops_under, mounts_under
 from cowlab import results
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
 from cowlab.base.state import StateRoot, resolve_root
-
-from conftest import SRC, loops_under, mounts_under
 from helpers import docker_archive, simple_layer, tree_fingerprint
 
 pytestmark = pytest.mark.root
@@ -38,8 +37,12 @@ CREATION = ["bench", "overlay2", "--quick", "--reps", "1", "--workload", "creati
 
 def _bench_extra() -> list[str]:
     """--mode primitive / --vm never where this cowlab has them (never engine or VM here)."""
-    cp = subprocess.run([sys.executable, "-m", "cowlab", "bench", "--help"], capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": str(SRC)})
+    cp = subprocess.run(
+        [sys.executable, "-m", "cowlab", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     extra = []
     if "--mode" in cp.stdout:
         extra += ["--mode", "primitive"]
@@ -53,9 +56,9 @@ class Point:
     id: str
     argv: list[str]
     killpoint: str
-    bench: bool = True          # a bench run (gets --out, --mode primitive ...)
-    fresh: bool = False         # on a new state root (nothing built yet)
-    needs: str = ""             # "density", "xfs": skipped with the reason when missing
+    bench: bool = True  # a bench run (gets --out, --mode primitive ...)
+    fresh: bool = False  # on a new state root (nothing built yet)
+    needs: str = ""  # "density", "xfs": skipped with the reason when missing
     extra_env: dict = field(default_factory=dict)
 
 
@@ -81,27 +84,51 @@ POINTS = [
     Point("between samples", _creation(), "sample:3"),
     Point("vfs: container dir made, copy not started", _creation("vfs"), "acquired.dir:4"),
     Point("container create: mounted (persistent container)", [], "acquired.mount:1", bench=False),
-    Point("conformance: second container mounted", ["conformance", "--driver", "overlay2", "--case", "basic"],
-          "acquired.mount:2", bench=False),
+    Point(
+        "conformance: second container mounted",
+        ["conformance", "--driver", "overlay2", "--case", "basic"],
+        "acquired.mount:2",
+        bench=False,
+    ),
     # space
-    Point("space: container mounted", ["bench", "overlay2", "--quick", "--reps", "1", "--workload", "space"],
-          "acquired.mount:1"),
+    Point(
+        "space: container mounted",
+        ["bench", "overlay2", "--quick", "--reps", "1", "--workload", "space"],
+        "acquired.mount:1",
+    ),
     # density: readers alive
-    Point("density: 8 containers, 7 readers alive, 8th not journaled",
-          ["bench", "overlay2", "--quick", "--reps", "1", "--workload", "density"], "spawn:9", needs="density"),
-    Point("density: scratch cgroup made", ["bench", "overlay2", "--quick", "--reps", "1", "--workload", "density"],
-          "acquired.cgroup:2", needs="density"),
+    Point(
+        "density: 8 containers, 7 readers alive, 8th not journaled",
+        ["bench", "overlay2", "--quick", "--reps", "1", "--workload", "density"],
+        "spawn:9",
+        needs="density",
+    ),
+    Point(
+        "density: scratch cgroup made",
+        ["bench", "overlay2", "--quick", "--reps", "1", "--workload", "density"],
+        "acquired.cgroup:2",
+        needs="density",
+    ),
     # loop backing (--backing xfs)
-    Point("loop: image formatted, no loop device", _creation("overlay2", "--backing", "xfs"), "loop.mkfs:1",
-          needs="xfs"),
-    Point("loop: attached, device not journaled", _creation("overlay2", "--backing", "xfs"), "loop.attached:1",
-          needs="xfs"),
-    Point("loop: mount journaled, not mounted", _creation("overlay2", "--backing", "xfs"), "journal.mount:1",
-          needs="xfs"),
-    Point("loop: container on xfs mounted", _creation("overlay2", "--backing", "xfs"), "acquired.mount:3",
-          needs="xfs"),
-    Point("loop: teardown, loop detached, entry left", _creation("overlay2", "--backing", "xfs"),
-          "release.loop:1", needs="xfs"),
+    Point(
+        "loop: image formatted, no loop device", _creation("overlay2", "--backing", "xfs"), "loop.mkfs:1", needs="xfs"
+    ),
+    Point(
+        "loop: attached, device not journaled",
+        _creation("overlay2", "--backing", "xfs"),
+        "loop.attached:1",
+        needs="xfs",
+    ),
+    Point(
+        "loop: mount journaled, not mounted", _creation("overlay2", "--backing", "xfs"), "journal.mount:1", needs="xfs"
+    ),
+    Point("loop: container on xfs mounted", _creation("overlay2", "--backing", "xfs"), "acquired.mount:3", needs="xfs"),
+    Point(
+        "loop: teardown, loop detached, entry left",
+        _creation("overlay2", "--backing", "xfs"),
+        "release.loop:1",
+        needs="xfs",
+    ),
 ]
 
 
@@ -126,13 +153,14 @@ def _needs(what: str) -> str | None:
 
 # --- the lab: a state root, a results dir, and a sentinel tree beside them ------------------------
 
+
 class Lab:
     def __init__(self, base: Path):
         self.base = base
         self.root = base / "root"
         self.out = base / "results"
-        self.aux = base / "aux"         # the test's own files (archives, specs)
-        self.cwd = base / "cwd"         # where cowlab runs: nothing may appear here
+        self.aux = base / "aux"  # the test's own files (archives, specs)
+        self.cwd = base / "cwd"  # where cowlab runs: nothing may appear here
         for d in (self.out, self.aux, self.cwd):
             d.mkdir(parents=True, exist_ok=True)
         s = base / "sentinel"
@@ -146,14 +174,23 @@ class Lab:
             os.setxattr(s / "data", "user.sentinel", b"1")
         archive = self.aux / "img.tar"
         if not archive.exists():
-            archive.write_bytes(docker_archive([simple_layer({"etc/a": b"1" * 5000}),
-                                                simple_layer({"etc/b": b"2" * 5000}),
-                                                simple_layer({"usr/c": b"3" * 5000})]))
+            archive.write_bytes(
+                docker_archive(
+                    [
+                        simple_layer({"etc/a": b"1" * 5000}),
+                        simple_layer({"etc/b": b"2" * 5000}),
+                        simple_layer({"usr/c": b"3" * 5000}),
+                    ]
+                )
+            )
         self.extra = _bench_extra()
 
     def env(self, killpoint: str | None = None) -> dict:
-        e = {k: v for k, v in os.environ.items()
-             if k not in ("COWLAB_ROOT", "COWLAB_KILLPOINT", "COWLAB_FAULTS_TRACE", "COWLAB_DEBUG")}
+        e = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("COWLAB_ROOT", "COWLAB_KILLPOINT", "COWLAB_FAULTS_TRACE", "COWLAB_DEBUG")
+        }
         e["PYTHONPATH"] = str(SRC) + os.pathsep + e.get("PYTHONPATH", "")
         if killpoint:
             e["COWLAB_KILLPOINT"] = killpoint
@@ -170,8 +207,14 @@ class Lab:
         # container create: needs an image, built beforehand (without a kill point)
         spec = self.aux / "c.toml"
         spec.write_text('name = "crashc"\n[[layers]]\nops = [{ op = "file", path = "/a", size = 10 }]\n')
-        cp = subprocess.run(base + ["image", "build", str(spec)], capture_output=True, text=True,
-                            env=self.env(), cwd=self.cwd, timeout=120)
+        cp = subprocess.run(
+            base + ["image", "build", str(spec)],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=self.cwd,
+            timeout=120,
+        )
         assert cp.returncode == 0, cp.stderr
         return base + ["container", "create", "crashc", "--driver", "overlay2"]
 
@@ -195,6 +238,7 @@ def lab(shared_lab):
     st = StateRoot(shared_lab.root)
     if st.claimed and (os.listdir(st.journal) or mounts_under(shared_lab.base)):
         from cowlab.run import cleanup
+
         cleanup.sweep(st, everything=True)
 
 
@@ -270,17 +314,23 @@ def test_sigkill_then_cleanup_leaves_nothing(lab, p, tmp_path):
     argv = lab.argv(p)
     before = lab.outside()
     results_before = tree_fingerprint(lab.out)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=lab.env(p.killpoint), cwd=lab.cwd)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lab.env(p.killpoint), cwd=lab.cwd
+    )
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == -signal.SIGKILL, \
-        f"{p.killpoint} was not reached (exit {proc.returncode}):\n{err[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL, f"{p.killpoint} was not reached (exit {proc.returncode}):\n{err[-3000:]}"
     owners = _owner_tags(lab.root)
     if p.bench:  # the dead run's journal is there for cleanup to find
         assert any(o.startswith(f"run-{proc.pid}-") for o in owners), owners
 
-    cp = subprocess.run([sys.executable, "-m", "cowlab", "--root", str(lab.root), "cleanup"],
-                        capture_output=True, text=True, env=lab.env(), cwd=lab.cwd, timeout=300)
+    cp = subprocess.run(
+        [sys.executable, "-m", "cowlab", "--root", str(lab.root), "cleanup"],
+        capture_output=True,
+        text=True,
+        env=lab.env(),
+        cwd=lab.cwd,
+        timeout=300,
+    )
     assert cp.returncode == 0, cp.stderr
     assert "Traceback" not in cp.stderr + cp.stdout
 
@@ -292,8 +342,12 @@ def test_sigkill_then_cleanup_leaves_nothing(lab, p, tmp_path):
     # (a killed `container create` may leave the persistent driver home with its imported image:
     # that is the persistent store, not a leftover of the dead command)
     store = [x for x in os.listdir(st.store) if x != "persistent"]
-    left = {"journal": os.listdir(st.journal), "tmp": os.listdir(st.tmp), "store": store,
-            "backings": os.listdir(st.backings)}
+    left = {
+        "journal": os.listdir(st.journal),
+        "tmp": os.listdir(st.tmp),
+        "store": store,
+        "backings": os.listdir(st.backings),
+    }
     assert left == {"journal": [], "tmp": [], "store": [], "backings": []}, (left, cp.stdout)
     assert lab.outside() == before, "a file outside the state root changed"
     files_before = {k: v for k, v in results_before.items() if not stat.S_ISDIR(v[0])}
@@ -310,6 +364,7 @@ def test_sigkill_then_cleanup_leaves_nothing(lab, p, tmp_path):
             assert run["status"] == "killed" or p.killpoint.startswith("release."), run
     # one cleanup was enough: a second finds nothing to do
     from cowlab.run import cleanup
+
     assert cleanup.sweep(st) == []
 
 
@@ -318,6 +373,7 @@ def test_results_of_killed_runs_load(shared_lab):
     cut last line (if any) skipped with a warning; a run killed with SIGKILL is marked "killed"
     by the cleanup that followed, which a reader can tell from "complete"."""
     import warnings
+
     dirs = results.run_dirs([shared_lab.out])
     if not dirs:
         pytest.skip("no kill test wrote results in this session")
@@ -338,6 +394,7 @@ def test_at_least_twenty_kill_points():
 
 def test_killpoint_format():
     from cowlab.base import faults
+
     assert faults.parse("a:2, b") == {"a": 2, "b": 1}
     for bad in ("a:0", ":3", "a:x"):
         with pytest.raises(ValueError):
@@ -345,17 +402,27 @@ def test_killpoint_format():
 
 
 def test_faults_are_off_by_default():
-    cp = subprocess.run([sys.executable, "-c", "from cowlab.base import faults; print(faults.enabled, "
-                         "faults.point is faults._nothing)"], capture_output=True, text=True,
-                        env={k: v for k, v in os.environ.items() if not k.startswith("COWLAB_")} |
-                        {"PYTHONPATH": str(SRC)})
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from cowlab.base import faults; print(faults.enabled, faults.point is faults._nothing)",
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("COWLAB_")} | {"PYTHONPATH": str(SRC)},
+    )
     assert cp.stdout.split() == ["False", "True"], cp.stderr
 
 
 # --- SIGINT and SIGTERM: torn down by the run itself, samples kept -------------------------------
 
-@pytest.mark.parametrize("sig, workload", [(signal.SIGINT, "creation"), (signal.SIGTERM, "creation"),
-                                           (signal.SIGTERM, "density")], ids=["SIGINT", "SIGTERM", "SIGTERM-density"])
+
+@pytest.mark.parametrize(
+    "sig, workload",
+    [(signal.SIGINT, "creation"), (signal.SIGTERM, "creation"), (signal.SIGTERM, "density")],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-density"],
+)
 def test_signal_tears_down_and_keeps_samples(lab, tmp_path, sig, workload):
     if workload == "density":
         why = _needs("density")
@@ -368,8 +435,23 @@ def test_signal_tears_down_and_keeps_samples(lab, tmp_path, sig, workload):
     # creation: enough repetitions that the run is still busy when the signal lands (with 3, a
     # warm machine finished the whole grid between the 4th sample and the signal)
     reps = "100" if workload == "creation" else "3"
-    argv = [sys.executable, "-m", "cowlab", "--root", str(lab.root), "bench", "overlay2", "--quick",
-            "--reps", reps, "--workload", workload, "--out", str(out)] + lab.extra
+    argv = [
+        sys.executable,
+        "-m",
+        "cowlab",
+        "--root",
+        str(lab.root),
+        "bench",
+        "overlay2",
+        "--quick",
+        "--reps",
+        reps,
+        "--workload",
+        workload,
+        "--out",
+        str(out),
+    ] + lab.extra
+
     # As a foreground run at a terminal gets it: SIGINT at its default and not blocked, even when
     # this test runs from a background job (whose children start with SIGINT ignored, so Python
     # installs no KeyboardInterrupt handler) or from a thread that has it blocked (the mask is
@@ -377,8 +459,10 @@ def test_signal_tears_down_and_keeps_samples(lab, tmp_path, sig, workload):
     def foreground():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=lab.cwd,
-                            preexec_fn=foreground)
+
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=lab.cwd, preexec_fn=foreground
+    )
     # creation: after a few samples; density: while 8 readers are alive (the 6th reader spawned)
     want = ("sample", 4) if workload == "creation" else ("spawn", 6)
     deadline = time.monotonic() + 300
@@ -411,6 +495,7 @@ def test_signal_tears_down_and_keeps_samples(lab, tmp_path, sig, workload):
 
 
 # --- never delete through a mount; never take a system directory as state root -------------------
+
 
 def test_safe_rmtree_refuses_a_tree_with_a_mount_below(tmp_path):
     root = tmp_path / "root"
@@ -464,8 +549,12 @@ def test_safe_rmtree_stays_inside(tmp_path):
 def test_cleanup_all_refuses_system_roots(bad):
     with pytest.raises(CowlabError, match="refusing state root"):
         resolve_root(bad)
-    cp = subprocess.run([sys.executable, "-m", "cowlab", "--root", bad, "cleanup", "--all"],
-                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    cp = subprocess.run(
+        [sys.executable, "-m", "cowlab", "--root", bad, "cleanup", "--all"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     assert cp.returncode == 1 and "refusing state root" in cp.stderr and "Traceback" not in cp.stderr
 
 
@@ -482,8 +571,13 @@ def test_cleanup_with_state_root_through_a_symlink(tmp_path):
     cp = subprocess.run(lab.argv(p), capture_output=True, text=True, env=lab.env(p.killpoint), timeout=600)
     assert cp.returncode == -signal.SIGKILL, cp.stderr[-2000:]
     assert mounts_under(real), "the kill point should have left a mount"
-    cp = subprocess.run([sys.executable, "-m", "cowlab", "--root", str(link / "root"), "cleanup"],
-                        capture_output=True, text=True, env=lab.env(), timeout=300)
+    cp = subprocess.run(
+        [sys.executable, "-m", "cowlab", "--root", str(link / "root"), "cleanup"],
+        capture_output=True,
+        text=True,
+        env=lab.env(),
+        timeout=300,
+    )
     assert cp.returncode == 0, cp.stderr
     assert mounts_under(real) == [] and loops_under(real) == []
     assert os.listdir(real / "root" / "journal") == []

@@ -86,6 +86,7 @@ def test_sizes_and_options(tmp_path):
 
 def test_root_prefix_separates_state_roots(tmp_path):
     from cowlab.base.state import StateRoot
+
     a, b = StateRoot(tmp_path / "a"), StateRoot(tmp_path / "b")
     assert thin.root_prefix(a) != thin.root_prefix(b)
     assert thin.root_prefix(a).startswith("cowlab-") and len(thin.root_prefix(a)) == len("cowlab-123456-")
@@ -127,7 +128,7 @@ def test_vm_route_choice(monkeypatch):
     assert vmroute.choose(Native, "always") == "vm"
     assert vmroute.choose(Missing, "never") == "native"
     monkeypatch.setattr(vm, "why_unavailable", lambda *a: "no kernel")
-    assert vmroute.choose(Missing, "auto") == "native"   # then check() says why it is unavailable
+    assert vmroute.choose(Missing, "auto") == "native"  # then check() says why it is unavailable
     with pytest.raises(CowlabError, match="no kernel"):
         vmroute.choose(Missing, "always")
     monkeypatch.setenv(vm.IN_VM, "1")
@@ -151,7 +152,9 @@ def test_direct_in_vm_in_mode_both_gets_a_second_disk_for_dockerd():
     disks, args = vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {})
     assert disks == {vmroute.DIRECT_SERIAL: 1 << 30, vmroute.ENGINE_SERIAL: 1 << 30}
     assert args == ["--device", "{disk:cowlab-direct}", "--opt", "engine_device={disk:cowlab-engine}"]
-    assert vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "engine", {})[0] == {vmroute.DIRECT_SERIAL: 1 << 30}
+    assert vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "engine", {})[0] == {
+        vmroute.DIRECT_SERIAL: 1 << 30
+    }
     with pytest.raises(CowlabError, match="does not see"):
         vmroute.guest_disks(dm.DeviceMapperDirect, None, 1 << 30, "both", {"engine_device": "/dev/sdc"})
 
@@ -160,14 +163,17 @@ def test_engine_pool_options_by_mode():
     from types import SimpleNamespace
 
     from cowlab.measure.engine.session import EnginePart
+
     opts = {"device": "/dev/vdb", "engine_device": "/dev/vdc", "block_size": "128K"}
     both = EnginePart(SimpleNamespace(driver_options=opts, mode="both", driver_name="devicemapper-direct"))
     assert both.pool_options() == {"device": "/dev/vdc", "block_size": "128K"}
-    alone = EnginePart(SimpleNamespace(driver_options={"device": "/dev/vdb"}, mode="engine",
-                                       driver_name="devicemapper-direct"))
+    alone = EnginePart(
+        SimpleNamespace(driver_options={"device": "/dev/vdb"}, mode="engine", driver_name="devicemapper-direct")
+    )
     assert alone.pool_options() == {"device": "/dev/vdb"}
-    lacking = EnginePart(SimpleNamespace(driver_options={"device": "/dev/vdb"}, mode="both",
-                                         driver_name="devicemapper-direct"))
+    lacking = EnginePart(
+        SimpleNamespace(driver_options={"device": "/dev/vdb"}, mode="both", driver_name="devicemapper-direct")
+    )
     with pytest.raises(CowlabError, match="engine_device"):
         lacking.pool_options()
 
@@ -182,12 +188,14 @@ def test_engine_device_must_be_another_device():
 
 def test_engine_only_stand_in_takes_the_pool_drivers_options():
     from cowlab.measure.engine.session import engine_only_driver
+
     assert "engine_device" in engine_only_driver("devicemapper-direct").option_names
     assert engine_only_driver("overlay2").option_names == frozenset()
 
 
 def test_mapper_node_releaser_touches_only_this_roots_links(state):
     from cowlab.base.resources import RELEASERS
+
     with pytest.raises(CowlabError, match="not touching"):
         RELEASERS["dm_node"]({"path": "/dev/mapper/control"}, state)
     with pytest.raises(CowlabError, match="not touching"):

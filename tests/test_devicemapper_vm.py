@@ -40,11 +40,19 @@ def guest(tmp_path_factory):
     ImageStore(state).build(spec.load(DEMO))  # natively, before the boot (the guest's store is read-only)
     vmroute.prebuild(state, ["space"], quick=False, reps=1)
     from cowlab.measure import conformance
+
     conformance.prebuild(state)  # every case's images: the guest's store is this one, read-only
     out = base / "results"
     lines: list[str] = []
-    r = vm.run(state, [], out=out, python_argv=[str(HERE / "vm_guest_devicemapper.py"), str(out)],
-               echo=lines.append, timeout=40 * 60, state_disk=16 << 30)
+    r = vm.run(
+        state,
+        [],
+        out=out,
+        python_argv=[str(HERE / "vm_guest_devicemapper.py"), str(out)],
+        echo=lines.append,
+        timeout=40 * 60,
+        state_disk=16 << 30,
+    )
     rep_file = out / "guest-report.json"
     rep = json.loads(rep_file.read_text()) if rep_file.exists() else {}
     if os.environ.get("COWLAB_VM_REPORT") and rep_file.exists():  # kept for the README's figures
@@ -54,7 +62,9 @@ def guest(tmp_path_factory):
 
 def _ok(g):
     assert g["report"], f"the guest wrote no report; VM output:\n{g['log']}"
-    assert g["report"].get("ok"), f"guest failed: {g['report'].get('error')}\n{json.dumps(g['report']['steps'][-1:], indent=1)}"
+    assert g["report"].get("ok"), (
+        f"guest failed: {g['report'].get('error')}\n{json.dumps(g['report']['steps'][-1:], indent=1)}"
+    )
 
 
 def test_smoke_copy_up_and_teardown(guest):
@@ -63,9 +73,9 @@ def test_smoke_copy_up_and_teardown(guest):
     assert s["fstype"] == "xfs"
     assert s["after_size"] == s["lower_size"] + len("cowlab-copyup")
     assert s["prefix_kept"] and s["tail"] == "cowlab-copyup"
-    assert s["whiteout_hidden"]                     # layer 2 deleted /etc/shadow
-    assert s["opaque_listing"] == ["new"]           # layer 2 made /usr/share/doc opaque
-    assert s["mode_of_big"] == "0o600"              # layer 2's chmod
+    assert s["whiteout_hidden"]  # layer 2 deleted /etc/shadow
+    assert s["opaque_listing"] == ["new"]  # layer 2 made /usr/share/doc opaque
+    assert s["mode_of_big"] == "0o600"  # layer 2's chmod
     assert s["second_container_size"] == s["lower_size"]  # writes never reach the image
     assert any(n.endswith("-pool") for n in s["dm_while_up"])
     assert s["container_gone"]
@@ -83,7 +93,7 @@ def test_results_came_back_emulated(guest):
     assert run["vm"]["boot_seconds"] > 0 and run["vm"]["network"] == "none"
     samples = [json.loads(line) for line in (runs[0] / "samples.jsonl").read_text().splitlines()]
     boot = [s for s in samples if s["metric"] == "vm_boot_seconds"]
-    assert boot and boot[0]["workload"] == "vm"     # reported apart, never inside a measurement
+    assert boot and boot[0]["workload"] == "vm"  # reported apart, never inside a measurement
     space = {s["params"]["event"]: s["value"] for s in samples if s["metric"] == "space_bytes"}
     # block-level copy-on-write: appending 1 KiB to a 64 MiB file costs a pool block, not 64 MiB
     assert 0 < space["append_1KiB_to_64MiB"] <= 1 << 20
@@ -114,7 +124,7 @@ def test_thinpool_timeout_queues_then_errors(guest):
     # no_space_timeout=5 s here (the kernel's default is 60 s): blocked about that long, then ENOSPC
     rep = _lab(guest, "timeout")
     assert rep["enospc"] and rep["blocked_seconds"] is not None and rep["blocked_seconds"] >= 3
-    assert guest["report"]["param_after"] == "60"   # the module parameter was put back
+    assert guest["report"]["param_after"] == "60"  # the module parameter was put back
 
 
 def test_conformance_suite_passes_on_devicemapper_loop(guest):
@@ -122,6 +132,7 @@ def test_conformance_suite_passes_on_devicemapper_loop(guest):
     _ok(guest)
     res = guest["report"]["conformance"]
     from cowlab.measure import conformance
+
     assert {r["case"] for r in res} == {c.name for c in conformance.CASES}, "not every case ran"
     bad = [(r["case"], r["status"], r["details"][:5]) for r in res if r["status"] not in ("pass", "skip")]
     assert bad == [], bad
@@ -141,9 +152,9 @@ def test_sigkill_inside_the_vm_then_cleanup_leaves_nothing(guest):
         assert k["rc"] == -9, f"{k['point']} was not reached ({k['what']}): rc {k['rc']}\n{k['stderr']}"
         assert k["cleanup_rc"] == 0, k
         assert k["left"] == {"dm": [], "loops": "", "mounts": []}, k
-        assert k["tagged"] == [], k                 # the writer too, once its pool let it go
+        assert k["tagged"] == [], k  # the writer too, once its pool let it go
         assert "running" not in k["run_status"], k  # closed as killed (or as teardown had it)
-        assert k["param"] == "60", k                # a dm-thin module parameter changed is put back
+        assert k["param"] == "60", k  # a dm-thin module parameter changed is put back
     assert any("killed" in k["run_status"] for k in kills)
 
 

@@ -15,8 +15,7 @@ from cowlab.storage.drivers.devicemapper import dmioctl as dm
 HDR = 312  # sizeof(struct dm_ioctl); data_start of every kernel reply
 
 
-def header(buf: bytearray, *, data_size: int, target_count: int = 0, flags: int = 0,
-           data_start: int = HDR) -> None:
+def header(buf: bytearray, *, data_size: int, target_count: int = 0, flags: int = 0, data_start: int = HDR) -> None:
     """struct dm_ioctl by hand: version[3] @0, data_size @12, data_start @16, target_count @20,
     open_count @24, flags @28, event_nr @32, padding @36, dev @40, name @48, uuid @176."""
     struct.pack_into("=3I", buf, 0, 4, 47, 0)
@@ -28,7 +27,7 @@ def test_header_layout():
     dm.pack_header(buf, name="cowlab-x", flags=dm.SUSPEND_FLAG, target_count=3)
     assert struct.unpack_from("=3I", buf, 0) == (4, 0, 0)
     assert struct.unpack_from("=IIIiII", buf, 12) == (400, HDR, 3, 0, dm.SUSPEND_FLAG, 0)
-    assert buf[48:48 + 9] == b"cowlab-x\0" and buf[176] == 0
+    assert buf[48 : 48 + 9] == b"cowlab-x\0" and buf[176] == 0
     assert dm.unpack_header(buf)["name"] == "cowlab-x"
     with pytest.raises(dm.DMError) as ei:
         dm.pack_header(buf, name="x" * 128)
@@ -43,8 +42,9 @@ def test_request_codes():
 
 
 def test_pack_table_two_lines():
-    buf = dm.pack_table("cowlab-pool", "0 2048 zero\n\n  # a comment\n2048 4096 linear 7:1 100  # tail\n",
-                        readonly=True)
+    buf = dm.pack_table(
+        "cowlab-pool", "0 2048 zero\n\n  # a comment\n2048 4096 linear 7:1 100  # tail\n", readonly=True
+    )
     h = dm.unpack_header(buf)
     assert h["data_start"] == HDR and h["target_count"] == 2 and h["name"] == "cowlab-pool"
     assert h["flags"] == dm.READONLY_FLAG and h["data_size"] == len(buf)
@@ -56,7 +56,7 @@ def test_pack_table_two_lines():
     o2 = HDR + 48
     s2 = struct.unpack_from("=QQiI16s", buf, o2)
     assert s2[:4] == (2048, 4096, 0, 48) and s2[4].rstrip(b"\0") == b"linear"
-    assert buf[o2 + 40:o2 + 48] == b"7:1 100\0"
+    assert buf[o2 + 40 : o2 + 48] == b"7:1 100\0"
     assert len(buf) == o2 + 48 and len(buf) % 8 == 0
     assert o2 % 8 == 0
 
@@ -65,9 +65,9 @@ def test_pack_table_padding_and_escapes():
     buf = dm.pack_table("x", "0 8 linear /dev/a\\b 0")
     s = struct.unpack_from("=QQiI16s", buf, HDR)
     params = b"/dev/a\\\\b 0\0"  # libdevmapper doubles '\': the kernel's arg splitter unescapes it
-    assert buf[HDR + 40:HDR + 40 + len(params)] == params
+    assert buf[HDR + 40 : HDR + 40 + len(params)] == params
     assert s[3] == (40 + len(params) + 7) // 8 * 8 and len(buf) == HDR + s[3]
-    assert not any(buf[HDR + 40 + len(params):])
+    assert not any(buf[HDR + 40 + len(params) :])
 
 
 @pytest.mark.parametrize("bad", ["", "# only a comment", "0 8", "a 8 zero", "0 8 x234567890123456"])
@@ -88,21 +88,25 @@ def _status_reply(rows: list[tuple[int, int, str, str]], extra: int = 64) -> byt
         end = off + 40 + len(p)
         nxt = (end + 7) & ~7
         struct.pack_into("=QQiI16s", buf, HDR + off, start, length, 0, nxt, ttype.encode())
-        buf[HDR + off + 40:HDR + end] = p
+        buf[HDR + off + 40 : HDR + end] = p
         used, off = HDR + end, nxt
     header(buf, data_size=used, target_count=len(rows))
     return buf
 
 
 def test_parse_status_reply():
-    rows = [(0, 2097152, "thin-pool", "0 2571/25600 0/16384 - rw discard_passdown queue_if_no_space - 1024 "),
-            (2097152, 8, "zero", ""), (2097160, 100, "linear", "7:1 0")]
+    rows = [
+        (0, 2097152, "thin-pool", "0 2571/25600 0/16384 - rw discard_passdown queue_if_no_space - 1024 "),
+        (2097152, 8, "zero", ""),
+        (2097160, 100, "linear", "7:1 0"),
+    ]
     buf = _status_reply(rows)
     assert dm.parse_specs(buf) == rows
     assert dm.format_specs(dm.parse_specs(buf)) == (
         "0 2097152 thin-pool 0 2571/25600 0/16384 - rw discard_passdown queue_if_no_space - 1024 \n"
-        "2097152 8 zero \n"        # dmsetup's "%llu %llu %s %s": a trailing space for empty params
-        "2097160 100 linear 7:1 0")
+        "2097152 8 zero \n"  # dmsetup's "%llu %llu %s %s": a trailing space for empty params
+        "2097160 100 linear 7:1 0"
+    )
     assert dm.parse_specs(_status_reply([])) == [] and dm.format_specs([]) == ""
 
 
@@ -121,8 +125,8 @@ def test_parse_name_list():
         starts.append(off)
         nb = name.encode() + b"\0"
         struct.pack_into("=QI", buf, off, dm.encode_dev(dev), 0)
-        buf[off + 12:off + 12 + len(nb)] = nb              # name at 12: {u64 dev; u32 next; char name[]}
-        ev = (off + 12 + len(nb) + 7) & ~7                 # newer kernels: event_nr, flags after the name
+        buf[off + 12 : off + 12 + len(nb)] = nb  # name at 12: {u64 dev; u32 next; char name[]}
+        ev = (off + 12 + len(nb) + 7) & ~7  # newer kernels: event_nr, flags after the name
         struct.pack_into("=II", buf, ev, 5, 0)
         off = ev + 8
     struct.pack_into("=I", buf, starts[0] + 8, starts[1] - starts[0])
@@ -132,9 +136,9 @@ def test_parse_name_list():
 
 def test_parse_name_list_empty():
     buf = bytearray(1024)
-    header(buf, data_size=HDR)              # list_devices() with no devices: needed == 0
+    header(buf, data_size=HDR)  # list_devices() with no devices: needed == 0
     assert dm.parse_name_list(buf) == []
-    header(buf, data_size=HDR + 16)         # and a record with dev 0, libdevmapper's test
+    header(buf, data_size=HDR + 16)  # and a record with dev 0, libdevmapper's test
     assert dm.parse_name_list(buf) == []
 
 
@@ -147,14 +151,16 @@ def test_parse_versions():
             struct.pack_into("=I", buf, prev, off - prev)
         nb = name.encode() + b"\0"
         struct.pack_into("=I3I", buf, off, 0, *v)
-        buf[off + 16:off + 16 + len(nb)] = nb              # name at 16
+        buf[off + 16 : off + 16 + len(nb)] = nb  # name at 16
         prev, off = off, (off + 16 + len(nb) + 7) & ~7
     header(buf, data_size=off)
     assert dm.parse_versions(buf) == {"thin-pool": "v1.22.0", "zero": "v1.1.0", "linear": "v1.4.0"}
 
 
-@pytest.mark.parametrize("major,minor,huge", [(253, 0, 0xFD00), (253, 5, 0xFD05), (7, 1, 0x701),
-                                               (253, 300, 0x10FD2C), (4095, 0xFFFFF, 0xFFFFFFFF)])
+@pytest.mark.parametrize(
+    "major,minor,huge",
+    [(253, 0, 0xFD00), (253, 5, 0xFD05), (7, 1, 0x701), (253, 300, 0x10FD2C), (4095, 0xFFFFF, 0xFFFFFFFF)],
+)
 def test_dev_t(major, minor, huge):
     # huge_encode_dev: minor & 0xff | major << 8 | (minor & ~0xff) << 12
     assert dm.encode_dev(os.makedev(major, minor)) == huge

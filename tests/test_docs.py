@@ -15,8 +15,17 @@ def test_readme_is_short_and_links_the_docs():
     head, rest = text.split("<!-- claims:begin", 1)
     prose = head + rest.split("<!-- claims:end -->", 1)[-1]
     assert len(prose.splitlines()) <= 125
-    for d in ("drivers", "adding-a-driver", "workloads", "engine", "devicemapper", "reliability", "results",
-              "architecture", "development"):
+    for d in (
+        "drivers",
+        "adding-a-driver",
+        "workloads",
+        "engine",
+        "devicemapper",
+        "reliability",
+        "results",
+        "architecture",
+        "development",
+    ):
         assert f"(docs/{d}.md)" in text, d
     assert text.count("<!-- claims:begin") == text.count("<!-- claims:end -->") == 1
 

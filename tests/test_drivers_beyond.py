@@ -25,8 +25,11 @@ MiB = 1 << 20
 
 
 def spec(name, version, extra=()):
-    ops = [{"op": "files", "dir": "/shared", "count": 4, "size": 64 << 10},
-           {"op": "file", "path": "/version", "size": 100, "seed": version}, *extra]
+    ops = [
+        {"op": "files", "dir": "/shared", "count": 4, "size": 64 << 10},
+        {"op": "file", "path": "/version", "size": 100, "seed": version},
+        *extra,
+    ]
     return from_dict({"name": name, "seed": 5, "layers": [{"ops": ops}]}, f"<{name}>")
 
 
@@ -56,9 +59,9 @@ def test_composefs_stores_shared_files_once_and_drops_unshared_objects(env):
     a = store.build(spec("cf-a", 1))
     b = store.build(spec("cf-b", 2, [{"op": "file", "path": "/only-b", "size": 1000}]))
     drv.import_image(a)
-    assert len(list(drv.objects.rglob("*/*"))) == 5          # 4 shared + /version
+    assert len(list(drv.objects.rglob("*/*"))) == 5  # 4 shared + /version
     drv.import_image(b)
-    assert len(list(drv.objects.rglob("*/*"))) == 5 + 2      # + b's /version and /only-b
+    assert len(list(drv.objects.rglob("*/*"))) == 5 + 2  # + b's /version and /only-b
     c = drv.create(b, res)
     f = c.mountpoint / "shared" / sorted(os.listdir(c.mountpoint / "shared"))[0]
     assert f.stat().st_size == 64 << 10
@@ -69,7 +72,7 @@ def test_composefs_stores_shared_files_once_and_drops_unshared_objects(env):
     assert sysutil.mount_of(drv._meta_dir(b) / "mnt").fstype == "erofs"
     drv.remove(c, res)
     drv.remove_image(a)
-    assert len(list(drv.objects.rglob("*/*"))) == 6          # a's /version went, shared stayed
+    assert len(list(drv.objects.rglob("*/*"))) == 6  # a's /version went, shared stayed
     drv.remove_image(b)
     assert list(drv.objects.rglob("*/*")) == []
 
@@ -79,15 +82,29 @@ def test_erofs_layers_are_images_on_loop_devices(env):
     need(ER.Erofs)
     st, store, res = env
     drv = ER.Erofs(B.host(st.store / "e"), res, store)
-    img = store.build(from_dict({"name": "er", "layers": [
-        {"ops": [{"op": "file", "path": "/d/gone", "size": 10}, {"op": "file", "path": "/o/x", "size": 10}]},
-        {"ops": [{"op": "delete", "path": "/d/gone"}, {"op": "opaque", "path": "/o"}]}]}, "<er>"))
+    img = store.build(
+        from_dict(
+            {
+                "name": "er",
+                "layers": [
+                    {
+                        "ops": [
+                            {"op": "file", "path": "/d/gone", "size": 10},
+                            {"op": "file", "path": "/o/x", "size": 10},
+                        ]
+                    },
+                    {"ops": [{"op": "delete", "path": "/d/gone"}, {"op": "opaque", "path": "/o"}]},
+                ],
+            },
+            "<er>",
+        )
+    )
     drv.import_image(img)
     top = drv._layer_dir(img.layers[-1])
-    assert sorted(os.listdir(top)) == ["layer.erofs", "link", "mnt"]   # no unpacked tree kept
+    assert sorted(os.listdir(top)) == ["layer.erofs", "link", "mnt"]  # no unpacked tree kept
     m = sysutil.mount_of(top / "mnt")
     assert m.fstype == "erofs" and m.source.startswith("/dev/loop")
-    wh = os.lstat(top / "mnt" / "d" / "gone")                           # the whiteout survived
+    wh = os.lstat(top / "mnt" / "d" / "gone")  # the whiteout survived
     assert os.major(wh.st_rdev) == 0 and os.minor(wh.st_rdev) == 0
     assert os.getxattr(top / "mnt" / "o", "trusted.overlay.opaque") == b"y"
     drv.remove_image(img)
@@ -121,15 +138,29 @@ def test_idmap_option_is_checked():
 @pytest.mark.parametrize("name", ["overlay2", "erofs", "composefs"])
 def test_idmapped_container_belongs_to_the_mapped_root(env, name):
     from cowlab.storage.drivers import DRIVERS
+
     cls = DRIVERS[name]
     need(cls)
     if IM.supported():
         pytest.skip(IM.supported())
     st, store, res = env
     drv = cls(B.host(st.store / name), res, store, options={"idmap": "0:200000:65536"})
-    img = store.build(from_dict({"name": "idm", "layers": [{"ops": [
-        {"op": "file", "path": "/etc/passwd", "size": 100},
-        {"op": "file", "path": "/home/u/f", "size": 10, "uid": 1000, "gid": 1000}]}]}, "<idm>"))
+    img = store.build(
+        from_dict(
+            {
+                "name": "idm",
+                "layers": [
+                    {
+                        "ops": [
+                            {"op": "file", "path": "/etc/passwd", "size": 100},
+                            {"op": "file", "path": "/home/u/f", "size": 10, "uid": 1000, "gid": 1000},
+                        ]
+                    }
+                ],
+            },
+            "<idm>",
+        )
+    )
     drv.import_image(img)
     c = drv.create(img, res)
     own = lambda p: (os.lstat(c.mountpoint / p).st_uid, os.lstat(c.mountpoint / p).st_gid)  # noqa: E731

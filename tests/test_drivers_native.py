@@ -22,21 +22,20 @@ from pathlib import Path
 
 import pytest
 
-from cowlab.storage import autobacking
+from conftest import mounts_under
 from cowlab.base import sysutil
+from cowlab.base.errors import CowlabError
+from cowlab.base.resources import Resources
+from cowlab.storage import autobacking
 from cowlab.storage import backing as B
 from cowlab.storage.drivers import DRIVERS
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.unionfs_fuse import HIDETAG, meta_name, translate
-from cowlab.base.errors import CowlabError
-from cowlab.base.resources import Resources
-
-from conftest import mounts_under
 from helpers import spec_of, tree_fingerprint
 
 pytestmark = pytest.mark.root
 
-LOOP_SIZE = 2 << 30   # sparse; what a driver that needs its own filesystem gets
+LOOP_SIZE = 2 << 30  # sparse; what a driver that needs its own filesystem gets
 
 LAYERS = [
     [
@@ -55,7 +54,7 @@ LAYERS = [
         {"op": "file", "path": "/etc/del", "size": 5},
         {"op": "dir", "path": "/tmp", "mode": 0o1777},
         {"op": "delete", "path": "/swap"},
-        {"op": "file", "path": "/swap", "size": 3},          # a dir becomes a file...
+        {"op": "file", "path": "/swap", "size": 3},  # a dir becomes a file...
     ],
     [
         {"op": "file", "path": "/etc/over", "size": 20},
@@ -64,8 +63,8 @@ LAYERS = [
         {"op": "file", "path": "/opq/new", "size": 7},
         {"op": "delete", "path": "/gone"},
         {"op": "delete", "path": "/swap"},
-        {"op": "file", "path": "/swap/again", "size": 4},    # ...and a dir again
-        {"op": "delete", "path": "/re"},                     # deleted and made anew in one layer
+        {"op": "file", "path": "/swap/again", "size": 4},  # ...and a dir again
+        {"op": "delete", "path": "/re"},  # deleted and made anew in one layer
         {"op": "dir", "path": "/re"},
         {"op": "file", "path": "/re/b", "size": 3},
     ],
@@ -124,6 +123,7 @@ def _daemon_pids(c) -> list[int]:
 # ------------------------------------------------------------------------------------------
 # The layer-semantics checks, once, for every driver
 # ------------------------------------------------------------------------------------------
+
 
 def check_layer_semantics(drv, res, store) -> None:
     img = store.build(spec_of(LAYERS, name="semantics"))
@@ -216,6 +216,7 @@ def test_registered_with_provisioning_and_nox(name):
 
 def test_aufs_probe_is_honest():
     from cowlab.storage.drivers.aufs import Aufs
+
     has = "\taufs\n" in Path("/proc/filesystems").read_text()
     p = Aufs.probe()
     assert p.available == has
@@ -241,9 +242,11 @@ def test_drivers_command_lists_every_backend(cli, root_dir):
 # Backend specifics
 # ------------------------------------------------------------------------------------------
 
+
 def test_btrfs_gets_a_btrfs_backing(state):
     from cowlab.storage.drivers.btrfs import Btrfs
     from cowlab.storage.drivers.vfs import Vfs
+
     host_fs = sysutil.mount_of(state.path).fstype
     assert autobacking.kind_for(Btrfs, "host", state.path) == ("host" if host_fs == "btrfs" else "btrfs")
     assert autobacking.kind_for(Btrfs, "btrfs", state.path) == "btrfs"
@@ -254,6 +257,7 @@ def test_btrfs_gets_a_btrfs_backing(state):
 
 def test_btrfs_layers_are_subvolume_snapshots(make_driver, store):
     from cowlab.storage.drivers.btrfs import is_subvolume
+
     drv, res = make_driver("btrfs")
     img = store.build(spec_of(LAYERS[:2], name="two"))
     drv.import_image(img)
@@ -271,8 +275,11 @@ def test_btrfs_layers_are_subvolume_snapshots(make_driver, store):
 def test_legacy_overlay_hard_links_cost_inodes(make_driver, store):
     """The same image: legacy overlay's layers are full trees (new directory inodes per layer,
     files hard-linked), overlay2's are diffs. Files are shared, directories are not."""
-    spec = spec_of([[{"op": "files", "dir": f"/d{i:03d}", "count": 2, "size": 10} for i in range(100)]]
-                   + [[{"op": "file", "path": f"/layer{j}", "size": 1}] for j in range(4)], name="inodes")
+    spec = spec_of(
+        [[{"op": "files", "dir": f"/d{i:03d}", "count": 2, "size": 10} for i in range(100)]]
+        + [[{"op": "file", "path": f"/layer{j}", "size": 1}] for j in range(4)],
+        name="inodes",
+    )
     img = store.build(spec)
     counts, drvs = {}, {}
     for name in ("overlay", "overlay2"):  # each on its own ext4, so nothing else writes there
@@ -299,10 +306,10 @@ def test_unionfs_translation_unit(tmp_path):
     (low / "keep").write_text("k")
     up = tmp_path / "up"
     (up / "d").mkdir(parents=True)
-    (up / "d" / ".wh..wh..opq").touch()        # opaque d
+    (up / "d" / ".wh..wh..opq").touch()  # opaque d
     (up / "d" / "mine").write_text("m")
-    (up / ".wh.keep").touch()                   # delete keep
-    (up / "t").write_text("now a file")         # type change: dir → file
+    (up / ".wh.keep").touch()  # delete keep
+    (up / "t").write_text("now a file")  # type change: dir → file
     made = translate(up, [low])
     assert made == 3
     META = meta_name()
@@ -344,9 +351,19 @@ def test_fuse_daemon_killed_if_it_outlives_the_unmount(make_driver, store):
 def test_zfs_pool_stats_and_teardown(make_driver, store):
     from cowlab.storage.drivers.zfs import daemon as ZD
     from cowlab.storage.drivers.zfs import driver as Z
+
     drv, res = make_driver("zfs", compression="gzip" if Z.implementation() == "fuse" else "lz4", dedup="on")
-    img = store.build(spec_of([[{"op": "file", "path": "/z", "size": "1MiB", "pattern": "zero"},
-                                {"op": "file", "path": "/r", "size": "256KiB"}]], name="zfs-one"))
+    img = store.build(
+        spec_of(
+            [
+                [
+                    {"op": "file", "path": "/z", "size": "1MiB", "pattern": "zero"},
+                    {"op": "file", "path": "/r", "size": "256KiB"},
+                ]
+            ],
+            name="zfs-one",
+        )
+    )
     drv.import_image(img)
     c = drv.create(img, res)
     data = os.urandom(256 << 10)
@@ -384,10 +401,11 @@ def _is_descendant(pid: int) -> bool:
 # The labs' behaviours, from the CLI
 # ------------------------------------------------------------------------------------------
 
+
 def _samples(out: Path) -> list[dict]:
     rows = []
     for f in out.rglob("samples.jsonl"):
-        rows += [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return rows
 
 
@@ -415,7 +433,7 @@ def test_btrfs_chunks_lab_from_the_cli(cli, root_dir, tmp_path):
     if repro:
         assert df_at["status"] == "ok" and df_at["value"] > 100 << 20  # lots of "free" space at ENOSPC
         meta_full = _one(rows, "chunk_bytes", stage="metadata_full", what="device_unallocated")["value"]
-        assert meta_full <= 8 << 20   # nothing left to allocate a metadata chunk from
+        assert meta_full <= 8 << 20  # nothing left to allocate a metadata chunk from
     else:
         assert df_at["status"] == "skipped" and "no ENOSPC" in df_at["error"]
     assert _one(rows, "balance_ok_after_freeing")["value"] == 1
@@ -451,6 +469,7 @@ def test_pool_stats_lab_from_the_cli(cli, root_dir, tmp_path):
     _skip_unless_available("zfs")
     from cowlab.storage.drivers.zfs import daemon as ZD
     from cowlab.storage.drivers.zfs import driver as Z
+
     rows = _bench(cli, root_dir, tmp_path / "out", "zfs", "pool_stats")
     assert _one(rows, "compressratio", variant="default")["value"] == pytest.approx(1.0, abs=0.05)
     assert _one(rows, "compressratio", variant="compression")["value"] > 1.5  # text shrinks, random does not
@@ -477,6 +496,7 @@ def test_container_create_btrfs_on_a_persistent_loop_btrfs(cli, root_dir, tmp_pa
         assert cp.returncode == 0, cp.stderr
         made.append(Path(cp.stdout.strip().splitlines()[-1]))
     from cowlab.storage.drivers.btrfs import is_subvolume
+
     for mp in made:
         assert is_subvolume(mp) and (mp / "etc" / "hello").stat().st_size == 100
     assert made[0].parent == made[1].parent  # one persistent btrfs for both
@@ -499,12 +519,16 @@ def test_zfs_fuse_user_lock_is_machine_wide_and_dies_with_its_holder():
     import sys
     import time
 
-    from cowlab.storage.drivers.zfs import daemon as Z
     from conftest import SRC
-    code = ("import sys,time; from cowlab.storage.drivers.zfs import daemon as Z; Z.user_lock_acquire(); "
-            "print('held', flush=True); time.sleep(60)")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    from cowlab.storage.drivers.zfs import daemon as Z
+
+    code = (
+        "import sys,time; from cowlab.storage.drivers.zfs import daemon as Z; Z.user_lock_acquire(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)}
+    )
     try:
         assert p.stdout.readline().strip() == "held"
         assert Z.lock_holder() == p.pid

@@ -62,8 +62,7 @@ def run_sockets() -> set[str]:
     out = set()
     for d in RUN_DIRS:
         if os.path.isdir(d):
-            out |= {os.path.join(d, n) for n in os.listdir(d)
-                    if not os.path.isdir(os.path.join(d, n))}
+            out |= {os.path.join(d, n) for n in os.listdir(d) if not os.path.isdir(os.path.join(d, n))}
     return out
 
 
@@ -87,7 +86,7 @@ def assert_nothing_left(root: Path, engine: dict, owner: str | None = None, sock
     eid = (engine.get("cgroup_parent") or "/cowlab-engine-").rsplit("-", 1)[-1]
     assert engine_processes(eid) == []
     if exec_root:
-        assert processes_mentioning(exec_root) == []   # containerd and shims carry it in argv
+        assert processes_mentioning(exec_root) == []  # containerd and shims carry it in argv
         assert not os.path.exists(exec_root)
     if owner:
         assert tagged_processes(owner) == []
@@ -103,9 +102,17 @@ def assert_nothing_left(root: Path, engine: dict, owner: str | None = None, sock
 
 
 def tiny_spec(name="engine-tiny"):
-    return from_dict({"name": name, "seed": 3, "layers": [
-        {"ops": [{"op": "file", "path": "/data/hello", "size": 4096}]},
-        {"ops": [{"op": "files", "dir": "/data/more", "count": 4, "size": "16KiB"}]}]}, "<test>")
+    return from_dict(
+        {
+            "name": name,
+            "seed": 3,
+            "layers": [
+                {"ops": [{"op": "file", "path": "/data/hello", "size": 4096}]},
+                {"ops": [{"op": "files", "dir": "/data/more", "count": 4, "size": "16KiB"}]},
+            ],
+        },
+        "<test>",
+    )
 
 
 # --- no Docker needed -------------------------------------------------------------------------
@@ -127,11 +134,12 @@ def test_save_archive_round_trips_with_the_same_layer_bytes(store, tmp_path):
         cfg_raw = t.extractfile(manifest[0]["Config"]).read()
         cfg = json.loads(cfg_raw)
         assert manifest[0]["RepoTags"] == ["cowlab/x:1"]
-        assert cfg["rootfs"]["diff_ids"] == img.layers         # sha256 of the plain layer tars
+        assert cfg["rootfs"]["diff_ids"] == img.layers  # sha256 of the plain layer tars
         assert cfg["config"]["Cmd"] == ["/bin/sh"]
         for name, digest in zip(manifest[0]["Layers"], img.layers, strict=True):
             assert t.extractfile(name).read() == store.layer_path(digest).read_bytes()
     import hashlib
+
     assert image_id == "sha256:" + hashlib.sha256(cfg_raw).hexdigest()
     back = store.import_archive(arch, "round-trip")
     assert back.layers == img.layers and back.content_bytes == img.content_bytes
@@ -148,6 +156,7 @@ def test_compose_keeps_the_parts_layers(store):
 
 def test_mode_default(monkeypatch):
     import cowlab.measure.engine.session as S
+
     monkeypatch.setattr(S, "availability", lambda: (True, ""))
     assert resolve_mode(None, "overlay2", {"overlay2": object})[0] == "both"
     assert resolve_mode(None, "overlay", {"overlay2": object})[0] == "engine"
@@ -160,6 +169,7 @@ def test_mode_default(monkeypatch):
 def test_engine_releasers_refuse_foreign_paths(state):
     from cowlab.base.errors import CowlabError
     from cowlab.base.resources import RELEASERS
+
     with pytest.raises(CowlabError):
         RELEASERS["engine-mounts"]({"paths": ["/var/lib/docker"]}, state)
     with pytest.raises(CowlabError):
@@ -194,8 +204,9 @@ def test_private_dockerd_loads_and_runs(driver, short_root):
         assert desc["docker_root_dir"] == str(d.data_root)
         ref, seconds = load(d.client, store, img)
         assert seconds > 0
-        out = d.client.containers.run(ref, ["sh", "-c", "cat /data/hello | wc -c; ls /data/more | wc -l"],
-                                      network_mode="none", remove=True)
+        out = d.client.containers.run(
+            ref, ["sh", "-c", "cat /data/hello | wc -c; ls /data/more | wc -l"], network_mode="none", remove=True
+        )
         assert out.split() == [b"4096", b"4"]
         # something running while we stop: dockerd must take it down
         c = d.client.containers.run(ref, ["sleep", "1000"], network_mode="none", detach=True)
@@ -217,9 +228,16 @@ def test_bench_session_engine_mode(driver, short_root, tmp_path):
     from cowlab.run.runner import BenchSession
 
     sockets_before = run_sockets()
-    s = BenchSession(driver, quick=True, workload_names=["creation"], out=tmp_path / "out",
-                     root=str(short_root), reps=1, mode="engine",
-                     grid_overrides={"creation": {"image_size_bytes": [MiB], "layers": [1]}})
+    s = BenchSession(
+        driver,
+        quick=True,
+        workload_names=["creation"],
+        out=tmp_path / "out",
+        root=str(short_root),
+        reps=1,
+        mode="engine",
+        grid_overrides={"creation": {"image_size_bytes": [MiB], "layers": [1]}},
+    )
     s.check()
     try:
         s.prepare()
@@ -246,9 +264,16 @@ def refused_engine_run(driver: str, root: Path, tmp_path: Path):
     and its one failed engine_start_seconds sample (the teardown itself must be clean)."""
     from cowlab.run.runner import BenchSession
 
-    s = BenchSession(driver, quick=True, workload_names=["creation"], out=tmp_path / "out",
-                     root=str(root), reps=1, mode="engine",
-                     grid_overrides={"creation": {"image_size_bytes": [MiB], "layers": [1]}})
+    s = BenchSession(
+        driver,
+        quick=True,
+        workload_names=["creation"],
+        out=tmp_path / "out",
+        root=str(root),
+        reps=1,
+        mode="engine",
+        grid_overrides={"creation": {"image_size_bytes": [MiB], "layers": [1]}},
+    )
     s.check()
     try:
         s.prepare()
@@ -291,6 +316,7 @@ def test_zfs_engine_without_kernel_zfs_is_recorded_with_the_way_to_get_it(short_
 def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
     from cowlab.storage.drivers.zfs import daemon as zfs
     from cowlab.storage.drivers.zfs import driver
+
     sbin = tmp_path / "sbin"
     sbin.mkdir()
     for name, out in (("zfs", "zfs-2.1.11-1\nzfs-kmod-2.1.11-1"), ("zpool", "")):
@@ -305,6 +331,7 @@ def test_kernel_zfs_tools_come_before_zfs_fuses(tmp_path, monkeypatch):
     monkeypatch.setattr(zfs, "implementation", lambda: "fuse")  # zfs-fuse's own tools then
     assert zfs.tool("zfs") != str(sbin / "zfs")
     from cowlab.measure.engine.session import engine_only_driver
+
     assert engine_only_driver("zfs").option_names == driver.Zfs.option_names
     assert ED.get("zfs").pool_driver == "zfs"
 
@@ -340,13 +367,12 @@ def test_cleanup_after_a_crash_ends_the_engine(short_root):
     finds dockerd, containerd and the shim by tag, the container by cgroup, and unmounts."""
     sockets_before = run_sockets()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-    p = subprocess.Popen([sys.executable, "-c", CRASHER, str(short_root)], stdout=subprocess.PIPE,
-                         text=True, env=env)
+    p = subprocess.Popen([sys.executable, "-c", CRASHER, str(short_root)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = p.stdout.readline().split()
         assert len(line) == 2, "the crasher did not get its container running"
         exec_root, cg = line
-        assert processes_mentioning(exec_root)          # containerd and the shim are up
+        assert processes_mentioning(exec_root)  # containerd and the shim are up
         assert cgroup_dirs(cg)
     finally:
         p.send_signal(signal.SIGKILL)
@@ -355,8 +381,7 @@ def test_cleanup_after_a_crash_ends_the_engine(short_root):
     time.sleep(0.2)
     lines = cleanup.sweep(StateRoot(short_root))
     assert any("ended process" in x for x in lines), lines
-    assert_nothing_left(short_root, {"exec_root": exec_root, "cgroup_parent": "/" + cg},
-                        sockets_before=sockets_before)
+    assert_nothing_left(short_root, {"exec_root": exec_root, "cgroup_parent": "/" + cg}, sockets_before=sockets_before)
 
 
 def test_engine_drivers_cover_the_issue(monkeypatch):
@@ -367,23 +392,30 @@ def test_engine_drivers_cover_the_issue(monkeypatch):
     assert dm.storage_driver == "devicemapper" and not any("thinpooldev" in o for o in dm.options())
     real_exists = os.path.exists
     monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/run/udev/control" else real_exists(p))
-    assert "dm.override_udev_sync_check=true" in dm.options()   # no udevd: a virtme guest
+    assert "dm.override_udev_sync_check=true" in dm.options()  # no udevd: a virtme guest
     assert ED.get("overlay2").options() == [] and ED.get("overlay2").storage_driver == "overlay2"
     assert shutil.which("dockerd", path=PATH_EXTRA) or not ENGINE_OK
 
 
 def test_apparmor_unconfined_only_where_the_kernel_enforces_it_without_a_parser(monkeypatch):
     from cowlab.measure.engine import daemon as D
+
     real_read = Path.read_text
 
     def kernel(enabled):
-        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: enabled + "\n"
-                            if str(self) == "/sys/module/apparmor/parameters/enabled" else real_read(self, *a, **k))
+        monkeypatch.setattr(
+            Path,
+            "read_text",
+            lambda self, *a, **k: (
+                enabled + "\n" if str(self) == "/sys/module/apparmor/parameters/enabled" else real_read(self, *a, **k)
+            ),
+        )
+
     kernel("Y")
     monkeypatch.setattr(D.shutil, "which", lambda name, path=None: None)
     assert D.container_security_opts() == ["apparmor=unconfined"]
     monkeypatch.setattr(D.shutil, "which", lambda name, path=None: "/sbin/apparmor_parser")
-    assert D.container_security_opts() == []       # Docker loads its own docker-default profile
+    assert D.container_security_opts() == []  # Docker loads its own docker-default profile
     kernel("N")
     monkeypatch.setattr(D.shutil, "which", lambda name, path=None: None)
     assert D.container_security_opts() == []
@@ -395,10 +427,12 @@ def test_engine_space_is_measured_on_the_pool_cowlab_made_for_dockerd(tmp_path):
     from types import SimpleNamespace
 
     from cowlab.measure.engine.workloads import EngineContext
-    daemon = SimpleNamespace(client=SimpleNamespace(api=SimpleNamespace(create_host_config=lambda **kw: kw)),
-                             data_root=tmp_path)
+
+    daemon = SimpleNamespace(
+        client=SimpleNamespace(api=SimpleNamespace(create_host_config=lambda **kw: kw)), data_root=tmp_path
+    )
     pool = SimpleNamespace(used_bytes=lambda: 12345, inodes_used=lambda: None)
     pooled = EngineContext(daemon, {}, {}, {}, True, pool)
-    assert pooled.used_bytes() == 12345 and pooled.inodes_used() is None   # a pool has no inode table
-    plain = EngineContext(daemon, {}, {}, {}, True)                          # statfs of the data-root's fs
+    assert pooled.used_bytes() == 12345 and pooled.inodes_used() is None  # a pool has no inode table
+    plain = EngineContext(daemon, {}, {}, {}, True)  # statfs of the data-root's fs
     assert plain.used_bytes() > 0 and plain.inodes_used() > 0

@@ -39,12 +39,13 @@ MiB = 1 << 20
 
 # --- one formatter -------------------------------------------------------------------------------
 def test_units_read_the_same_everywhere():
-    assert units.human_bytes(65548 * 1024) == "64 MiB"        # the space headline's "65548 KiB"
-    assert units.human_bytes(64 * MiB) == "64 MiB"             # the table's "64.0 MiB"
-    assert units.human_value(1.75e9, "B/s") == "1.63 GiB/s"    # fio's "1.75e+09" with no unit
+    assert units.human_bytes(65548 * 1024) == "64 MiB"  # the space headline's "65548 KiB"
+    assert units.human_bytes(64 * MiB) == "64 MiB"  # the table's "64.0 MiB"
+    assert units.human_value(1.75e9, "B/s") == "1.63 GiB/s"  # fio's "1.75e+09" with no unit
     assert units.human_seconds(0.00071) == "0.71 ms" and units.human_seconds(112) == "1 min 52 s"
     assert units.human_params({"image_size_bytes": 1 << 30, "layers": 16}) == "image_size=1 GiB layers=16"
     from cowlab.report import figures
+
     assert figures.human_bytes is units.human_bytes and figures.human_x is units.human_param
 
 
@@ -61,8 +62,19 @@ def test_no_second_byte_formatter():
 
 # --- the end-of-run summary --------------------------------------------------------------------
 def _rec(workload, metric, value, unit, params, rep=0, status="ok", error=""):
-    r = {"schema_version": 1, "run_id": "r", "driver": "overlay2", "mode": "primitive", "workload": workload,
-         "metric": metric, "value": value, "unit": unit, "repetition": rep, "params": params, "status": status}
+    r = {
+        "schema_version": 1,
+        "run_id": "r",
+        "driver": "overlay2",
+        "mode": "primitive",
+        "workload": workload,
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "repetition": rep,
+        "params": params,
+        "status": status,
+    }
     if error:
         r["error"] = error
     return r
@@ -74,10 +86,12 @@ def quick_run_records() -> list[dict]:
     for rep in range(5):
         for size, layers in ((MiB, 1), (64 * MiB, 1), (MiB, 16)):
             p = {"image_size_bytes": size, "layers": layers}
-            out += [_rec("creation", "create_seconds", 6e-4, "s", p, rep),
-                    _rec("creation", "remove_seconds", 5e-4, "s", p, rep),
-                    _rec("mount_floor", "floor_seconds", 8e-4, "s", p, rep),
-                    _rec("mount_floor", "paired_create_remove_seconds", 1.0e-3, "s", p, rep)]
+            out += [
+                _rec("creation", "create_seconds", 6e-4, "s", p, rep),
+                _rec("creation", "remove_seconds", 5e-4, "s", p, rep),
+                _rec("mount_floor", "floor_seconds", 8e-4, "s", p, rep),
+                _rec("mount_floor", "paired_create_remove_seconds", 1.0e-3, "s", p, rep),
+            ]
         for ev, v in (("create", 24576), ("write_new_1KiB", 4096), ("append_1KiB_to_64MiB", 65548 * 1024)):
             out.append(_rec("space", "space_bytes", v, "B", {"event": ev, "big_file_bytes": 64 * MiB}, rep))
         for fs, t in (("ext4", 0.086), ("xfs", 3e-4), ("btrfs", 4e-4)):
@@ -85,14 +99,35 @@ def quick_run_records() -> list[dict]:
                 for op in ("append_1B", "chmod", "truncate", "write_middle_4B", "open_rdwr", "second_append_1B"):
                     for cache in ("cold", "warm"):
                         for meta in (None, True, False) if op == "chmod" else (None,):
-                            out.append(_rec("copyup", "copyup_seconds", t, "s",
-                                            {"cache": cache, "file_size_bytes": size, "backing_fs": fs,
-                                             "metacopy": meta, "op": op}, rep))
+                            out.append(
+                                _rec(
+                                    "copyup",
+                                    "copyup_seconds",
+                                    t,
+                                    "s",
+                                    {
+                                        "cache": cache,
+                                        "file_size_bytes": size,
+                                        "backing_fs": fs,
+                                        "metacopy": meta,
+                                        "op": op,
+                                    },
+                                    rep,
+                                )
+                            )
         for n in (1, 8, 32):
             for kind in ("hit", "miss", "scan", "exec"):
                 for cache in ("cold", "warm"):
-                    out.append(_rec("lookup", "lookup_seconds", 0.004 * n if cache == "cold" else 6e-5, "s",
-                                    {"layers": n, "cache": cache, "path_dirs": 32, "kind": kind}, rep))
+                    out.append(
+                        _rec(
+                            "lookup",
+                            "lookup_seconds",
+                            0.004 * n if cache == "cold" else 6e-5,
+                            "s",
+                            {"layers": n, "cache": cache, "path_dirs": 32, "kind": kind},
+                            rep,
+                        )
+                    )
     for k in (1, 8):
         p = {"set_bytes": 64 * MiB, "containers": k, "files": 200}
         out += [_rec("density", "page_cache_bytes", 71e6, "B", p), _rec("density", "dentry_count", 500 * k, "count", p)]
@@ -100,11 +135,20 @@ def quick_run_records() -> list[dict]:
         for target in ("container", "volume"):
             p = {"fio_version": "fio-3.33", "target": target, "direction": "write", "size_bytes": 64 * MiB, "job": job}
             out += [_rec("io", "fio_bw_bytes_per_s", 1.75e9, "B/s", p), _rec("io", "fio_iops", 1.2e4, "1/s", p)]
-    out.append(_rec("import", "import_seconds", 0.04, "s", {"image": "creation-1048576B-1L", "layers": 1,
-                                                             "content_bytes": 1048640, "backing_fs": "ext4"}))
+    out.append(
+        _rec(
+            "import",
+            "import_seconds",
+            0.04,
+            "s",
+            {"image": "creation-1048576B-1L", "layers": 1, "content_bytes": 1048640, "backing_fs": "ext4"},
+        )
+    )
     out.append(_rec("inodes", "inodes_used", 1220, "count", {"event": "import", "layers": 4}))
     out.append(_rec("inodes", "inodes_used", 5, "count", {"event": "create", "layers": 4}))
-    out.append(_rec("btrfs_chunks", "workload", None, "count", {}, status="skipped", error="overlay2 lacks btrfs_chunks"))
+    out.append(
+        _rec("btrfs_chunks", "workload", None, "count", {}, status="skipped", error="overlay2 lacks btrfs_chunks")
+    )
     return out
 
 
@@ -116,13 +160,18 @@ def _render(fn, *a, width=80) -> list[str]:
 
 def test_summary_fits_one_screen_with_findings_and_claims():
     recs = quick_run_records()
-    lines = _render(summary.render_findings, recs, "overlay2, quick grid", "results/local/h/r/summary.txt",
-                    "cowlab show results/local/h/r")
+    lines = _render(
+        summary.render_findings,
+        recs,
+        "overlay2, quick grid",
+        "results/local/h/r/summary.txt",
+        "cowlab show results/local/h/r",
+    )
     text = " ".join("\n".join(lines).split())  # findings wrap: compare words
     assert len(lines) <= 40, "\n".join(lines)
     assert max(map(len, lines)) <= 80 and not any(line.endswith(" ") for line in lines)
     assert "'free'" in text and "copy-up" in text and "volumes" in text  # the claims answered
-    assert "86 ms on ext4" in text and "0.3 ms on xfs" in text         # the finding a user came for
+    assert "86 ms on ext4" in text and "0.3 ms on xfs" in text  # the finding a user came for
     assert "64 MiB" in text and "65548 KiB" not in text and "e+09" not in text
     assert "1.63 GiB/s" in text
     assert "1.25× at 1 layer" in text and "what cowlab's bookkeeping" in text  # overhead, explained
@@ -150,8 +199,19 @@ def test_overhead_prefers_the_paired_measurement():
 def test_show_prints_a_run_again_at_the_terminal_width(tmp_path):
     d = tmp_path / "results" / "local" / "h" / "20260101T000000Z-overlay2-abcd"
     d.mkdir(parents=True)
-    (d / "run.json").write_text(json.dumps({"run_id": d.name, "driver": "overlay2", "quick": True,
-                                            "status": "complete", "hostname": "h", "started": 0, "ended": 112}))
+    (d / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": d.name,
+                "driver": "overlay2",
+                "quick": True,
+                "status": "complete",
+                "hostname": "h",
+                "started": 0,
+                "ended": 112,
+            }
+        )
+    )
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in quick_run_records()))
     cp = run_cli("show", d.name, cwd=tmp_path, env={"COLUMNS": "80"})
     assert cp.returncode == 0, cp.stderr
@@ -166,8 +226,8 @@ def test_show_prints_a_run_again_at_the_terminal_width(tmp_path):
 def test_a_torn_journal_entry_names_nothing_and_is_dropped(state):
     res = Resources.for_run(state)
     h = res.add("file", path=str(state.tmp / "x"))
-    (res.dir / "00000005.json").write_text("")               # killed between create and write
-    (res.dir / "00000006.json").write_text('{"kind": "fi')   # ... or mid-write
+    (res.dir / "00000005.json").write_text("")  # killed between create and write
+    (res.dir / "00000006.json").write_text('{"kind": "fi')  # ... or mid-write
     again = Resources(state, res.owner, claim=False)
     assert [x.seq for x in again._live] == [h.seq]
     assert not (res.dir / "00000005.json").exists() and not (res.dir / "00000006.json").exists()
@@ -183,8 +243,7 @@ def test_mount_entry_removes_or_trashes_its_container_dir(state):
         cdir = state.store / f"c{use_trash}"
         (cdir / "merged").mkdir(parents=True)
         (cdir / "diff" / "f").mkdir(parents=True)
-        h = res.add("mount", target=str(cdir / "merged"), dir=str(cdir),
-                    **({"trash": str(trash)} if use_trash else {}))
+        h = res.add("mount", target=str(cdir / "merged"), dir=str(cdir), **({"trash": str(trash)} if use_trash else {}))
         res.release(h)  # not mounted: EINVAL, then the directory goes
         assert not cdir.exists()
     assert [p.name.split("-")[0] for p in trash.iterdir()] == ["cTrue"]
@@ -192,8 +251,11 @@ def test_mount_entry_removes_or_trashes_its_container_dir(state):
 
 
 def test_mount_of_without_a_covering_mount_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(sysutil, "mountinfo", lambda path="": [
-        sysutil.MountEntry(1, 0, "/", "/elsewhere", "rw", "ext4", "/dev/x", "rw")])
+    monkeypatch.setattr(
+        sysutil,
+        "mountinfo",
+        lambda path="": [sysutil.MountEntry(1, 0, "/", "/elsewhere", "rw", "ext4", "/dev/x", "rw")],
+    )
     with pytest.raises(CowlabError, match="not a mount point"):
         sysutil.mount_of("/work")
 
@@ -219,8 +281,9 @@ def test_container_idiom_fails_safely_and_rm_says_who_holds_it(tmp_path, root_di
     assert run_cli("image", "build", str(spec), root=root_dir).returncode == 0
     # A failed create: non-zero and nothing on stdout, so `mnt=$(...) && cd "$mnt"` stops.
     sh = f'mnt=$({sys.executable} -m cowlab --root {root_dir} container create nosuch --driver overlay2) && cd "$mnt" && echo IN'
-    cp = subprocess.run(["bash", "-c", sh], capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": str(SRC)}, cwd=tmp_path)
+    cp = subprocess.run(
+        ["bash", "-c", sh], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)}, cwd=tmp_path
+    )
     assert cp.returncode != 0 and "IN" not in cp.stdout and "no image 'nosuch'" in cp.stderr
     cp = run_cli("container", "create", "demo", "--driver", "overlay2", root=root_dir)
     assert cp.returncode == 0, cp.stderr
@@ -249,9 +312,25 @@ def test_container_idiom_fails_safely_and_rm_says_who_holds_it(tmp_path, root_di
 @pytest.mark.root
 def test_quick_bench_then_one_command_empties_the_state_root(tmp_path, root_dir):
     out = tmp_path / "results"
-    cp = run_cli("bench", "overlay2", "--quick", "--reps", "1", "--workload", "creation", "--workload",
-                 "mount_floor", "--mode", "primitive", "--vm", "never", "--out", str(out), root=root_dir,
-                 env={"COLUMNS": "80"})
+    cp = run_cli(
+        "bench",
+        "overlay2",
+        "--quick",
+        "--reps",
+        "1",
+        "--workload",
+        "creation",
+        "--workload",
+        "mount_floor",
+        "--mode",
+        "primitive",
+        "--vm",
+        "never",
+        "--out",
+        str(out),
+        root=root_dir,
+        env={"COLUMNS": "80"},
+    )
     assert cp.returncode == 0, cp.stderr
     assert len(cp.stdout.splitlines()) <= 40 and "print it again: cowlab show" in cp.stdout
     assert "harness overhead" in cp.stdout
@@ -277,6 +356,7 @@ def test_quick_bench_then_one_command_empties_the_state_root(tmp_path, root_dir)
 @pytest.mark.root
 def test_persistent_btrfs_goes_with_its_last_container(tmp_path, root_dir):
     from cowlab.storage import drivers
+
     p = drivers.get("btrfs").probe()
     if not p.available:
         pytest.skip(f"btrfs unavailable: {p.reason} ({p.hint})")
@@ -311,9 +391,22 @@ def test_a_sudo_run_leaves_the_users_results_writable_by_the_user(root_dir):
         (checkout / "results").mkdir()
         os.chown(checkout, uid, gid)
         os.chown(checkout / "results", uid, gid)
-        cp = run_cli("bench", "overlay2", "--quick", "--reps", "1", "--workload", "creation", "--mode", "primitive",
-                     "--vm", "never", root=root_dir, cwd=checkout,
-                     env={"SUDO_UID": str(uid), "SUDO_GID": str(gid), "SUDO_USER": "someone"})
+        cp = run_cli(
+            "bench",
+            "overlay2",
+            "--quick",
+            "--reps",
+            "1",
+            "--workload",
+            "creation",
+            "--mode",
+            "primitive",
+            "--vm",
+            "never",
+            root=root_dir,
+            cwd=checkout,
+            env={"SUDO_UID": str(uid), "SUDO_GID": str(gid), "SUDO_USER": "someone"},
+        )
         assert cp.returncode == 0, cp.stderr
         made = list((checkout / "results").rglob("*"))
         assert any(p.name == "samples.jsonl" for p in made) and any(p.name == "summary.txt" for p in made)
@@ -321,8 +414,19 @@ def test_a_sudo_run_leaves_the_users_results_writable_by_the_user(root_dir):
         assert [str(p) for p in made if os.lstat(p).st_uid != uid] == []
         # ... so the user's next command, without sudo, can write beside them.
         host = next((checkout / "results" / "local").iterdir())
-        cp = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "sh", "-c",
-                             f"touch {host}/next && rm -r {host}"], capture_output=True, text=True)
+        cp = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={gid}",
+                "--clear-groups",
+                "sh",
+                "-c",
+                f"touch {host}/next && rm -r {host}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert cp.returncode == 0, cp.stderr
     finally:
         shutil.rmtree(checkout)
@@ -341,6 +445,7 @@ def test_hand_over_does_nothing_without_sudo(tmp_path, monkeypatch):
 def test_user_runs_go_to_git_ignored_results_local(tmp_path):
     from cowlab import results
     from cowlab.cli import bench
+
     assert bench.LOCAL_RESULTS == "results/local"
     assert [p.default for p in bench.bench.params if p.name == "out"] == ["results/local"]
     assert "results/local/" in (REPO / ".gitignore").read_text().split()
@@ -358,6 +463,7 @@ def test_drivers_table_keeps_brackets_in_hints(monkeypatch):
     from cowlab.cli import main as cli
     from cowlab.storage import drivers
     from cowlab.storage.drivers.base import Probe
+
     cls = drivers.get("devicemapper-loop")
     monkeypatch.setattr(cls, "probe", classmethod(lambda c: Probe(False, "no dm", "pip install 'cowlab[vm]'")))
     r = CliRunner().invoke(cli.cli, ["drivers"], terminal_width=200)
@@ -367,11 +473,17 @@ def test_drivers_table_keeps_brackets_in_hints(monkeypatch):
 def test_notebooks_run_without_the_tcp_warning(tmp_path):
     pytest.importorskip("nbclient")
     import nbformat
+
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
     f = tmp_path / "t.ipynb"
     nbformat.write(nb, f)
-    cp = subprocess.run([sys.executable, "-m", "cowlab.report.notebooks", "run", str(f)], capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
+    cp = subprocess.run(
+        [sys.executable, "-m", "cowlab.report.notebooks", "run", str(f)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        timeout=120,
+    )
     assert cp.returncode == 0, cp.stderr
     assert "without encryption" not in cp.stderr + cp.stdout and "Parent appears to have exited" not in cp.stderr
 
@@ -393,9 +505,10 @@ def _noxfile(monkeypatch):
     """noxfile.py loaded with a stand-in for nox (the test venv need not have it)."""
     import importlib.util
     import types
+
     fake = types.ModuleType("nox")
     fake.options = types.SimpleNamespace()
-    fake.session = lambda *a, **kw: (a[0] if a and callable(a[0]) else (lambda f: f))
+    fake.session = lambda *a, **kw: a[0] if a and callable(a[0]) else (lambda f: f)
     monkeypatch.setitem(sys.modules, "nox", fake)
     spec = importlib.util.spec_from_file_location("cowlab_noxfile", REPO / "noxfile.py")
     mod = importlib.util.module_from_spec(spec)
@@ -420,7 +533,9 @@ def test_nox_sessions_hand_the_checkout_back_and_say_where_cowlab_is(tmp_path, m
     assert ran == ["s"]
     assert [str(p) for p in co.rglob("*") if os.lstat(p).st_uid != uid] == []
     logged = []
-    session = type("S", (), {"bin": str(co / ".nox" / "bench-overlay2" / "bin"), "log": lambda self, m: logged.append(m)})()
+    session = type(
+        "S", (), {"bin": str(co / ".nox" / "bench-overlay2" / "bin"), "log": lambda self, m: logged.append(m)}
+    )()
     nf._where_cowlab_is(session)
     assert "bench-overlay2/bin/cowlab" in logged[0] and "nox -s cowlab" in logged[0]
     assert callable(nf.cowlab)  # `nox -s cowlab -- ARGS`

@@ -43,6 +43,7 @@ def _nothing_imported(state: StateRoot) -> None:
 
 # --- absurd sizes ----------------------------------------------------------------------------
 
+
 def sparse_layer(realsize: int = TiB) -> bytes:
     """A PAX (GNU 0.1) sparse member: 10 bytes of data claiming `realsize` bytes once unpacked."""
     buf = io.BytesIO()
@@ -65,8 +66,9 @@ def huge_header_layer() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("make, needle", [(sparse_layer, "sparse member"),
-                                          (huge_header_layer, "")], ids=["sparse 1 TiB", "header 1 TiB"])
+@pytest.mark.parametrize(
+    "make, needle", [(sparse_layer, "sparse member"), (huge_header_layer, "")], ids=["sparse 1 TiB", "header 1 TiB"]
+)
 def test_absurd_size_in_a_layer(tmp_path, store, state, make, needle):
     box = tmp_path / "box"
     box_setup(box)
@@ -94,8 +96,10 @@ def test_archive_member_claiming_1_tib(tmp_path, store, state):
     truncated), without copying anything."""
     good = docker_archive([simple_layer({"a": b"1"})])
     buf = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(good)) as src, tarfile.open(fileobj=buf, mode="w",
-                                                                    format=tarfile.PAX_FORMAT) as dst:
+    with (
+        tarfile.open(fileobj=io.BytesIO(good)) as src,
+        tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
         for m in src:
             data = src.extractfile(m).read() if m.isreg() else None
             if m.name.endswith("layer.tar"):
@@ -112,22 +116,37 @@ def test_archive_member_claiming_1_tib(tmp_path, store, state):
 
 # --- escapes that span two layers, unpacked by every driver --------------------------------------
 
+
 def _two_layer_escapes(box: Path) -> dict[str, list[bytes]]:
     return {
         "symlink out, then a file through it a layer up": [
             tar_bytes([(ti("link", type=tarfile.SYMTYPE, linkname=str(box / "outside")), None)]),
-            tar_bytes([(ti("link", type=tarfile.DIRTYPE, mode=0o755), None), (ti("link/pwned"), b"evil")])],
+            tar_bytes([(ti("link", type=tarfile.DIRTYPE, mode=0o755), None), (ti("link/pwned"), b"evil")]),
+        ],
         "relative symlink out, then a file through it": [
-            tar_bytes([(ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
-                       (ti("d/up", type=tarfile.SYMTYPE, linkname="../../../../../../../../../../" +
-                           str(box / "outside").lstrip("/")), None)]),
-            tar_bytes([(ti("d/up/pwned"), b"evil")])],
+            tar_bytes(
+                [
+                    (ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
+                    (
+                        ti(
+                            "d/up",
+                            type=tarfile.SYMTYPE,
+                            linkname="../../../../../../../../../../" + str(box / "outside").lstrip("/"),
+                        ),
+                        None,
+                    ),
+                ]
+            ),
+            tar_bytes([(ti("d/up/pwned"), b"evil")]),
+        ],
         "hard link to a lower layer's file": [
             simple_layer({"etc/a": b"lower"}),
-            tar_bytes([(ti("x", type=tarfile.LNKTYPE, linkname="etc/a"), None)])],
+            tar_bytes([(ti("x", type=tarfile.LNKTYPE, linkname="etc/a"), None)]),
+        ],
         "hard link through a lower symlink": [
             tar_bytes([(ti("link", type=tarfile.SYMTYPE, linkname=str(box)), None)]),
-            tar_bytes([(ti("h", type=tarfile.LNKTYPE, linkname="link/x"), None)])],
+            tar_bytes([(ti("h", type=tarfile.LNKTYPE, linkname="link/x"), None)]),
+        ],
     }
 
 
@@ -175,12 +194,22 @@ def test_two_layer_escapes_on_every_driver(tmp_path, driver):
 
 # --- fuzz: the archive importer ------------------------------------------------------------------
 
+
 def _base_archives() -> list[bytes]:
     l1 = simple_layer({"etc/a": b"a" * 700, "usr/b": b"b" * 1300})
-    l2 = tar_bytes([(ti("etc/.wh.a"), b""), (ti("usr", type=tarfile.DIRTYPE, mode=0o755), None),
-                    (ti("usr/.wh..wh..opq"), b""), (ti("usr/c"), b"c" * 10)])
-    return [docker_archive([l1, l2]), oci_archive([l1, l2], gzip_layers={1}, ref="fz:1"),
-            oci_archive([l1], nested_index=True)]
+    l2 = tar_bytes(
+        [
+            (ti("etc/.wh.a"), b""),
+            (ti("usr", type=tarfile.DIRTYPE, mode=0o755), None),
+            (ti("usr/.wh..wh..opq"), b""),
+            (ti("usr/c"), b"c" * 10),
+        ]
+    )
+    return [
+        docker_archive([l1, l2]),
+        oci_archive([l1, l2], gzip_layers={1}, ref="fz:1"),
+        oci_archive([l1], nested_index=True),
+    ]
 
 
 BASES = None
@@ -193,10 +222,23 @@ def _bases():
     return BASES
 
 
-JUNK_JSON = [b"[]", b"{}", b"null", b"[1]", b'[{"Layers": 5}]', b'[{"Layers": [1, 2]}]',
-             b'[{"Layers": ["../../x"]}]', b'[{"Layers": ["/etc/passwd"]}]', b'[{"RepoTags": 7, "Layers": []}]',
-             b'{"manifests": [5]}', b'{"manifests": [{"digest": 5}]}', b'{"manifests": "x"}', b"\xff\xfe",
-             b'[{"Layers": ["manifest.json"]}]', b'{"manifests": [{"digest": "sha256:' + b"a" * 64 + b'"}]}']
+JUNK_JSON = [
+    b"[]",
+    b"{}",
+    b"null",
+    b"[1]",
+    b'[{"Layers": 5}]',
+    b'[{"Layers": [1, 2]}]',
+    b'[{"Layers": ["../../x"]}]',
+    b'[{"Layers": ["/etc/passwd"]}]',
+    b'[{"RepoTags": 7, "Layers": []}]',
+    b'{"manifests": [5]}',
+    b'{"manifests": [{"digest": 5}]}',
+    b'{"manifests": "x"}',
+    b"\xff\xfe",
+    b'[{"Layers": ["manifest.json"]}]',
+    b'{"manifests": [{"digest": "sha256:' + b"a" * 64 + b'"}]}',
+]
 
 
 @st.composite
@@ -204,14 +246,14 @@ def mutated_archives(draw):
     raw = bytearray(draw(st.sampled_from(_bases())))
     how = draw(st.sampled_from(["truncate", "flip", "junk-json", "insert", "zero-block"]))
     if how == "truncate":
-        raw = raw[:draw(st.integers(0, len(raw) - 1))]
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
     elif how == "flip":
         for _ in range(draw(st.integers(1, 8))):
             i = draw(st.integers(0, len(raw) - 1))
             raw[i] = draw(st.integers(0, 255))
     elif how == "junk-json":  # replace manifest.json / index.json with junk of the same tar layout
         junk = draw(st.sampled_from(JUNK_JSON))
-        name = "manifest.json" if b"manifest.json" in raw[:512 * 4] else "index.json"
+        name = "manifest.json" if b"manifest.json" in raw[: 512 * 4] else "index.json"
         src = tarfile.open(fileobj=io.BytesIO(bytes(raw)))
         members = [(m, src.extractfile(m).read() if m.isreg() else None) for m in src]
         out = []
@@ -224,21 +266,25 @@ def mutated_archives(draw):
         kind = draw(st.sampled_from(["dotdot", "abs", "symlink", "hardlink", "dev"]))
         src = tarfile.open(fileobj=io.BytesIO(bytes(raw)))
         members = [(m, src.extractfile(m).read() if m.isreg() else None) for m in src]
-        extra = {"dotdot": (ti("../evil"), b"x"), "abs": (ti("/tmp/evil-abs"), b"x"),
-                 "symlink": (ti("manifest.json", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None),
-                 "hardlink": (ti("l2", type=tarfile.LNKTYPE, linkname="/etc/passwd"), None),
-                 "dev": (ti("null", type=tarfile.CHRTYPE, devmajor=1, devminor=3), None)}[kind]
+        extra = {
+            "dotdot": (ti("../evil"), b"x"),
+            "abs": (ti("/tmp/evil-abs"), b"x"),
+            "symlink": (ti("manifest.json", type=tarfile.SYMTYPE, linkname="/etc/passwd"), None),
+            "hardlink": (ti("l2", type=tarfile.LNKTYPE, linkname="/etc/passwd"), None),
+            "dev": (ti("null", type=tarfile.CHRTYPE, devmajor=1, devminor=3), None),
+        }[kind]
         pos = draw(st.integers(0, len(members)))
         members.insert(pos, extra)
         raw = bytearray(tar_bytes(members))
     else:
         i = draw(st.integers(0, max(0, len(raw) // 512 - 1)))
-        raw[i * 512:(i + 1) * 512] = bytes(512)
+        raw[i * 512 : (i + 1) * 512] = bytes(512)
     return bytes(raw)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=mutated_archives())
 def test_fuzz_importer(tmp_path_factory, data):
     base = tmp_path_factory.mktemp("fz")
@@ -266,8 +312,29 @@ def test_fuzz_importer(tmp_path_factory, data):
 
 # --- fuzz: layer tars with hostile members -------------------------------------------------------
 
-NAMES = ["a", "a/b", "a/b/c", "..", "../x", "a/../../x", "/abs", "./a", "a//b", ".wh.a", "a/.wh.b",
-         "a/.wh..wh..opq", ".wh..wh..opq", "l", "l/x", "l/x/y", "a/l", "a/l/z", ".wh..", "a/.wh...", ""]
+NAMES = [
+    "a",
+    "a/b",
+    "a/b/c",
+    "..",
+    "../x",
+    "a/../../x",
+    "/abs",
+    "./a",
+    "a//b",
+    ".wh.a",
+    "a/.wh.b",
+    "a/.wh..wh..opq",
+    ".wh..wh..opq",
+    "l",
+    "l/x",
+    "l/x/y",
+    "a/l",
+    "a/l/z",
+    ".wh..",
+    "a/.wh...",
+    "",
+]
 LINKS = ["a", "a/b", "../outside", "/", "/etc/passwd", "l", "l/x", "", "../../x"]
 
 
@@ -281,15 +348,20 @@ def hostile_tars(draw):
         if kind == "file":
             members.append((info, draw(st.binary(max_size=40))))
             continue
-        info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
-                     "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE}[kind]
+        info.type = {
+            "dir": tarfile.DIRTYPE,
+            "symlink": tarfile.SYMTYPE,
+            "hardlink": tarfile.LNKTYPE,
+            "fifo": tarfile.FIFOTYPE,
+            "chr": tarfile.CHRTYPE,
+        }[kind]
         info.mode = 0o755
         if kind in ("symlink", "hardlink"):
             info.linkname = draw(st.sampled_from(LINKS))
         members.append((info, None))
     raw = tar_bytes(members)
     if draw(st.integers(0, 5)) == 0:
-        raw = raw[:draw(st.integers(1, len(raw)))]
+        raw = raw[: draw(st.integers(1, len(raw)))]
     return raw
 
 
@@ -320,6 +392,7 @@ def test_fuzz_layer_apply(tmp_path_factory, data, style):
 
 # --- the CLI's error paths, for every driver -----------------------------------------------------
 
+
 def assert_one_line_error(cp: subprocess.CompletedProcess, *needles: str) -> None:
     assert cp.returncode != 0, (cp.stdout, cp.stderr)
     assert "Traceback" not in cp.stderr + cp.stdout, cp.stderr
@@ -340,8 +413,9 @@ def tiny_root(tmp_path):
         f.truncate(160 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
     mnt.mkdir()
-    dev = subprocess.run(["losetup", "--find", "--show", str(img)], check=True, capture_output=True,
-                         text=True).stdout.strip()
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", str(img)], check=True, capture_output=True, text=True
+    ).stdout.strip()
     try:
         subprocess.run(["mount", dev, str(mnt)], check=True, capture_output=True)
         try:
@@ -373,8 +447,11 @@ def _bench_args(driver: str) -> list[str]:
 
 @pytest.mark.root
 def test_unknown_driver_lists_the_drivers(root_dir):
-    for args in (["bench", "nope", "--quick"], ["container", "create", "x", "--driver", "nope"],
-                 ["conformance", "--driver", "nope"]):
+    for args in (
+        ["bench", "nope", "--quick"],
+        ["container", "create", "x", "--driver", "nope"],
+        ["conformance", "--driver", "nope"],
+    ):
         cp = run_cli(*args, root=root_dir)
         assert_one_line_error(cp, "unknown driver 'nope'", *list(DRIVERS)[:3])
     assert not root_dir.exists()
@@ -395,8 +472,10 @@ def test_cli_error_paths_for_every_driver(tmp_path, tiny_root):
     limits = sorted({cls.max_layers for cls in DRIVERS.values() if cls.max_layers and cls.max_layers < 600})
     for n in limits:  # one image per distinct limit, one layer over it
         many = tmp_path / f"many{n}.toml"
-        many.write_text(f'name = "many{n}"\n' + "".join(
-            f'[[layers]]\nops = [{{ op = "file", path = "/l{i}", size = 1 }}]\n' for i in range(n + 1)))
+        many.write_text(
+            f'name = "many{n}"\n'
+            + "".join(f'[[layers]]\nops = [{{ op = "file", path = "/l{i}", size = 1 }}]\n' for i in range(n + 1))
+        )
         cp = run_cli("image", "build", str(many), root=tiny_root)
         assert cp.returncode == 0, cp.stderr
     before = tree_fingerprint(tiny_root)
@@ -437,6 +516,7 @@ def test_whiteout_that_is_not_a_marker_is_refused(tmp_path, style):
     was taken by apply_tar (which only looks at the name) while check_tar refused it. A whiteout
     is an empty regular file (or, from AUFS, a hard link to another whiteout); anything else is
     refused the same way by both."""
+
     def layer(kind):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as t:
@@ -454,6 +534,7 @@ def test_whiteout_that_is_not_a_marker_is_refused(tmp_path, style):
         p = tmp_path / f"{kind}.tar"
         p.write_bytes(buf.getvalue())
         return p
+
     for kind in ("link", "symlink"):
         p = layer(kind)
         with pytest.raises(CowlabError, match="is not a regular file"):

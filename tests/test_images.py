@@ -177,8 +177,13 @@ def _assert_nothing_imported(store, state):
     assert os.listdir(state.images) == []
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.xfail(strict=True, reason=CHECK_MISSES[c])]
-                                               if c in CHECK_MISSES else []) for c in HOSTILE])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=[pytest.mark.xfail(strict=True, reason=CHECK_MISSES[c])] if c in CHECK_MISSES else [])
+        for c in HOSTILE
+    ],
+)
 def test_import_refuses_hostile_layer(tmp_path, store, state, case):
     box = tmp_path / "box"
     box_setup(box)
@@ -200,22 +205,41 @@ BAD_ARCHIVES = {
     "no manifest": (lambda box: _archive_with([("x", b"1")]), "neither manifest.json"),
     "manifest not json": (lambda box: _archive_with([("manifest.json", b"{nope")]), "not valid JSON"),
     "manifest not a list": (lambda box: _archive_with([("manifest.json", b"{}")]), "not a docker save manifest"),
-    "no layers": (lambda box: _archive_with([("manifest.json", json.dumps([{"Layers": []}]).encode())]),
-                  "no layers"),
-    "missing layer": (lambda box: _archive_with([("manifest.json", json.dumps([{"Layers": ["l/layer.tar"]}]).encode())]),
-                      "not in the archive"),
-    "layer path climbs": (lambda box: _archive_with([("manifest.json", json.dumps([{"Layers": ["../l.tar"]}]).encode())]),
-                          "'..'"),
-    "absolute member": (lambda box: _archive_with([(str(box / "abs"), b"x"),
-                                                   ("manifest.json", json.dumps([{"Layers": ["l.tar"]}]).encode())]),
-                        "absolute"),
-    "layer is a symlink": (lambda box: _archive_with([
-        ("manifest.json", json.dumps([{"Layers": ["l.tar"]}]).encode()),
-        ("l.tar", ti("l.tar", type=tarfile.SYMTYPE, linkname="/etc/shadow"))]), "not in the archive"),
-    "oci bad digest": (lambda box: _archive_with([
-        ("index.json", json.dumps({"manifests": [{"digest": "sha256:../../etc/passwd"}]}).encode())]), "digest"),
+    "no layers": (lambda box: _archive_with([("manifest.json", json.dumps([{"Layers": []}]).encode())]), "no layers"),
+    "missing layer": (
+        lambda box: _archive_with([("manifest.json", json.dumps([{"Layers": ["l/layer.tar"]}]).encode())]),
+        "not in the archive",
+    ),
+    "layer path climbs": (
+        lambda box: _archive_with([("manifest.json", json.dumps([{"Layers": ["../l.tar"]}]).encode())]),
+        "'..'",
+    ),
+    "absolute member": (
+        lambda box: _archive_with(
+            [(str(box / "abs"), b"x"), ("manifest.json", json.dumps([{"Layers": ["l.tar"]}]).encode())]
+        ),
+        "absolute",
+    ),
+    "layer is a symlink": (
+        lambda box: _archive_with(
+            [
+                ("manifest.json", json.dumps([{"Layers": ["l.tar"]}]).encode()),
+                ("l.tar", ti("l.tar", type=tarfile.SYMTYPE, linkname="/etc/shadow")),
+            ]
+        ),
+        "not in the archive",
+    ),
+    "oci bad digest": (
+        lambda box: _archive_with(
+            [("index.json", json.dumps({"manifests": [{"digest": "sha256:../../etc/passwd"}]}).encode())]
+        ),
+        "digest",
+    ),
     "oci no manifests": (lambda box: _archive_with([("index.json", b'{"manifests": []}')]), "no manifests"),
-    "oci zstd": (lambda box: oci_archive([b"x" * 10], media_type="application/vnd.oci.image.layer.v1.tar+zstd"), "zstd"),
+    "oci zstd": (
+        lambda box: oci_archive([b"x" * 10], media_type="application/vnd.oci.image.layer.v1.tar+zstd"),
+        "zstd",
+    ),
 }
 
 

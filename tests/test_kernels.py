@@ -86,5 +86,6 @@ def test_a_kernel_choice_routes_to_the_vm(monkeypatch):
 
 def test_aufs_is_routed_to_the_aufs_kernel():
     from cowlab.storage.drivers.aufs import Aufs
+
     assert Aufs.vm_route and Aufs.vm_kernel == "aufs"
     assert vmroute.vm_kernel(Aufs) == "aufs" and vmroute.vm_kernel(Aufs, "6.12") == "6.12"

@@ -33,9 +33,20 @@ def _conformance(tmp_path, kernel: str, drivers: list[str], cases: list[str] | N
     if why:
         pytest.skip(f"kernel {kernel} can't boot here: {why}")
     out = tmp_path / "conformance.json"
-    argv = [sys.executable, "-m", "cowlab", "--root", str(tmp_path / "root"), "conformance", "--kernel", kernel,
-            *[a for d in drivers for a in ("--driver", d)], *[a for c in (cases or []) for a in ("--case", c)],
-            "--json", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "cowlab",
+        "--root",
+        str(tmp_path / "root"),
+        "conformance",
+        "--kernel",
+        kernel,
+        *[a for d in drivers for a in ("--driver", d)],
+        *[a for c in (cases or []) for a in ("--case", c)],
+        "--json",
+        str(out),
+    ]
     cp = subprocess.run(argv, capture_output=True, text=True, timeout=45 * 60)
     assert out.exists(), f"no results (exit {cp.returncode}):\n{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}"
     res = {}

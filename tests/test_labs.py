@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SRC, mounts_under
 from cowlab.base.errors import CowlabError
 from cowlab.labs import expect, lesson
-
-from conftest import SRC, mounts_under
 
 REPO_LABS = Path(__file__).resolve().parent.parent / "labs"
 IS_ROOT = os.geteuid() == 0
@@ -52,8 +51,17 @@ def test_exit_expectations():
     assert expect.parse_line("exit != 0").wants_failure and not expect.parse_line("exit 0").wants_failure
 
 
-@pytest.mark.parametrize("s,v", [("4096", 4096), ("4.0K", 4096), ("64M", 64 << 20), ("64MiB", 64 << 20),
-                                 ("1.5G", 1.5 * (1 << 30)), ("12 KB", 12 << 10)])
+@pytest.mark.parametrize(
+    "s,v",
+    [
+        ("4096", 4096),
+        ("4.0K", 4096),
+        ("64M", 64 << 20),
+        ("64MiB", 64 << 20),
+        ("1.5G", 1.5 * (1 << 30)),
+        ("12 KB", 12 << 10),
+    ],
+)
 def test_sizes(s, v):
     assert expect.parse_size(s) == v
 
@@ -63,9 +71,21 @@ def test_a_missing_name_fails_with_its_reason():
     assert not o.ok and "ratio is not defined" in o.detail
 
 
-@pytest.mark.parametrize("bad", ["__import__('os').system('x') == 0", "open('/etc/passwd') == 1",
-                                 "x.y > 1", "[1][0] == 1", "lambda: 1", "1 + 1", "let 9x = \"a\"",
-                                 "contains unquoted text", "exit maybe", 'matches "("'])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "__import__('os').system('x') == 0",
+        "open('/etc/passwd') == 1",
+        "x.y > 1",
+        "[1][0] == 1",
+        "lambda: 1",
+        "1 + 1",
+        'let 9x = "a"',
+        "contains unquoted text",
+        "exit maybe",
+        'matches "("',
+    ],
+)
 def test_bad_expectations_are_refused_when_the_lab_is_read(bad):
     with pytest.raises(CowlabError):
         expect.parse_expectations(bad, "lab.md:1")
@@ -100,18 +120,22 @@ def _write_lab(d: Path, body: str, lab_id: str = "90", needs: str = "{}") -> Pat
     d.mkdir(parents=True, exist_ok=True)
     (d / "README.md").write_text("test labs\n")
     p = d / f"{lab_id}-test.md"
-    p.write_text(f"---\nid: \"{lab_id}\"\ntitle: test lab\nminutes: 1\nslide: []\nneeds: {needs}\n---\n"
-                 + textwrap.dedent(body))
+    p.write_text(
+        f'---\nid: "{lab_id}"\ntitle: test lab\nminutes: 1\nslide: []\nneeds: {needs}\n---\n' + textwrap.dedent(body)
+    )
     return p
 
 
 def test_lesson_errors_name_the_file_and_line(tmp_path):
-    p = _write_lab(tmp_path / "labs", """
+    p = _write_lab(
+        tmp_path / "labs",
+        """
         ## one
         ```sh bogus
         true
         ```
-        """)
+        """,
+    )
     with pytest.raises(CowlabError, match=r"90-test.md:\d+: unknown flag 'bogus'"):
         lesson.parse(p)
     p.write_text("no front matter\n```sh\ntrue\n```\n")
@@ -167,8 +191,17 @@ def _replay(tmp_path, body: str, *ids: str, timeout: float = 120, extra_env=None
         _write_lab(labs, body)
     env = {"COWLAB_LABS": str(labs), **(extra_env or {})}
     from conftest import run_cli
-    return run_cli("lab", "run", *(ids or ("90",)), "--json-report", str(tmp_path / "rep.json"),
-                   root=tmp_path / "root", env=env, timeout=timeout)
+
+    return run_cli(
+        "lab",
+        "run",
+        *(ids or ("90",)),
+        "--json-report",
+        str(tmp_path / "rep.json"),
+        root=tmp_path / "root",
+        env=env,
+        timeout=timeout,
+    )
 
 
 def _sleeper_gone(root: Path) -> None:
@@ -213,8 +246,9 @@ def test_a_false_expectation_fails_the_replay_and_cleanup_still_runs(tmp_path):
 
 @pytest.mark.root
 def test_a_failing_command_early_in_a_step_fails_it(tmp_path):
-    body = LAB.replace("{extra}", "").replace("echo step three > three",
-                                              "ls /no/such/dir\necho but the last command succeeds")
+    body = LAB.replace("{extra}", "").replace(
+        "echo step three > three", "ls /no/such/dir\necho but the last command succeeds"
+    )
     cp = _replay(tmp_path, body)
     assert cp.returncode == 1
     rep = json.loads((tmp_path / "rep.json").read_text())[0]
@@ -224,8 +258,9 @@ def test_a_failing_command_early_in_a_step_fails_it(tmp_path):
 
 @pytest.mark.root
 def test_a_step_that_expects_failure_passes_only_when_it_fails(tmp_path):
-    body = LAB.replace("{extra}", "").replace("echo step three > three\n```",
-                                              "cat /no/such/file\n```\n```expect\nexit != 0\ncontains \"No such file\"\n```")
+    body = LAB.replace("{extra}", "").replace(
+        "echo step three > three\n```", 'cat /no/such/file\n```\n```expect\nexit != 0\ncontains "No such file"\n```'
+    )
     cp = _replay(tmp_path, body)
     assert cp.returncode == 0, cp.stdout
 
@@ -258,9 +293,14 @@ def _start_replay(tmp_path, body, signal_at: str):
     _write_lab(labs, body)
     env = {k: v for k, v in os.environ.items() if k != "COWLAB_ROOT"}
     env.update(PYTHONPATH=str(SRC), COWLAB_LABS=str(labs))
-    p = subprocess.Popen([sys.executable, "-m", "cowlab", "--root", str(tmp_path / "root"), "lab", "run", "90"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cowlab", "--root", str(tmp_path / "root"), "lab", "run", "90"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = []
     deadline = time.monotonic() + 60
     for line in p.stdout:  # type: ignore[union-attr]
@@ -325,6 +365,7 @@ def test_lab_list_json_says_what_runs_here_and_why_not(tmp_path, cli):
     aufs = rows["91"]
     if not Path("/proc/filesystems").read_text().count("aufs"):
         from cowlab.storage import vm
+
         if IS_ROOT and vm.available("aufs"):  # the AUFS kernel is cached: the lab runs in the kernel VM
             assert aufs["runnable"] is True, aufs
         else:
@@ -334,8 +375,10 @@ def test_lab_list_json_says_what_runs_here_and_why_not(tmp_path, cli):
 
 def test_the_agenda_in_labs_readme_is_made_from_the_labs():
     from cowlab.labs import agenda
-    assert agenda.main(["--check", str(REPO_LABS)]) == 0, \
+
+    assert agenda.main(["--check", str(REPO_LABS)]) == 0, (
         "labs/README.md's agenda is stale: run python -m cowlab.labs.agenda"
+    )
     text = (REPO_LABS / "README.md").read_text()
     for les in lesson.load_all(REPO_LABS):
         assert f"]({les.path.name})" in text
@@ -348,7 +391,8 @@ def test_a_cgroup_the_lab_listed_goes_with_its_workspace_after_a_kill(tmp_path, 
     body = LAB.replace("{extra}", "").replace(
         "echo step three > three",
         f"CG={base}/{name}; echo $CG >> .cowlab-cgroups; mkdir $CG\n"
-        "(echo $BASHPID > $CG/cgroup.procs; exec sleep 300) &\necho waiting-now; sleep 600")
+        "(echo $BASHPID > $CG/cgroup.procs; exec sleep 300) &\necho waiting-now; sleep 600",
+    )
     p, seen = _start_replay(tmp_path, body, "waiting-now")
     assert os.path.isdir(f"{base}/{name}"), "".join(seen)
     p.send_signal(signal.SIGKILL)
@@ -400,20 +444,27 @@ def _steps(*scripts: str):
 
 def test_shell_state_a_later_step_uses_must_be_guarded():
     from cowlab.labs import shellstate as S
-    steps = _steps('export LAB=/x; export COWLAB_ROOT=$LAB/cowlab\n',
-                   'deep=$(cowlab container create deep --driver overlay2)\nf() { echo hi; }\n',
-                   'echo "$deep" ${deep} \'$deep in single quotes\'  # $deep in a comment\n'
-                   'cat <<\'EOF\'\n$deep in a quoted here-document\nEOF\n',
-                   'echo "${deep:?run step 2 first}"\nf\n',
-                   ': "${COWLAB_ROOT:?run step 1 first}"\ndeclare -F f >/dev/null || { echo "run step 2 first" >&2; false; }\n'
-                   'f; cowlab image ls; echo "${deep:-none}"\n',
-                   'deep=again; echo "$deep"; cd "${LAB:?run step 1 first}"\n')
+
+    steps = _steps(
+        "export LAB=/x; export COWLAB_ROOT=$LAB/cowlab\n",
+        "deep=$(cowlab container create deep --driver overlay2)\nf() { echo hi; }\n",
+        "echo \"$deep\" ${deep} '$deep in single quotes'  # $deep in a comment\n"
+        "cat <<'EOF'\n$deep in a quoted here-document\nEOF\n",
+        'echo "${deep:?run step 2 first}"\nf\n',
+        ': "${COWLAB_ROOT:?run step 1 first}"\ndeclare -F f >/dev/null || { echo "run step 2 first" >&2; false; }\n'
+        'f; cowlab image ls; echo "${deep:-none}"\n',
+        'deep=again; echo "$deep"; cd "${LAB:?run step 1 first}"\n',
+    )
     got = {(n.step, n.name): n.guarded for n in S.needed(steps)}
-    assert got == {(2, "COWLAB_ROOT"): False,         # cowlab reads it unseen
-                   (3, "deep"): False,                # two bare uses (quotes and comments don't count)
-                   (4, "deep"): True, (4, "f"): False,
-                   (5, "COWLAB_ROOT"): True, (5, "f"): True,   # ${deep:-none} means to work without
-                   (6, "LAB"): True}, got
+    assert got == {
+        (2, "COWLAB_ROOT"): False,  # cowlab reads it unseen
+        (3, "deep"): False,  # two bare uses (quotes and comments don't count)
+        (4, "deep"): True,
+        (4, "f"): False,
+        (5, "COWLAB_ROOT"): True,
+        (5, "f"): True,  # ${deep:-none} means to work without
+        (6, "LAB"): True,
+    }, got
     assert [n.name for n in S.needed(steps) if n.exported] == ["COWLAB_ROOT", "COWLAB_ROOT", "LAB"]
     assert "${deep:?run step 2 first}" in S.describe(next(n for n in S.needed(steps) if n.step == 3))
 
@@ -422,6 +473,7 @@ def test_every_lab_guards_what_it_takes_from_earlier_steps():
     """The property `cowlab lab run` refuses a lab without: in a new shell, each step that uses
     an earlier step's variable or function stops and names that step."""
     from cowlab.labs import replay
+
     for les in lesson.load_all(REPO_LABS):
         assert replay.fresh_shell_failures(les) == [], les.path.name
 
@@ -463,8 +515,10 @@ def test_the_replayer_refuses_an_unguarded_lab_and_proves_a_guarded_one_in_new_s
     labs = tmp_path / "labs"
     _write_lab(labs, FRESH_LAB.replace("{use}", "${n:?run step 1 first}"))
     from conftest import run_cli
-    cp = run_cli("lab", "run", "90", "--fresh-shells", root=tmp_path / "root",
-                 env={"COWLAB_LABS": str(labs)}, timeout=120)
+
+    cp = run_cli(
+        "lab", "run", "90", "--fresh-shells", root=tmp_path / "root", env={"COWLAB_LABS": str(labs)}, timeout=120
+    )
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert cp.stdout.count("in a new shell stops and names the step to run") == 2, cp.stdout
     assert not list((tmp_path / "root" / "labs").iterdir()) and not mounts_under(tmp_path)
@@ -473,9 +527,11 @@ def test_the_replayer_refuses_an_unguarded_lab_and_proves_a_guarded_one_in_new_s
 @pytest.mark.root
 def test_check_names_the_shell_state_a_new_shell_lacks(tmp_path, cli):
     labs = tmp_path / "labs"
-    body = FRESH_LAB.replace("{use}", "${n:?run step 1 first}").replace(
-        'echo "n is', 'cd "${LAB:?run step 1 first}"; echo "n is').replace(
-        'contains "n is 7"\n```\n', 'contains "n is 7"\n```\n```check\ntrue\n```\n')
+    body = (
+        FRESH_LAB.replace("{use}", "${n:?run step 1 first}")
+        .replace('echo "n is', 'cd "${LAB:?run step 1 first}"; echo "n is')
+        .replace('contains "n is 7"\n```\n', 'contains "n is 7"\n```\n```check\ntrue\n```\n')
+    )
     _write_lab(labs, body)
     root = tmp_path / "root"
     env = {"COWLAB_LABS": str(labs)}
@@ -494,6 +550,7 @@ def test_lab_06_in_new_shells_stops_at_each_step_that_needs_an_earlier_one(tmp_p
     earlier step's variables or functions, run in a new shell after the earlier steps ran in the
     replay's, stops and names the step to run; the replay then passes as usual."""
     from cowlab.labs import needs, shellstate
+
     les = lesson.find(REPO_LABS, "06")
     if not needs.evaluate(les.needs, "never").runnable:
         pytest.skip(f"lab 06 can't run here: {needs.evaluate(les.needs, 'never').reason}")
@@ -510,8 +567,10 @@ def test_a_lab_the_vm_cannot_run_names_the_command_once(monkeypatch):
     and the provisioning command is not said twice."""
     from cowlab.labs import needs
     from cowlab.storage import vm
+
     monkeypatch.setattr(needs.os, "geteuid", lambda: 0)
     import dataclasses
+
     monkeypatch.setitem(needs.FEATURES, "dm-thin", dataclasses.replace(needs.FEATURES["dm-thin"], check=lambda: False))
     monkeypatch.setattr(vm, "find_kernel", lambda: None)
     monkeypatch.delenv(vm.IN_VM, raising=False)

@@ -53,10 +53,11 @@ RICH = [
 
 # --- content ---------------------------------------------------------------------------------
 
+
 def test_random_pattern_is_not_zero_and_blocks_differ():
     data = content.generate(256 * KiB + 123, "random", 42)
     assert len(data) == 256 * KiB + 123
-    blocks = [data[i:i + 4096] for i in range(0, 256 * KiB, 4096)]
+    blocks = [data[i : i + 4096] for i in range(0, 256 * KiB, 4096)]
     assert all(b.count(0) < 4096 for b in blocks)
     assert len(set(blocks)) == len(blocks)
     assert data == content.generate(256 * KiB + 123, "random", 42)
@@ -65,7 +66,7 @@ def test_random_pattern_is_not_zero_and_blocks_differ():
 
 def test_random_pattern_across_chunks():
     data = content.generate(content.CHUNK * 2 + 10, "random", 1)
-    a, b = data[:content.CHUNK], data[content.CHUNK:2 * content.CHUNK]
+    a, b = data[: content.CHUNK], data[content.CHUNK : 2 * content.CHUNK]
     assert a != b  # every MiB chunk differs too (no dedup across chunks)
     assert data[:4096] == content.generate(4096, "random", 1)  # a prefix of the same stream
 
@@ -76,7 +77,7 @@ def test_zero_text_repeat_patterns():
     assert len(t) == 5000 and t.startswith(b"cowlab seed 5 line")
     r = content.generate(3 * content.REPEAT_UNIT, "repeat", 9)
     u = content.REPEAT_UNIT
-    assert r[:u] == r[u:2 * u] == r[2 * u:] and r[:u].count(0) < u
+    assert r[:u] == r[u : 2 * u] == r[2 * u :] and r[:u].count(0) < u
     with pytest.raises(ValueError):
         content.generate(1, "pi", 0)
 
@@ -90,6 +91,7 @@ def test_content_stream_reads_in_small_pieces():
 
 
 # --- deterministic builds --------------------------------------------------------------------
+
 
 def test_two_builds_in_two_roots_are_byte_identical(tmp_path):
     sp = spec_of(RICH, name="rich", seed=3)
@@ -112,6 +114,7 @@ def test_digest_depends_on_seed_and_mtime(tmp_path):
     other_seed = s.build(spec_of(RICH, name="two", seed=4))
     assert one.layers[0] != other_seed.layers[0]
     from cowlab.store import spec
+
     raw = {"name": "three", "seed": 3, "mtime": 1, "layers": [{"ops": o} for o in RICH]}
     other_mtime = s.build(spec.from_dict(raw))
     assert one.layers[0] != other_mtime.layers[0]
@@ -121,11 +124,22 @@ def test_layer_tar_content(tmp_path, store):
     img = store.build(spec_of(RICH, name="rich", seed=3))
     with tarfile.open(store.layer_path(img.layers[0])) as t:
         m = {x.name: x for x in t.getmembers()}
-        assert {"data", "data/rand", "data/zero", "etc", "etc/conf.d", "etc/conf.d/f000000", "tmp", "lib64",
-                "data/rand-link", "x", "x/attr"} <= set(m)
+        assert {
+            "data",
+            "data/rand",
+            "data/zero",
+            "etc",
+            "etc/conf.d",
+            "etc/conf.d/f000000",
+            "tmp",
+            "lib64",
+            "data/rand-link",
+            "x",
+            "x/attr",
+        } <= set(m)
         rand = t.extractfile(m["data/rand"]).read()
         assert len(rand) == 64 * KiB and rand.count(0) < len(rand) // 100
-        blocks = {rand[i:i + 4096] for i in range(0, len(rand), 4096)}
+        blocks = {rand[i : i + 4096] for i in range(0, len(rand), 4096)}
         assert len(blocks) == 16
         assert t.extractfile(m["data/zero"]).read() == bytes(16 * KiB)
         assert m["data/rep"].mode == 0o600
@@ -147,12 +161,18 @@ def test_layer_tar_content(tmp_path, store):
         assert (m["x"].uid, m["x/attr"].uid, m["x/attr"].gid) == (1000, 1000, 1000)
 
 
-@pytest.mark.parametrize("ops,needle", [
-    ([[{"op": "delete", "path": "/nope"}]], "does not exist"),
-    ([[{"op": "file", "path": "/f", "size": 1}, {"op": "file", "path": "/f/g", "size": 1}]], "not a directory"),
-    ([[{"op": "file", "path": "/f", "size": 1}, {"op": "opaque", "path": "/f"}]], "only directories"),
-    ([[{"op": "symlink", "path": "/s", "target": "x"}, {"op": "hardlink", "path": "/h", "target": "/s"}]], "symlink"),
-])
+@pytest.mark.parametrize(
+    "ops,needle",
+    [
+        ([[{"op": "delete", "path": "/nope"}]], "does not exist"),
+        ([[{"op": "file", "path": "/f", "size": 1}, {"op": "file", "path": "/f/g", "size": 1}]], "not a directory"),
+        ([[{"op": "file", "path": "/f", "size": 1}, {"op": "opaque", "path": "/f"}]], "only directories"),
+        (
+            [[{"op": "symlink", "path": "/s", "target": "x"}, {"op": "hardlink", "path": "/h", "target": "/s"}]],
+            "symlink",
+        ),
+    ],
+)
 def test_model_errors_name_layer_and_op(store, ops, needle):
     sp = spec_of(ops, source="m.toml")
     with pytest.raises(CowlabError, match=needle) as ei:
@@ -271,8 +291,15 @@ def test_hardlink_in_a_layer(tmp_path, style):
     # Regression: apply_tar used to check the link *target* as if it were a parent directory,
     # replacing the target file by an empty directory and failing with EPERM.
     p = tmp_path / "l.tar"
-    p.write_bytes(tar_bytes([(ti("d", type=tarfile.DIRTYPE, mode=0o755), None), (ti("d/a"), b"content"),
-                             (ti("d/b", type=tarfile.LNKTYPE, linkname="d/a"), None)]))
+    p.write_bytes(
+        tar_bytes(
+            [
+                (ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
+                (ti("d/a"), b"content"),
+                (ti("d/b", type=tarfile.LNKTYPE, linkname="d/a"), None),
+            ]
+        )
+    )
     dest = tmp_path / "dest"
     dest.mkdir()
     layers.apply_tar(p, dest, style)
@@ -287,8 +314,16 @@ def test_aufs_style_whiteout_removes_the_name_from_its_own_layer(tmp_path):
     AUFS branch d/a and d/.wh.a can't both be (AUFS: EIO, "both of real entry and whiteout
     found"): the whiteout stays, the name goes, the link keeps the data."""
     p = tmp_path / "l.tar"
-    p.write_bytes(tar_bytes([(ti("d", type=tarfile.DIRTYPE, mode=0o755), None), (ti("d/a"), b"content"),
-                             (ti("d/b", type=tarfile.LNKTYPE, linkname="d/a"), None), (ti("d/.wh.a"), b"")]))
+    p.write_bytes(
+        tar_bytes(
+            [
+                (ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
+                (ti("d/a"), b"content"),
+                (ti("d/b", type=tarfile.LNKTYPE, linkname="d/a"), None),
+                (ti("d/.wh.a"), b""),
+            ]
+        )
+    )
     dest = tmp_path / "dest"
     dest.mkdir()
     layers.apply_tar(p, dest, "aufs")
@@ -298,9 +333,18 @@ def test_aufs_style_whiteout_removes_the_name_from_its_own_layer(tmp_path):
 
 @pytest.mark.root
 def test_hardlink_from_spec(tmp_path, store):
-    img = store.build(spec_of([[{"op": "file", "path": "/bin/busybox", "size": 1000},
-                                {"op": "hardlink", "path": "/bin/sh", "target": "/bin/busybox"},
-                                {"op": "hardlink", "path": "/sbin/init", "target": "/bin/busybox"}]], name="hl"))
+    img = store.build(
+        spec_of(
+            [
+                [
+                    {"op": "file", "path": "/bin/busybox", "size": 1000},
+                    {"op": "hardlink", "path": "/bin/sh", "target": "/bin/busybox"},
+                    {"op": "hardlink", "path": "/sbin/init", "target": "/bin/busybox"},
+                ]
+            ],
+            name="hl",
+        )
+    )
     dest = tmp_path / "tree"
     dest.mkdir()
     layers.apply_tar(store.layer_path(img.layers[0]), dest, "apply")
@@ -314,6 +358,7 @@ def test_unknown_style(tmp_path, wimg):
 
 
 # --- hostile tars --------------------------------------------------------------------------------
+
 
 def _xfail_if(case, table):
     return [pytest.mark.xfail(strict=True, reason=table[case])] if case in table else []
@@ -345,10 +390,12 @@ def test_apply_tar_refuses(tmp_path, case, style):
     box_untouched(box)
 
 
-DOT_WHITEOUT = ("src bug: a whiteout of '.' or '..' (member '.wh..' or '.wh...') is not refused by "
-                "layers.check_member; apply_tar then deletes the whiteout's own parent directory and "
-                "fails with FileNotFoundError/OSError instead of CowlabError (safe_rmtree keeps it "
-                "inside the destination). Fix: in check_member, refuse basenames '.wh..' and '.wh...'")
+DOT_WHITEOUT = (
+    "src bug: a whiteout of '.' or '..' (member '.wh..' or '.wh...') is not refused by "
+    "layers.check_member; apply_tar then deletes the whiteout's own parent directory and "
+    "fails with FileNotFoundError/OSError instead of CowlabError (safe_rmtree keeps it "
+    "inside the destination). Fix: in check_member, refuse basenames '.wh..' and '.wh...'"
+)
 
 
 @pytest.mark.root
@@ -358,8 +405,15 @@ def test_whiteout_of_dot_or_dotdot_stays_inside(tmp_path, name, style):
     box = tmp_path / "box"
     box_setup(box)
     p = tmp_path / "layer.tar"
-    p.write_bytes(tar_bytes([(ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
-                             (ti("d/e", type=tarfile.DIRTYPE, mode=0o755), None), (ti(name), b"")]))
+    p.write_bytes(
+        tar_bytes(
+            [
+                (ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
+                (ti("d/e", type=tarfile.DIRTYPE, mode=0o755), None),
+                (ti(name), b""),
+            ]
+        )
+    )
     try:
         layers.apply_tar(p, box / "dest", style)
     except (CowlabError, OSError):
@@ -386,10 +440,18 @@ def test_member_path():
 
 def test_check_tar_counts_content(tmp_path):
     p = tmp_path / "ok.tar"
-    p.write_bytes(tar_bytes([(ti("d", type=tarfile.DIRTYPE, mode=0o755), None), (ti("d/a"), b"x" * 1000),
-                             (ti("d/b"), b"y" * 24), (ti("d/l", type=tarfile.SYMTYPE, linkname="/etc"), None),
-                             (ti("d/h", type=tarfile.LNKTYPE, linkname="d/a"), None),
-                             (ti("d/fifo", type=tarfile.FIFOTYPE), None),
-                             (ti("d/cap", pax_headers={"SCHILY.xattr.security.capability": "\x01"}), b""),
-                             (ti("d/u", pax_headers={"SCHILY.xattr.user.x": "1"}), b"")]))
+    p.write_bytes(
+        tar_bytes(
+            [
+                (ti("d", type=tarfile.DIRTYPE, mode=0o755), None),
+                (ti("d/a"), b"x" * 1000),
+                (ti("d/b"), b"y" * 24),
+                (ti("d/l", type=tarfile.SYMTYPE, linkname="/etc"), None),
+                (ti("d/h", type=tarfile.LNKTYPE, linkname="d/a"), None),
+                (ti("d/fifo", type=tarfile.FIFOTYPE), None),
+                (ti("d/cap", pax_headers={"SCHILY.xattr.security.capability": "\x01"}), b""),
+                (ti("d/u", pax_headers={"SCHILY.xattr.user.x": "1"}), b""),
+            ]
+        )
+    )
     assert layers.check_tar(p, "ok") == 1024

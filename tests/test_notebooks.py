@@ -17,14 +17,19 @@ from cowlab.results import RunWriter, Sample
 
 KiB, MiB = 1 << 10, 1 << 20
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = {n: REPO / "notebooks" / f"{n}.ipynb"
-             for n in ("02-copy-up", "03-deep-lookup", "04-density", "05-io")}
+NOTEBOOKS = {n: REPO / "notebooks" / f"{n}.ipynb" for n in ("02-copy-up", "03-deep-lookup", "04-density", "05-io")}
 SPREAD = [0.95, 1.0, 1.05]  # three repetitions around each median: the median is exact
 
 SIZES = [4 * KiB, MiB, 64 * MiB]
 FSES = ["ext4", "xfs", "btrfs"]
-OPS = {"append_1B": ["cold", "warm"], "write_middle_4B": ["cold", "warm"], "open_rdwr": ["warm"],
-       "chmod": ["warm"], "truncate": ["warm"], "second_append_1B": ["warm"]}
+OPS = {
+    "append_1B": ["cold", "warm"],
+    "write_middle_4B": ["cold", "warm"],
+    "open_rdwr": ["warm"],
+    "chmod": ["warm"],
+    "truncate": ["warm"],
+    "second_append_1B": ["warm"],
+}
 LAYERS = [1, 8, 32]
 KINDS = ["hit", "miss", "scan", "exec"]
 FILES, SET = 200, 64 * MiB
@@ -32,8 +37,15 @@ JOBS = ["seq-read-1m", "seq-write-1m", "rand-read-4k", "rand-write-4k", "first-w
 
 
 def prov(driver, host="hostA", emulated=False, backing_fs="ext4"):
-    p = {"hostname": host, "kernel": "6.1.0-test", "virtualization": "tcg" if emulated else "none",
-         "emulated": emulated, "cowlab_version": "0.1.0", "driver": driver, "quick": True}
+    p = {
+        "hostname": host,
+        "kernel": "6.1.0-test",
+        "virtualization": "tcg" if emulated else "none",
+        "emulated": emulated,
+        "cowlab_version": "0.1.0",
+        "driver": driver,
+        "quick": True,
+    }
     if backing_fs:
         p["backing_fs"] = backing_fs
     return p
@@ -45,6 +57,7 @@ def add(w, driver, workload, metric, value, unit, params):
 
 
 # --- copyup: overlay2 copies at open on ext4 (1 ms + 1 ms per 4 MiB), clones elsewhere ---------
+
 
 def copyup_ms(driver, fs, op, cache, size, metacopy):
     if driver == "vfs":
@@ -62,14 +75,24 @@ def write_copyup(out, run_id, driver, emulated=False, fses=FSES, ops=OPS, with_f
     for fs in fses:
         for op, caches in ops.items():
             for cache in caches:
-                for metacopy in ([True, False] if op == "chmod" else [None]):
+                for metacopy in [True, False] if op == "chmod" else [None]:
                     for size in SIZES:
                         params = {"file_size_bytes": size, "op": op, "cache": cache, "metacopy": metacopy}
                         if with_fs:
                             params["backing_fs"] = fs
                         if op == "chmod" and driver == "vfs":
-                            w.add(Sample("copyup_seconds", None, "s", params, status="skipped",
-                                         error="vfs has no option 'metacopy'"), driver, "copyup")
+                            w.add(
+                                Sample(
+                                    "copyup_seconds",
+                                    None,
+                                    "s",
+                                    params,
+                                    status="skipped",
+                                    error="vfs has no option 'metacopy'",
+                                ),
+                                driver,
+                                "copyup",
+                            )
                             continue
                         ms = copyup_ms(driver, fs, op, cache, size, metacopy) * (10 if emulated else 1)
                         add(w, driver, "copyup", "copyup_seconds", ms / 1e3, "s", params)
@@ -77,6 +100,7 @@ def write_copyup(out, run_id, driver, emulated=False, fses=FSES, ops=OPS, with_f
 
 
 # --- lookup: overlay2's cold lookups grow by 0.5 ms per layer, warm ones are flat --------------
+
 
 def lookup_ms(driver, kind, cache, layers):
     extra = 2.0 if kind == "exec" else 0.0
@@ -91,12 +115,12 @@ def write_lookup(out, run_id, driver):
         for kind in KINDS:
             for cache in ("cold", "warm"):
                 params = {"layers": layers, "path_dirs": 32, "kind": kind, "cache": cache}
-                add(w, driver, "lookup", "lookup_seconds", lookup_ms(driver, kind, cache, layers) / 1e3,
-                    "s", params)
+                add(w, driver, "lookup", "lookup_seconds", lookup_ms(driver, kind, cache, layers) / 1e3, "s", params)
     w.close("complete")
 
 
 # --- density: overlay2 caches the set once and duplicates dentries; vfs copies everything ------
+
 
 def write_density(out, run_id, driver):
     w = RunWriter(out, run_id, prov(driver))
@@ -108,11 +132,17 @@ def write_density(out, run_id, driver):
             for stat, v in (("file", SET), ("anon", 50 * KiB * k), ("kernel", 100 * KiB * k)):
                 add(w, driver, "density", "cgroup_memory_bytes", v, "B", {**p, "stat": stat, "cgroup": "v2"})
         else:
-            w.add(Sample("cgroup_memory_bytes", None, "B", dict(p), status="skipped",
-                         error="no memory cgroup"), driver, "density")
+            w.add(
+                Sample("cgroup_memory_bytes", None, "B", dict(p), status="skipped", error="no memory cgroup"),
+                driver,
+                "density",
+            )
         add(w, driver, "density", "dentry_count", (250 if union else 260) * k, "count", p)
-        for cache, n in (("dentry", 250 * k), ("ovl_inode", 200 * k if union else 0),
-                         ("ext4_inode_cache", 210 if union else 210 * k)):
+        for cache, n in (
+            ("dentry", 250 * k),
+            ("ovl_inode", 200 * k if union else 0),
+            ("ext4_inode_cache", 210 if union else 210 * k),
+        ):
             add(w, driver, "density", "slab_objects", n, "count", {**p, "cache": cache})
             add(w, driver, "density", "slab_bytes", n * 192, "B", {**p, "cache": cache})
         add(w, driver, "density", "inodes_used", (6 if union else 210) * k, "count", p)
@@ -122,12 +152,18 @@ def write_density(out, run_id, driver):
 
 # --- io: the same speed in the container and on a volume, except overlay2's seq-write (0.5×) ---
 
+
 def write_io(out, run_id, driver):
     w = RunWriter(out, run_id, prov(driver))
     for job in JOBS:
         for target in ("container", "volume"):
-            p = {"job": job, "target": target, "size_bytes": 64 * MiB, "fio_version": "fio-3.33",
-                 "direction": "read" if "read" in job else "write"}
+            p = {
+                "job": job,
+                "target": target,
+                "size_bytes": 64 * MiB,
+                "fio_version": "fio-3.33",
+                "direction": "read" if "read" in job else "write",
+            }
             bw = (400 if "1m" in job else 40) * MiB
             if driver == "overlay2" and job == "seq-write-1m" and target == "container":
                 bw /= 2
@@ -147,8 +183,7 @@ def resdir(tmp_path_factory):
         write_lookup(out, f"l-{driver}", driver)
         write_density(out, f"d-{driver}", driver)
         write_io(out, f"i-{driver}", driver)
-    write_copyup(out, "c-overlay2-tcg", "overlay2", emulated=True, fses=["ext4"],
-                 ops={"append_1B": ["cold"]})
+    write_copyup(out, "c-overlay2-tcg", "overlay2", emulated=True, fses=["ext4"], ops={"append_1B": ["cold"]})
     write_copyup(out, "c-vfs-nofs", "vfs", ops={"append_1B": ["cold"]}, fses=["?"], with_fs=False)
     return out
 
@@ -163,8 +198,9 @@ def outputs(resdir, tmp_path_factory):
 
     empty = tmp_path_factory.mktemp("empty")
     first = nbformat.read(NOTEBOOKS["02-copy-up"], as_version=4)
-    client = nbclient.NotebookClient(first, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(REPO / "notebooks")}})
+    client = nbclient.NotebookClient(
+        first, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}
+    )
     texts = {}
 
     def run(nb):
@@ -176,9 +212,16 @@ def outputs(resdir, tmp_path_factory):
     with client.setup_kernel():
         for name, path in NOTEBOOKS.items():
             for which, where in (("data", resdir), ("empty", empty)):
-                run(new_notebook(cells=[new_code_cell(
-                    "import matplotlib.pyplot\nmatplotlib.pyplot.close('all')\n%reset -f\n"
-                    f"import os\nos.environ['COWLAB_RESULTS'] = {str(where)!r}")]))
+                run(
+                    new_notebook(
+                        cells=[
+                            new_code_cell(
+                                "import matplotlib.pyplot\nmatplotlib.pyplot.close('all')\n%reset -f\n"
+                                f"import os\nos.environ['COWLAB_RESULTS'] = {str(where)!r}"
+                            )
+                        ]
+                    )
+                )
                 nb = nbformat.read(path, as_version=4)
                 run(nb)
                 text = []
@@ -190,13 +233,16 @@ def outputs(resdir, tmp_path_factory):
                         text.append(o.get("text", "") or o.get("data", {}).get("text/plain", ""))
                 texts[(name, which)] = "\n".join(text)
                 if which == "data":
-                    assert any("image/png" in o.get("data", {}) for c in nb.cells
-                               for o in c.get("outputs", [])), f"{name} drew no figure"
+                    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])), (
+                        f"{name} drew no figure"
+                    )
     return texts
 
 
-@pytest.mark.parametrize("name,workload", [("02-copy-up", "copyup"), ("03-deep-lookup", "lookup"),
-                                           ("04-density", "density"), ("05-io", "io")])
+@pytest.mark.parametrize(
+    "name,workload",
+    [("02-copy-up", "copyup"), ("03-deep-lookup", "lookup"), ("04-density", "density"), ("05-io", "io")],
+)
 def test_without_results_says_how_to_make_them(outputs, name, workload):
     out = outputs[(name, "empty")]
     assert f"No {workload} results under" in out
@@ -207,17 +253,19 @@ def test_without_results_says_how_to_make_them(outputs, name, workload):
 def test_copy_up(outputs):
     out = outputs[("02-copy-up", "data")]
     # ext4: (1 + 16) ms ÷ (1 + 1/1024) ms, cold; the clone filesystems are flat
-    assert ("[ext4] overlay2: the first 1-byte append (cold cache) for a 64 MiB file takes 17× as "
-            "long as for a 4 KiB file (25.5 ms vs 1.5 ms") in out
+    assert (
+        "[ext4] overlay2: the first 1-byte append (cold cache) for a 64 MiB file takes 17× as "
+        "long as for a 4 KiB file (25.5 ms vs 1.5 ms"
+    ) in out
     assert "The file is 16,384× larger." in out
     assert "[xfs] overlay2: the first 1-byte append (cold cache) for a 64 MiB file takes 1× as long" in out
-    assert ("overlay2 [cold cache, 64 MiB file]: the first append on ext4 takes 57× as long as on xfs"
-            in out)
+    assert "overlay2 [cold cache, 64 MiB file]: the first append on ext4 takes 57× as long as on xfs" in out
     assert "overlay2 [ext4, 64 MiB file]: chmod with metacopy=on takes 1/170 as long as with metacopy=off" in out
     assert "vfs: no chmod samples (skipped: vfs has no option 'metacopy')." in out
     assert "overlay2 [ext4, 64 MiB file]: the second 1-byte append takes 1/850 as long as the first" in out
-    assert ("overlay2 [ext4, 64 MiB file]: opening for writing without a write takes 1× as long as "
-            "the first append") in out
+    assert (
+        "overlay2 [ext4, 64 MiB file]: opening for writing without a write takes 1× as long as the first append"
+    ) in out
     # emulated runs get their own sentences; samples without a backing fs are kept apart
     assert "overlay2 (emulated): the first 1-byte append (cold cache)" in out
     assert "overlay2 (emulated): no results on xfs, btrfs." in out
@@ -240,10 +288,14 @@ def test_deep_lookup(outputs):
 
 def test_density(outputs):
     out = outputs[("04-density", "data")]
-    assert ("overlay2: the page cache charged to the readers' cgroup (memory.stat file) with 8 "
-            "containers is 1× as large as with 1 container") in out
-    assert ("vfs: the machine-wide page cache growth (Cached; no cgroup numbers for this driver) "
-            "with 8 containers is 8× as large as with 1 container") in out
+    assert (
+        "overlay2: the page cache charged to the readers' cgroup (memory.stat file) with 8 "
+        "containers is 1× as large as with 1 container"
+    ) in out
+    assert (
+        "vfs: the machine-wide page cache growth (Cached; no cgroup numbers for this driver) "
+        "with 8 containers is 8× as large as with 1 container"
+    ) in out
     assert "Each extra container added 64 MiB: 100% of one copy of the set" in out
     assert "overlay2: the growth in dentries with 8 containers is 8× as large as with 1 container" in out
     assert "Each extra container added 250 dentries: 1.2 per file of the set" in out
@@ -253,11 +305,15 @@ def test_density(outputs):
 
 def test_io(outputs):
     out = outputs[("05-io", "data")]
-    assert ("overlay2 [seq-write-1m]: bandwidth in the container's root is 0.5× as large as on a "
-            "volume (200 MiB/s vs 400 MiB/s") in out
+    assert (
+        "overlay2 [seq-write-1m]: bandwidth in the container's root is 0.5× as large as on a "
+        "volume (200 MiB/s vs 400 MiB/s"
+    ) in out
     assert "vfs [seq-read-1m]: bandwidth in the container's root is 1× as large as on a volume" in out
     assert "overlay2 [first-write]: p99 latency in the container's root is 1× as long as on a volume" in out
     # the one-off copy-up cost from the same results: (1 + 16) ms, × the volume's 400 MiB/s
-    assert ("overlay2 on ext4: the first 1-byte append to a 64 MiB image file takes 17 ms (median, "
-            "warm cache); at the volume's sequential write bandwidth measured here (400 MiB/s) that "
-            "is the time to write 6.8 MiB.") in out
+    assert (
+        "overlay2 on ext4: the first 1-byte append to a 64 MiB image file takes 17 ms (median, "
+        "warm cache); at the volume's sequential write bandwidth measured here (400 MiB/s) that "
+        "is the time to write 6.8 MiB."
+    ) in out

@@ -269,6 +269,7 @@ LOOP_SIZE = {"ext4": 64 << 20, "xfs": 320 << 20, "btrfs": 160 << 20}  # sparse: 
 @pytest.mark.parametrize("fstype", ["ext4", "xfs", "btrfs"])
 def test_on_a_loop_backing(state, store, fstype):
     from conftest import loops_under
+
     if not shutil.which(backing.MKFS[fstype][0]) and not os.path.exists("/sbin/" + backing.MKFS[fstype][0]):
         pytest.skip(f"{backing.MKFS[fstype][0]} is not installed")
     img = store.build(spec_of(BASE, name="base"))

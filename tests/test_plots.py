@@ -25,20 +25,28 @@ def points():
     return [(s, 1) for s in SIZES] + [(MiB, n) for n in LAYERS if n != 1]
 
 
-def write_run(out: Path, run_id: str, driver: str, median_ms, host="hostA", emulated=False,
-              floor_ms=None):
-    prov = {"hostname": host, "kernel": "6.1.0-test", "virtualization": "tcg" if emulated else "none",
-            "emulated": emulated, "backing_fs": "ext4", "cowlab_version": "0.1.0", "driver": driver}
+def write_run(out: Path, run_id: str, driver: str, median_ms, host="hostA", emulated=False, floor_ms=None):
+    prov = {
+        "hostname": host,
+        "kernel": "6.1.0-test",
+        "virtualization": "tcg" if emulated else "none",
+        "emulated": emulated,
+        "backing_fs": "ext4",
+        "cowlab_version": "0.1.0",
+        "driver": driver,
+    }
     w = RunWriter(out, run_id, prov)
     for size, layers in points():
         params = {"image_size_bytes": size, "layers": layers}
         for rep, d in enumerate(SPREAD):
-            w.add(Sample("create_seconds", (median_ms(size, layers) + 0.5 * d) / 1e3, "s", params, rep),
-                  driver, "creation")
+            w.add(
+                Sample("create_seconds", (median_ms(size, layers) + 0.5 * d) / 1e3, "s", params, rep),
+                driver,
+                "creation",
+            )
             w.add(Sample("remove_seconds", (2.0 + 0.5 * d) / 1e3, "s", params, rep), driver, "creation")
             if floor_ms is not None:
-                w.add(Sample("floor_seconds", (floor_ms + 0.1 * d) / 1e3, "s", params, rep),
-                      driver, "mount_floor")
+                w.add(Sample("floor_seconds", (floor_ms + 0.1 * d) / 1e3, "s", params, rep), driver, "mount_floor")
     w.add(Sample("space_bytes", 4096, "B", {"event": "create"}), driver, "space")  # another workload
     w.close("complete")
 
@@ -127,29 +135,32 @@ def test_line_by_driver_native_only_and_empty(df):
 
 
 def test_ratio_sentence(df):
-    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2",
-                             filter={"layers": 1})
-    assert s.startswith("overlay2: creating a container from a 1 GiB image takes 1.1× as long as "
-                        "from a 1 MiB image (3.3 ms vs 3 ms, medians")
+    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2", filter={"layers": 1})
+    assert s.startswith(
+        "overlay2: creating a container from a 1 GiB image takes 1.1× as long as "
+        "from a 1 MiB image (3.3 ms vs 3 ms, medians"
+    )
     assert "emulated samples left out" in s  # native wins, the mix is not pooled
-    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2",
-                             filter={"layers": 1}, emulated=True)
+    s = figures.ratio_sentence(
+        df, "create_seconds", "image_size_bytes", MiB, GiB, "overlay2", filter={"layers": 1}, emulated=True
+    )
     assert s.startswith("overlay2 (emulated):") and " 1× as long" in s
     s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, GiB, "vfs", filter={"layers": 1})
     assert "1,024× as long" in s and "(2.05 s vs 2 ms," in s
-    s = figures.driver_ratio_sentence(df, "create_seconds", "image_size_bytes", GiB, "vfs", "overlay2",
-                                    filter={"layers": 1})
+    s = figures.driver_ratio_sentence(
+        df, "create_seconds", "image_size_bytes", GiB, "vfs", "overlay2", filter={"layers": 1}
+    )
     assert s.startswith("At a 1 GiB image, creating a container with vfs takes 621× as long as with overlay2")
 
 
 def test_ratio_sentence_missing_data(df):
-    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, 4 * GiB, "overlay2",
-                             filter={"layers": 1})
+    s = figures.ratio_sentence(df, "create_seconds", "image_size_bytes", MiB, 4 * GiB, "overlay2", filter={"layers": 1})
     assert "no create_seconds data at image size 4 GiB" in s and "have: 1 MiB, 64 MiB, 1 GiB" in s
     assert "no create_seconds data" in figures.ratio_sentence(df, "create_seconds", "layers", 1, 4, "zfs")
     assert "no ratio" in figures.ratio_sentence(df.iloc[0:0], "create_seconds", "layers", 1, 4, "vfs")
-    s = figures.driver_ratio_sentence(df, "create_seconds", "image_size_bytes", GiB, "zfs", "overlay2",
-                                    filter={"layers": 1})
+    s = figures.driver_ratio_sentence(
+        df, "create_seconds", "image_size_bytes", GiB, "zfs", "overlay2", filter={"layers": 1}
+    )
     assert "no create_seconds data" in s and "zfs" in s
 
 
@@ -175,8 +186,13 @@ def test_results_dir(monkeypatch, tmp_path):
 
 def test_importable_without_display():
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
-    out = subprocess.run([sys.executable, "-c", "import cowlab.report.figures, matplotlib; print(matplotlib.get_backend())"],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import cowlab.report.figures, matplotlib; print(matplotlib.get_backend())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip().lower() == "agg"
 
 
@@ -186,8 +202,9 @@ def run_notebook(path: Path, resdir: Path, monkeypatch) -> str:
     pytest.importorskip("ipykernel")
     monkeypatch.setenv("COWLAB_RESULTS", str(resdir))
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     text = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):

@@ -71,7 +71,7 @@ def test_meminfo_in_bytes():
     m = probes.parse_meminfo(MEMINFO)
     assert m["Cached"] == 116276 * 1024
     assert m["MemTotal"] == 24684096 * 1024
-    assert m["HugePages_Total"] == 0            # a count, not kB
+    assert m["HugePages_Total"] == 0  # a count, not kB
     assert m["Hugepagesize"] == 2048 * 1024
 
 
@@ -85,7 +85,7 @@ def test_slabinfo():
     assert set(s) == {"xfs_inode", "ovl_inode", "ext4_inode_cache", "dentry", "kmalloc-64"}
     d = s["dentry"]
     assert (d.active_objs, d.num_objs, d.objsize) == (1773, 3234, 192)
-    assert d.bytes == 154 * 1 * 4096           # num_slabs × pagesperslab × page size
+    assert d.bytes == 154 * 1 * 4096  # num_slabs × pagesperslab × page size
     assert s["ext4_inode_cache"].bytes == 60 * 4 * 4096
     assert s["ovl_inode"].active_objs == 184
 
@@ -110,7 +110,7 @@ def test_memory_stat_v1_normalised():
     raw = probes.parse_memory_stat(MEMORY_STAT_V1)
     assert raw["cache"] == 6553600 and raw["hierarchical_memory_limit"] == 9223372036854771712
     n = probes.normalize_memory_stat(raw, 1, kmem=123)
-    assert n == {"file": 6557696, "anon": 2052096, "kernel": 123}   # total_* (children included)
+    assert n == {"file": 6557696, "anon": 2052096, "kernel": 123}  # total_* (children included)
 
 
 def test_memory_stat_v2_normalised():
@@ -168,7 +168,7 @@ def test_memory_cgroup_made_and_released(tmp_path):
         stat = cg.stat()
         assert {"file", "anon"} <= set(stat)
         path = cg.path
-    assert not path.exists()                   # released (rmdir) with the run
+    assert not path.exists()  # released (rmdir) with the run
 
 
 def test_hard_links_counts_extra_names_of_files_not_copies(tmp_path):

@@ -74,6 +74,7 @@ def test_engine_mode_derives_its_drivers():
 
 def test_figures_derive_their_colours():
     from cowlab.report import figures
+
     for n, cls in DRIVERS.items():
         assert figures.driver_color(n) == cls.color
     assert is_color_like(figures.driver_color("devicemapper"))  # engine-only: a stable spare colour
@@ -89,6 +90,7 @@ def test_nox_has_a_bench_session_per_driver(monkeypatch):
         def deco(f):
             names.append(name or f.__name__)
             return f
+
         return deco(fn) if callable(fn) else deco
 
     fake.session = session
@@ -122,15 +124,30 @@ def test_adding_a_driver_is_one_module(tmp_path):
     registered, in engine mode's list or not as it declares, coloured in figures, complete."""
     shutil.copytree(REPO / "src" / "cowlab", tmp_path / "cowlab", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "cowlab" / "storage" / "drivers" / "reflink.py").write_text(_example_module())
-    code = ("import json; from cowlab.storage import drivers; from cowlab.report import figures; "
-            "from cowlab.measure.engine import drivers as ED; "
-            "c = drivers.get('reflink'); "
-            "print(json.dumps({'undeclared': drivers.undeclared(c), 'color': figures.driver_color('reflink'), "
-            "'engine': 'reflink' in ED.ENGINE_DRIVERS, 'machine': 'reflink' in drivers.machines(), "
-            "'copy': c.COPY, 'module': c.__module__, 'table': '`reflink`' in drivers.doc_table()}))")
-    cp = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
+    code = (
+        "import json; from cowlab.storage import drivers; from cowlab.report import figures; "
+        "from cowlab.measure.engine import drivers as ED; "
+        "c = drivers.get('reflink'); "
+        "print(json.dumps({'undeclared': drivers.undeclared(c), 'color': figures.driver_color('reflink'), "
+        "'engine': 'reflink' in ED.ENGINE_DRIVERS, 'machine': 'reflink' in drivers.machines(), "
+        "'copy': c.COPY, 'module': c.__module__, 'table': '`reflink`' in drivers.doc_table()}))"
+    )
+    cp = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert cp.returncode == 0, cp.stderr
     got = json.loads(cp.stdout)
-    assert got == {"undeclared": [], "color": "#1b9e77", "engine": False, "machine": False,
-                   "copy": ["cp", "-a", "--reflink=always"], "module": "cowlab.storage.drivers.reflink", "table": True}
+    assert got == {
+        "undeclared": [],
+        "color": "#1b9e77",
+        "engine": False,
+        "machine": False,
+        "copy": ["cp", "-a", "--reflink=always"],
+        "module": "cowlab.storage.drivers.reflink",
+        "table": True,
+    }

@@ -31,6 +31,7 @@ def test_owner_and_entries_are_journaled(state):
     def create():
         seen.append(entries(res))  # the journal entry exists before the resource does
         d.mkdir()
+
     res.acquire("dir", create, path=str(d))
     assert seen == [[{"kind": "dir", "path": str(d)}]]
     assert d.is_dir()
@@ -46,6 +47,7 @@ def test_failed_creation_is_released(state):
         d.mkdir()
         (d / "part").write_text("x")
         raise RuntimeError("boom")
+
     with pytest.raises(RuntimeError, match="boom"):
         res.acquire("dir", create, path=str(d))
     assert not d.exists()
@@ -60,6 +62,7 @@ def test_reverse_order_and_errors_do_not_stop_teardown(state, monkeypatch):
         order.append(e["n"])
         if e.get("fail"):
             raise OSError("stuck")
+
     monkeypatch.setitem(RELEASERS, "test-order", rel)
     res = Resources.for_run(state)
     for n in range(4):
@@ -151,8 +154,7 @@ def test_owners_order(state):
     run = Resources.for_run(state)
     kinds = [o["kind"] for o in resources.owners(state)]
     assert kinds == ["run", "container", "backing"]
-    assert resources.owner_alive({"kind": "run", "pid": os.getpid(),
-                                  "starttime": sysutil.proc_starttime(os.getpid())})
+    assert resources.owner_alive({"kind": "run", "pid": os.getpid(), "starttime": sysutil.proc_starttime(os.getpid())})
     assert not resources.owner_alive({"kind": "run", "pid": os.getpid(), "starttime": 1})  # pid reused
     assert resources.owner_alive({"kind": "container"})
     run.close()
@@ -174,11 +176,12 @@ ctypes.CDLL(None).pthread_exit(None)
 
 def _stat(pid: int) -> list[str]:
     s = open(f"/proc/{pid}/stat").read()
-    return s[s.rindex(")") + 2:].split()
+    return s[s.rindex(")") + 2 :].split()
 
 
 def test_kill_pid_waits_for_a_zombie_leader_whose_threads_still_run():
     import subprocess
+
     p = subprocess.Popen([sys.executable, "-c", _LEADER_GONE_THREAD_ON])
     st = sysutil.proc_starttime(p.pid)
     deadline = time.monotonic() + 10
@@ -198,6 +201,7 @@ def test_kill_pid_waits_for_a_zombie_leader_whose_threads_still_run():
 
 def test_kill_pid_reaps_a_dead_zombie_child_at_once():
     import subprocess
+
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     st = sysutil.proc_starttime(p.pid)
     while _stat(p.pid)[0] != "Z":
@@ -239,6 +243,7 @@ def test_a_lazy_release_keeps_its_entry_until_flushed_and_replaying_it_is_harmle
     """Bench removals unlink their journal entries between samples (release(lazy=True)): until
     then the entry stays, and a cleanup that replays it (after a kill) finds nothing to do."""
     from cowlab.base.resources import RELEASERS, Resources
+
     res = Resources.for_run(state)
     d = state.tmp / "lazy-dir"
     h = res.acquire("dir", lambda: d.mkdir(), path=str(d))

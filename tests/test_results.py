@@ -18,18 +18,27 @@ from cowlab.results import RunWriter, Sample
 
 def _prov(**extra) -> dict:
     p = provenance.collect(["cowlab", "test"], tools=[])
-    p.update(driver="vfs", quick=True, harness="cowlab bench",
-             driver_metadata={"backing": "host", "backing_fs": "ext4", "backing_mount_options": "rw"})
+    p.update(
+        driver="vfs",
+        quick=True,
+        harness="cowlab bench",
+        driver_metadata={"backing": "host", "backing_fs": "ext4", "backing_mount_options": "rw"},
+    )
     p.update(extra)
     return p
 
 
 def make_run(out, run_id="r1", samples=None, status="complete", **prov):
     w = RunWriter(out, run_id, _prov(**prov))
-    samples = samples if samples is not None else [
-        Sample("create_seconds", 0.01 * (i + 1), "s", {"image_size_bytes": 1 << 20, "layers": L}, i)
-        for L in (1, 16) for i in range(3)
-    ]
+    samples = (
+        samples
+        if samples is not None
+        else [
+            Sample("create_seconds", 0.01 * (i + 1), "s", {"image_size_bytes": 1 << 20, "layers": L}, i)
+            for L in (1, 16)
+            for i in range(3)
+        ]
+    )
     for s in samples:
         w.add(s, "vfs", "creation")
     w.close(status)
@@ -91,8 +100,19 @@ def test_load_dataframe(tmp_path):
         warnings.simplefilter("error")
         df = results.load(tmp_path)
     assert len(df) == 6
-    for col in ("image_size_bytes", "layers", "value", "metric", "driver", "kernel", "hostname",
-                "virtualization", "backing_fs", "cowlab_version", "run_dir"):
+    for col in (
+        "image_size_bytes",
+        "layers",
+        "value",
+        "metric",
+        "driver",
+        "kernel",
+        "hostname",
+        "virtualization",
+        "backing_fs",
+        "cowlab_version",
+        "run_dir",
+    ):
         assert col in df.columns, col
     assert set(df["layers"]) == {1, 16}
     assert (df["kernel"] == platform.release()).all()
@@ -142,8 +162,19 @@ def test_truncated_middle_line_is_a_warning(tmp_path):
 
 
 def _valid(**over):
-    rec = {"schema_version": 1, "run_id": "r1", "driver": "vfs", "mode": "primitive", "workload": "creation",
-           "metric": "create_seconds", "value": 0.5, "unit": "s", "repetition": 0, "params": {}, "status": "ok"}
+    rec = {
+        "schema_version": 1,
+        "run_id": "r1",
+        "driver": "vfs",
+        "mode": "primitive",
+        "workload": "creation",
+        "metric": "create_seconds",
+        "value": 0.5,
+        "unit": "s",
+        "repetition": 0,
+        "params": {},
+        "status": "ok",
+    }
     rec.update(over)
     return rec
 
@@ -199,11 +230,14 @@ def test_huge_integer_value_is_ignored(tmp_path, digits):
 
 
 def test_failed_and_skipped_excluded_unless_asked(tmp_path):
-    make_run(tmp_path, samples=[
-        Sample("create_seconds", 0.1, "s", {"layers": 1}),
-        Sample("create_seconds", None, "s", {"layers": 2}, status="failed", error="boom"),
-        Sample("workload", None, "count", {}, status="skipped", error="lacks bare_mount"),
-    ])
+    make_run(
+        tmp_path,
+        samples=[
+            Sample("create_seconds", 0.1, "s", {"layers": 1}),
+            Sample("create_seconds", None, "s", {"layers": 2}, status="failed", error="boom"),
+            Sample("workload", None, "count", {}, status="skipped", error="lacks bare_mount"),
+        ],
+    )
     df = results.load(tmp_path)
     assert df["status"].tolist() == ["ok"] and len(df) == 1
     full = results.load(tmp_path, include_failed=True)
@@ -214,8 +248,10 @@ def test_failed_and_skipped_excluded_unless_asked(tmp_path):
 
 
 def test_param_wins_over_run_provenance(tmp_path):
-    make_run(tmp_path, samples=[Sample("import_seconds", 0.1, "s", {"backing_fs": "xfs"}),
-                                Sample("import_seconds", 0.2, "s", {})])
+    make_run(
+        tmp_path,
+        samples=[Sample("import_seconds", 0.1, "s", {"backing_fs": "xfs"}), Sample("import_seconds", 0.2, "s", {})],
+    )
     df = results.load(tmp_path).sort_values("value")
     assert df["backing_fs"].tolist() == ["xfs", "ext4"]
 

@@ -72,21 +72,36 @@ def test_defaults():
     assert (s.seed, s.mtime, s.layer_count, s.source) == (0, 1_700_000_000, 1, "<data>")
 
 
-@pytest.mark.parametrize("v,n", [(0, 0), (4096, 4096), ("4096", 4096), ("1B", 1), ("4KiB", 4096),
-                                 ("4kib", 4096), (" 64MiB ", 64 << 20), ("1GiB", 1 << 30),
-                                 ("1TiB", 1 << 40), ("3MB", 3_000_000), ("1GB", 10**9)])
+@pytest.mark.parametrize(
+    "v,n",
+    [
+        (0, 0),
+        (4096, 4096),
+        ("4096", 4096),
+        ("1B", 1),
+        ("4KiB", 4096),
+        ("4kib", 4096),
+        (" 64MiB ", 64 << 20),
+        ("1GiB", 1 << 30),
+        ("1TiB", 1 << 40),
+        ("3MB", 3_000_000),
+        ("1GB", 10**9),
+    ],
+)
 def test_parse_size(v, n):
     assert spec.parse_size(v, "w") == n
 
 
-@pytest.mark.parametrize("v", ["lots", "1.5MiB", "-1", "4 K iB", "2TiB", "1PiB", "", True, 1.0, None,
-                               [1], -5, (1 << 40) + 1])
+@pytest.mark.parametrize(
+    "v", ["lots", "1.5MiB", "-1", "4 K iB", "2TiB", "1PiB", "", True, 1.0, None, [1], -5, (1 << 40) + 1]
+)
 def test_parse_size_rejects(v):
     with pytest.raises(CowlabError, match="^where"):
         spec.parse_size(v, "where")
 
 
 # --- errors name the file, the layer and the field ---------------------------------------
+
 
 def layer_spec(ops_layer2: str) -> str:
     return f"""\
@@ -145,7 +160,7 @@ FILE_ERRORS = {
     "empty layers": ('name = "x"\nlayers = []\n', ["'layers'"]),
     "no layers": ('name = "x"\n', ["'layers'"]),
     "layers not tables": ('name = "x"\nlayers = [1]\n', ["layer 1"]),
-    "missing name": ('[[layers]]\nops = []\n', ["'name'"]),
+    "missing name": ("[[layers]]\nops = []\n", ["'name'"]),
     "bad name": ('name = "-x y"\n[[layers]]\nops = []\n', ["'name'"]),
     "unknown top-level": ('name = "x"\nimage = 1\n[[layers]]\nops = []\n', ["'image'"]),
     "negative seed": ('name = "x"\nseed = -1\n[[layers]]\nops = []\n', ["'seed'"]),
@@ -187,13 +202,43 @@ def test_copy_of_an_existing_host_file(tmp_path):
 FIELDS = sorted({f for fields in spec.OPS.values() for f in fields})
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-2, max_value=70000),
-    st.floats(allow_nan=True), st.text(max_size=12),
-    st.sampled_from(["/", "/a", "/a/b", "a", "/..", "/a/../b", "/.wh.x", "/a\x00b", "4KiB", "64MiB",
-                     "0644", "1777", "99", "random", "zero", "text", "repeat", "", ".", "..", "/etc/passwd"]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-2, max_value=70000),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "/",
+            "/a",
+            "/a/b",
+            "a",
+            "/..",
+            "/a/../b",
+            "/.wh.x",
+            "/a\x00b",
+            "4KiB",
+            "64MiB",
+            "0644",
+            "1777",
+            "99",
+            "random",
+            "zero",
+            "text",
+            "repeat",
+            "",
+            ".",
+            "..",
+            "/etc/passwd",
+        ]
+    ),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                      max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 PLAUSIBLE = {
@@ -202,9 +247,13 @@ PLAUSIBLE = {
     "target": st.sampled_from(["/a", "/a/b", "lib", "../x", "", "/d/e/f"]),
     "size": st.sampled_from([0, 1, 4096, "4KiB", "1MiB", "2TiB", "x", -1, 1.5]) | st.integers(),
     "mode": st.sampled_from(["0644", "1777", "755", "0o644", "9999", 0o644, -1, 70000]),
-    "uid": st.integers(-3, 2**32 + 3), "gid": st.integers(-3, 2**32 + 3),
-    "count": st.integers(-1, 4), "pattern": st.sampled_from(["random", "zero", "text", "repeat", "pi"]),
-    "seed": st.integers(), "recursive": st.booleans(), "prefix": st.text(max_size=6),
+    "uid": st.integers(-3, 2**32 + 3),
+    "gid": st.integers(-3, 2**32 + 3),
+    "count": st.integers(-1, 4),
+    "pattern": st.sampled_from(["random", "zero", "text", "repeat", "pi"]),
+    "seed": st.integers(),
+    "recursive": st.booleans(),
+    "prefix": st.text(max_size=6),
     "xattrs": st.dictionaries(st.text(max_size=8), st.text(max_size=4), max_size=2),
     "source": st.sampled_from(["/etc/hostname", "/nonexistent", "/etc", "/a\x00b"]),
 }
@@ -239,24 +288,39 @@ def spec_dicts(draw):
     """Mostly a valid skeleton with plausible layers; sometimes a corrupted top level."""
     if draw(st.integers(0, 29)) == 0:
         return draw(values)
-    d = {"name": draw(st.sampled_from(["demo", "a/b:1", "size-64MiB"])),
-         "layers": draw(st.lists(st.fixed_dictionaries({"ops": st.lists(op_dicts(), max_size=4)},
-                                                       optional={"comment": values}),
-                                 min_size=1, max_size=3))}
+    d = {
+        "name": draw(st.sampled_from(["demo", "a/b:1", "size-64MiB"])),
+        "layers": draw(
+            st.lists(
+                st.fixed_dictionaries({"ops": st.lists(op_dicts(), max_size=4)}, optional={"comment": values}),
+                min_size=1,
+                max_size=3,
+            )
+        ),
+    }
     for k in draw(st.lists(st.sampled_from(["seed", "mtime", "description", "extra"]), unique=True)):
-        d[k] = draw(st.integers(0, 2**64)) if k in ("seed", "mtime") else draw(st.dictionaries(st.text(max_size=4), values, max_size=2))
+        d[k] = (
+            draw(st.integers(0, 2**64))
+            if k in ("seed", "mtime")
+            else draw(st.dictionaries(st.text(max_size=4), values, max_size=2))
+        )
     if draw(st.integers(0, 4)) == 0:  # corrupt one top-level entry
         k = draw(st.sampled_from(["name", "seed", "mtime", "layers", "description", "extra", "x"]))
-        d[k] = draw(values | st.lists(values | st.dictionaries(st.sampled_from(["ops", "comment", "x"]), values),
-                                      max_size=2))
+        d[k] = draw(
+            values | st.lists(values | st.dictionaries(st.sampled_from(["ops", "comment", "x"]), values), max_size=2)
+        )
     return d
 
 
 @settings(max_examples=200)
 @given(spec_dicts())
 @example({"name": "x", "layers": [{"ops": [{"op": "file", "path": "/a", "size": "64MiB"}]}]})
-@example({"name": "x", "layers": [{"ops": [{"op": "files", "dir": "/a", "count": 3, "size": 1,
-                                            "prefix": "p", "mode": "0600"}]}]})
+@example(
+    {
+        "name": "x",
+        "layers": [{"ops": [{"op": "files", "dir": "/a", "count": 3, "size": 1, "prefix": "p", "mode": "0600"}]}],
+    }
+)
 def test_from_dict_fuzz(d):
     try:
         r = spec.from_dict(d, "fuzz.toml")
@@ -278,6 +342,7 @@ def test_from_dict_fuzz(d):
 
 # --- src bugs found by the fuzzer and by reading ---------------------------------------------
 
+
 def test_unhashable_op_is_a_cowlab_error():
     with pytest.raises(CowlabError, match="layer 1, op 1.*'op'"):
         spec.from_dict({"name": "x", "layers": [{"ops": [{"op": []}]}]})
@@ -297,12 +362,12 @@ def test_absurdly_long_size_is_a_cowlab_error():
 @pytest.mark.parametrize("prefix", ["../../x", "a/../../b", ".wh."])
 def test_files_prefix_is_checked(prefix):
     with pytest.raises(CowlabError, match="'prefix'"):
-        spec.from_dict({"name": "x", "layers": [{"ops": [
-            {"op": "files", "dir": "/d", "count": 1, "size": 1, "prefix": prefix}]}]})
+        spec.from_dict(
+            {"name": "x", "layers": [{"ops": [{"op": "files", "dir": "/d", "count": 1, "size": 1, "prefix": prefix}]}]}
+        )
 
 
 @pytest.mark.parametrize("xattrs", [{"user.a": 5}, {"trusted.overlay.opaque": "y"}])
 def test_xattrs_are_checked(xattrs):
     with pytest.raises(CowlabError, match="xattr"):
-        spec.from_dict({"name": "x", "layers": [{"ops": [
-            {"op": "file", "path": "/a", "size": 1, "xattrs": xattrs}]}]})
+        spec.from_dict({"name": "x", "layers": [{"ops": [{"op": "file", "path": "/a", "size": 1, "xattrs": xattrs}]}]})

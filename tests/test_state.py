@@ -10,8 +10,9 @@ from cowlab.base.errors import CowlabError
 from cowlab.base.state import MARKER, StateRoot, resolve_root
 
 
-@pytest.mark.parametrize("p", ["/", "/usr", "/usr/", "/etc", "/tmp", "/var/lib", "/var/lib/docker",
-                               "/home", "/root", "/usr/../usr", "//usr"])
+@pytest.mark.parametrize(
+    "p", ["/", "/usr", "/usr/", "/etc", "/tmp", "/var/lib", "/var/lib/docker", "/home", "/root", "/usr/../usr", "//usr"]
+)
 def test_system_directories_refused(p):
     with pytest.raises(CowlabError, match="system directory"):
         resolve_root(p)

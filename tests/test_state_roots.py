@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import mounts_under
 from cowlab.base import resources as R
 from cowlab.base import sysutil
 from cowlab.base.state import StateRoot
 from cowlab.run import cleanup
-from conftest import mounts_under
 
 SPEC = 'name = "demo"\n[[layers]]\nops = [{op = "file", path = "/etc/hello", size = 100}]\n'
 
@@ -64,6 +64,7 @@ def test_cleanup_leaves_a_root_made_inside_it_alone(tmp_path):
 def _zfs_or_skip():
     from cowlab.storage.drivers import DRIVERS
     from cowlab.storage.drivers.zfs import daemon as D
+
     if D.implementation() != "fuse":
         pytest.skip("needs zfs-fuse (kernel ZFS has no daemon to share): sudo bash vagrant/provision/zfs.sh")
     p = DRIVERS["zfs"].probe()
@@ -78,6 +79,7 @@ def test_two_roots_share_zfs_fuse_and_keep_their_containers(cli, tmp_path):
     _zfs_or_skip()
     from cowlab.storage.drivers.zfs import daemon as D
     from cowlab.storage.drivers.zfs.driver import pool_prefix
+
     a, b = tmp_path / "a", tmp_path / "b"
     spec = tmp_path / "s.toml"
     spec.write_text(SPEC)

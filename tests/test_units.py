@@ -15,9 +15,23 @@ from cowlab.measure import probes
 SRC = Path(__file__).resolve().parents[1] / "src" / "cowlab"
 
 
-@pytest.mark.parametrize("v,n", [(512, 512), ("512", 512), ("64K", 64 << 10), ("64KiB", 64 << 10),
-                                 ("64KB", 64 << 10), ("8G", 8 << 30), (" 10GiB ", 10 << 30), ("1B", 1),
-                                 ("1.5G", 3 << 29), ("1.50K", 1536), ("2P", 2 << 50), ("4kib", 4096)])
+@pytest.mark.parametrize(
+    "v,n",
+    [
+        (512, 512),
+        ("512", 512),
+        ("64K", 64 << 10),
+        ("64KiB", 64 << 10),
+        ("64KB", 64 << 10),
+        ("8G", 8 << 30),
+        (" 10GiB ", 10 << 30),
+        ("1B", 1),
+        ("1.5G", 3 << 29),
+        ("1.50K", 1536),
+        ("2P", 2 << 50),
+        ("4kib", 4096),
+    ],
+)
 def test_parse_size(v, n):
     assert parse_size(v) == n
 
@@ -42,9 +56,14 @@ def test_every_size_goes_through_one_parser():
         if p.name == "units.py":
             continue
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.FunctionDef) and node.name in ("parse_size", "_size", "_parse_size") \
-                    and not any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", "")) ==
-                                "parse_size" for n in ast.walk(node)):
+            if (
+                isinstance(node, ast.FunctionDef)
+                and node.name in ("parse_size", "_size", "_parse_size")
+                and not any(
+                    isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", "")) == "parse_size"
+                    for n in ast.walk(node)
+                )
+            ):
                 own.append(f"{p.relative_to(SRC)}:{node.lineno} {node.name}")
     assert not own, own
 
@@ -66,9 +85,14 @@ def test_density_readings_have_one_definition(monkeypatch):
     cached, dentries = iter([1 << 20, 5 << 20]), iter([40_000, 40_600])
     before, after = probes.cache_snapshot("ext4"), probes.cache_snapshot("ext4")
     got = {(m, x.get("cache")): v for m, v, unit, x in probes.cache_growth(before, after)}
-    assert got == {("page_cache_bytes", None): 4 << 20, ("dentry_count", None): 600,
-                   ("slab_bytes", "dentry"): 500 * 192, ("slab_objects", "dentry"): 500,
-                   ("slab_bytes", "ovl_inode"): 10 * 688, ("slab_objects", "ovl_inode"): 10}
+    assert got == {
+        ("page_cache_bytes", None): 4 << 20,
+        ("dentry_count", None): 600,
+        ("slab_bytes", "dentry"): 500 * 192,
+        ("slab_objects", "dentry"): 500,
+        ("slab_bytes", "ovl_inode"): 10 * 688,
+        ("slab_objects", "ovl_inode"): 10,
+    }
 
 
 def test_engine_and_primitive_density_share_the_readings():

@@ -40,6 +40,7 @@ def test_machine_table_parses():
 def test_every_machine_is_a_backend():
     """A machine is named after a driver of the registry (so it has a bench session too)."""
     from cowlab.storage import drivers
+
     unknown = sorted(set(machines()) - set(drivers.DRIVERS))
     assert not unknown, f"Vagrant machines that are no driver of cowlab.storage.drivers: {unknown}"
 
@@ -48,8 +49,9 @@ def test_every_machine_has_its_provisioning_script():
     kinds = re.search(r"KIND: ([a-z| -]+)", (PROVISION / "vm-setup.sh").read_text()).group(1)
     kinds = {k.strip() for k in kinds.split("|")}
     for name, m in machines().items():
-        assert any((PROVISION / s).exists() for s in m["scripts"]), \
+        assert any((PROVISION / s).exists() for s in m["scripts"]), (
             f"{name}: none of vagrant/provision/{m['scripts']} exists"
+        )
         assert m["storage"] in kinds, f"{name}: vm-setup.sh has no kind {m['storage']!r}"
 
 
@@ -57,12 +59,17 @@ def test_every_machine_has_its_provisioning_script():
 def test_vagrant_validate(script, tmp_path):
     if not shutil.which("vagrant"):
         pytest.skip(f"vagrant is not installed; run: {INSTALL}")
-    env = dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_HOME=str(tmp_path / "vagrant.d"),
-               VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"))
+    env = dict(
+        os.environ,
+        VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_HOME=str(tmp_path / "vagrant.d"),
+        VAGRANT_DOTFILE_PATH=str(tmp_path / "dot-vagrant"),
+    )
     for k in ("COWLAB_VAGRANT_BOX_DEBIAN", "COWLAB_VAGRANT_BOX_UBUNTU", "VAGRANT_DEFAULT_PROVIDER"):
         env.pop(k, None)
-    cp = subprocess.run(["vagrant", "validate"], cwd=REPO / "vagrant", env=env, capture_output=True,
-                        text=True, timeout=300)
+    cp = subprocess.run(
+        ["vagrant", "validate"], cwd=REPO / "vagrant", env=env, capture_output=True, text=True, timeout=300
+    )
     if cp.returncode != 0 and "vagrant-libvirt" in cp.stdout + cp.stderr and "plugin" in cp.stdout + cp.stderr:
         pytest.skip(f"the vagrant-libvirt plugin is missing; run: {INSTALL}")
     assert cp.returncode == 0, cp.stdout + cp.stderr

@@ -39,21 +39,25 @@ def out(tmp_path_factory):
 
 
 def test_redirect_dir_makes_a_directory_rename_flat(root, out):
-    recs = ok(run_session("overlay2", "rename", {"dir_bytes": [256 * KiB, 64 * MiB], "files": 16, "reps": 3},
-                          root, out))
+    recs = ok(
+        run_session("overlay2", "rename", {"dir_bytes": [256 * KiB, 64 * MiB], "files": 16, "reps": 3}, root, out)
+    )
     t = medians(recs, "rename_seconds", ("redirect_dir", "dir_bytes", "how"))
     space = medians(recs, "space_bytes", ("redirect_dir", "dir_bytes"))
     # off: EXDEV, copied, and the copy grows with the tree; on: a rename, whatever the size
-    assert set(t) == {(False, 256 * KiB, "copy"), (False, 64 * MiB, "copy"),
-                      (True, 256 * KiB, "rename"), (True, 64 * MiB, "rename")}, t
+    assert set(t) == {
+        (False, 256 * KiB, "copy"),
+        (False, 64 * MiB, "copy"),
+        (True, 256 * KiB, "rename"),
+        (True, 64 * MiB, "rename"),
+    }, t
     assert t[(False, 64 * MiB, "copy")] > 10 * t[(True, 64 * MiB, "rename")], t
     assert t[(True, 64 * MiB, "rename")] < 0.05, t  # a redirect xattr, not 64 MiB
     assert space[(False, 64 * MiB)] > 32 * MiB and space[(True, 64 * MiB)] < 4 * MiB, space
 
 
 def test_metacopy_makes_chown_flat_in_file_size(root, out):
-    recs = ok(run_session("overlay2", "chown", {"file_bytes": [4 * KiB, 16 * MiB], "files": 4, "reps": 3},
-                          root, out))
+    recs = ok(run_session("overlay2", "chown", {"file_bytes": [4 * KiB, 16 * MiB], "files": 4, "reps": 3}, root, out))
     t = medians(recs, "chown_seconds", ("metacopy", "file_bytes"))
     space = medians(recs, "space_bytes", ("metacopy", "file_bytes"))
     # without: the data is copied up, so the cost grows with the files (on a loaded machine each
@@ -71,8 +75,7 @@ SHARING = {"containers": [2], "files": 32, "shared_bytes": 32 * MiB, "reps": 2}
 def _sharing(driver, root, out):
     need(driver)
     recs = ok(run_session(driver, "sharing", SHARING, root, out))
-    return (medians(recs, "page_cache_bytes", ("image",)),
-            medians(recs, "space_bytes", ("event",)))
+    return (medians(recs, "page_cache_bytes", ("image",)), medians(recs, "space_bytes", ("event",)))
 
 
 def test_composefs_second_image_adds_far_less_page_cache_than_overlay2(root, out):
@@ -93,6 +96,7 @@ def test_composefs_second_image_adds_far_less_page_cache_than_overlay2(root, out
 
 def test_idmapped_mount_beats_recursive_chown_on_a_large_tree(root, out):
     from cowlab.storage.drivers import idmap
+
     if idmap.supported():
         pytest.skip(idmap.supported())
     recs = ok(run_session("overlay2", "idmap", {"files": [200], "reps": 2}, root, out))
@@ -104,8 +108,15 @@ def test_volatile_drops_the_syncs(root, out):
     """fio's fsync-after-every-write job: with volatile, overlayfs turns the fsyncs into no-ops.
     (An unpack of small files is a weaker signal: on a quiet disk its fsyncs cost little more
     than creating the files, 1.5x apart here, so it is not what this test asserts.)"""
-    recs = ok(run_session("overlay2", "volatile", {"jobs": ["fsync-write"], "size_bytes": 4 << 20,
-                                                    "runtime_s": 1, "reps": 2}, root, out))
+    recs = ok(
+        run_session(
+            "overlay2",
+            "volatile",
+            {"jobs": ["fsync-write"], "size_bytes": 4 << 20, "runtime_s": 1, "reps": 2},
+            root,
+            out,
+        )
+    )
     best = {}
     for r in recs:
         if r["metric"] == "fio_iops" and r["params"].get("job") == "fsync-write":

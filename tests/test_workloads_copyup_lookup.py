@@ -28,9 +28,12 @@ def out_dir(tmp_path_factory):
 
 
 # --- copyup ------------------------------------------------------------------------------------
-COPYUP = {"file_size_bytes": [4 * KiB, 64 * MiB],
-          "ops": {"append_1B": ["warm"], "second_append_1B": ["warm"], "chmod": ["warm"]},
-          "metacopy": {"chmod": [True, False]}, "reps": 7}
+COPYUP = {
+    "file_size_bytes": [4 * KiB, 64 * MiB],
+    "ops": {"append_1B": ["warm"], "second_append_1B": ["warm"], "chmod": ["warm"]},
+    "metacopy": {"chmod": [True, False]},
+    "reps": 7,
+}
 KEYS = ("backing_fs", "op", "metacopy", "file_size_bytes")
 
 
@@ -77,8 +80,13 @@ def test_vfs_has_no_copy_up_and_no_metacopy(overlay2_copyup, state_root, out_dir
 def test_btrfs_copies_up_in_its_own_filesystem_flat_with_size(state_root, out_dir):
     """btrfs keeps containers in snapshots of its own filesystem: the backing_fs axis does not
     apply (measured once, on its btrfs backing), and a first write costs about the same at any size."""
-    recs = run_session("btrfs", "copyup", dict(COPYUP, backing_fs=["ext4", "xfs"], reps=5,
-                                                ops={"append_1B": ["warm"]}), state_root, out_dir)
+    recs = run_session(
+        "btrfs",
+        "copyup",
+        dict(COPYUP, backing_fs=["ext4", "xfs"], reps=5, ops={"append_1B": ["warm"]}),
+        state_root,
+        out_dir,
+    )
     assert recs and {r["params"]["backing_fs"] for r in recs} == {"btrfs"}
     assert [r for r in recs if r["status"] != "ok"] == []
     m = medians(recs, "copyup_seconds", KEYS)
@@ -92,9 +100,20 @@ EXEC = ["exec"] if static_busybox() else []  # without a static busybox, exec is
 
 
 def test_overlay2_cold_lookups_grow_with_layers(state_root, out_dir):
-    recs = run_session("overlay2", "lookup", {"layers": [1, 32], "layer_limit": True, "path_dirs": [32],
-                                              "kinds": ["miss"] + EXEC, "caches": ["cold", "warm"],
-                                              "reps": 5}, state_root, out_dir)
+    recs = run_session(
+        "overlay2",
+        "lookup",
+        {
+            "layers": [1, 32],
+            "layer_limit": True,
+            "path_dirs": [32],
+            "kinds": ["miss"] + EXEC,
+            "caches": ["cold", "warm"],
+            "reps": 5,
+        },
+        state_root,
+        out_dir,
+    )
     assert [r for r in recs if r["status"] != "ok"] == []
     m = medians(recs, "lookup_seconds", LOOKUP_KEYS)
     assert {k[2] for k in m} == {1, 32, Overlay2.max_layers}  # the limit comes from the driver
@@ -104,9 +123,20 @@ def test_overlay2_cold_lookups_grow_with_layers(state_root, out_dir):
 
 
 def test_vfs_lookup_every_kind_and_no_limit_point(state_root, out_dir):
-    recs = run_session("vfs", "lookup", {"layers": [8], "layer_limit": True, "path_dirs": [32],
-                                         "kinds": ["hit", "miss", "scan"] + EXEC, "caches": ["warm"],
-                                         "reps": 2}, state_root, out_dir)
+    recs = run_session(
+        "vfs",
+        "lookup",
+        {
+            "layers": [8],
+            "layer_limit": True,
+            "path_dirs": [32],
+            "kinds": ["hit", "miss", "scan"] + EXEC,
+            "caches": ["warm"],
+            "reps": 2,
+        },
+        state_root,
+        out_dir,
+    )
     assert [r for r in recs if r["status"] != "ok"] == []
     m = medians(recs, "lookup_seconds", LOOKUP_KEYS)
     assert set(m) == {(k, "warm", 8) for k in ["hit", "miss", "scan"] + EXEC}

@@ -34,17 +34,16 @@ def test_parse_seq_read_has_only_the_read_section():
     ss = parse_fio(fixture("seq-read-1m"), {"job": "seq-read-1m", "target": "volume"}, 2)
     assert {s.params["direction"] for s in ss} == {"read"}
     m = by_metric(ss)
-    assert m["fio_bw_bytes_per_s"].value == 838860800            # bw_bytes, B/s
+    assert m["fio_bw_bytes_per_s"].value == 838860800  # bw_bytes, B/s
     assert m["fio_bw_bytes_per_s"].value == pytest.approx(819200 * 1024)  # bw is KiB/s
     assert m["fio_bw_bytes_per_s"].unit == "B/s"
     assert m["fio_iops"].value == 800.0 and m["fio_iops"].unit == "1/s"
-    assert m["fio_lat_p50_seconds"].value == pytest.approx(152576e-9)   # clat ns → s
+    assert m["fio_lat_p50_seconds"].value == pytest.approx(152576e-9)  # clat ns → s
     assert m["fio_lat_p99_seconds"].value == pytest.approx(3194880e-9)
     assert m["fio_lat_p99_seconds"].unit == "s"
     s = m["fio_iops"]
     assert s.repetition == 2
-    assert s.params == {"job": "seq-read-1m", "target": "volume", "direction": "read",
-                        "fio_version": "fio-3.33"}
+    assert s.params == {"job": "seq-read-1m", "target": "volume", "direction": "read", "fio_version": "fio-3.33"}
 
 
 def test_parse_rand_write_has_only_the_write_section():
@@ -80,8 +79,10 @@ def test_parse_old_fio_without_bw_bytes_and_errors():
 
 
 def test_load_skips_notes_before_the_json():
-    text = "note: both iodepth >= 1 and synchronous I/O engine are selected\n" + \
-        (FIXTURES / "seq-read-1m.json").read_text()
+    text = (
+        "note: both iodepth >= 1 and synchronous I/O engine are selected\n"
+        + (FIXTURES / "seq-read-1m.json").read_text()
+    )
     assert load_fio_json(text)["fio version"] == "fio-3.33"
 
 
@@ -111,8 +112,10 @@ def assert_nothing_left(root: Path):
     for d in journal.iterdir() if journal.exists() else []:
         assert tagged_processes(d.name) == []
     mine = probes.parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
-    for parent in (Path("/sys/fs/cgroup/memory") / mine.get("memory", "-").lstrip("/"),
-                   Path("/sys/fs/cgroup") / mine.get("", "-").lstrip("/")):
+    for parent in (
+        Path("/sys/fs/cgroup/memory") / mine.get("memory", "-").lstrip("/"),
+        Path("/sys/fs/cgroup") / mine.get("", "-").lstrip("/"),
+    ):
         left = list(parent.glob(f"cowlab-{os.getpid()}-*")) if parent.is_dir() else []
         assert left == [], f"cgroups left: {left}"
 
@@ -120,8 +123,7 @@ def assert_nothing_left(root: Path):
 def medians(records, metric, key="containers", **match):
     g = defaultdict(list)
     for r in records:
-        if r["metric"] == metric and r["status"] == "ok" and \
-                all(r["params"].get(k) == v for k, v in match.items()):
+        if r["metric"] == metric and r["status"] == "ok" and all(r["params"].get(k) == v for k, v in match.items()):
             g[r["params"][key]].append(r["value"])
     return {k: statistics.median(v) for k, v in g.items()}
 
@@ -153,8 +155,10 @@ def test_density_page_cache_shared_by_overlay_copied_by_vfs(density_runs):
         # Cached is machine-wide: a heavy writer running meanwhile swamps it. One reader loads
         # about one set; if that is not what K=1 shows, this machine is too busy to tell.
         if not set_bytes / 2 < pc[1] < 2 * set_bytes:
-            pytest.skip(f"machine-wide page cache too noisy here ({driver}: K=1 grew "
-                        f"{pc[1] / MiB:.0f} MiB for a {set_bytes // MiB} MiB set); see the cgroup test")
+            pytest.skip(
+                f"machine-wide page cache too noisy here ({driver}: K=1 grew "
+                f"{pc[1] / MiB:.0f} MiB for a {set_bytes // MiB} MiB set); see the cgroup test"
+            )
         growth[driver] = pc[8] - pc[1]
     # vfs caches each container's copy: about 7 more sets; overlay2 shares one.
     assert growth["vfs"] > 4 * set_bytes
@@ -177,13 +181,13 @@ def test_density_dentries_and_disk(density_runs):
     files, set_bytes = 200, 64 * MiB
     for driver, recs in density_runs.items():
         d = medians(recs, "dentry_count")
-        assert d[8] > 4 * files, (driver, d)            # every container has its own: ~8 × 205
+        assert d[8] > 4 * files, (driver, d)  # every container has its own: ~8 × 205
     ovl = {d: medians(r, "slab_objects", cache="ovl_inode") for d, r in density_runs.items()}
-    if ovl["overlay2"]:                                 # an overlay inode per file per container
+    if ovl["overlay2"]:  # an overlay inode per file per container
         assert ovl["overlay2"][8] > 4 * files
-        assert ovl["vfs"][8] < files                    # no overlay involved at all
+        assert ovl["vfs"][8] < files  # no overlay involved at all
     vfs_disk = medians(density_runs["vfs"], "disk_bytes")
-    assert vfs_disk[8] > 6 * set_bytes                  # eight copies
+    assert vfs_disk[8] > 6 * set_bytes  # eight copies
     vfs_inodes = medians(density_runs["vfs"], "inodes_used")
     assert vfs_inodes[8] > 6 * files
 
@@ -193,21 +197,30 @@ def test_density_dentries_and_disk(density_runs):
 @pytest.mark.parametrize("driver", ["overlay2", "vfs"])
 def test_io_through_session(driver, state_root, tmp_path):
     import shutil
+
     if not shutil.which("fio"):
         pytest.skip("fio not installed")
-    grid = {"jobs": ["seq-read-1m", "seq-write-1m"], "targets": ["container", "volume"],
-            "size_bytes": 8 * MiB, "runtime_s": 2, "reps": 1}
+    grid = {
+        "jobs": ["seq-read-1m", "seq-write-1m"],
+        "targets": ["container", "volume"],
+        "size_bytes": 8 * MiB,
+        "runtime_s": 2,
+        "reps": 1,
+    }
     s = bench_session(driver, ["io"], {"io": grid}, state_root, tmp_path / "out")
     assert_nothing_left(state_root)
     recs = [r for r in s.records if r["workload"] == "io"]
     assert recs and all(r["status"] == "ok" for r in recs), [r for r in recs if r["status"] != "ok"]
     seen = {(r["params"]["job"], r["params"]["target"], r["params"]["direction"]) for r in recs}
-    assert seen == {("seq-read-1m", "container", "read"), ("seq-read-1m", "volume", "read"),
-                    ("seq-write-1m", "container", "write"), ("seq-write-1m", "volume", "write")}
+    assert seen == {
+        ("seq-read-1m", "container", "read"),
+        ("seq-read-1m", "volume", "read"),
+        ("seq-write-1m", "container", "write"),
+        ("seq-write-1m", "volume", "write"),
+    }
     # the raw JSON is kept beside the samples and parses back into the recorded numbers
     raw = s.writer.dir / "raw" / "fio-seq-write-1m-volume-r0.json"
-    ss = parse_fio(json.loads(raw.read_text()), {"job": "seq-write-1m", "target": "volume",
-                                                 "size_bytes": 8 * MiB})
+    ss = parse_fio(json.loads(raw.read_text()), {"job": "seq-write-1m", "target": "volume", "size_bytes": 8 * MiB})
     bw = next(x.value for x in ss if x.metric == "fio_bw_bytes_per_s")
     assert bw in [r["value"] for r in recs if r["metric"] == "fio_bw_bytes_per_s"]
     doc = json.loads(raw.read_text())

@@ -22,8 +22,15 @@ report: dict = {"steps": []}
 def cowlab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     t0 = time.monotonic()
     cp = subprocess.run([sys.executable, "-m", "cowlab", *args], capture_output=True, text=True)
-    report["steps"].append({"cmd": ["cowlab", *args], "rc": cp.returncode, "seconds": round(time.monotonic() - t0, 2),
-                            "stdout": cp.stdout[-3000:], "stderr": cp.stderr[-3000:]})
+    report["steps"].append(
+        {
+            "cmd": ["cowlab", *args],
+            "rc": cp.returncode,
+            "seconds": round(time.monotonic() - t0, 2),
+            "stdout": cp.stdout[-3000:],
+            "stderr": cp.stderr[-3000:],
+        }
+    )
     print(f"$ cowlab {' '.join(args)} -> {cp.returncode} ({time.monotonic() - t0:.1f} s)", flush=True)
     if check and cp.returncode != 0:
         raise RuntimeError(f"cowlab {' '.join(args)} failed: {cp.stderr.strip()[-500:]}")
@@ -35,13 +42,25 @@ def sh(*argv: str) -> str:
 
 
 def leftovers() -> dict:
-    return {"dm": [n for n in sh("dmsetup", "ls").split() if n.startswith("cowlab-")],
-            "loops": sh("losetup", "-a").strip(),
-            "mounts": [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/store/" in line]}
+    return {
+        "dm": [n for n in sh("dmsetup", "ls").split() if n.startswith("cowlab-")],
+        "loops": sh("losetup", "-a").strip(),
+        "mounts": [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/store/" in line],
+    }
 
 
-BENCH = ["bench", "devicemapper-loop", "--workload", "space", "--reps", "1", "--mode", "primitive",
-         "--out", str(OUT / "kill")]
+BENCH = [
+    "bench",
+    "devicemapper-loop",
+    "--workload",
+    "space",
+    "--reps",
+    "1",
+    "--mode",
+    "primitive",
+    "--out",
+    str(OUT / "kill"),
+]
 LAB = ["lab", "thinpool", "devicemapper-loop", "--mode", "queue", "--pool-size", "32M", "--out", str(OUT / "kill-lab")]
 KILLS = [  # (what the run was doing, COWLAB_KILLPOINT, argv)
     ("pool: a loop device journaled, not attached", "journal.loop:1", BENCH),
@@ -71,17 +90,31 @@ def tagged(prefix: str) -> list[int]:
 def kill_then_cleanup(what: str, point: str, argv: list[str]) -> dict:
     t0 = time.monotonic()
     before = {str(p) for p in OUT.glob("kill*/*/*/run.json")}
-    p = subprocess.Popen([sys.executable, "-m", "cowlab", *argv], env={**os.environ, "COWLAB_KILLPOINT": point},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cowlab", *argv],
+        env={**os.environ, "COWLAB_KILLPOINT": point},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, err = p.communicate(timeout=900)
     if point == "spawn:1":
         time.sleep(8)  # let the orphaned writer fill the pool and block on it
     cp = cowlab("cleanup", check=False)
     runs = [json.loads(Path(r).read_text()) for r in map(str, OUT.glob("kill*/*/*/run.json")) if r not in before]
-    rec = {"what": what, "point": point, "rc": p.returncode, "stderr": err[-800:], "cleanup_rc": cp.returncode,
-           "cleanup": cp.stdout[-1500:], "left": leftovers(), "tagged": tagged(f"run-{p.pid}-"),
-           "run_status": [r["status"] for r in runs], "seconds": round(time.monotonic() - t0, 1),
-           "param": Path("/sys/module/dm_thin_pool/parameters/no_space_timeout").read_text().strip()}
+    rec = {
+        "what": what,
+        "point": point,
+        "rc": p.returncode,
+        "stderr": err[-800:],
+        "cleanup_rc": cp.returncode,
+        "cleanup": cp.stdout[-1500:],
+        "left": leftovers(),
+        "tagged": tagged(f"run-{p.pid}-"),
+        "run_status": [r["status"] for r in runs],
+        "seconds": round(time.monotonic() - t0, 1),
+        "param": Path("/sys/module/dm_thin_pool/parameters/no_space_timeout").read_text().strip(),
+    }
     print(f"kill {point}: rc {p.returncode}, cleanup {cp.returncode}, left {rec['left']}", flush=True)
     return rec
 
@@ -97,15 +130,22 @@ try:
     after = big.read_bytes()
     report["smoke"] = {
         "mountpoint": str(mp),
-        "lower_size": len(before), "after_size": len(after),
-        "prefix_kept": hashlib.sha256(after[:len(before)]).hexdigest() == hashlib.sha256(before).hexdigest(),
-        "tail": after[len(before):].decode(errors="replace"),
+        "lower_size": len(before),
+        "after_size": len(after),
+        "prefix_kept": hashlib.sha256(after[: len(before)]).hexdigest() == hashlib.sha256(before).hexdigest(),
+        "tail": after[len(before) :].decode(errors="replace"),
         "whiteout_hidden": not (mp / "etc" / "shadow").exists(),
         "opaque_listing": sorted(os.listdir(mp / "usr" / "share" / "doc")),
         "mode_of_big": oct(big.stat().st_mode & 0o777),
         "dm_while_up": [n for n in sh("dmsetup", "ls").split() if n.startswith("cowlab-")],
-        "fstype": next((line.split(" - ")[1].split()[0] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                        if f" {mp} " in line), None),
+        "fstype": next(
+            (
+                line.split(" - ")[1].split()[0]
+                for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if f" {mp} " in line
+            ),
+            None,
+        ),
     }
     # a second container of the same image does not see the first one's write
     mp2 = Path(cowlab("container", "create", "demo", "--driver", "devicemapper-loop").stdout.strip().splitlines()[-1])
@@ -120,17 +160,43 @@ try:
     cowlab("bench", "devicemapper-loop", "--workload", "space", "--reps", "1", "--mode", "primitive", "--out", str(OUT))
 
     # 3. the thin pool labs: queue (then grow), error_if_no_space, and a 5 s no_space_timeout
-    cp = cowlab("lab", "thinpool", "devicemapper-loop", "--mode", "queue", "--mode", "error", "--mode", "timeout",
-                "--timeout", "5", "--pool-size", "32M", "--out", str(OUT / "lab"), check=False)
+    cp = cowlab(
+        "lab",
+        "thinpool",
+        "devicemapper-loop",
+        "--mode",
+        "queue",
+        "--mode",
+        "error",
+        "--mode",
+        "timeout",
+        "--timeout",
+        "5",
+        "--pool-size",
+        "32M",
+        "--out",
+        str(OUT / "lab"),
+        check=False,
+    )
     report["lab_rc"] = cp.returncode
     report["lab"] = [json.loads(p.read_text()) for p in sorted((OUT / "lab").glob("*/*/raw/thinpool.json"))]
     report["param_after"] = Path("/sys/module/dm_thin_pool/parameters/no_space_timeout").read_text().strip()
 
     # 4. the conformance suite on devicemapper-loop (its images were built on the host)
-    cp = cowlab("conformance", "--driver", "devicemapper-loop", "--vm", "never", "--json", str(OUT / "conformance.json"),
-                check=False)
+    cp = cowlab(
+        "conformance",
+        "--driver",
+        "devicemapper-loop",
+        "--vm",
+        "never",
+        "--json",
+        str(OUT / "conformance.json"),
+        check=False,
+    )
     report["conformance_rc"] = cp.returncode
-    report["conformance"] = json.loads((OUT / "conformance.json").read_text()) if (OUT / "conformance.json").exists() else []
+    report["conformance"] = (
+        json.loads((OUT / "conformance.json").read_text()) if (OUT / "conformance.json").exists() else []
+    )
     report["after_conformance"] = leftovers()
 
     # 5. SIGKILL at points inside device mapper work, each followed by `cowlab cleanup`

@@ -14,9 +14,12 @@ from cowlab import __version__
 
 # The first line of `TOOL --version` (or the given args) for every external tool cowlab may use.
 TOOLS = {
-    "cp": ["cp", "--version"], "util-linux (mount)": ["mount", "--version"],
-    "losetup": ["losetup", "--version"], "fio": ["fio", "--version"],
-    "mkfs.ext4": ["mkfs.ext4", "-V"], "mkfs.xfs": ["mkfs.xfs", "-V"],
+    "cp": ["cp", "--version"],
+    "util-linux (mount)": ["mount", "--version"],
+    "losetup": ["losetup", "--version"],
+    "fio": ["fio", "--version"],
+    "mkfs.ext4": ["mkfs.ext4", "-V"],
+    "mkfs.xfs": ["mkfs.xfs", "-V"],
     "mkfs.btrfs": ["mkfs.btrfs", "--version"],
 }
 
@@ -40,8 +43,12 @@ def git_sha() -> str | None:
         cp = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         sha = cp.stdout.strip() if cp.returncode == 0 else None
         if sha:
-            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
             return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         pass

@@ -22,9 +22,9 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from cowlab.base import faults, sysutil
 from cowlab.base.errors import CowlabError
@@ -41,6 +41,7 @@ def releaser(kind: str):
     def deco(fn: Releaser) -> Releaser:
         RELEASERS[kind] = fn
         return fn
+
     return deco
 
 
@@ -63,7 +64,7 @@ def _release_mount(e: dict, state: StateRoot) -> None:
     or move it into "trash" (a directory on the same filesystem, emptied later, outside any
     timing, as containerd's snapshotter frees space in its Cleanup)."""
     target = e["target"]
-    for attempt in range(50):
+    for _ in range(50):
         try:
             sysutil.umount(target)
             break
@@ -117,8 +118,8 @@ def _release_workspace(e: dict, state: StateRoot) -> None:
         for cg in reversed(listed.read_text().split()):
             procs = Path(cg) / "cgroup.procs"
             if cg.startswith("/sys/fs/cgroup/") and os.path.basename(cg).startswith("cowlab-") and procs.exists():
-                for pid in procs.read_text().split():  # the lab's own readers, put there by the lab
-                    sysutil.kill_pid(int(pid), sysutil.proc_starttime(int(pid)))
+                for word in procs.read_text().split():  # the lab's own readers, put there by the lab
+                    sysutil.kill_pid(int(word), sysutil.proc_starttime(int(word)))
             _release_cgroup({"path": cg}, state)
     for attempt in range(3):
         for m in sysutil.mounts_under(path):
@@ -181,7 +182,7 @@ def _release_cgroup(e: dict, state: StateRoot) -> None:
     p = os.path.abspath(e["path"])
     if not (p.startswith("/sys/fs/cgroup/") and os.path.basename(p).startswith("cowlab-")):
         raise CowlabError(f"journal names cgroup {p}, which cowlab did not make; not touching it")
-    for attempt in range(50):
+    for _ in range(50):
         try:
             os.rmdir(p)
             return
@@ -210,10 +211,10 @@ class Resources:
     owner: str
     kind: str = "run"
     meta: dict = field(default_factory=dict)
-    claim: bool = True   # write owner.json as ours; False when reopening another's journal
+    claim: bool = True  # write owner.json as ours; False when reopening another's journal
     _seq: int = 0
     _live: list[Handle] = field(default_factory=list)
-    _spent: list[Path] = field(default_factory=list)   # released lazily, entry not yet unlinked
+    _spent: list[Path] = field(default_factory=list)  # released lazily, entry not yet unlinked
 
     def __post_init__(self):
         self.dir = self.state.journal / self.owner
@@ -233,12 +234,12 @@ class Resources:
             self._seq = max(self._seq, int(p.stem) + 1)
 
     @classmethod
-    def for_run(cls, state: StateRoot, **meta) -> "Resources":
+    def for_run(cls, state: StateRoot, **meta) -> Resources:
         pid = os.getpid()
         return cls(state, f"run-{pid}-{sysutil.proc_starttime(pid)}", "run", meta)
 
     @classmethod
-    def open(cls, state: StateRoot, owner: str) -> "Resources":
+    def open(cls, state: StateRoot, owner: str) -> Resources:
         info = json.loads((state.journal / owner / "owner.json").read_text())
         return cls(state, owner, info["kind"], info.get("meta", {}), claim=False)
 
@@ -321,7 +322,7 @@ class Resources:
                     self.dir.rmdir()
         return errors
 
-    def __enter__(self) -> "Resources":
+    def __enter__(self) -> Resources:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -337,7 +338,7 @@ OWNER_ENV = "COWLAB_OWNER"
 ROOT_ENV = "COWLAB_OWNER_ROOT"
 
 
-def spawn(res: "Resources", argv: list[str], **popen_kw) -> subprocess.Popen:
+def spawn(res: Resources, argv: list[str], **popen_kw) -> subprocess.Popen:
     """Start a child that cowlab will end: journaled by pid and start time, and tagged in its
     environment so `cowlab cleanup` can find it even if we die before the pid is written."""
     env = dict(popen_kw.pop("env", None) or os.environ)
@@ -355,7 +356,7 @@ def spawn(res: "Resources", argv: list[str], **popen_kw) -> subprocess.Popen:
     return p
 
 
-def run_tool(res: "Resources", argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+def run_tool(res: Resources, argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run a tool to completion as a journaled child (a crash of cowlab still ends it)."""
     p = spawn(res, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -441,7 +442,7 @@ def signals_blocked():
 
 
 def owners(state: StateRoot) -> list[dict]:
-    out = []
+    out: list[dict] = []
     if not state.journal.exists():
         return out
     for d in state.journal.iterdir():

@@ -91,9 +91,18 @@ def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
             left, _, right = line.rstrip("\n").partition(" - ")
             a = left.split()
             b = right.split()
-            out.append(MountEntry(int(a[0]), int(a[1]), _unescape(a[3]), _unescape(a[4]), a[5],
-                                  b[0], _unescape(b[1]) if len(b) > 1 else "",
-                                  b[2] if len(b) > 2 else ""))
+            out.append(
+                MountEntry(
+                    int(a[0]),
+                    int(a[1]),
+                    _unescape(a[3]),
+                    _unescape(a[4]),
+                    a[5],
+                    b[0],
+                    _unescape(b[1]) if len(b) > 1 else "",
+                    b[2] if len(b) > 2 else "",
+                )
+            )
     return out
 
 
@@ -113,8 +122,7 @@ def mounts_under(path: str | os.PathLike) -> list[MountEntry]:
         text = f.read()
         if _escape(p) not in text and _escape(real) not in text:
             return []  # the common case, without parsing every line
-    hits = [m for m in mountinfo() if any(m.target == q or m.target.startswith(q.rstrip("/") + "/")
-                                          for q in {p, real})]
+    hits = [m for m in mountinfo() if any(m.target == q or m.target.startswith(q.rstrip("/") + "/") for q in {p, real})]
     return sorted(hits, key=lambda m: m.target.count("/"), reverse=True)
 
 
@@ -133,8 +141,10 @@ def mount_of(path: str | os.PathLike) -> MountEntry:
             if best is None or len(t) >= len(best.target):
                 best = m
     if best is None:  # e.g. a chroot whose root is not a mount point: nothing in mountinfo covers it
-        raise CowlabError(f"no mount in /proc/self/mountinfo holds {p} (a chroot whose root is not a mount "
-                          f"point?); bind-mount the root onto itself first: mount --bind ROOT ROOT")
+        raise CowlabError(
+            f"no mount in /proc/self/mountinfo holds {p} (a chroot whose root is not a mount "
+            f"point?); bind-mount the root onto itself first: mount --bind ROOT ROOT"
+        )
     return best
 
 
@@ -165,7 +175,7 @@ def disk_usage(path: str | os.PathLike) -> int:
                 if s.st_dev != dev:
                     continue  # a mount below (a loop filesystem, a container): counted by its own owner
                 if s.st_nlink > 1 and not e.is_dir(follow_symlinks=False):
-                    if (s.st_ino in seen):
+                    if s.st_ino in seen:
                         continue
                     seen.add(s.st_ino)
                 total += s.st_blocks * 512
@@ -240,6 +250,7 @@ def holders(path: str | os.PathLike) -> list[tuple[int, str, str]]:
         except OSError:
             return False
         return t == p or t.startswith(p + "/")
+
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -266,8 +277,10 @@ def describe_holders(path: str | os.PathLike) -> str:
     """Who keeps path busy, in words a shell user can act on."""
     hs = holders(path)
     if not hs:
-        return (f"no process has its working directory or a file there now (a mount below {path}, "
-                f"or a process that just ended); see: grep {path} /proc/self/mountinfo")
+        return (
+            f"no process has its working directory or a file there now (a mount below {path}, "
+            f"or a process that just ended); see: grep {path} /proc/self/mountinfo"
+        )
     return describe_holders_of(hs)
 
 
@@ -317,7 +330,7 @@ def proc_starttime(pid: int) -> int | None:
             s = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return int(s[s.rindex(")") + 2:].split()[19])
+    return int(s[s.rindex(")") + 2 :].split()[19])
 
 
 def pid_alive(pid: int, starttime: int | None) -> bool:
@@ -335,7 +348,7 @@ def running(pid: int, starttime: int | None = None) -> bool:
             s = f.read()
     except OSError:
         return False
-    fields = s[s.rindex(")") + 2:].split()
+    fields = s[s.rindex(")") + 2 :].split()
     if starttime is not None and int(fields[19]) != starttime:
         return False
     return fields[0] not in ("Z", "X") or int(fields[17]) > 1
@@ -414,10 +427,10 @@ def is_static_elf(path: str) -> bool:
                 return False
             is64, end = ident[4] == 2, "<" if ident[5] == 1 else ">"
             if is64:
-                phoff, = struct.unpack_from(end + "Q", ident, 32)
+                (phoff,) = struct.unpack_from(end + "Q", ident, 32)
                 phentsize, phnum = struct.unpack_from(end + "HH", ident, 54)
             else:
-                phoff, = struct.unpack_from(end + "I", ident, 28)
+                (phoff,) = struct.unpack_from(end + "I", ident, 28)
                 phentsize, phnum = struct.unpack_from(end + "HH", ident, 42)
             f.seek(phoff)
             table = f.read(phentsize * phnum)

@@ -35,7 +35,6 @@ def parse_size(v: int | str, *, decimal_si: bool = False, fractions: bool = True
     return int(num) * mult if "." not in num else int(float(num) * mult)
 
 
-
 _BYTE_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
 
@@ -129,5 +128,4 @@ def param_name(name: str) -> str:
 
 def human_params(params: dict, only: set[str] | None = None) -> str:
     """'image_size=64 MiB layers=16'; `only`: just these keys (e.g. the ones that vary)."""
-    return " ".join(f"{param_name(k)}={human_param(k, v)}" for k, v in params.items()
-                    if only is None or k in only)
+    return " ".join(f"{param_name(k)}={human_param(k, v)}" for k, v in params.items() if only is None or k in only)

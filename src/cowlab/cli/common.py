@@ -25,18 +25,31 @@ def state_of(ctx, ensure=True) -> StateRoot:
 
 def steps_progress() -> Progress:
     """A bar of steps (description, n of m, time) on stderr that disappears when done."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
 
 
 @contextmanager
 def bytes_progress(desc: str, total: int):
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=err, transient=True) as prog:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as prog:
         task = prog.add_task(desc, total=max(total, 1))
         yield lambda n: prog.advance(task, n)
 
 
 def starttime():
     from cowlab.base.sysutil import proc_starttime
+
     return proc_starttime(os.getpid())

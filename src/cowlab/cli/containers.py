@@ -21,13 +21,17 @@ def container():
 def container_create(ctx, image_ref, driver_name):
     """Create a container; its mountpoint is printed on stdout (the only thing printed there):
 
-        mnt=$(cowlab container create IMAGE --driver overlay2) && cd "$mnt"
+    mnt=$(cowlab container create IMAGE --driver overlay2) && cd "$mnt"
     """
     c, img = containers.create(state_of(ctx, ensure=False), image_ref, driver_name, status=err.status)
     # Only the mountpoint goes to stdout, so `mnt=$(cowlab container create ...) && cd "$mnt"`
     # gets the path or, when create fails, a non-zero status (and an empty $mnt) to stop on.
-    err.print(f"created {c.id} ({driver_name}, image {img.name}); remove it with: cowlab container rm {c.id}",
-              markup=False, highlight=False, soft_wrap=True)
+    err.print(
+        f"created {c.id} ({driver_name}, image {img.name}); remove it with: cowlab container rm {c.id}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     click.echo(str(c.mountpoint))
 
 

@@ -21,10 +21,18 @@ def drivers_cmd(as_json):
     rows: list[dict[str, Any]] = []  # what --json prints
     for name, cls in drivers.DRIVERS.items():
         p = vmroute.probe(cls)
-        rows.append({"driver": name, "available": p.available,
-                     "route": "native" if p.available else p.details.get("route"),
-                     "reason": p.reason, "hint": p.hint, "description": cls.description,
-                     "max_layers": cls.max_layers, "details": p.details})
+        rows.append(
+            {
+                "driver": name,
+                "available": p.available,
+                "route": "native" if p.available else p.details.get("route"),
+                "reason": p.reason,
+                "hint": p.hint,
+                "description": cls.description,
+                "max_layers": cls.max_layers,
+                "details": p.details,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
@@ -39,5 +47,3 @@ def drivers_cmd(as_json):
         # Reasons and hints are plain text: `pip install 'cowlab[vm]'` must not lose "[vm]" to markup.
         t.add_row(r["driver"], st, escape(why), escape(r["description"]))
     out.print(t)
-
-

@@ -23,8 +23,9 @@ def image():
 @click.pass_context
 def image_build(ctx, spec_file, name):
     """Build an image from a declarative spec (see `python -m pydoc cowlab.store.spec`)."""
-    sp = spec.load(spec_file)          # spec errors come before any state is touched
+    sp = spec.load(spec_file)  # spec errors come before any state is touched
     from cowlab.store.layers import spec_bytes
+
     total = spec_bytes(sp)
     with bytes_progress(f"building {name or sp.name}", total) as advance:
         img = ImageStore(state_of(ctx)).build(sp, name, progress=advance)
@@ -57,6 +58,7 @@ def image_ls(ctx):
 def image_rm(ctx, name):
     """Remove an image (refused while a container uses it)."""
     from cowlab.run import holdings
+
     require_root()
     state = state_of(ctx)
     click.echo(f"removed {holdings.remove_image(state, ImageStore(state), name)}")
@@ -67,13 +69,14 @@ def image_rm(ctx, name):
 def image_prune(ctx):
     """Remove every image no container uses, with its layers and imported copies (frees the disk)."""
     from cowlab.run import holdings
+
     require_root()
     state = state_of(ctx)
     before = holdings.total_bytes(state)
     removed, kept = holdings.prune_images(state)
     for line in [f"removed {r}" for r in removed] + kept:
         click.echo(line)
-    click.echo(f"freed {human_bytes(max(0, before - holdings.total_bytes(state)))}; "
-               f"{state.path} now holds {human_bytes(holdings.total_bytes(state))}")
-
-
+    click.echo(
+        f"freed {human_bytes(max(0, before - holdings.total_bytes(state)))}; "
+        f"{state.path} now holds {human_bytes(holdings.total_bytes(state))}"
+    )

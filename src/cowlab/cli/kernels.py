@@ -29,8 +29,13 @@ def kernels_cmd(ctx, as_json):
     t = Table("kernel", "status", "release", "disk", "where / how to get it", title=f"kernels ({kernels.cache_dir()})")
     t.columns[4].overflow = "fold"
     for r in rows:
-        t.add_row(r["kernel"], "[green]cached[/]" if r["cached"] else "[dim]not here[/]", r["release"] or "",
-                  human_bytes(r["bytes"]) if r["bytes"] else "", escape(r["path"] if r["cached"] else r["get"]))
+        t.add_row(
+            r["kernel"],
+            "[green]cached[/]" if r["cached"] else "[dim]not here[/]",
+            r["release"] or "",
+            human_bytes(r["bytes"]) if r["bytes"] else "",
+            escape(r["path"] if r["cached"] else r["get"]),
+        )
     out.print(t)
     out.print("host: the machine's own kernel, natively (no VM)", highlight=False)
 

@@ -15,8 +15,9 @@ from cowlab.cli.common import err
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", envvar="COWLAB_ROOT", metavar="DIR",
-              help="State directory (default /var/lib/cowlab, or $COWLAB_ROOT).")
+@click.option(
+    "--root", envvar="COWLAB_ROOT", metavar="DIR", help="State directory (default /var/lib/cowlab, or $COWLAB_ROOT)."
+)
 @click.version_option(__version__)
 @click.pass_context
 def cli(ctx, root):
@@ -24,9 +25,20 @@ def cli(ctx, root):
     ctx.obj = {"root": root}
 
 
-for command in (drivers.drivers_cmd, images.image, containers.container, bench.bench, bench.show_cmd,
-                housekeeping.cleanup_cmd, housekeeping.status_cmd, lab.lab, report.report_cmd,
-                report.compare_cmd, conformance.conformance_cmd, kernels.kernels_cmd):
+for command in (
+    drivers.drivers_cmd,
+    images.image,
+    containers.container,
+    bench.bench,
+    bench.show_cmd,
+    housekeeping.cleanup_cmd,
+    housekeeping.status_cmd,
+    lab.lab,
+    report.report_cmd,
+    report.compare_cmd,
+    conformance.conformance_cmd,
+    kernels.kernels_cmd,
+):
     cli.add_command(command)
 
 
@@ -49,11 +61,14 @@ def main() -> None:
     except Exception as e:  # a bug: one line, and the traceback on request
         if os.environ.get("COWLAB_DEBUG"):
             raise
-        err.print(f"cowlab: internal error: {type(e).__name__}: {e} (COWLAB_DEBUG=1 shows the traceback)",
-                  markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"cowlab: internal error: {type(e).__name__}: {e} (COWLAB_DEBUG=1 shows the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(3)
 
 
 if __name__ == "__main__":
     main()
-

@@ -29,14 +29,23 @@ def _tree(p: str) -> list[Path]:
 
 @click.command("report")
 @click.argument("results_dir", metavar="RESULTS", default="results")
-@click.option("--out", "out", default="report", show_default=True, metavar="DIR",
-              help="Where index.html, README.md, verdicts.json and figures/ go (report/ is the "
-                   "committed reference page: your own runs' page goes to results/local/report).")
+@click.option(
+    "--out",
+    "out",
+    default="report",
+    show_default=True,
+    metavar="DIR",
+    help="Where index.html, README.md, verdicts.json and figures/ go (report/ is the "
+    "committed reference page: your own runs' page goes to results/local/report).",
+)
 @click.option("--no-figures", is_flag=True, help="Verdicts, Markdown and HTML only (seconds).")
-@click.option("--compare-with", "baseline", metavar="DIR",
-              help="Add a compare section: this results tree (A) against RESULTS (B).")
-@click.option("--readme", metavar="FILE",
-              help="Also rewrite the claims table between the markers of this README.md.")
+@click.option(
+    "--compare-with",
+    "baseline",
+    metavar="DIR",
+    help="Add a compare section: this results tree (A) against RESULTS (B).",
+)
+@click.option("--readme", metavar="FILE", help="Also rewrite the claims table between the markers of this README.md.")
 def report_cmd(results_dir, out, no_figures, baseline, readme):
     """Every slide claim's verdict per driver × host, computed from RESULTS, as a page that
     opens from file:// (index.html), Markdown (README.md) and JSON (verdicts.json). RESULTS's
@@ -47,14 +56,22 @@ def report_cmd(results_dir, out, no_figures, baseline, readme):
     src = _tree(results_dir)
     rows = compare.compare(_tree(baseline), src) if baseline else None
     t0 = time.monotonic()
-    got = render.build(src, Path(out), figures=not no_figures, compare_rows=rows, source=results_dir,
-                       compare_title=f"{baseline} (A) → {results_dir} (B)" if baseline else "")
+    got = render.build(
+        src,
+        Path(out),
+        figures=not no_figures,
+        compare_rows=rows,
+        source=results_dir,
+        compare_title=f"{baseline} (A) → {results_dir} (B)" if baseline else "",
+    )
     if readme:
         _rewrite_readme(Path(readme), got["claims"], got["verdict_list"])
     c = got["counts"]
     words = ", ".join(f"{c[w]} {w}" for w in c)
-    click.echo(f"{got['verdicts']} verdicts ({words}), {got['figures']} figures in "
-               f"{time.monotonic() - t0:.1f} s → {Path(out) / 'index.html'}")
+    click.echo(
+        f"{got['verdicts']} verdicts ({words}), {got['figures']} figures in "
+        f"{time.monotonic() - t0:.1f} s → {Path(out) / 'index.html'}"
+    )
 
 
 def _rewrite_readme(readme: Path, cs, vs) -> None:

@@ -52,8 +52,13 @@ CACHE = Path(os.environ.get("COWLAB_VAGRANT_BOX_CACHE") or REPO / "build" / "vag
 # The machine's own script first: the box must make `<machine>.sh --check` pass offline.
 BOX_SCRIPTS = {"btrfs": ["host.sh", "btrfs.sh"], "overlay2": ["host.sh", "overlay2.sh"]}
 # libvirt state of this run, bind-mounted over the system paths in the daemons' mount namespace.
-LIBVIRT_DIRS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt",
-                "cache": "/var/cache/libvirt", "log": "/var/log/libvirt"}
+LIBVIRT_DIRS = {
+    "etc": "/etc/libvirt",
+    "run": "/run/libvirt",
+    "lib": "/var/lib/libvirt",
+    "cache": "/var/cache/libvirt",
+    "log": "/var/log/libvirt",
+}
 QEMU_CONF = """
 # cowlab vagrant-smoke: QEMU as root without per-VM namespaces or relabelling (a throwaway
 # libvirt inside a network namespace, on a machine that has no systemd, AppArmor or SELinux).
@@ -74,11 +79,24 @@ class SmokeError(Exception):
     pass
 
 
-def run(cmd: list[str], *, check: bool = True, timeout: float | None = None, env: dict | None = None,
-        capture: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    cp = subprocess.run(cmd, env=env, cwd=cwd, timeout=timeout, text=True,
-                        stdout=subprocess.PIPE if capture else None,
-                        stderr=subprocess.STDOUT if capture else None)
+def run(
+    cmd: list[str],
+    *,
+    check: bool = True,
+    timeout: float | None = None,
+    env: dict | None = None,
+    capture: bool = False,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess:
+    cp = subprocess.run(
+        cmd,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+    )
     if check and cp.returncode != 0:
         out = (cp.stdout or "")[-3000:] if capture else ""
         raise SmokeError(f"{' '.join(cmd[:6])}... exited {cp.returncode}\n{out}")
@@ -90,8 +108,9 @@ def host_network() -> tuple[str, str]:
     addr = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
     # Link state and counters move on their own; names and addresses must not.
     names = "\n".join(sorted(line.split()[0] for line in link.splitlines() if line.strip()))
-    addrs = "\n".join(sorted(" ".join([line.split()[0], *line.split()[2:]])
-                             for line in addr.splitlines() if line.strip()))
+    addrs = "\n".join(
+        sorted(" ".join([line.split()[0], *line.split()[2:]]) for line in addr.splitlines() if line.strip())
+    )
     return names, addrs
 
 
@@ -111,19 +130,30 @@ def box_key(scripts: list[str], extras: list[str]) -> str:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     # Only what decides the wheelhouse, not the rest of pyproject.toml (pytest markers...).
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
-    deps = {"build": meta.get("build-system", {}).get("requires"),
-            "python": meta["project"].get("requires-python"),
-            "deps": meta["project"].get("dependencies"),
-            "extras": {k: v for k, v in meta["project"].get("optional-dependencies", {}).items() if k in extras}}
-    h.update(json.dumps({"scripts": scripts, "extras": extras, "pyproject": deps,
-                         "mirror": os.environ.get("COWLAB_BOX_MIRROR", ""),
-                         "size": os.environ.get("COWLAB_BOX_SIZE", "")}).encode())
+    deps = {
+        "build": meta.get("build-system", {}).get("requires"),
+        "python": meta["project"].get("requires-python"),
+        "deps": meta["project"].get("dependencies"),
+        "extras": {k: v for k, v in meta["project"].get("optional-dependencies", {}).items() if k in extras},
+    }
+    h.update(
+        json.dumps(
+            {
+                "scripts": scripts,
+                "extras": extras,
+                "pyproject": deps,
+                "mirror": os.environ.get("COWLAB_BOX_MIRROR", ""),
+                "size": os.environ.get("COWLAB_BOX_SIZE", ""),
+            }
+        ).encode()
+    )
     return h.hexdigest()[:16]
 
 
 def nox_backends() -> list[str]:
     """noxfile.py's bench sessions: one per driver of the registry."""
     from cowlab.storage.drivers import DRIVERS
+
     return list(DRIVERS)
 
 
@@ -158,18 +188,20 @@ class Smoke:
         run(["ip", "netns", "add", self.ns])
         self.ns_made = True
         run(["ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up"])
-        mounts = "\n".join(f"mkdir -p {sys_path} && mount --bind {self.lv[k]} {sys_path}"
-                           for k, sys_path in LIBVIRT_DIRS.items() if k != "run")
+        mounts = "\n".join(
+            f"mkdir -p {sys_path} && mount --bind {self.lv[k]} {sys_path}"
+            for k, sys_path in LIBVIRT_DIRS.items()
+            if k != "run"
+        )
         script = f"""set -e
 # /run of the host stays untouched: a tmpfs of this namespace takes its place.
 mount -t tmpfs -o mode=755 cowlab-smoke-run /run
-mkdir -p /run/libvirt && mount --bind {self.lv['run']} /run/libvirt
+mkdir -p /run/libvirt && mount --bind {self.lv["run"]} /run/libvirt
 {mounts}
 virtlogd --daemon --pid-file {self.scratch}/virtlogd.pid
 libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
 """
-        run(["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", script])
+        run(["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private", "sh", "-c", script])
         for name in ("virtlogd", "libvirtd"):
             pidfile = self.scratch / f"{name}.pid"
             for _ in range(100):
@@ -206,11 +238,20 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
         else:
             log(f"box: building {box.name} (provisioning {' '.join(scripts)}, wheels of cowlab[{','.join(extras)}])")
             t0 = time.monotonic()
-            env = dict(os.environ, COWLAB_BOX_PROVISION=" ".join(scripts), COWLAB_BOX_EXTRAS=",".join(extras),
-                       TMPDIR=str(self.scratch))
+            env = dict(
+                os.environ,
+                COWLAB_BOX_PROVISION=" ".join(scripts),
+                COWLAB_BOX_EXTRAS=",".join(extras),
+                TMPDIR=str(self.scratch),
+            )
             with open(self.scratch / "box-build.log", "w") as f:
-                cp = subprocess.run(["bash", str(BUILD_SH), str(box)], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                    timeout=self.args.timeout)
+                cp = subprocess.run(
+                    ["bash", str(BUILD_SH), str(box)],
+                    env=env,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    timeout=self.args.timeout,
+                )
             if cp.returncode != 0:
                 raise SmokeError("box build failed:\n" + (self.scratch / "box-build.log").read_text()[-4000:])
             self.timings["box_build_s"] = round(time.monotonic() - t0, 1)
@@ -240,11 +281,17 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
             COWLAB_VAGRANT_CPUS=str(self.args.cpus),
         )
 
-    def vagrant(self, *argv: str, timeout: float | None = None, check: bool = True,
-                capture: bool = False) -> subprocess.CompletedProcess:
+    def vagrant(
+        self, *argv: str, timeout: float | None = None, check: bool = True, capture: bool = False
+    ) -> subprocess.CompletedProcess:
         """vagrant inside the namespace: the VM's address is only reachable from there."""
-        return run(["ip", "netns", "exec", self.ns, "vagrant", *argv], env=self.vagrant_env(),
-                   timeout=timeout or self.args.timeout, check=check, capture=capture)
+        return run(
+            ["ip", "netns", "exec", self.ns, "vagrant", *argv],
+            env=self.vagrant_env(),
+            timeout=timeout or self.args.timeout,
+            check=check,
+            capture=capture,
+        )
 
     # --- 3. up, bench, check -------------------------------------------------------------------
     def session_for(self) -> list[str]:
@@ -265,12 +312,18 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
         t0 = time.monotonic()
         self.vagrant("provision", self.machine)
         self.timings["provision_s"] = round(time.monotonic() - t0, 1)
-        probe = self.vagrant("ssh", self.machine, "-c",
-                             "systemd-detect-virt; grep -m1 'model name' /proc/cpuinfo; uname -r; "
-                             "echo COWLAB_ROOT=$COWLAB_ROOT; findmnt -no SOURCE,FSTYPE -T ${COWLAB_ROOT:-/var/lib/cowlab}",
-                             capture=True, check=False)
-        self.guest_probe = "\n".join(line for line in (probe.stdout or "").splitlines()
-                                     if line.strip() and not line.startswith("==>")).strip()
+        probe = self.vagrant(
+            "ssh",
+            self.machine,
+            "-c",
+            "systemd-detect-virt; grep -m1 'model name' /proc/cpuinfo; uname -r; "
+            "echo COWLAB_ROOT=$COWLAB_ROOT; findmnt -no SOURCE,FSTYPE -T ${COWLAB_ROOT:-/var/lib/cowlab}",
+            capture=True,
+            check=False,
+        )
+        self.guest_probe = "\n".join(
+            line for line in (probe.stdout or "").splitlines() if line.strip() and not line.startswith("==>")
+        ).strip()
         log("guest says:\n" + self.guest_probe)
         session = self.session_for()
         cmd = f"cd /cowlab && sudo nox -s {session[0]} -- {' '.join(session[1:])}"
@@ -290,16 +343,22 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
         prov = meta.get("provenance", meta)
         virt = prov.get("virtualization")
         log(f"run {run_json.relative_to(self.results)}: backing={prov.get('backing')!r}")
-        log(f"run {run_json.relative_to(self.results)}: virtualization={virt!r}, "
-            f"cpu={prov.get('cpu_model')!r}, hypervisor={prov.get('hypervisor')!r}, status={meta.get('status')!r}")
+        log(
+            f"run {run_json.relative_to(self.results)}: virtualization={virt!r}, "
+            f"cpu={prov.get('cpu_model')!r}, hypervisor={prov.get('hypervisor')!r}, status={meta.get('status')!r}"
+        )
         if virt != "tcg":
             raise SmokeError(f"{run_json} says virtualization={virt!r}, expected 'tcg'")
         if self.args.keep_results:
             dest = Path(self.args.keep_results)
             shutil.copytree(self.results, dest, dirs_exist_ok=True)
             log(f"results copied to {dest}")
-        return {"run": str(run_json.relative_to(self.results)), "virtualization": virt,
-                "cpu_model": prov.get("cpu_model"), "status": meta.get("status")}
+        return {
+            "run": str(run_json.relative_to(self.results)),
+            "virtualization": virt,
+            "cpu_model": prov.get("cpu_model"),
+            "status": meta.get("status"),
+        }
 
     def check_host_network(self, when: str) -> None:
         now = host_network()
@@ -334,8 +393,12 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
                 log(f"vagrant destroy: {e}")
         if self.box_name:
             try:
-                run(["vagrant", "box", "remove", "--force", "--all", self.box_name], env=self.vagrant_env(),
-                    check=False, timeout=300)
+                run(
+                    ["vagrant", "box", "remove", "--force", "--all", self.box_name],
+                    env=self.vagrant_env(),
+                    check=False,
+                    timeout=300,
+                )
             except Exception as e:  # noqa: BLE001
                 log(f"vagrant box remove: {e}")
         # QEMU and dnsmasq that libvirtd started, by the pid files it wrote in this run's /run/libvirt.
@@ -369,8 +432,11 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
             box = self.box()
             self.box_name = f"cowlab-smoke/debian12-{box.stem.rsplit('-', 1)[-1]}-{os.getpid()}"
             t0 = time.monotonic()
-            run(["vagrant", "box", "add", "--force", "--name", self.box_name, str(box)], env=self.vagrant_env(),
-                capture=True)
+            run(
+                ["vagrant", "box", "add", "--force", "--name", self.box_name, str(box)],
+                env=self.vagrant_env(),
+                capture=True,
+            )
             self.timings["box_add_s"] = round(time.monotonic() - t0, 1)
             summary = self.up_and_bench()
             ok = True
@@ -378,7 +444,10 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
             log(f"FAILED: {e}")
             console = self.scratch / "console" / f"{self.machine}.log"
             if console.exists():
-                log("last lines of the VM's console:\n" + "\n".join(console.read_text(errors="replace").splitlines()[-40:]))
+                log(
+                    "last lines of the VM's console:\n"
+                    + "\n".join(console.read_text(errors="replace").splitlines()[-40:])
+                )
         finally:
             t0 = time.monotonic()
             self.teardown()
@@ -388,8 +457,13 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
             log(f"FAILED: the host's network differs after the run:\nbefore:\n{self.net_before}\nafter:\n{after}")
             ok = False
         self.timings["total_s"] = round(time.monotonic() - t_all, 1)
-        report = {"ok": ok, "machine": self.machine, "timings": self.timings, **summary,
-                  "guest": getattr(self, "guest_probe", None)}
+        report = {
+            "ok": ok,
+            "machine": self.machine,
+            "timings": self.timings,
+            **summary,
+            "guest": getattr(self, "guest_probe", None),
+        }
         text = json.dumps(report, indent=2)
         if self.args.timings:
             Path(self.args.timings).write_text(text + "\n")
@@ -403,10 +477,20 @@ libvirtd --daemon --pid-file {self.scratch}/libvirtd.pid
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cowlab.cli.vagrant_smoke", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--machine", default="btrfs", choices=["btrfs", "overlay2"],
-                    help="a Debian 12 machine of the Vagrantfile (default btrfs: its second disk too)")
-    ap.add_argument("--workload", dest="workloads", action="append", default=[], metavar="NAME",
-                    help="bench only this workload (repeatable; default: the whole --quick grid)")
+    ap.add_argument(
+        "--machine",
+        default="btrfs",
+        choices=["btrfs", "overlay2"],
+        help="a Debian 12 machine of the Vagrantfile (default btrfs: its second disk too)",
+    )
+    ap.add_argument(
+        "--workload",
+        dest="workloads",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="bench only this workload (repeatable; default: the whole --quick grid)",
+    )
     ap.add_argument("--rebuild-box", action="store_true", help="ignore the cached box")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, console)")
     ap.add_argument("--keep-results", metavar="DIR", help="copy the VM's results here")
@@ -422,8 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     check = subprocess.run(["bash", str(PROVISION / "vagrant-host.sh"), "--check"], capture_output=True, text=True)
     if check.returncode != 0:
-        print(f"vagrant-smoke: {check.stdout.strip()}; run: sudo bash {PROVISION / 'vagrant-host.sh'}",
-              file=sys.stderr)
+        print(f"vagrant-smoke: {check.stdout.strip()}; run: sudo bash {PROVISION / 'vagrant-host.sh'}", file=sys.stderr)
         return 2
     return Smoke(args).main()
 

@@ -1,7 +1,7 @@
 """The agenda table of labs/README.md, made from each lab's front matter.
 
-    python -m cowlab.labs.agenda [labs/]          # rewrite the table between the agenda markers
-    python -m cowlab.labs.agenda --check [labs/]  # exit 1 when the table is out of step (tests)
+python -m cowlab.labs.agenda [labs/]          # rewrite the table between the agenda markers
+python -m cowlab.labs.agenda --check [labs/]  # exit 1 when the table is out of step (tests)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def render(readme: str, lessons: list[Lesson]) -> str:
     end = readme.find(END)
     if not m or end < m.end():
         raise SystemExit("labs/README.md has no agenda markers")
-    return readme[:m.end()] + table(lessons) + readme[end:]
+    return readme[: m.end()] + table(lessons) + readme[end:]
 
 
 def main(argv: list[str]) -> int:

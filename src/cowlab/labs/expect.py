@@ -36,8 +36,8 @@ class ExpectError(CowlabError):
 
 @dataclass
 class Expectation:
-    kind: str           # exit, contains, matches, let, expr
-    text: str           # the line as written
+    kind: str  # exit, contains, matches, let, expr
+    text: str  # the line as written
     arg: str = ""
     negate: bool = False
     name: str = ""
@@ -109,7 +109,7 @@ def parse_line(raw: str) -> Expectation:
         raise ExpectError("write `exit N` or `exit != N`")
     if head in ("contains", "matches"):
         if len(w) != 2:
-            raise ExpectError(f"write {head} \"...\" (quote the text)")
+            raise ExpectError(f'write {head} "..." (quote the text)')
         if head == "matches":
             try:
                 re.compile(w[1])
@@ -134,7 +134,8 @@ def parse_line(raw: str) -> Expectation:
     except SyntaxError:
         raise ExpectError("not an expectation (exit, contains, matches, let, or a comparison)") from None
     if not isinstance(tree.body, (ast.Compare, ast.BoolOp)) and not (
-            isinstance(tree.body, ast.UnaryOp) and isinstance(tree.body.op, ast.Not)):
+        isinstance(tree.body, ast.UnaryOp) and isinstance(tree.body.op, ast.Not)
+    ):
         raise ExpectError("an expression expectation must compare something (>=, <, ==, ...)")
     _check_ast(tree)
     return Expectation("expr", text, arg=expr)
@@ -200,17 +201,48 @@ def _names(expr: str) -> set[str]:
 
 
 _BIN: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _CMP: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b,
-    ast.NotIn: lambda a, b: a not in b}
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+}
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
-    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
+}
 _FUNCS: dict[str, Callable[..., Any]] = {"abs": abs, "min": min, "max": max, "round": round}
-_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Name, ast.Constant,
-            ast.Load, ast.Call, ast.And, ast.Or, ast.Not, ast.USub, ast.UAdd, *_BIN, *_CMP)
+_ALLOWED = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Compare,
+    ast.BoolOp,
+    ast.Name,
+    ast.Constant,
+    ast.Load,
+    ast.Call,
+    ast.And,
+    ast.Or,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    *_BIN,
+    *_CMP,
+)
 
 
 def _check_ast(tree: ast.AST) -> None:

@@ -27,11 +27,11 @@ class Step:
     n: int
     title: str
     script: str
-    line: int                      # 1-based line of the fence in the file
+    line: int  # 1-based line of the fence in the file
     cleanup: bool = False
     timeout: float = DEFAULT_TIMEOUT
     expects: list[Expectation] = field(default_factory=list)
-    check: str | None = None        # a script: exit 0 when the machine is where this step leaves it
+    check: str | None = None  # a script: exit 0 when the machine is where this step leaves it
     hints: list[str] = field(default_factory=list)
 
     @property
@@ -53,7 +53,7 @@ class Lesson:
     needs: dict
     slide: list[str]
     steps: list[Step]
-    replay_seconds: float | None = None   # measured, recorded in the front matter
+    replay_seconds: float | None = None  # measured, recorded in the front matter
 
     @property
     def body_steps(self) -> list[Step]:
@@ -93,10 +93,10 @@ def parse(path: Path) -> Lesson:
     if not steps:
         raise CowlabError(f"{path}: no ```sh step")
     from cowlab.labs.needs import check_needs_spec
+
     needs = meta.get("needs") or {}
     check_needs_spec(path, needs)
-    return Lesson(lid, str(meta["title"]), int(meta["minutes"]), path, needs, slide, steps,
-                  meta.get("replay_seconds"))
+    return Lesson(lid, str(meta["title"]), int(meta["minutes"]), path, needs, slide, steps, meta.get("replay_seconds"))
 
 
 def _steps(path: Path, text: str) -> list[Step]:
@@ -143,14 +143,14 @@ def _steps(path: Path, text: str) -> list[Step]:
             if step.check is not None:
                 raise CowlabError(f"{where}: step {step.n} has two ```check blocks")
             step.check = t.content
-            step.hints = [ln.split("# hint:", 1)[1].strip() for ln in t.content.splitlines()
-                          if "# hint:" in ln]
+            step.hints = [ln.split("# hint:", 1)[1].strip() for ln in t.content.splitlines() if "# hint:" in ln]
     return steps
 
 
 def labs_dir(explicit: str | None = None) -> Path:
     """Where the lessons are: --labs, $COWLAB_LABS, or labs/ of the checkout cowlab runs from."""
     import os
+
     cand = explicit or os.environ.get("COWLAB_LABS")
     if cand:
         p = Path(cand)
@@ -161,8 +161,10 @@ def labs_dir(explicit: str | None = None) -> Path:
     for parent in here.parents:
         if (parent / "labs" / "README.md").exists() and (parent / "pyproject.toml").exists():
             return parent / "labs"
-    raise CowlabError("no labs/ directory found next to this cowlab install; pass --labs DIR "
-                      "(the labs/ folder of a cowlab checkout) or set COWLAB_LABS")
+    raise CowlabError(
+        "no labs/ directory found next to this cowlab install; pass --labs DIR "
+        "(the labs/ folder of a cowlab checkout) or set COWLAB_LABS"
+    )
 
 
 def load_all(directory: Path) -> list[Lesson]:

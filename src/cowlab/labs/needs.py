@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def _dm_thin() -> bool:
     if Path("/sys/module/dm_thin_pool").exists():
         return True
     import subprocess
+
     try:
         cp = subprocess.run(["dmsetup", "targets"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -61,44 +63,95 @@ def _docker() -> bool:
 
 @dataclass(frozen=True)
 class Feature:
-    check: object           # () -> bool
-    what: str               # said when missing
-    hint: str               # how to get it
+    check: Callable[[], bool]
+    what: str  # said when missing
+    hint: str  # how to get it
     in_vm: str | None = None  # the kernel (cowlab.storage.kernels) on which the kernel VM has it
     script: str | None = None  # vagrant/provision/<script>.sh installs what it takes, if a package can
 
 
 FEATURES: dict[str, Feature] = {
-    "overlay": Feature(lambda: _fs("overlay"), "the kernel has no overlay filesystem",
-                       "a kernel with CONFIG_OVERLAY_FS (every distribution kernel has it)"),
-    "metacopy": Feature(lambda: Path("/sys/module/overlay/parameters/metacopy").exists(),
-                        "overlayfs here has no metacopy option (kernel < 4.19)", "a kernel ≥ 4.19"),
-    "data-only-lower": Feature(lambda: _fs("overlay") and _kernel_at_least(6, 5),
-                               "overlayfs data-only lower layers need kernel ≥ 6.5", "a kernel ≥ 6.5"),
-    "idmap": Feature(lambda: _kernel_at_least(5, 19), "idmapped overlay mounts need kernel ≥ 5.19",
-                     "a kernel ≥ 5.19"),
-    "ext4": Feature(lambda: _fs("ext4") and bool(shutil.which("mkfs.ext4")), "no ext4 or mkfs.ext4",
-                    f"sudo bash {PROVISION}/host.sh", script="host"),
-    "xfs": Feature(lambda: _fs("xfs") and bool(shutil.which("mkfs.xfs")), "no xfs in the kernel or no mkfs.xfs",
-                   f"sudo bash {PROVISION}/host.sh (xfsprogs)", script="host"),
-    "btrfs": Feature(lambda: _fs("btrfs") and bool(shutil.which("btrfs")), "no btrfs in the kernel or no btrfs-progs",
-                     f"sudo bash {PROVISION}/btrfs.sh", script="btrfs"),
-    "erofs": Feature(lambda: _fs("erofs") and bool(shutil.which("mkfs.erofs")), "no erofs in the kernel or no mkfs.erofs",
-                     "sudo apt-get install erofs-utils (and a kernel with CONFIG_EROFS_FS)", script="erofs"),
-    "dm-thin": Feature(_dm_thin, "the running kernel has no device-mapper thin-pool target",
-                       f"sudo bash {PROVISION}/devicemapper.sh (then the lab runs in the kernel VM), "
-                       "or the Vagrant devicemapper-loop machine", in_vm="6.1", script="devicemapper"),
-    "aufs": Feature(lambda: _fs("aufs"), "the running kernel has no aufs (no Debian kernel has it)",
-                    "sudo nox -s aufs-kernel (cowlab's AUFS kernel; then the lab runs in the kernel VM), "
-                    "or the Vagrant `aufs` machine (Ubuntu 20.04's kernel ships aufs)", in_vm="aufs", script="aufs"),
-    "docker": Feature(_docker, "Docker Engine (dockerd, docker) or the Docker SDK is not installed",
-                      f"sudo bash {PROVISION}/engine.sh; pip install 'cowlab[engine]' (the nox sessions do)", script="engine"),
-    "fuse": Feature(lambda: Path("/dev/fuse").exists() and _fs("fuse"), "no FUSE in this kernel",
-                    "a kernel with CONFIG_FUSE_FS and /dev/fuse", script="host"),
-    "cgroup-memory": Feature(lambda: Path("/sys/fs/cgroup/memory").is_dir() or
-                             "memory" in (Path("/sys/fs/cgroup/cgroup.controllers").read_text()
-                                          if Path("/sys/fs/cgroup/cgroup.controllers").exists() else ""),
-                             "no memory cgroup controller", "a kernel with the memory controller enabled"),
+    "overlay": Feature(
+        lambda: _fs("overlay"),
+        "the kernel has no overlay filesystem",
+        "a kernel with CONFIG_OVERLAY_FS (every distribution kernel has it)",
+    ),
+    "metacopy": Feature(
+        lambda: Path("/sys/module/overlay/parameters/metacopy").exists(),
+        "overlayfs here has no metacopy option (kernel < 4.19)",
+        "a kernel ≥ 4.19",
+    ),
+    "data-only-lower": Feature(
+        lambda: _fs("overlay") and _kernel_at_least(6, 5),
+        "overlayfs data-only lower layers need kernel ≥ 6.5",
+        "a kernel ≥ 6.5",
+    ),
+    "idmap": Feature(lambda: _kernel_at_least(5, 19), "idmapped overlay mounts need kernel ≥ 5.19", "a kernel ≥ 5.19"),
+    "ext4": Feature(
+        lambda: _fs("ext4") and bool(shutil.which("mkfs.ext4")),
+        "no ext4 or mkfs.ext4",
+        f"sudo bash {PROVISION}/host.sh",
+        script="host",
+    ),
+    "xfs": Feature(
+        lambda: _fs("xfs") and bool(shutil.which("mkfs.xfs")),
+        "no xfs in the kernel or no mkfs.xfs",
+        f"sudo bash {PROVISION}/host.sh (xfsprogs)",
+        script="host",
+    ),
+    "btrfs": Feature(
+        lambda: _fs("btrfs") and bool(shutil.which("btrfs")),
+        "no btrfs in the kernel or no btrfs-progs",
+        f"sudo bash {PROVISION}/btrfs.sh",
+        script="btrfs",
+    ),
+    "erofs": Feature(
+        lambda: _fs("erofs") and bool(shutil.which("mkfs.erofs")),
+        "no erofs in the kernel or no mkfs.erofs",
+        "sudo apt-get install erofs-utils (and a kernel with CONFIG_EROFS_FS)",
+        script="erofs",
+    ),
+    "dm-thin": Feature(
+        _dm_thin,
+        "the running kernel has no device-mapper thin-pool target",
+        f"sudo bash {PROVISION}/devicemapper.sh (then the lab runs in the kernel VM), "
+        "or the Vagrant devicemapper-loop machine",
+        in_vm="6.1",
+        script="devicemapper",
+    ),
+    "aufs": Feature(
+        lambda: _fs("aufs"),
+        "the running kernel has no aufs (no Debian kernel has it)",
+        "sudo nox -s aufs-kernel (cowlab's AUFS kernel; then the lab runs in the kernel VM), "
+        "or the Vagrant `aufs` machine (Ubuntu 20.04's kernel ships aufs)",
+        in_vm="aufs",
+        script="aufs",
+    ),
+    "docker": Feature(
+        _docker,
+        "Docker Engine (dockerd, docker) or the Docker SDK is not installed",
+        f"sudo bash {PROVISION}/engine.sh; pip install 'cowlab[engine]' (the nox sessions do)",
+        script="engine",
+    ),
+    "fuse": Feature(
+        lambda: Path("/dev/fuse").exists() and _fs("fuse"),
+        "no FUSE in this kernel",
+        "a kernel with CONFIG_FUSE_FS and /dev/fuse",
+        script="host",
+    ),
+    "cgroup-memory": Feature(
+        lambda: (
+            Path("/sys/fs/cgroup/memory").is_dir()
+            or "memory"
+            in (
+                Path("/sys/fs/cgroup/cgroup.controllers").read_text()
+                if Path("/sys/fs/cgroup/cgroup.controllers").exists()
+                else ""
+            )
+        ),
+        "no memory cgroup controller",
+        "a kernel with the memory controller enabled",
+    ),
 }
 
 NEEDS_KEYS = {"features", "drivers", "commands"}
@@ -116,16 +169,17 @@ def check_needs_spec(path, needs: dict) -> None:
             raise CowlabError(f"{path}: unknown feature {f!r}; known: {', '.join(sorted(FEATURES))}")
     if needs.get("drivers"):
         from cowlab.storage import drivers
+
         for d in needs["drivers"]:
             drivers.get(d)  # raises with the list of drivers
 
 
 @dataclass
 class Verdict:
-    route: str | None                 # "native", "vm", or None when it can't run here
+    route: str | None  # "native", "vm", or None when it can't run here
     missing: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
-    kernel: str | None = None         # with route "vm": the kernel the VM boots
+    kernel: str | None = None  # with route "vm": the kernel the VM boots
 
     @property
     def runnable(self) -> bool:
@@ -141,9 +195,10 @@ def scripts(needs_list: list[dict], root: Path | None = None) -> list[str]:
     host first; only scripts that exist in the checkout are named."""
     out = ["host"]
     for n in needs_list:
-        out += [FEATURES[f].script for f in n.get("features", []) if FEATURES[f].script]
+        out += [s for f in n.get("features", []) if (s := FEATURES[f].script)]
         if n.get("drivers"):
             from cowlab.storage import drivers
+
             out += [drivers.get(d).name for d in n["drivers"]]  # vagrant/provision/<driver>.sh
         if "dm-thin" in n.get("features", []) or any(d.startswith("devicemapper") for d in n.get("drivers", [])):
             out.append("devicemapper")  # the kernel VM: QEMU, virtme-ng's kernel
@@ -179,6 +234,7 @@ def evaluate(needs: dict, vm_mode: str = "auto", kernel: str | None = None) -> V
             hints.append(f"sudo bash {PROVISION}/host.sh")
     if needs.get("drivers") and not forced:
         from cowlab.storage import drivers
+
         for d in needs["drivers"]:
             cls = drivers.get(d)
             p = cls.probe()
@@ -191,12 +247,16 @@ def evaluate(needs: dict, vm_mode: str = "auto", kernel: str | None = None) -> V
                 missing.append(f"driver {d}: {p.reason}")
                 hints.append(p.hint)
     from cowlab.storage import vm
+
     in_guest = bool(os.environ.get(vm.IN_VM))
     if missing:
         return Verdict(None, missing, hints)
     if vm_only and vm_mode == "never" or vm_only and in_guest:
-        return Verdict(None, [f"{n}: {FEATURES[n].what}" if n in FEATURES else f"{n} needs the kernel VM"
-                              for n in vm_only], [FEATURES[n].hint if n in FEATURES else vm.hint() for n in vm_only])
+        return Verdict(
+            None,
+            [f"{n}: {FEATURES[n].what}" if n in FEATURES else f"{n} needs the kernel VM" for n in vm_only],
+            [FEATURES[n].hint if n in FEATURES else vm.hint() for n in vm_only],
+        )
     wanted = set(kernels_needed.values())
     if len(wanted) > 1:
         return Verdict(None, [f"needs kernels {', '.join(sorted(wanted))} at once ({kernels_needed})"], [])
@@ -204,7 +264,10 @@ def evaluate(needs: dict, vm_mode: str = "auto", kernel: str | None = None) -> V
     if vm_only or vm_mode == "always" or forced:
         why = vm.why_unavailable(k, with_hint=False)  # the hint below names the command once
         if why:
-            return Verdict(None, [f"{', '.join(vm_only) or 'the lab'} needs the kernel VM, which can't run here: {why}"],
-                           [vm.hint(k)])
+            return Verdict(
+                None,
+                [f"{', '.join(vm_only) or 'the lab'} needs the kernel VM, which can't run here: {why}"],
+                [vm.hint(k)],
+            )
         return Verdict("vm", kernel=k)
     return Verdict("native")

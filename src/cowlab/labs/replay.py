@@ -15,18 +15,19 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cowlab.run import cleanup
 from cowlab.base.errors import CowlabError, Unavailable
 from cowlab.base.resources import Resources
 from cowlab.base.state import MARKER, StateRoot
 from cowlab.labs import expect, needs, shellstate
 from cowlab.labs.lesson import Lesson, Step
 from cowlab.labs.shell import Session, StepResult
+from cowlab.run import cleanup
 
-WORKDIR_ENV = "COWLAB_LAB_WORKDIR"   # set in a replay: `cowlab lab workdir` answers with it
+WORKDIR_ENV = "COWLAB_LAB_WORKDIR"  # set in a replay: `cowlab lab workdir` answers with it
 LAB_MARKER = ".cowlab-lab"
 
 
@@ -55,6 +56,7 @@ class LabReport:
 
     def as_dict(self) -> dict:
         from dataclasses import asdict
+
         return asdict(self)
 
 
@@ -69,10 +71,18 @@ def session_env(state: StateRoot, workdir: Path, tag_env: dict | None = None) ->
     env["PATH"] = _bin_dir() + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     env[WORKDIR_ENV] = str(workdir)
     env["COWLAB_ROOT"] = str(state.path)
-    env.pop("LAB", None)        # the lab sets it itself, as the attendee does
+    env.pop("LAB", None)  # the lab sets it itself, as the attendee does
     # Output the expectations can rely on: no colours, no pager, C number formats, 100 columns.
-    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", TERM="dumb", NO_COLOR="1", COLUMNS="100",
-               PAGER="cat", SYSTEMD_PAGER="cat", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        LC_ALL="C.UTF-8",
+        LANG="C.UTF-8",
+        TERM="dumb",
+        NO_COLOR="1",
+        COLUMNS="100",
+        PAGER="cat",
+        SYSTEMD_PAGER="cat",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     return env
 
 
@@ -83,8 +93,14 @@ def fresh_shell_failures(lesson: Lesson) -> list[str]:
     return [shellstate.describe(n) for n in shellstate.unguarded(lesson.body_steps)]
 
 
-def run(lesson: Lesson, state: StateRoot, echo=print, vm_mode: str = "auto",
-        labs_path: Path | None = None, fresh_shells: bool = False) -> LabReport:
+def run(
+    lesson: Lesson,
+    state: StateRoot,
+    echo=print,
+    vm_mode: str = "auto",
+    labs_path: Path | None = None,
+    fresh_shells: bool = False,
+) -> LabReport:
     """Replay one lab here (or in the kernel VM when it needs what only the VM has).
     fresh_shells: also run each step that needs shell state in a new shell first, where it
     must stop with a message naming the step to run (see _probe_fresh)."""
@@ -93,8 +109,14 @@ def run(lesson: Lesson, state: StateRoot, echo=print, vm_mode: str = "auto",
         echo(f"=== lab {lesson.id}: steps use shell state without a guard ===")
         for b in bad:
             echo(f"  ✗ {b}")
-        return LabReport(lesson.id, lesson.title, "text", False, 0.0,
-                         [StepReport(0, "fresh-shell property", False, 0.0, failures=bad)])
+        return LabReport(
+            lesson.id,
+            lesson.title,
+            "text",
+            False,
+            0.0,
+            [StepReport(0, "fresh-shell property", False, 0.0, failures=bad)],
+        )
     verdict = needs.evaluate(lesson.needs, vm_mode)
     if not verdict.runnable:
         raise Unavailable(f"lab {lesson.id} ({lesson.title})", verdict.reason, "; ".join(dict.fromkeys(verdict.hints)))
@@ -127,8 +149,15 @@ def _run_native(lesson: Lesson, state: StateRoot, echo, fresh_shells: bool = Fal
                         why = _probe_fresh(res, step, env, scratch, names)
                         if why:
                             echo(f"  ✗ step {step.n} in a new shell: {why}")
-                            report.steps.append(StepReport(step.n, f"{step.label} (in a new shell)", False, 0.0,
-                                                           failures=[f"in a new shell: {why}"]))
+                            report.steps.append(
+                                StepReport(
+                                    step.n,
+                                    f"{step.label} (in a new shell)",
+                                    False,
+                                    0.0,
+                                    failures=[f"in a new shell: {why}"],
+                                )
+                            )
                             failed = True
                             break
                         echo(f"  ✓ step {step.n} in a new shell stops and names the step to run")
@@ -157,8 +186,10 @@ def _run_native(lesson: Lesson, state: StateRoot, echo, fresh_shells: bool = Fal
                         echo(f"  teardown {nested.name}: {line}")
     report.seconds = round(time.monotonic() - t0, 1)
     mark = "PASSED" if report.ok else "FAILED"
-    echo(f"=== lab {lesson.id} {mark} in {report.seconds:.1f} s "
-         f"({sum(s.ok for s in report.steps)}/{len(report.steps)} steps) ===")
+    echo(
+        f"=== lab {lesson.id} {mark} in {report.seconds:.1f} s "
+        f"({sum(s.ok for s in report.steps)}/{len(report.steps)} steps) ==="
+    )
     return report
 
 
@@ -179,6 +210,7 @@ def _probe_fresh(res: Resources, step: Step, env: dict, scratch: Path, names: di
             sess.close()
     finally:
         import shutil
+
         shutil.rmtree(empty, ignore_errors=True)
     # A guard inside $(...) ends only that subshell: the line may still print, without its
     # number. So: it names the step to run, and it is not a step that held (it failed, or its
@@ -186,8 +218,11 @@ def _probe_fresh(res: Resources, step: Step, env: dict, scratch: Path, names: di
     held = not judge(step, r, dict(names))
     if "run step" not in r.output:
         tail = r.output.strip().splitlines()[-1:] or ["(no output)"]
-        return ("it ran as if the earlier steps' shell were there" if held else
-                f"it failed without naming the step to run: {tail[0]}")
+        return (
+            "it ran as if the earlier steps' shell were there"
+            if held
+            else f"it failed without naming the step to run: {tail[0]}"
+        )
     if held:
         return "it named a step to run, yet printed what the lab expects, as if it had worked"
     return ""
@@ -219,8 +254,10 @@ def _step(sess: Session, step: Step, names: dict, workdir: Path, env: dict, echo
     if not failures and step.check:
         ok, out = run_check(step.check, workdir, env)
         if not ok:
-            failures.append("check failed: the machine is not where this step should leave it"
-                            + (f" ({out.strip().splitlines()[-1]})" if out.strip() else ""))
+            failures.append(
+                "check failed: the machine is not where this step should leave it"
+                + (f" ({out.strip().splitlines()[-1]})" if out.strip() else "")
+            )
         else:
             checked.append("check passed")
     for f in failures:
@@ -235,6 +272,7 @@ def prompt_lines(script: str) -> list[str]:
     """The step as a terminal shows it being typed: `$ ` before each command, `> ` before the
     lines a command continues on (a trailing backslash, a here-document)."""
     import re
+
     out, heredoc, cont = [], None, False
     for line in script.rstrip("\n").splitlines():
         if heredoc is not None:
@@ -269,42 +307,76 @@ def judge(step: Step, r: StepResult, names: dict) -> list[str]:
 
 def run_check(script: str, workdir: Path, env: dict) -> tuple[bool, str]:
     cenv = dict(env, LAB=str(workdir))
-    cp = subprocess.run(["bash", "-c", script], cwd=str(workdir) if workdir.is_dir() else "/",
-                        env=cenv, capture_output=True, text=True, timeout=60)
+    cp = subprocess.run(
+        ["bash", "-c", script],
+        cwd=str(workdir) if workdir.is_dir() else "/",
+        env=cenv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return cp.returncode == 0, cp.stdout + cp.stderr
 
 
 # --- the kernel VM -------------------------------------------------------------------------------
-def run_in_vm(lessons: list[Lesson], state: StateRoot, echo, labs_path: Path,
-              kernel: str | None = None) -> list[LabReport]:
+def run_in_vm(
+    lessons: list[Lesson], state: StateRoot, echo, labs_path: Path, kernel: str | None = None
+) -> list[LabReport]:
     """Replay labs in the kernel VM on `kernel` (default 6.1), all in one boot; reports come back as JSON."""
     from cowlab.storage import vm
+
     state.ensure()
     out = state.tmp / f"{os.getpid()}-lab-vm-reports"
     out.mkdir(parents=True, exist_ok=True)
     try:
         report_file = out / "reports.json"
-        argv = ["lab", "run", *[les.id for les in lessons], "--vm", "never", "--labs", str(labs_path),
-                "--json-report", str(report_file)]
+        argv = [
+            "lab",
+            "run",
+            *[les.id for les in lessons],
+            "--vm",
+            "never",
+            "--labs",
+            str(labs_path),
+            "--json-report",
+            str(report_file),
+        ]
         t0 = time.monotonic()
-        r = vm.run(state, argv, out=out, state_disk=16 << 30, echo=echo,
-                   timeout=600 + 600 * len(lessons), kernel_name=kernel)
+        r = vm.run(
+            state, argv, out=out, state_disk=16 << 30, echo=echo, timeout=600 + 600 * len(lessons), kernel_name=kernel
+        )
         wall = time.monotonic() - t0
         got = json.loads(report_file.read_text()) if report_file.exists() else []
     finally:
         import shutil
+
         shutil.rmtree(out, ignore_errors=True)
     by_id = {g["id"]: g for g in got}
     reports = []
     for les in lessons:
         g = by_id.get(les.id)
         if g is None:
-            reports.append(LabReport(les.id, les.title, "vm", False, round(wall, 1),
-                                     skipped=f"the VM ended (status {r.returncode}) without a report"))
+            reports.append(
+                LabReport(
+                    les.id,
+                    les.title,
+                    "vm",
+                    False,
+                    round(wall, 1),
+                    skipped=f"the VM ended (status {r.returncode}) without a report",
+                )
+            )
             continue
-        rep = LabReport(g["id"], g["title"], f"vm ({kernel or vm.DEFAULT_KERNEL}, {vm.accel()}, boot {r.boot_seconds} s)",
-                        g["ok"], g["seconds"],
-                        [StepReport(**s) for s in g["steps"]], g.get("skipped"), g.get("interrupted", False))
+        rep = LabReport(
+            g["id"],
+            g["title"],
+            f"vm ({kernel or vm.DEFAULT_KERNEL}, {vm.accel()}, boot {r.boot_seconds} s)",
+            g["ok"],
+            g["seconds"],
+            [StepReport(**s) for s in g["steps"]],
+            g.get("skipped"),
+            g.get("interrupted", False),
+        )
         reports.append(rep)
     return reports
 
@@ -368,6 +440,7 @@ def reset(state: StateRoot, lab_id: str) -> list[str]:
         done.append(f"released {wd}")
     elif os.environ.get(WORKDIR_ENV) == str(wd):  # a replay's own workspace: release it the same way
         from cowlab.base.resources import RELEASERS
+
         RELEASERS["workspace"]({"path": str(wd)}, StateRoot(wd.parent.parent))
         done.append(f"released {wd}")
     elif wd.exists():
@@ -375,7 +448,7 @@ def reset(state: StateRoot, lab_id: str) -> list[str]:
     return done
 
 
-def shell_notes(lesson: Lesson, wd: Path, environ: dict | None = None) -> list[str]:
+def shell_notes(lesson: Lesson, wd: Path, environ: Mapping[str, str] | None = None) -> list[str]:
     """What the attendee's shell lacks of what the steps left in it. Exported variables
     ($LAB, COWLAB_ROOT) reach `cowlab lab check` through its environment, so their absence is
     certain; a shell's own variables and functions don't, so those are named as a maybe."""
@@ -395,14 +468,19 @@ def shell_notes(lesson: Lesson, wd: Path, environ: dict | None = None) -> list[s
             out.append(f"shell: $LAB is {have}, not this lab's {wd}: run step {n.made_by} again")
         elif not have:
             out.append(f"shell: ${n.name} is not set in this shell (a new shell?): run step {n.made_by} again")
-        elif n.name == "COWLAB_ROOT" and (wd / "cowlab" / MARKER).exists() \
-                and os.path.realpath(have) != os.path.realpath(wd / "cowlab"):
+        elif (
+            n.name == "COWLAB_ROOT"
+            and (wd / "cowlab" / MARKER).exists()
+            and os.path.realpath(have) != os.path.realpath(wd / "cowlab")
+        ):
             out.append(f"shell: COWLAB_ROOT is {have}, not this lab's {wd / 'cowlab'}: run step {n.made_by} again")
     for step_n in sorted(private):
         names = ", ".join(sorted(private[step_n]))
         verb = "are" if out else "may be"
-        out.append(f"shell: {names} from step {step_n} {verb} missing too (cowlab can't see a shell's own "
-                   f"variables; later steps stop with \"run step {step_n} first\" if so)")
+        out.append(
+            f"shell: {names} from step {step_n} {verb} missing too (cowlab can't see a shell's own "
+            f'variables; later steps stop with "run step {step_n} first" if so)'
+        )
     return out
 
 
@@ -410,8 +488,10 @@ def check(lesson: Lesson, state: StateRoot) -> list[tuple[Step, bool, str]]:
     """Run every step's check against the attendee's workspace, in order."""
     wd = find_workdir(state, lesson.id)
     if not wd.is_dir():
-        raise CowlabError(f"no workspace for lab {lesson.id} yet: start with its first step "
-                          f"(`export LAB=$(cowlab lab workdir {lesson.id})`)")
+        raise CowlabError(
+            f"no workspace for lab {lesson.id} yet: start with its first step "
+            f"(`export LAB=$(cowlab lab workdir {lesson.id})`)"
+        )
     env = session_env(state, wd)
     env.pop(WORKDIR_ENV, None)
     if (wd / "cowlab" / MARKER).exists():

@@ -36,15 +36,22 @@ class Session:
     def __init__(self, res: Resources, cwd: Path, env: dict[str, str], scratch: Path):
         self.scratch = scratch
         self.done_mark = f"__cowlab_done_{uuid.uuid4().hex}__"
-        self.proc = spawn(res, ["bash", "--noprofile", "--norc"], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(cwd), env=env,
-                          start_new_session=True)
+        self.proc = spawn(
+            res,
+            ["bash", "--noprofile", "--norc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd),
+            env=env,
+            start_new_session=True,
+        )
         self.handle = self.proc._cowlab_handle  # type: ignore[attr-defined]
         self.res = res
         self._buf = b""
         # Every failing command, with its status and text, on the session's output; errtrace
         # carries the trap into functions, $(...) and subshells, where a step hides work too.
-        self._send(f"set -o errtrace; trap 'printf \"{ERR_MARK} %s %s\\n\" \"$?\" \"$BASH_COMMAND\" >&2' ERR\n")
+        self._send(f'set -o errtrace; trap \'printf "{ERR_MARK} %s %s\\n" "$?" "$BASH_COMMAND" >&2\' ERR\n')
         self._n = 0
 
     def _send(self, text: str) -> None:
@@ -119,11 +126,15 @@ class Session:
         self.res.release(self.handle)
 
 
-def _result(lines: list[str], rc: int, seconds: float, scratch: Path | None = None,
-            timed_out: bool = False) -> StepResult:
+def _result(
+    lines: list[str], rc: int, seconds: float, scratch: Path | None = None, timed_out: bool = False
+) -> StepResult:
     # `source STEP` itself fails when its last command did: that one is already reported.
-    failed = [ln[len(ERR_MARK) + 1:] for ln in lines if ln.startswith(ERR_MARK)
-              and not (scratch and f"source '{scratch}" in ln)]
+    failed = [
+        ln[len(ERR_MARK) + 1 :]
+        for ln in lines
+        if ln.startswith(ERR_MARK) and not (scratch and f"source '{scratch}" in ln)
+    ]
     out = "\n".join(ln for ln in lines if not ln.startswith(ERR_MARK))
     return StepResult(rc, out, failed, round(seconds, 3), timed_out)
 

@@ -21,11 +21,37 @@ import re
 from dataclasses import dataclass
 
 # variables every shell has: a step may use them whatever earlier steps did
-SHELL_VARS = frozenset({"HOME", "PATH", "PWD", "OLDPWD", "USER", "SHELL", "TERM", "BASHPID", "RANDOM",
-                        "SECONDS", "LINENO", "UID", "EUID", "HOSTNAME", "IFS", "OPTIND", "REPLY",
-                        "PIPESTATUS", "BASH_REMATCH", "FUNCNAME", "LANG", "LC_ALL"})
-_ASSIGN = re.compile(r"(?:^|[;&|({`]|\$\(|\bthen\b|\bdo\b|\belse\b|\b(?:export|local|readonly|declare|typeset)"
-                     r"(?:\s+-\w+)*)\s*([A-Za-z_]\w*)(?:\[[^\]]*\])?\+?=", re.M)
+SHELL_VARS = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "PWD",
+        "OLDPWD",
+        "USER",
+        "SHELL",
+        "TERM",
+        "BASHPID",
+        "RANDOM",
+        "SECONDS",
+        "LINENO",
+        "UID",
+        "EUID",
+        "HOSTNAME",
+        "IFS",
+        "OPTIND",
+        "REPLY",
+        "PIPESTATUS",
+        "BASH_REMATCH",
+        "FUNCNAME",
+        "LANG",
+        "LC_ALL",
+    }
+)
+_ASSIGN = re.compile(
+    r"(?:^|[;&|({`]|\$\(|\bthen\b|\bdo\b|\belse\b|\b(?:export|local|readonly|declare|typeset)"
+    r"(?:\s+-\w+)*)\s*([A-Za-z_]\w*)(?:\[[^\]]*\])?\+?=",
+    re.M,
+)
 _FOR = re.compile(r"\bfor\s+([A-Za-z_]\w*)\s+in\b")
 _READ = re.compile(r"\b(?:read|mapfile|readarray)((?:\s+-\w+(?:\s+\S+)?)*)((?:\s+[A-Za-z_]\w*)+)")
 _FUNC = re.compile(r"(?:^|[;&|]\s*|\bfunction\s+)([A-Za-z_][\w-]*)\s*\(\)\s*\{?", re.M)
@@ -150,11 +176,11 @@ def _func_guarded(script: str, f: str, before: int) -> bool:
 
 @dataclass
 class Need:
-    step: int          # the step that needs it
-    name: str          # a variable or a function
-    made_by: int       # the earlier step that sets it
+    step: int  # the step that needs it
+    name: str  # a variable or a function
+    made_by: int  # the earlier step that sets it
     guarded: bool
-    exported: bool     # visible to `cowlab lab check` (it runs from that shell)
+    exported: bool  # visible to `cowlab lab check` (it runs from that shell)
     function: bool = False
 
 
@@ -213,6 +239,9 @@ def unguarded(steps) -> list[Need]:
 
 def describe(n: Need) -> str:
     what = f"function {n.name}()" if n.function else f"${n.name}"
-    hint = (f'declare -F {n.name} >/dev/null || {{ echo "run step {n.made_by} first" >&2; false; }}'
-            if n.function else f'${{{n.name}:?run step {n.made_by} first}}')
+    hint = (
+        f'declare -F {n.name} >/dev/null || {{ echo "run step {n.made_by} first" >&2; false; }}'
+        if n.function
+        else f"${{{n.name}:?run step {n.made_by} first}}"
+    )
     return f"step {n.step} uses {what}, which step {n.made_by} sets, without a guard (e.g. {hint})"

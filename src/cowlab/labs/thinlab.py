@@ -47,17 +47,27 @@ class ThinPool(Protocol):
     def grow_pool(self, add_bytes: int) -> None: ...
 
 
-def run(driver_name: str, state: StateRoot, mode: str, timeout: int = 5, pool_bytes: int = 64 * MiB,
-        options: dict | None = None, hold: float = 3.0, echo=print) -> dict:
+def run(
+    driver_name: str,
+    state: StateRoot,
+    mode: str,
+    timeout: int = 5,
+    pool_bytes: int = 64 * MiB,
+    options: dict | None = None,
+    hold: float = 3.0,
+    echo=print,
+) -> dict:
     if mode not in MODES:
         raise CowlabError(f"mode {mode!r}: choose {', '.join(MODES)}")
     cls = drivers.get(driver_name)
     if "thin_pool" not in cls.capabilities:
         raise CowlabError(f"{driver_name} has no thin pool (capability thin_pool)")
     from cowlab.run.vmroute import probe
+
     p = probe(cls)
     if not p.available:
         from cowlab.base.errors import Unavailable
+
         raise Unavailable(f"driver {driver_name}", p.reason, p.hint)
     opts = dict(options or {})
     opts.update(data_size=pool_bytes, base_size=pool_bytes * 2, low_water_blocks=0)
@@ -83,12 +93,22 @@ def run(driver_name: str, state: StateRoot, mode: str, timeout: int = 5, pool_by
         if not isinstance(drv, ThinPool):
             raise CowlabError(f"{driver_name} declares thin_pool but has no pool_status/thin_volume/grow_pool")
         st = drv.pool_status()
-        event("pool created", data=f"{st.used_data_blocks}/{st.total_data_blocks} blocks",
-              mode=st.mode, no_space=st.no_space, no_space_timeout=drv.metadata().get("dm_no_space_timeout"))
+        event(
+            "pool created",
+            data=f"{st.used_data_blocks}/{st.total_data_blocks} blocks",
+            mode=st.mode,
+            no_space=st.no_space,
+            no_space_timeout=drv.metadata().get("dm_no_space_timeout"),
+        )
         with drv.thin_volume(res) as dev:
             count = pool_bytes * 3 // 2 // MiB
-            w = spawn(res, ["dd", "if=/dev/zero", f"of={dev}", "bs=1M", f"count={count}", "oflag=direct",
-                            "status=none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            w = spawn(
+                res,
+                ["dd", "if=/dev/zero", f"of={dev}", "bs=1M", f"count={count}", "oflag=direct", "status=none"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             event("writer started", bytes=count * MiB, device=dev)
             full_at = None
             grown = False
@@ -102,8 +122,11 @@ def run(driver_name: str, state: StateRoot, mode: str, timeout: int = 5, pool_by
                     drv.grow_pool(pool_bytes)
                     grown = True
                     st = drv.pool_status()
-                    event("data device grown, table reloaded", data=f"{st.used_data_blocks}/{st.total_data_blocks}",
-                          status=st.mode)
+                    event(
+                        "data device grown, table reloaded",
+                        data=f"{st.used_data_blocks}/{st.total_data_blocks}",
+                        status=st.mode,
+                    )
                 if time.monotonic() - t0 > max(120, timeout * 4):
                     raise CowlabError("the writer neither finished nor failed in time")
                 time.sleep(0.1)
@@ -115,7 +138,11 @@ def run(driver_name: str, state: StateRoot, mode: str, timeout: int = 5, pool_by
             report["enospc"] = "No space left on device" in err
             report["blocked_seconds"] = round(time.monotonic() - full_at, 3) if full_at else None
             report["final_status"] = st.as_dict()
-            event("writer finished" if w.returncode == 0 else "writer failed",
-                  rc=w.returncode, error=err.strip().splitlines()[-1] if err.strip() else "", status=st.mode)
+            event(
+                "writer finished" if w.returncode == 0 else "writer failed",
+                rc=w.returncode,
+                error=err.strip().splitlines()[-1] if err.strip() else "",
+                status=st.mode,
+            )
     report["seconds"] = round(time.monotonic() - t0, 3)
     return report

@@ -78,7 +78,7 @@ class Slab(NamedTuple):
     active_objs: int
     num_objs: int
     objsize: int
-    bytes: int      # memory the cache holds: num_slabs × pagesperslab × PAGE_SIZE
+    bytes: int  # memory the cache holds: num_slabs × pagesperslab × PAGE_SIZE
 
 
 def parse_slabinfo(text: str, page_size: int = PAGE_SIZE) -> dict[str, Slab]:
@@ -108,9 +108,16 @@ def slabinfo(path: str = "/proc/slabinfo") -> dict[str, Slab]:
 
 
 # The inode cache of each backing filesystem, as /proc/slabinfo names it.
-FS_INODE_CACHE = {"ext4": "ext4_inode_cache", "xfs": "xfs_inode", "btrfs": "btrfs_inode",
-                  "tmpfs": "shmem_inode_cache", "ext3": "ext4_inode_cache", "ext2": "ext4_inode_cache",
-                  "f2fs": "f2fs_inode_cache", "zfs": "zfs_znode_cache"}
+FS_INODE_CACHE = {
+    "ext4": "ext4_inode_cache",
+    "xfs": "xfs_inode",
+    "btrfs": "btrfs_inode",
+    "tmpfs": "shmem_inode_cache",
+    "ext3": "ext4_inode_cache",
+    "ext2": "ext4_inode_cache",
+    "f2fs": "f2fs_inode_cache",
+    "zfs": "zfs_znode_cache",
+}
 
 
 def fs_inode_cache(fstype: str) -> str | None:
@@ -131,8 +138,11 @@ def density_slab_caches(fstype: str) -> list[str]:
 def cache_snapshot(fstype: str) -> dict:
     """Every machine-wide memory reading density takes, together: Cached, nr_dentry, slabs."""
     slabs = slabinfo()
-    return {"cached": meminfo()["Cached"], "dentries": dentry_state()["nr_dentry"],
-            "slabs": {n: slabs[n] for n in density_slab_caches(fstype) if n in slabs}}
+    return {
+        "cached": meminfo()["Cached"],
+        "dentries": dentry_state()["nr_dentry"],
+        "slabs": {n: slabs[n] for n in density_slab_caches(fstype) if n in slabs},
+    }
 
 
 def cache_growth(before: dict, after: dict) -> list[tuple[str, int, str, dict]]:
@@ -140,8 +150,10 @@ def cache_growth(before: dict, after: dict) -> list[tuple[str, int, str, dict]]:
     dentry_count, and per slab cache (param `cache`) slab_bytes and slab_objects. slab_bytes
     is the growth of active objects × the object size: a cache's pages grow only once the free
     slots drop_caches left in them are used up, so whole pages would read 0 at small K."""
-    out: list[tuple[str, int, str, dict]] = [("page_cache_bytes", after["cached"] - before["cached"], "B", {}),
-           ("dentry_count", after["dentries"] - before["dentries"], "count", {})]
+    out: list[tuple[str, int, str, dict]] = [
+        ("page_cache_bytes", after["cached"] - before["cached"], "B", {}),
+        ("dentry_count", after["dentries"] - before["dentries"], "count", {}),
+    ]
     for cache, s1 in after["slabs"].items():
         s0 = before["slabs"].get(cache)
         if s0 is not None:
@@ -173,8 +185,7 @@ def normalize_memory_stat(stat: dict[str, int], version: int, kmem: int | None =
     file (page cache charged), anon, kernel (slab and other kernel memory; v1 has it only in
     memory.kmem.usage_in_bytes, passed as kmem), slab (v2 only)."""
     if version == 1:
-        out = {"file": stat.get("total_cache", stat.get("cache", 0)),
-               "anon": stat.get("total_rss", stat.get("rss", 0))}
+        out = {"file": stat.get("total_cache", stat.get("cache", 0)), "anon": stat.get("total_rss", stat.get("rss", 0))}
         if kmem is not None:
             out["kernel"] = kmem
         return out
@@ -194,7 +205,7 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
         if len(parts) != 3:
             continue
         _, ctrls, path = parts
-        for c in (ctrls.split(",") if ctrls else [""]):
+        for c in ctrls.split(",") if ctrls else [""]:
             out[c] = path
     return out
 
@@ -216,7 +227,7 @@ class MemoryCgroup:
 
     path: Path
     version: int
-    handle: Handle | None = None   # its journal entry; res.release(handle) removes it
+    handle: Handle | None = None  # its journal entry; res.release(handle) removes it
 
     @property
     def procs(self) -> Path:
@@ -251,8 +262,10 @@ def make_memory_cgroup(res: Resources) -> MemoryCgroup:
         except OSError as e:
             raise NotApplicable(f"cannot read {parent}/cgroup.subtree_control: {e.strerror}") from None
         if "memory" not in enabled:
-            raise NotApplicable(f"cgroup v2: memory is not enabled in {parent}/cgroup.subtree_control "
-                                "(cowlab does not reorganise cgroups it does not own)")
+            raise NotApplicable(
+                f"cgroup v2: memory is not enabled in {parent}/cgroup.subtree_control "
+                "(cowlab does not reorganise cgroups it does not own)"
+            )
     else:
         raise NotApplicable("no memory cgroup controller mounted (neither v1 memory nor v2)")
     if not str(parent).startswith("/sys/fs/cgroup/"):
@@ -271,12 +284,14 @@ def make_memory_cgroup(res: Resources) -> MemoryCgroup:
 def statfs(path: str | os.PathLike) -> dict[str, int]:
     """Used/free bytes and inodes of the filesystem holding path (no sync: see synced_statfs)."""
     st = os.statvfs(path)
-    return {"used_bytes": (st.f_blocks - st.f_bfree) * st.f_frsize,
-            "free_bytes": st.f_bavail * st.f_frsize,
-            "total_bytes": st.f_blocks * st.f_frsize,
-            "inodes_used": st.f_files - st.f_ffree,
-            "inodes_free": st.f_ffree,
-            "block_size": st.f_frsize}
+    return {
+        "used_bytes": (st.f_blocks - st.f_bfree) * st.f_frsize,
+        "free_bytes": st.f_bavail * st.f_frsize,
+        "total_bytes": st.f_blocks * st.f_frsize,
+        "inodes_used": st.f_files - st.f_ffree,
+        "inodes_free": st.f_ffree,
+        "block_size": st.f_frsize,
+    }
 
 
 def synced_statfs(path: str | os.PathLike) -> dict[str, int]:
@@ -312,8 +327,11 @@ def delta(after: dict, before: dict) -> dict:
     for k in after.keys() & before.keys():
         a, b = after[k], before[k]
         if isinstance(a, tuple):
-            out[k] = type(a)(*(x - y for x, y in zip(a, b, strict=True))) if hasattr(a, "_fields") else \
-                tuple(x - y for x, y in zip(a, b, strict=True))
+            out[k] = (
+                type(a)(*(x - y for x, y in zip(a, b, strict=True)))
+                if hasattr(a, "_fields")
+                else tuple(x - y for x, y in zip(a, b, strict=True))
+            )
         elif isinstance(a, (int, float)):
             out[k] = a - b
     return out

@@ -22,12 +22,35 @@ SCHEMA_VERSION = 1
 LOCAL_DIR = "local"  # results/local/<host>/<run_id>: a user's own runs, apart from the committed ones
 UNITS = {"s", "B", "count", "B/s", "1/s", "ratio"}
 STATUSES = {"ok", "failed", "skipped"}
-REQUIRED = {"schema_version": int, "run_id": str, "driver": str, "mode": str, "workload": str,
-            "metric": str, "unit": str, "repetition": int, "params": dict, "status": str}
+REQUIRED = {
+    "schema_version": int,
+    "run_id": str,
+    "driver": str,
+    "mode": str,
+    "workload": str,
+    "metric": str,
+    "unit": str,
+    "repetition": int,
+    "params": dict,
+    "status": str,
+}
 # Run-level fields copied onto every sample row by load(), so a row carries its provenance.
-ROW_PROVENANCE = ("hostname", "kernel", "virtualization", "emulated", "distribution", "cpu_model",
-                  "backing", "backing_fs", "backing_mount_options", "cowlab_version", "git_sha",
-                  "run_status", "quick", "harness")
+ROW_PROVENANCE = (
+    "hostname",
+    "kernel",
+    "virtualization",
+    "emulated",
+    "distribution",
+    "cpu_model",
+    "backing",
+    "backing_fs",
+    "backing_mount_options",
+    "cowlab_version",
+    "git_sha",
+    "run_status",
+    "quick",
+    "harness",
+)
 
 
 @dataclass
@@ -65,9 +88,19 @@ class RunWriter:
         os.replace(tmp, self.dir / "run.json")
 
     def add(self, s: Sample, driver: str, workload: str, mode: str = "primitive") -> dict:
-        rec = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, "driver": driver, "mode": mode,
-               "workload": workload, "metric": s.metric, "value": s.value, "unit": s.unit,
-               "repetition": s.repetition, "params": s.params, "status": s.status}
+        rec = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "driver": driver,
+            "mode": mode,
+            "workload": workload,
+            "metric": s.metric,
+            "value": s.value,
+            "unit": s.unit,
+            "repetition": s.repetition,
+            "params": s.params,
+            "status": s.status,
+        }
         if s.error:
             rec["error"] = s.error
         self._f.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -95,9 +128,12 @@ def _close_record(e: dict, state) -> None:
     """A run's run.json still says "running" when its process died unannounced (SIGKILL, power
     loss): `cowlab cleanup` closes the record so nobody reads it as in progress. In a normal
     teardown this runs too, just before RunWriter.close() rewrites run.json from memory."""
-    close_if_running(Path(e["path"]), e.get("finishing") or KILLED,
-                     "the run's process died before it finished (SIGKILL or power loss); `cowlab cleanup` "
-                     "closed this record; samples.jsonl has what was measured")
+    close_if_running(
+        Path(e["path"]),
+        e.get("finishing") or KILLED,
+        "the run's process died before it finished (SIGKILL or power loss); `cowlab cleanup` "
+        "closed this record; samples.jsonl has what was measured",
+    )
     sysutil.hand_over(Path(e["path"]).parent)
 
 
@@ -111,8 +147,12 @@ def _close_vm_runs(e: dict, state) -> None:
     before = set(e.get("before") or [])
     for rj in d.glob("*/run.json"):
         if str(rj.parent) not in before:
-            close_if_running(rj, KILLED, "the kernel VM ended before this run finished; "
-                             "closed by cowlab on the host; samples.jsonl has what was measured")
+            close_if_running(
+                rj,
+                KILLED,
+                "the kernel VM ended before this run finished; "
+                "closed by cowlab on the host; samples.jsonl has what was measured",
+            )
 
 
 def close_if_running(p: Path, status: str, why: str) -> bool:
@@ -144,8 +184,12 @@ def validate(rec: Any) -> str | None:
     if rec["unit"] not in UNITS:
         return f"unknown unit {rec['unit']!r}"
     v = rec.get("value")
-    if rec["status"] == "ok" and (not isinstance(v, (int, float)) or isinstance(v, bool) or
-                                  (isinstance(v, int) and abs(v) > 2**1023) or not math.isfinite(v)):
+    if rec["status"] == "ok" and (
+        not isinstance(v, (int, float))
+        or isinstance(v, bool)
+        or (isinstance(v, int) and abs(v) > 2**1023)
+        or not math.isfinite(v)
+    ):
         return "ok sample without a finite value"
     return None
 
@@ -201,8 +245,12 @@ def load(paths: Iterable[str | Path] | str | Path | None = None, include_failed:
     for d in run_dirs(paths):
         run, recs = read_run(d)
         prov = {k: run.get(k) for k in ROW_PROVENANCE}
-        prov.update({k: run.get("driver_metadata", {}).get(k, prov.get(k))
-                     for k in ("backing", "backing_fs", "backing_mount_options")})
+        prov.update(
+            {
+                k: run.get("driver_metadata", {}).get(k, prov.get(k))
+                for k in ("backing", "backing_fs", "backing_mount_options")
+            }
+        )
         # A user's own run (results/local/..., git-ignored) or a committed reference run.
         prov["local"] = LOCAL_DIR in d.parts
         prov["emulated"] = bool(run.get("emulated", False))
@@ -211,8 +259,13 @@ def load(paths: Iterable[str | Path] | str | Path | None = None, include_failed:
             if r["status"] != "ok" and not include_failed:
                 continue
             # A param is more specific than the run (e.g. a workload's own backing_fs), so it wins.
-            row = {**prov, **{k: v for k, v in r.items() if k != "params"}, **r["params"],
-                   "params": r["params"], "run_dir": str(d)}
+            row = {
+                **prov,
+                **{k: v for k, v in r.items() if k != "params"},
+                **r["params"],
+                "params": r["params"],
+                "run_dir": str(d),
+            }
             rows.append(row)
     cols = list(REQUIRED) + ["value", "error", *ROW_PROVENANCE]
     if not rows:

@@ -3,7 +3,6 @@ lists (mountinfo, loop devices), restricted to paths under the state root."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from cowlab.base import sysutil
@@ -16,9 +15,9 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
 
     Returns one line per action, for the user to read. Live runs are never touched.
     """
-    import cowlab.storage.drivers  # noqa: F401  (registers every driver's releasers)
     import cowlab.measure.engine.daemon  # noqa: F401  (a private dockerd's releasers)
     import cowlab.results  # noqa: F401  (a killed run's run.json record)
+    import cowlab.storage.drivers  # noqa: F401  (registers every driver's releasers)
 
     done: list[str] = []
     protected: set[str] = set()
@@ -63,10 +62,12 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     # mapper's devices with this state root's prefix), before the loop devices a stray pool may
     # hold: each registered driver's own sweep, once per implementation.
     from cowlab.storage.drivers import DRIVERS
+
     entries = [e for info in owners(state) for e in _entries(info["dir"])]
     sweepers: dict = {}
     for cls in DRIVERS.values():
-        sweepers.setdefault(cls.sweep_strays.__func__, cls)
+        # a classmethod bound to cls has __func__; mypy types the bound method as a plain Callable
+        sweepers.setdefault(cls.sweep_strays.__func__, cls)  # type: ignore[attr-defined]
     for cls in sweepers.values():
         done += cls.sweep_strays(state, entries)
     for dev, f in sysutil.loop_devices().items():
@@ -85,16 +86,18 @@ def sweep(state: StateRoot, everything: bool = False) -> list[str]:
     # Staging directories of dead runs (an extraction interrupted half way).
     if state.tmp.exists():
         for d in state.tmp.iterdir():
-            pid = _staging_pid(d.name)
-            if everything or pid is None or not sysutil.pid_alive(pid, None):
+            staging_pid = _staging_pid(d.name)
+            if everything or staging_pid is None or not sysutil.pid_alive(staging_pid, None):
                 if d.is_dir() and not d.is_symlink():
                     sysutil.safe_rmtree(d, state.path)
                 else:
                     os.unlink(d)
                 done.append(f"removed staging {d.name}")
     if everything:
+
         def in_use(p: str) -> bool:  # a live run's data (a vfs home has no mount to show it)
             return any(q == p or q.startswith(p + "/") or p.startswith(q + "/") for q in protected)
+
         for sub in (state.store, state.backings):
             if not sub.exists():
                 continue
@@ -110,7 +113,9 @@ def in_nested_root(state: StateRoot, path: str) -> bool:
     """path lies in another state root made inside this one (its marker in a directory between
     the two): that root's journal, not this one's sweep, owns what is there."""
     from pathlib import Path
+
     from cowlab.base.state import MARKER
+
     top = os.path.realpath(state.path)
     p = Path(os.path.realpath(path))
     while str(p).startswith(top + "/"):
@@ -124,7 +129,9 @@ def nested_roots(path: str) -> list:
     """State roots cowlab commands made inside a workspace (a lab's `COWLAB_ROOT=$LAB/...`), at
     most two levels down: deeper would mean walking through whatever the lab mounted."""
     from pathlib import Path
+
     from cowlab.base.state import MARKER
+
     base = Path(path)
     if not base.is_dir():
         return []

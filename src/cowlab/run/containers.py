@@ -37,23 +37,38 @@ def create(state: StateRoot, image_ref: str, driver_name: str, status: Status = 
     store = ImageStore(state)
     img = store.get(image_ref)
     if cls.max_layers and len(img.layers) > cls.max_layers:
-        raise CowlabError(f"image {img.name} has {len(img.layers)} layers; {driver_name} supports at most {cls.max_layers}")
+        raise CowlabError(
+            f"image {img.name} has {len(img.layers)} layers; {driver_name} supports at most {cls.max_layers}"
+        )
     with Resources.for_run(state) as imports:
         # A driver with its own daemon or pool (zfs) keeps it under a persistent owner, so the
         # container outlives this command; a btrfs-only driver gets a persistent loop btrfs.
-        svc = Resources(state, f"service-{driver_name}", "backing", {"driver": driver_name}) if cls.services else imports
+        svc = (
+            Resources(state, f"service-{driver_name}", "backing", {"driver": driver_name}) if cls.services else imports
+        )
         drv = cls(autobacking.persistent(state, cls), svc, store)
         need = drv.space_needed(img) + (0 if drv.has_image(img) else img.content_bytes)
         if need > drv.backing.free_bytes():
-            raise CowlabError(f"creating a {driver_name} container of {img.name} needs about {human_bytes(need)}; "
-                              f"{drv.backing.path} has {human_bytes(drv.backing.free_bytes())} free")
+            raise CowlabError(
+                f"creating a {driver_name} container of {img.name} needs about {human_bytes(need)}; "
+                f"{drv.backing.path} has {human_bytes(drv.backing.free_bytes())} free"
+            )
         with status(f"importing {img.name} into {driver_name}"):
             drv.import_image(img)
         cid = drv.new_id()
         # "creating" until created: if we die half way, `cowlab cleanup` releases it
-        res = Resources(state, f"ctr-{cid}", "container", {
-            "id": cid, "image": img.name, "image_id": img.id, "driver": driver_name,
-            "creating": {"pid": os.getpid(), "starttime": sysutil.proc_starttime(os.getpid())}})
+        res = Resources(
+            state,
+            f"ctr-{cid}",
+            "container",
+            {
+                "id": cid,
+                "image": img.name,
+                "image_id": img.id,
+                "driver": driver_name,
+                "creating": {"pid": os.getpid(), "starttime": sysutil.proc_starttime(os.getpid())},
+            },
+        )
         try:
             with status(f"creating a {driver_name} container"):
                 c = drv.create(img, res, cid)
@@ -98,8 +113,10 @@ def refuse_if_busy(meta: dict) -> None:
     except OSError:  # our working directory was removed: it is not inside a live mount
         cwd = ""
     if cwd == mp or cwd.startswith(mp.rstrip("/") + "/"):
-        raise CowlabError(f"your working directory {cwd} is inside container {meta.get('id')}; "
-                          f"cd out of it (e.g. `cd ~`), then run `cowlab container rm {meta.get('id')}` again")
+        raise CowlabError(
+            f"your working directory {cwd} is inside container {meta.get('id')}; "
+            f"cd out of it (e.g. `cd ~`), then run `cowlab container rm {meta.get('id')}` again"
+        )
     me = {os.getpid(), os.getppid()}  # cowlab (and sudo) inherit the shell's cwd, checked above
     others = [h for h in sysutil.holders(mp) if h[0] not in me]
     if others:

@@ -22,7 +22,7 @@ from cowlab.store.images import ImageStore
 
 @dataclass
 class Held:
-    what: str      # images, layers, container, backing, service, run, store, staging
+    what: str  # images, layers, container, backing, service, run, store, staging
     name: str
     where: str
     bytes: int | None
@@ -47,41 +47,82 @@ def survey(state: StateRoot) -> list[Held]:
     store = ImageStore(state)
     imgs = store.list() if state.images.exists() else []
     if imgs:
-        out.append(Held("images", f"{len(imgs)} image(s)", str(state.layers),
-                        sysutil.disk_usage(state.layers) + sysutil.disk_usage(state.images),
-                        "layer tars; free with `cowlab image prune`"))
+        out.append(
+            Held(
+                "images",
+                f"{len(imgs)} image(s)",
+                str(state.layers),
+                sysutil.disk_usage(state.layers) + sysutil.disk_usage(state.images),
+                "layer tars; free with `cowlab image prune`",
+            )
+        )
     for info in owners(state):
         m = info.get("meta") or {}
         if info["kind"] == "container":
-            out.append(Held("container", m.get("id", info["owner"]), m.get("mountpoint", "?"), None,
-                            f"{m.get('driver', '?')}, image {m.get('image', '?')}; "
-                            f"remove with `cowlab container rm {m.get('id', '')}`"))
+            out.append(
+                Held(
+                    "container",
+                    m.get("id", info["owner"]),
+                    m.get("mountpoint", "?"),
+                    None,
+                    f"{m.get('driver', '?')}, image {m.get('image', '?')}; "
+                    f"remove with `cowlab container rm {m.get('id', '')}`",
+                )
+            )
         elif info["kind"] == "backing" and info["owner"].startswith("backing-"):
             f = m.get("image_file", "")
-            out.append(Held("backing", f"loop {m.get('fstype', '?')}", m.get("mount", "?"),
-                            sysutil.disk_usage(f) if f else None,
-                            f"{m.get('device', '')} over {f}; kept for {m.get('fstype')} containers", file=f))
+            out.append(
+                Held(
+                    "backing",
+                    f"loop {m.get('fstype', '?')}",
+                    m.get("mount", "?"),
+                    sysutil.disk_usage(f) if f else None,
+                    f"{m.get('device', '')} over {f}; kept for {m.get('fstype')} containers",
+                    file=f,
+                )
+            )
         elif info["kind"] == "backing":
             d = m.get("driver", info["owner"].removeprefix("service-"))
             out.append(Held("service", d, str(info["dir"]), None, _service_note(info)))
         elif info["kind"] == "run":
             alive = owner_alive(info)
-            out.append(Held("run", info["owner"], str(info["dir"]), None,
-                            "running" if alive else "dead: `cowlab cleanup` releases what it left"))
+            out.append(
+                Held(
+                    "run",
+                    info["owner"],
+                    str(info["dir"]),
+                    None,
+                    "running" if alive else "dead: `cowlab cleanup` releases what it left",
+                )
+            )
     if state.store.exists():
         for child in sorted(state.store.iterdir()):
             if child.name == "persistent":
                 for d in sorted(child.iterdir()) if child.is_dir() else []:
-                    out.append(Held("store", d.name, str(d), sysutil.disk_usage(d),
-                                    "images imported into this driver for persistent containers"))
+                    out.append(
+                        Held(
+                            "store",
+                            d.name,
+                            str(d),
+                            sysutil.disk_usage(d),
+                            "images imported into this driver for persistent containers",
+                        )
+                    )
             else:
                 out.append(Held("store", child.name, str(child), sysutil.disk_usage(child), "a run's driver home"))
     kept_files = {h.file for h in out if h.file}
     if state.backings.exists():
         for f in sorted(state.backings.iterdir()):
             if str(f) not in kept_files:
-                out.append(Held("backing file", f.name, str(f), sysutil.disk_usage(f),
-                                "a run's loop filesystem image (a live run, or `cowlab cleanup`)"))
+                out.append(
+                    Held(
+                        "backing file",
+                        f.name,
+                        str(f),
+                        sysutil.disk_usage(f),
+                        "a run's loop filesystem image (a live run, or `cowlab cleanup`)",
+                    )
+                )
     if state.tmp.exists():
         n = sum(1 for _ in state.tmp.iterdir())
         if n:
@@ -91,6 +132,7 @@ def survey(state: StateRoot) -> list[Held]:
 
 def _service_note(info: dict) -> str:
     from cowlab.base.resources import read_entry
+
     parts = []
     for p in sorted(info["dir"].glob("[0-9]*.json")):
         e = read_entry(p) or {}
@@ -111,14 +153,20 @@ def kept(state: StateRoot) -> list[str]:
     lines = []
     for h in survey(state):
         if h.what == "container":
-            lines.append(f"kept container {h.name} ({h.note.split(';')[0]}) at {h.where}: still registered; "
-                         f"`cowlab container rm {h.name}` or `cowlab cleanup --all` removes it")
+            lines.append(
+                f"kept container {h.name} ({h.note.split(';')[0]}) at {h.where}: still registered; "
+                f"`cowlab container rm {h.name}` or `cowlab cleanup --all` removes it"
+            )
         elif h.what in ("backing", "service"):
-            lines.append(f"kept {h.what} {h.name} ({h.note}): persistent containers use it; "
-                         f"it goes with the last of them, or with `cowlab cleanup --all`")
+            lines.append(
+                f"kept {h.what} {h.name} ({h.note}): persistent containers use it; "
+                f"it goes with the last of them, or with `cowlab cleanup --all`"
+            )
         elif h.what == "images":
-            lines.append(f"kept {h.name} ({human_bytes(h.bytes)}): `cowlab image prune` or "
-                         f"`cowlab cleanup --all --images` frees them")
+            lines.append(
+                f"kept {h.name} ({human_bytes(h.bytes)}): `cowlab image prune` or "
+                f"`cowlab cleanup --all --images` frees them"
+            )
     return lines
 
 
@@ -155,6 +203,7 @@ def remove_image(state: StateRoot, store: ImageStore, ref: str) -> str:
     container uses it. Returns its name and id."""
     from cowlab.storage import autobacking
     from cowlab.storage import backing as B
+
     img = store.get(ref)
     users = [o for o in containers(state) if (o.get("meta") or {}).get("image_id") == img.id]
     if users:

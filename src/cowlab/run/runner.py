@@ -56,6 +56,7 @@ class BenchSession:
         """Set the mode: the one asked for, or the default (both where Docker is present and has
         the driver, engine alone for an engine-only name, else primitive); returns why."""
         from cowlab.measure.engine.session import resolve_mode
+
         self.mode, why = resolve_mode(mode, self.driver_name, drivers.DRIVERS)
         return why
 
@@ -63,9 +64,11 @@ class BenchSession:
     def check(self) -> None:
         if self.mode != "primitive":
             from cowlab.measure.engine.session import EnginePart, engine_only_driver
+
             self.engine = EnginePart(self)
-        self.driver_cls = (drivers.get(self.driver_name) if self.mode != "engine"
-                           else engine_only_driver(self.driver_name))
+        self.driver_cls = (
+            drivers.get(self.driver_name) if self.mode != "engine" else engine_only_driver(self.driver_name)
+        )
         self.workloads = W.get(self.workload_names)
         if self.backing_kind not in B.KINDS:
             raise CowlabError(f"unknown backing {self.backing_kind!r}; choose from {', '.join(B.KINDS)}")
@@ -92,8 +95,9 @@ class BenchSession:
         limit = self.driver_cls.max_layers
         for s in specs.values():
             if limit and s.layer_count > limit:
-                raise CowlabError(f"image {s.name} has {s.layer_count} layers; {self.driver_name} "
-                                  f"supports at most {limit}")
+                raise CowlabError(
+                    f"image {s.name} has {s.layer_count} layers; {self.driver_name} supports at most {limit}"
+                )
         self.specs = specs
         self.need_bytes = sum(spec_bytes(s) for s in specs.values()) * 3 + (256 << 20)
         if self.mode != "primitive":
@@ -104,8 +108,10 @@ class BenchSession:
         st = os.statvfs(probe_dir)
         free = st.f_bavail * st.f_frsize
         if self.need_bytes > free:
-            raise CowlabError(f"this run needs about {human_bytes(self.need_bytes)} free under "
-                              f"{self.state.path}, which has {human_bytes(free)}")
+            raise CowlabError(
+                f"this run needs about {human_bytes(self.need_bytes)} free under "
+                f"{self.state.path}, which has {human_bytes(free)}"
+            )
 
     # --- prepare: state, backing, driver, images --------------------------------------------
     def prepare(self, progress: Progress | None = None) -> None:
@@ -121,14 +127,22 @@ class BenchSession:
                 self.backing = B.host(home)
             else:
                 self.backing = B.make_loop(self.state.backings, self.res, self.backing_kind, self.backing_size)
-            self.driver = self.driver_cls(self.backing, self.res, ImageStore(self.state),
-                                          options=self.driver_options or None)
+            self.driver = self.driver_cls(
+                self.backing, self.res, ImageStore(self.state), options=self.driver_options or None
+            )
             self.driver.defer_free = True  # removed containers' files go between samples (reclaim)
             prov = provenance.collect(self.argv)
-            prov.update(driver=self.driver_name, quick=self.quick, harness=self.harness,
-                        workloads=[w.name for w in self.workloads], grids=self.grids,
-                        driver_metadata=self.driver.describe(), started=time.time(),
-                        state_root=str(self.state.path), mode=self.mode)
+            prov.update(
+                driver=self.driver_name,
+                quick=self.quick,
+                harness=self.harness,
+                workloads=[w.name for w in self.workloads],
+                grids=self.grids,
+                driver_metadata=self.driver.describe(),
+                started=time.time(),
+                state_root=str(self.state.path),
+                mode=self.mode,
+            )
             self.writer = RunWriter(Path(self.out), self.run_id, prov)
             # So a run killed from here on is closed as "killed" by cleanup, not left "running".
             self._record_h = self.res.add("run_record", path=str(self.writer.dir / "run.json"))
@@ -150,13 +164,22 @@ class BenchSession:
     def context(self, wl) -> Context:
         if not hasattr(self, "_variants"):
             self._variants: dict = {}
-        return Context(self.driver, self.res, self.state, self.images, self.quick, self.grids[wl.name],
-                       self.backing_size, self._variants, lambda s: self.record(s, "import"),
-                       raw_dir=self.writer.dir / "raw")
+        return Context(
+            self.driver,
+            self.res,
+            self.state,
+            self.images,
+            self.quick,
+            self.grids[wl.name],
+            self.backing_size,
+            self._variants,
+            lambda s: self.record(s, "import"),
+            raw_dir=self.writer.dir / "raw",
+        )
 
     # --- run ---------------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> None:
-        for wl in (self.workloads if self.mode != "engine" else []):
+        for wl in self.workloads if self.mode != "engine" else []:
             self.run_workload(wl, progress)
         if self.mode != "primitive":
             self.engine.run(progress)  # after the primitive part, so the two never overlap
@@ -167,8 +190,17 @@ class BenchSession:
         (`pytest bench` runs a workload per test through this too)."""
         missing = wl.requires - self.driver.capabilities
         if missing:
-            self.record(Sample("workload", None, "count", {}, status="skipped",
-                               error=f"{self.driver_name} lacks {', '.join(sorted(missing))}"), wl.name)
+            self.record(
+                Sample(
+                    "workload",
+                    None,
+                    "count",
+                    {},
+                    status="skipped",
+                    error=f"{self.driver_name} lacks {', '.join(sorted(missing))}",
+                ),
+                wl.name,
+            )
             return
         t_wl = time.perf_counter()
         ctx = self.context(wl)
@@ -181,16 +213,19 @@ class BenchSession:
             self._reclaim()  # between samples, never inside a timed op
 
         for case in cases:
+
             def rep_done(case=case):
                 nonlocal done
                 done += 1
                 if progress:
                     progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
+
             run_case(case, record, rep_done)
         # Where a run's time goes (image imports included), so a slow grid can be trimmed
         # from facts; the harness's own figure, never a measurement of the driver.
-        self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s",
-                           {"of": wl.name}), "harness")
+        self.record(
+            Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s", {"of": wl.name}), "harness"
+        )
 
     def _reclaim(self) -> None:
         self.res.forget_spent()
@@ -203,8 +238,9 @@ class BenchSession:
     def finish(self, status: str) -> list[str]:
         variants = []
         if hasattr(self, "driver"):  # described while their backings are still mounted
-            variants = Context(self.driver, self.res, self.state, {}, self.quick, {}, 0,
-                               getattr(self, "_variants", {})).variant_metadata()
+            variants = Context(
+                self.driver, self.res, self.state, {}, self.quick, {}, 0, getattr(self, "_variants", {})
+            ).variant_metadata()
         if hasattr(self, "_record_h"):  # a kill during teardown still gets the right status
             self.res.update(self._record_h, finishing=status)
         errs = self.engine.close() if getattr(self, "engine", None) else []  # dockerd first
@@ -212,16 +248,19 @@ class BenchSession:
         if hasattr(self, "writer"):
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self.record(Sample("cowlab_maxrss_bytes", rss, "B", {}), "harness")
-            self.writer.close(status, ended=time.time(), teardown_errors=errs, variants=variants,
-                              loadavg_end=provenance.loadavg())
+            self.writer.close(
+                status, ended=time.time(), teardown_errors=errs, variants=variants, loadavg_end=provenance.loadavg()
+            )
         return errs
 
 
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM tears down like Ctrl-C does."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt
+
     old = signal.signal(signal.SIGTERM, handler)
     try:
         yield

@@ -35,10 +35,18 @@ def probe(cls: type[Driver]) -> Probe:
     if p.available or not (getattr(cls, "vm_route", False) and p.details.get("kernel_lacks")):
         return p
     if vm.available(cls.vm_kernel):
-        return Probe(False, p.reason, f"cowlab runs it in a kernel VM (--vm auto, kernel {cls.vm_kernel})",
-                     details={**p.details, "route": "vm", "vm": vm.describe(cls.vm_kernel)})
-    return Probe(False, p.reason, f"{p.hint}, or the kernel VM: {vm.hint(cls.vm_kernel)}",
-                 details={**p.details, "route": None, "vm_unavailable": vm.why_unavailable(cls.vm_kernel)})
+        return Probe(
+            False,
+            p.reason,
+            f"cowlab runs it in a kernel VM (--vm auto, kernel {cls.vm_kernel})",
+            details={**p.details, "route": "vm", "vm": vm.describe(cls.vm_kernel)},
+        )
+    return Probe(
+        False,
+        p.reason,
+        f"{p.hint}, or the kernel VM: {vm.hint(cls.vm_kernel)}",
+        details={**p.details, "route": None, "vm_unavailable": vm.why_unavailable(cls.vm_kernel)},
+    )
 
 
 def choose(driver_cls: type[Driver], mode: str, kernel: str | None = None) -> str:
@@ -56,7 +64,9 @@ def choose(driver_cls: type[Driver], mode: str, kernel: str | None = None) -> st
         k = vm_kernel(driver_cls, kernel)
         why = vm.why_unavailable(k)
         if why:
-            raise CowlabError(f"{'--kernel ' + kernel if kernel else '--vm always'}: the kernel VM can't run here: {why}")
+            raise CowlabError(
+                f"{'--kernel ' + kernel if kernel else '--vm always'}: the kernel VM can't run here: {why}"
+            )
         return "vm"
     return "vm" if probe(driver_cls).details.get("route") == "vm" else "native"
 
@@ -77,11 +87,12 @@ def bench_route(driver_name: str, mode: str, kernel: str | None = None) -> str:
 
 # --- `cowlab bench` and `cowlab lab` through the VM ----------------------------------------------
 DIRECT_SERIAL = "cowlab-direct"
-ENGINE_SERIAL = "cowlab-engine"   # dockerd's own pool in --mode both
+ENGINE_SERIAL = "cowlab-engine"  # dockerd's own pool in --mode both
 
 
-def prebuild(state: StateRoot, workload_names: list[str] | None, quick: bool, reps: int | None,
-             echo=None, engine: bool = False) -> None:
+def prebuild(
+    state: StateRoot, workload_names: list[str] | None, quick: bool, reps: int | None, echo=None, engine: bool = False
+) -> None:
     """Build the images the workloads need on the host, natively (the guest reads them), and
     for engine mode the same images with the busybox base layer under them."""
     store = ImageStore(state)
@@ -96,20 +107,24 @@ def prebuild(state: StateRoot, workload_names: list[str] | None, quick: bool, re
             built[spec.name] = store.build(spec)
     if engine:
         from cowlab.measure.engine.images import build_engine_images, static_busybox
+
         if static_busybox():  # (without one the guest's engine check says so)
             build_engine_images(store, built)
 
 
-def guest_disks(driver_cls, device: str | None, size: int, mode: str | None = None,
-                options: dict | None = None) -> tuple[dict[str, int], list[str]]:
+def guest_disks(
+    driver_cls, device: str | None, size: int, mode: str | None = None, options: dict | None = None
+) -> tuple[dict[str, int], list[str]]:
     """Extra disks and the CLI args naming them, for a driver that needs a block device: one
     for its pool, and in --mode both a second for dockerd's (option engine_device)."""
     if not getattr(driver_cls, "needs_device", False):
         return {}, []
     for given in (device, (options or {}).get("engine_device")):
         if given:
-            raise CowlabError(f"{given} names a device of this host, which the VM does not see; in the VM "
-                              "cowlab attaches fresh sparse disks of its own (leave --device and engine_device out)")
+            raise CowlabError(
+                f"{given} names a device of this host, which the VM does not see; in the VM "
+                "cowlab attaches fresh sparse disks of its own (leave --device and engine_device out)"
+            )
     disks, args = {DIRECT_SERIAL: size}, ["--device", f"{{disk:{DIRECT_SERIAL}}}"]
     if mode == "both":
         disks[ENGINE_SERIAL] = size
@@ -117,9 +132,23 @@ def guest_disks(driver_cls, device: str | None, size: int, mode: str | None = No
     return disks, args
 
 
-def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, workloads: list[str],
-                backing: str, reps: int | None, backing_size: str, mode: str | None, options: dict,
-                device: str | None, disk_size: int = 16 * GiB, echo=None, kernel: str | None = None) -> int:
+def bench_in_vm(
+    driver_name: str,
+    *,
+    root: str | None,
+    out: Path,
+    quick: bool,
+    workloads: list[str],
+    backing: str,
+    reps: int | None,
+    backing_size: str,
+    mode: str | None,
+    options: dict,
+    device: str | None,
+    disk_size: int = 16 * GiB,
+    echo=None,
+    kernel: str | None = None,
+) -> int:
     """`cowlab bench` of a driver the host kernel can't run (or on the kernel asked for), in the kernel VM."""
     echo = echo or (lambda line: print(line, flush=True))
     require_root()
@@ -130,35 +159,66 @@ def bench_in_vm(driver_name: str, *, root: str | None, out: Path, quick: bool, w
     for line in cleanup.sweep(state):
         echo(f"cleanup: {line}")
     prebuild(state, workloads or None, quick, reps, echo, engine=mode in ("engine", "both"))
-    args = ["bench", driver_name, "--out", os.path.abspath(out), "--backing", backing,
-            "--backing-size", backing_size, "--mode", mode or "primitive", *dev_args]
+    args = [
+        "bench",
+        driver_name,
+        "--out",
+        os.path.abspath(out),
+        "--backing",
+        backing,
+        "--backing-size",
+        backing_size,
+        "--mode",
+        mode or "primitive",
+        *dev_args,
+    ]
     args += ["--quick"] if quick else []
     args += [x for w in workloads for x in ("--workload", w)]
     args += ["--reps", str(reps)] if reps is not None else []
     args += [x for k, v in options.items() if k not in ("device", "engine_device") for x in ("--opt", f"{k}={v}")]
     k = vm_kernel(cls, kernel)
-    why = ("is not available natively" if not probe(cls).available
-           else f"--kernel {kernel}" if kernel else "runs natively too, but --vm always")
-    echo(f"cowlab-vm: {driver_name} {why}; running `cowlab {' '.join(args)}` in a "
-         f"{vm.accel().upper()} VM (kernel {k}: {vm.find_kernel(k)}); its boot time is reported, not measured")
+    why = (
+        "is not available natively"
+        if not probe(cls).available
+        else f"--kernel {kernel}"
+        if kernel
+        else "runs natively too, but --vm always"
+    )
+    echo(
+        f"cowlab-vm: {driver_name} {why}; running `cowlab {' '.join(args)}` in a "
+        f"{vm.accel().upper()} VM (kernel {k}: {vm.find_kernel(k)}); its boot time is reported, not measured"
+    )
     r = vm.run(state, args, out=Path(out), disks=disks, echo=echo, kernel_name=k)
-    echo(f"cowlab-vm: boot {r.boot_seconds} s (not part of any measurement), whole VM {r.wall_seconds:.1f} s, "
-         f"guest kernel {r.guest.get('kernel')}, exit {r.returncode}")
+    echo(
+        f"cowlab-vm: boot {r.boot_seconds} s (not part of any measurement), whole VM {r.wall_seconds:.1f} s, "
+        f"guest kernel {r.guest.get('kernel')}, exit {r.returncode}"
+    )
     for d in r.run_dirs:
         echo(f"cowlab-vm: results {d} (virtualization {vm.accel()}, emulated)")
     return r.returncode
 
 
-def conformance_in_vm(state: StateRoot, results: list, names: list[str], case_names: list[str],
-                      every_layer: bool, device: str | None, echo=None, kernel: str | None = None) -> list:
+def conformance_in_vm(
+    state: StateRoot,
+    results: list,
+    names: list[str],
+    case_names: list[str],
+    every_layer: bool,
+    device: str | None,
+    echo=None,
+    kernel: str | None = None,
+) -> list:
     """Run the conformance suite for `names` in kernel VMs, one per kernel the drivers need
     (images built here first: the guest reads this store), and put their results in place of
     the 'unavailable' ones, marked as emulated."""
     from cowlab.measure import conformance as C
+
     echo = echo or (lambda line: print(line, flush=True))
     if device:
-        raise CowlabError(f"--device {device} names a device of this host, which the VM does not see; "
-                          "in the VM cowlab attaches a fresh sparse disk of its own (leave --device out)")
+        raise CowlabError(
+            f"--device {device} names a device of this host, which the VM does not see; "
+            "in the VM cowlab attaches a fresh sparse disk of its own (leave --device out)"
+        )
     C.prebuild(state, case_names, every_layer)
     by_kernel: dict[str, list[str]] = {}
     for n in names:

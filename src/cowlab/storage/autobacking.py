@@ -18,7 +18,7 @@ from cowlab.base.state import StateRoot
 from cowlab.base.units import parse_size  # noqa: F401  (the CLI's sizes; one parser: cowlab.base.units)
 from cowlab.storage import backing as B
 
-DEFAULT_SIZE = 32 << 30   # sparse: costs what is written
+DEFAULT_SIZE = 32 << 30  # sparse: costs what is written
 
 
 def _existing_dir(p: Path) -> Path:
@@ -37,8 +37,10 @@ def kind_for(driver_cls, requested: str, where: Path) -> str:
         fs = sysutil.mount_of(_existing_dir(where)).fstype
         return "host" if fs in kinds else kinds[0]
     if requested not in kinds:
-        raise CowlabError(f"{driver_cls.name} runs on {'/'.join(kinds)} only, not on a {requested} backing "
-                          f"(leave --backing at host and cowlab makes a {kinds[0]} loop filesystem)")
+        raise CowlabError(
+            f"{driver_cls.name} runs on {'/'.join(kinds)} only, not on a {requested} backing "
+            f"(leave --backing at host and cowlab makes a {kinds[0]} loop filesystem)"
+        )
     return requested
 
 
@@ -47,8 +49,12 @@ def existing_persistent(state: StateRoot, driver_cls) -> B.Backing | None:
     kinds = driver_cls.backing_kinds or ()
     for info in owners(state):
         m = info.get("meta", {})
-        if info["kind"] == "backing" and m.get("fstype") in kinds and m.get("mount") \
-                and sysutil.is_mountpoint(m["mount"]):
+        if (
+            info["kind"] == "backing"
+            and m.get("fstype") in kinds
+            and m.get("mount")
+            and sysutil.is_mountpoint(m["mount"])
+        ):
             return B.Backing(m["fstype"], Path(m["mount"]), m.get("device", ""), m.get("image_file", ""))
     return None
 

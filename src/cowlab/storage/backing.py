@@ -25,8 +25,8 @@ KINDS = ("host",) + tuple(MKFS)
 
 @dataclass
 class Backing:
-    kind: str           # host, ext4, xfs, btrfs
-    path: Path          # where driver homes go
+    kind: str  # host, ext4, xfs, btrfs
+    path: Path  # where driver homes go
     loop_device: str = ""
     image_file: str = ""
 
@@ -50,9 +50,14 @@ class Backing:
 
     def metadata(self) -> dict:
         m = self.mount
-        return {"backing": self.kind, "backing_fs": m.fstype, "backing_mount_options": m.options,
-                "backing_super_options": m.super_options, "backing_source": m.source,
-                "backing_loop": bool(self.loop_device)}
+        return {
+            "backing": self.kind,
+            "backing_fs": m.fstype,
+            "backing_mount_options": m.options,
+            "backing_super_options": m.super_options,
+            "backing_source": m.source,
+            "backing_loop": bool(self.loop_device),
+        }
 
 
 def host(path: Path) -> Backing:
@@ -65,7 +70,10 @@ def make_loop(state_backings: Path, res: Resources, fstype: str, size: int) -> B
     if fstype not in MKFS:
         raise CowlabError(f"unknown backing filesystem {fstype!r} (choose from {', '.join(KINDS)})")
     tool = MKFS[fstype][0]
-    if not any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(":") + ["/sbin", "/usr/sbin"]):
+    if not any(
+        os.access(os.path.join(d, tool), os.X_OK)
+        for d in os.environ.get("PATH", "").split(":") + ["/sbin", "/usr/sbin"]
+    ):
         raise CowlabError(f"{tool} is not installed (run vagrant/provision/host.sh)")
     if fstype not in Path("/proc/filesystems").read_text():
         raise CowlabError(f"this kernel has no {fstype}")

@@ -27,6 +27,7 @@ of the run: killed by pid on Ctrl-C or error, found by `cowlab cleanup` after a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -52,8 +53,8 @@ from cowlab.storage import kernels
 from cowlab.storage.kernels import Kernel
 
 DEFAULT_KERNEL = "6.1"  # Debian 12's: device mapper's thin pool and kernel ZFS as modules
-IN_VM = "COWLAB_IN_VM"          # set in the guest: never go one VM deeper
-UP = "cowlab-vm: guest up"      # the guest's first line; the host times the boot to it
+IN_VM = "COWLAB_IN_VM"  # set in the guest: never go one VM deeper
+UP = "cowlab-vm: guest up"  # the guest's first line; the host times the boot to it
 MODES = ("auto", "always", "never")
 PROVISION = "sudo bash vagrant/provision/devicemapper.sh"
 STATE_SERIAL = "cowlab-state"
@@ -67,8 +68,11 @@ def kernel(name: str | None = None) -> Kernel | None:
     forced = os.environ.get("COWLAB_VM_KERNEL")
     if forced and name in (None, DEFAULT_KERNEL):
         p = Path(forced)
-        return Kernel(DEFAULT_KERNEL, p.name.removeprefix("vmlinuz-"), p, None, f"COWLAB_VM_KERNEL={forced}") \
-            if p.exists() else None
+        return (
+            Kernel(DEFAULT_KERNEL, p.name.removeprefix("vmlinuz-"), p, None, f"COWLAB_VM_KERNEL={forced}")
+            if p.exists()
+            else None
+        )
     return kernels.find(name or DEFAULT_KERNEL)
 
 
@@ -108,7 +112,7 @@ def available(name: str | None = None) -> bool:
 
 
 def hint(name: str | None = None) -> str:
-    if (name or DEFAULT_KERNEL) != DEFAULT_KERNEL:
+    if name is not None and name != DEFAULT_KERNEL:
         return f"{kernels.how_to_get(name)}, {PROVISION} && pip install 'cowlab[vm]'"
     return f"{PROVISION} && pip install 'cowlab[vm]'"
 
@@ -119,8 +123,14 @@ def accel() -> str:
 
 def describe(name: str | None = None) -> dict:
     k = kernel(name)
-    return {"kernel_image": str(k.image) if k else None, "kernel": k.release if k else None,
-            "kernel_name": name or DEFAULT_KERNEL, "accel": accel(), "vng": find_vng(), "qemu": find_qemu()}
+    return {
+        "kernel_image": str(k.image) if k else None,
+        "kernel": k.release if k else None,
+        "kernel_name": name or DEFAULT_KERNEL,
+        "accel": accel(),
+        "vng": find_vng(),
+        "qemu": find_qemu(),
+    }
 
 
 # --- running a command in the VM (host side) -------------------------------------------------
@@ -134,10 +144,19 @@ class VMResult:
     info: dict = field(default_factory=dict)
 
 
-def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[str, int] | None = None,
-        memory: str = "2G", cpus: int | None = None, state_disk: int = 64 * GiB,
-        timeout: float | None = None, echo=None, python_argv: list[str] | None = None,
-        kernel_name: str | None = None) -> VMResult:
+def run(
+    state: StateRoot,
+    argv: list[str],
+    out: Path | None = None,
+    disks: dict[str, int] | None = None,
+    memory: str = "2G",
+    cpus: int | None = None,
+    state_disk: int = 64 * GiB,
+    timeout: float | None = None,
+    echo=None,
+    python_argv: list[str] | None = None,
+    kernel_name: str | None = None,
+) -> VMResult:
     """Run `cowlab ARGV` (or `python PYTHON_ARGV`) in a fresh VM and wait for it.
 
     argv may name an extra disk as `{disk:SERIAL}`: disks maps each SERIAL to the size of a sparse
@@ -160,9 +179,13 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         qemu_opts = []
         for serial, size in [(STATE_SERIAL, state_disk), *disks.items()]:
             img = scratch / f"{serial}.img"
-            res.acquire("file", lambda img=img, size=size: sysutil.sparse_file(img, size), path=str(img))
-            qemu_opts += ["-drive", f"if=none,id={serial},file={img},format=raw,cache=unsafe",
-                          "-device", f"virtio-blk-pci,drive={serial},serial={serial}"]
+            res.acquire("file", functools.partial(sysutil.sparse_file, img, size), path=str(img))
+            qemu_opts += [
+                "-drive",
+                f"if=none,id={serial},file={img},format=raw,cache=unsafe",
+                "-device",
+                f"virtio-blk-pci,drive={serial},serial={serial}",
+            ]
         if out is not None:
             out = Path(os.path.abspath(out))
             out.mkdir(parents=True, exist_ok=True)
@@ -172,18 +195,49 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         name = (socket.gethostname()[:40] + "-vm" + suffix).replace("_", "-")
         if out is not None:  # whatever the guest leaves "running" is closed once the VM is gone
             res.add("vm_results", out=str(out), hostname=name, before=sorted(_runs(str(out))))
-        config = {"argv": argv, "python_argv": python_argv, "scratch": str(scratch),
-                  "host_root": str(state.path), "images": str(state.images), "layers": str(state.layers),
-                  "disks": sorted(disks), "out": str(out) if out else None,
-                  "host": {"hostname": socket.gethostname(), "kernel": platform.release()},
-                  "kernel_image": str(kern.image), "kernel": kern.describe(), "accel": accel(),
-                  "git_sha": provenance.git_sha()}
+        config = {
+            "argv": argv,
+            "python_argv": python_argv,
+            "scratch": str(scratch),
+            "host_root": str(state.path),
+            "images": str(state.images),
+            "layers": str(state.layers),
+            "disks": sorted(disks),
+            "out": str(out) if out else None,
+            "host": {"hostname": socket.gethostname(), "kernel": platform.release()},
+            "kernel_image": str(kern.image),
+            "kernel": kern.describe(),
+            "accel": accel(),
+            "git_sha": provenance.git_sha(),
+        }
         (scratch / "config.json").write_text(json.dumps(config))
-        guest_cmd = " ".join(shlex.quote(a) for a in
-                             [sys.executable, "-m", "cowlab.storage.vm", "guest", str(scratch / "config.json")])
-        cmd = [find_vng(), "--run", str(kern.image), *_module_args(kern), "--memory", memory, "--cpus", str(cpus or os.cpu_count() or 1),
-               "--name", name, "--rwdir", str(scratch), "--rodir", str(state.images), "--rodir", str(state.layers),
-               f"--qemu-opts={' '.join(qemu_opts)}", "--exec", guest_cmd]
+        guest_cmd = " ".join(
+            shlex.quote(a) for a in [sys.executable, "-m", "cowlab.storage.vm", "guest", str(scratch / "config.json")]
+        )
+        vng = find_vng()
+        if vng is None:  # why_unavailable() found it a moment ago
+            raise CowlabError("virtme-ng not installed (pip install 'cowlab[vm]')")
+        cmd = [
+            vng,
+            "--run",
+            str(kern.image),
+            *_module_args(kern),
+            "--memory",
+            memory,
+            "--cpus",
+            str(cpus or os.cpu_count() or 1),
+            "--name",
+            name,
+            "--rwdir",
+            str(scratch),
+            "--rodir",
+            str(state.images),
+            "--rodir",
+            str(state.layers),
+            f"--qemu-opts={' '.join(qemu_opts)}",
+            "--exec",
+            guest_cmd,
+        ]
         if out is not None:
             cmd[-2:-2] = ["--rwdir", str(out)]
         if accel() == "tcg":
@@ -193,17 +247,27 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
         # vng starts virtme-run, which sits beside it (the venv's bin), on PATH or not.
         env["PATH"] = os.path.dirname(cmd[0]) + os.pathsep + env.get("PATH", "")
         started = time.time()
-        p = spawn(res, cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                  start_new_session=True, env=env, cwd=str(scratch))
+        p = spawn(
+            res,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=str(scratch),
+        )
         boot: list[float] = []
         threading.Thread(target=_journal_qemu, args=(res, p), daemon=True).start()
         expired: list[bool] = []
         timer = None
         if timeout:
+
             def expire():
                 expired.append(True)
                 with contextlib.suppress(OSError):
                     os.killpg(p.pid, signal.SIGKILL)  # vng, virtme-run and QEMU: one session
+
             timer = threading.Timer(timeout, expire)
             timer.daemon = True
             timer.start()
@@ -229,18 +293,28 @@ def run(state: StateRoot, argv: list[str], out: Path | None = None, disks: dict[
             rc = 1
         if guest:
             rc = guest.get("returncode", rc)
-        info = {"boot_seconds": round(boot[0], 3) if boot else None, "wall_seconds": round(wall, 3),
-                "accel": accel(), "kernel_image": str(kern.image), "guest_kernel": guest.get("kernel"),
-                "kernel": kern.describe(),
-                "host_hostname": socket.gethostname(), "host_kernel": platform.release(),
-                "memory": memory, "cpus": cpus or os.cpu_count(), "virtme_ng": _vng_version(),
-                "qemu": _first_line([find_qemu() or "qemu-system-x86_64", "--version"]),
-                "guest_setup_seconds": guest.get("setup_seconds"), "network": "none",
-                "started": started}
+        boot_seconds = round(boot[0], 3) if boot else None
+        info = {
+            "boot_seconds": boot_seconds,
+            "wall_seconds": round(wall, 3),
+            "accel": accel(),
+            "kernel_image": str(kern.image),
+            "guest_kernel": guest.get("kernel"),
+            "kernel": kern.describe(),
+            "host_hostname": socket.gethostname(),
+            "host_kernel": platform.release(),
+            "memory": memory,
+            "cpus": cpus or os.cpu_count(),
+            "virtme_ng": _vng_version(),
+            "qemu": _first_line([find_qemu() or "qemu-system-x86_64", "--version"]),
+            "guest_setup_seconds": guest.get("setup_seconds"),
+            "network": "none",
+            "started": started,
+        }
         dirs = _stamp_results(out, guest.get("run_dirs", []), info) if out else []
         for d in dirs:
             sysutil.hand_over(d)  # written by root in the guest: the sudo user's, like native runs
-        return VMResult(rc, info["boot_seconds"], wall, guest, dirs, info)
+        return VMResult(rc, boot_seconds, wall, guest, dirs, info)
     finally:
         errs = res.close()
         for e in errs:
@@ -284,6 +358,7 @@ def _stamp_results(out: Path, run_dirs: list[str], info: dict) -> list[Path]:
     """Add the VM's facts to each run the guest wrote: run.json `vm`, and a vm_boot_seconds
     sample in workload `vm` (a separate workload: it is never part of a measurement)."""
     from cowlab.results import SCHEMA_VERSION
+
     done = []
     for d in map(Path, run_dirs):
         rj = d / "run.json"
@@ -292,10 +367,19 @@ def _stamp_results(out: Path, run_dirs: list[str], info: dict) -> list[Path]:
         run = json.loads(rj.read_text())
         run["vm"] = info
         if info.get("boot_seconds") is not None:
-            rec = {"schema_version": SCHEMA_VERSION, "run_id": run["run_id"], "driver": run.get("driver", ""),
-                   "mode": "primitive", "workload": "vm", "metric": "vm_boot_seconds",
-                   "value": info["boot_seconds"], "unit": "s", "repetition": 0,
-                   "params": {"accel": info["accel"], "kernel": info.get("guest_kernel") or ""}, "status": "ok"}
+            rec = {
+                "schema_version": SCHEMA_VERSION,
+                "run_id": run["run_id"],
+                "driver": run.get("driver", ""),
+                "mode": "primitive",
+                "workload": "vm",
+                "metric": "vm_boot_seconds",
+                "value": info["boot_seconds"],
+                "unit": "s",
+                "repetition": 0,
+                "params": {"accel": info["accel"], "kernel": info.get("guest_kernel") or ""},
+                "status": "ok",
+            }
             with open(d / "samples.jsonl", "a") as f:
                 f.write(json.dumps(rec, sort_keys=True) + "\n")
             counts = run.get("counts") or {}
@@ -349,9 +433,14 @@ def guest_main(config_path: str) -> int:
         for sub in ("images", "layers"):
             os.symlink(cfg[sub], root / sub)
         (root / ".cowlab-root").touch()
-        env = dict(os.environ, COWLAB_ROOT=str(root), COWLAB_VIRTUALIZATION=cfg["accel"],
-                   COWLAB_HYPERVISOR=f"QEMU {cfg['accel'].upper()} (virtme-ng), host {cfg['host']['hostname']}",
-                   PYTHONDONTWRITEBYTECODE="1", **{IN_VM: "1"})
+        env = dict(
+            os.environ,
+            COWLAB_ROOT=str(root),
+            COWLAB_VIRTUALIZATION=cfg["accel"],
+            COWLAB_HYPERVISOR=f"QEMU {cfg['accel'].upper()} (virtme-ng), host {cfg['host']['hostname']}",
+            PYTHONDONTWRITEBYTECODE="1",
+            **{IN_VM: "1"},
+        )
         if cfg.get("git_sha"):
             env["COWLAB_GIT_SHA"] = cfg["git_sha"]
         env.pop("COWLAB_OWNER", None)

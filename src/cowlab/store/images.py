@@ -34,9 +34,9 @@ Progress = Callable[[int], None]
 class Image:
     id: str
     name: str
-    layers: list[str]          # layer digests, bottom first
-    layer_bytes: list[int]     # tar sizes
-    content_bytes: int         # bytes of file content over all layers
+    layers: list[str]  # layer digests, bottom first
+    layer_bytes: list[int]  # tar sizes
+    content_bytes: int  # bytes of file content over all layers
     source: str
     spec_hash: str = ""
     created: float = 0.0
@@ -54,8 +54,14 @@ def _spec_hash(spec: ImageSpec) -> str:
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
             return dataclasses.asdict(o)
         raise TypeError(o)
-    data: dict[str, Any] = {"v": BUILDER_VERSION, "name": spec.name, "seed": spec.seed, "mtime": spec.mtime,
-            "layers": spec.layers}
+
+    data: dict[str, Any] = {
+        "v": BUILDER_VERSION,
+        "name": spec.name,
+        "seed": spec.seed,
+        "mtime": spec.mtime,
+        "layers": spec.layers,
+    }
     for layer in spec.layers:  # a copied host file changes the image when it changes
         for op in layer.ops:
             if op.op == "copy":
@@ -132,8 +138,9 @@ class ImageStore:
         st = os.statvfs(self.state.path)
         free = st.f_bavail * st.f_frsize
         if need > free:
-            raise CowlabError(f"{what} needs about {human_bytes(need)} but {self.state.path} has "
-                              f"{human_bytes(free)} free")
+            raise CowlabError(
+                f"{what} needs about {human_bytes(need)} but {self.state.path} has {human_bytes(free)} free"
+            )
 
     def build(self, spec: ImageSpec, name: str | None = None, progress: Progress | None = None) -> Image:
         name = name or spec.name
@@ -157,8 +164,9 @@ class ImageStore:
                     tmp.unlink()
             digests.append(digest)
             sizes.append(n)
-        return self._save(Image(_image_id(digests), name, digests, sizes, content,
-                                f"spec:{spec.source}", h, time.time()))
+        return self._save(
+            Image(_image_id(digests), name, digests, sizes, content, f"spec:{spec.source}", h, time.time())
+        )
 
     def import_archive(self, archive: str | Path, name: str | None = None) -> Image:
         """Import a `docker save` archive or an OCI image layout tar (first image in it)."""
@@ -173,8 +181,7 @@ class ImageStore:
             raise CowlabError(f"{where}: not a tar archive ({why})") from None
         with outer:
             try:  # an archive cut short or corrupt fails here, as one readable line
-                names = {L.member_path(m.name, where): m for m in outer.getmembers()
-                         if not m.isdir()}
+                names = {L.member_path(m.name, where): m for m in outer.getmembers() if not m.isdir()}
             except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
                 raise CowlabError(f"{where}: the archive is truncated or corrupt ({e})") from None
 
@@ -242,8 +249,9 @@ class ImageStore:
                 self._gc_layers(stored)  # layers this import added, unless an image uses them
                 raise
         name = name or tag or archive.name
-        return self._save(Image(_image_id(digests), name, digests, sizes, content,
-                                f"archive:{archive.resolve()}", "", time.time()))
+        return self._save(
+            Image(_image_id(digests), name, digests, sizes, content, f"archive:{archive.resolve()}", "", time.time())
+        )
 
     @staticmethod
     def _oci_layers(read_json, where):
@@ -259,8 +267,9 @@ class ImageStore:
         if not mans:
             raise CowlabError(f"{where}: index.json lists no manifests")
         desc = mans[0]
-        tag = (desc.get("annotations") or {}).get("io.containerd.image.name") or \
-              (desc.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+        tag = (desc.get("annotations") or {}).get("io.containerd.image.name") or (desc.get("annotations") or {}).get(
+            "org.opencontainers.image.ref.name"
+        )
         doc = read_json(blob(desc))
         for _ in range(4):  # an index may point at another index
             if "layers" in doc:
@@ -287,13 +296,28 @@ class ImageStore:
         old = self.find(name)
         if old is not None and old.spec_hash == h and all(self.layer_path(d).exists() for d in old.layers):
             return old
-        return self._save(Image(_image_id(digests), name, digests, sizes,
-                                sum(p.content_bytes for p in parts),
-                                "compose:" + "+".join(p.name for p in parts), h, time.time()))
+        return self._save(
+            Image(
+                _image_id(digests),
+                name,
+                digests,
+                sizes,
+                sum(p.content_bytes for p in parts),
+                "compose:" + "+".join(p.name for p in parts),
+                h,
+                time.time(),
+            )
+        )
 
     # --- exporting -------------------------------------------------------------------------
-    def save_archive(self, image: Image | str, f, ref: str | None = None,
-                     config: dict | None = None, progress: Progress | None = None) -> str:
+    def save_archive(
+        self,
+        image: Image | str,
+        f,
+        ref: str | None = None,
+        config: dict | None = None,
+        progress: Progress | None = None,
+    ) -> str:
         """Write an image as a `docker save` archive (the format `docker load` reads) to the
         binary file object f, its layers byte for byte the store's layer tars, so an engine
         that loads it holds the very bytes cowlab's own drivers import. Returns the image id
@@ -306,6 +330,7 @@ class ImageStore:
         cfg_json, cfg_digest = docker_config(img, config)
         mtime = int(img.created) if img.created else 0
         with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+
             def add_bytes(name: str, data: bytes):
                 ti = tarfile.TarInfo(name)
                 ti.size, ti.mtime, ti.mode = len(data), mtime, 0o644
@@ -358,6 +383,7 @@ def _copy_uncompressed(src, dst: Path, where: str) -> tuple[str, int]:
     head = src.read(2)
     rest = src
     if head == b"\x1f\x8b":
+
         class _Cat:
             def __init__(self):
                 self.first = head
@@ -367,6 +393,7 @@ def _copy_uncompressed(src, dst: Path, where: str) -> tuple[str, int]:
                     b, self.first = self.first, b""
                     return b
                 return src.read(n)
+
         # typeshed's GzipFile wants a file object that can seek too; it only seeks when rewound,
         # and this one is read straight through.
         rest, head = gzip.GzipFile(fileobj=_Cat()), b""  # type: ignore[call-overload]
@@ -390,6 +417,7 @@ def docker_ref(img: Image) -> str:
     """A reference Docker accepts for a cowlab image: lower case, [a-z0-9._-/], tagged with the
     image's short id (so two names that differ only in case stay apart)."""
     import re
+
     repo = re.sub(r"[^a-z0-9._/-]+", "-", img.name.lower()).strip("-./") or "image"
     repo = re.sub(r"[._-]{2,}", "-", repo)
     return f"cowlab/{repo}:{img.short}"
@@ -399,15 +427,26 @@ def docker_config(img: Image, config: dict | None = None) -> tuple[bytes, str]:
     """The image config JSON of a `docker save` archive (rootfs.diff_ids = the store's layer
     digests, which are sha256 of the plain tars) and its digest."""
     import platform
+
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        platform.machine(), platform.machine())
+        platform.machine(), platform.machine()
+    )
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(img.created) if img.created else 0))
-    cfg = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-           "WorkingDir": "/", **(config or {})}
-    doc = {"architecture": arch, "os": "linux", "created": created, "config": cfg,
-           "rootfs": {"type": "layers", "diff_ids": list(img.layers)},
-           "history": [{"created": created, "created_by": f"cowlab {img.source} layer {i + 1}"}
-                       for i in range(len(img.layers))]}
+    cfg = {
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "WorkingDir": "/",
+        **(config or {}),
+    }
+    doc = {
+        "architecture": arch,
+        "os": "linux",
+        "created": created,
+        "config": cfg,
+        "rootfs": {"type": "layers", "diff_ids": list(img.layers)},
+        "history": [
+            {"created": created, "created_by": f"cowlab {img.source} layer {i + 1}"} for i in range(len(img.layers))
+        ],
+    }
     raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return raw, "sha256:" + hashlib.sha256(raw).hexdigest()
 

@@ -38,15 +38,41 @@ MAX_FILE = 1 << 40
 
 OPS: dict[str, dict[str, tuple[type, bool]]] = {
     # op: {field: (type, required)}
-    "file": {"path": (str, True), "size": (object, True), "pattern": (str, False), "seed": (int, False),
-             "mode": (object, False), "uid": (int, False), "gid": (int, False), "xattrs": (dict, False),
-             "mtime": (int, False)},
-    "files": {"dir": (str, True), "count": (int, True), "size": (object, True), "pattern": (str, False),
-              "prefix": (str, False), "mode": (object, False), "uid": (int, False), "gid": (int, False)},
-    "dir": {"path": (str, True), "mode": (object, False), "uid": (int, False), "gid": (int, False),
-            "xattrs": (dict, False)},
-    "symlink": {"path": (str, True), "target": (str, True), "uid": (int, False), "gid": (int, False),
-                "mtime": (int, False)},
+    "file": {
+        "path": (str, True),
+        "size": (object, True),
+        "pattern": (str, False),
+        "seed": (int, False),
+        "mode": (object, False),
+        "uid": (int, False),
+        "gid": (int, False),
+        "xattrs": (dict, False),
+        "mtime": (int, False),
+    },
+    "files": {
+        "dir": (str, True),
+        "count": (int, True),
+        "size": (object, True),
+        "pattern": (str, False),
+        "prefix": (str, False),
+        "mode": (object, False),
+        "uid": (int, False),
+        "gid": (int, False),
+    },
+    "dir": {
+        "path": (str, True),
+        "mode": (object, False),
+        "uid": (int, False),
+        "gid": (int, False),
+        "xattrs": (dict, False),
+    },
+    "symlink": {
+        "path": (str, True),
+        "target": (str, True),
+        "uid": (int, False),
+        "gid": (int, False),
+        "mtime": (int, False),
+    },
     "hardlink": {"path": (str, True), "target": (str, True)},
     "delete": {"path": (str, True)},
     "opaque": {"path": (str, True)},
@@ -117,14 +143,14 @@ def clean_path(p: str, where: str) -> str:
     if any(x.startswith(".wh.") for x in parts):
         raise CowlabError(f"{where}: names starting with '.wh.' are reserved for whiteouts")
     out = "/" + "/".join(parts)
-    if out == "/" :
+    if out == "/":
         raise CowlabError(f"{where}: the image root itself cannot be the target")
     return out
 
 
 def _check_op(raw: Any, where: str) -> Op:
     if not isinstance(raw, dict):
-        raise CowlabError(f"{where}: each op must be a table like {{ op = \"file\", ... }}")
+        raise CowlabError(f'{where}: each op must be a table like {{ op = "file", ... }}')
     kind = raw.get("op")
     if not isinstance(kind, str) or kind not in OPS:
         raise CowlabError(f"{where}: field 'op' must be one of {', '.join(OPS)}; got {kind!r}")
@@ -162,13 +188,13 @@ def _check_op(raw: Any, where: str) -> Op:
         raise CowlabError(f"{where}, field 'mtime': out of range (0 to 2^33 seconds)")
     if kind == "files" and not 0 < args["count"] <= 1_000_000:
         raise CowlabError(f"{where}, field 'count': must be 1 to 1000000")
-    if "prefix" in args and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", args["prefix"])
-                             or args["prefix"].startswith(".wh.")):
+    if "prefix" in args and (
+        not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", args["prefix"]) or args["prefix"].startswith(".wh.")
+    ):
         raise CowlabError(f"{where}, field 'prefix': a plain file name prefix like 'f' or 'lib'")
     for k, v in args.get("xattrs", {}).items():
         if not (isinstance(k, str) and k.startswith("user.") and len(k) > 5 and isinstance(v, str)):
-            raise CowlabError(f"{where}, field 'xattrs': names must be 'user.*' and values strings; "
-                              f"got {k!r} = {v!r}")
+            raise CowlabError(f"{where}, field 'xattrs': names must be 'user.*' and values strings; got {k!r} = {v!r}")
     if kind == "copy":
         src = Path(args["source"])
         if not src.is_file():
@@ -206,8 +232,7 @@ def from_dict(data: dict, source: str = "<data>") -> ImageSpec:
         ops = rl.get("ops", [])
         if not isinstance(ops, list):
             raise CowlabError(f"{lw}: field 'ops' must be an array")
-        layers.append(Layer([_check_op(o, f"{lw}, op {j}") for j, o in enumerate(ops, 1)],
-                            str(rl.get("comment", ""))))
+        layers.append(Layer([_check_op(o, f"{lw}, op {j}") for j, o in enumerate(ops, 1)], str(rl.get("comment", ""))))
     extra = data.get("extra", {})
     if not isinstance(extra, dict):
         raise CowlabError(f"{where}: field 'extra' must be a table")

@@ -34,6 +34,23 @@ from cowlab.measure.conformance.runner import (
     run_suite,
 )
 
-__all__ = ["CAP_RENAME_DIR_EXDEV", "CAP_XATTRS", "CASES", "Act", "Case", "DriverSession", "ImageCache",
-           "Result", "available", "cases", "compare", "declares_rename_dir_exdev", "prebuild",
-           "reference_apply", "run_case", "run_driver", "run_suite", "scan"]
+__all__ = [
+    "CAP_RENAME_DIR_EXDEV",
+    "CAP_XATTRS",
+    "CASES",
+    "Act",
+    "Case",
+    "DriverSession",
+    "ImageCache",
+    "Result",
+    "available",
+    "cases",
+    "compare",
+    "declares_rename_dir_exdev",
+    "prebuild",
+    "reference_apply",
+    "run_case",
+    "run_driver",
+    "run_suite",
+    "scan",
+]

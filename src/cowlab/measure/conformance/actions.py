@@ -88,5 +88,5 @@ def touched_after(a: Act, touched: set[str]) -> set[str]:
         src, dst = a.args["path"], a.args["dst"]
         for t in touched:
             if t == src or t.startswith(src + "/"):
-                out.add(dst + t[len(src):])
+                out.add(dst + t[len(src) :])
     return out

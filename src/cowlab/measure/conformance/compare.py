@@ -18,8 +18,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
-         stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFSOCK: "socket"}
+KINDS = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFCHR: "chr",
+    stat.S_IFBLK: "blk",
+    stat.S_IFSOCK: "socket",
+}
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,18 @@ def scan(root: os.PathLike | str, xattrs: bool = True) -> tuple[dict[str, Node],
         full = root if rel == "/" else root + rel
         st = os.lstat(full)
         kind = KINDS.get(stat.S_IFMT(st.st_mode), "?")
-        n = Node(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                 size=st.st_size if kind == "file" else None,
-                 digest=sha256(full) if kind == "file" else None,
-                 target=os.readlink(full) if kind == "symlink" else None,
-                 rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chr", "blk") else None,
-                 mtime_ns=None if kind == "dir" else st.st_mtime_ns,
-                 xattrs=xattrs_of(full) if xattrs else ())
+        n = Node(
+            kind,
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            size=st.st_size if kind == "file" else None,
+            digest=sha256(full) if kind == "file" else None,
+            target=os.readlink(full) if kind == "symlink" else None,
+            rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chr", "blk") else None,
+            mtime_ns=None if kind == "dir" else st.st_mtime_ns,
+            xattrs=xattrs_of(full) if xattrs else (),
+        )
         nodes[rel] = n
         if kind == "dir":
             for name in sorted(os.listdir(full), reverse=True):
@@ -95,8 +107,14 @@ def _describe(n: Node) -> str:
     return n.kind
 
 
-def compare(oracle: os.PathLike | str, other: os.PathLike | str, *, mtimes: bool = True,
-            skip_mtime: Iterable[str] = (), xattrs: bool = True) -> list[str]:
+def compare(
+    oracle: os.PathLike | str,
+    other: os.PathLike | str,
+    *,
+    mtimes: bool = True,
+    skip_mtime: Iterable[str] = (),
+    xattrs: bool = True,
+) -> list[str]:
     """Differences between two trees, one readable line each (empty: equal)."""
     a, ga = scan(oracle, xattrs)
     b, gb = scan(other, xattrs)
@@ -123,8 +141,10 @@ def compare(oracle: os.PathLike | str, other: os.PathLike | str, *, mtimes: bool
             out.append(f"{p}: owner {y.uid}:{y.gid}, expected {x.uid}:{x.gid}")
         if x.kind == "file" and (x.size, x.digest) != (y.size, y.digest):
             assert x.digest is not None and y.digest is not None  # scan() hashes every file
-            out.append(f"{p}: content differs ({y.size} bytes sha256 {y.digest[:12]}, expected "
-                       f"{x.size} bytes sha256 {x.digest[:12]})")
+            out.append(
+                f"{p}: content differs ({y.size} bytes sha256 {y.digest[:12]}, expected "
+                f"{x.size} bytes sha256 {x.digest[:12]})"
+            )
         if x.target != y.target:
             out.append(f"{p}: symlink to {y.target!r}, expected {x.target!r}")
         if x.rdev != y.rdev:
@@ -137,12 +157,10 @@ def compare(oracle: os.PathLike | str, other: os.PathLike | str, *, mtimes: bool
     ga = {g & common for g in ga if len(g & common) > 1}
     gb = {g & common for g in gb if len(g & common) > 1}
     for g in sorted(ga - gb, key=sorted):
-        out.append(f"hard links: {', '.join(sorted(g))} should be one inode; in the container "
-                   f"{_groups_of(g, gb)}")
+        out.append(f"hard links: {', '.join(sorted(g))} should be one inode; in the container {_groups_of(g, gb)}")
     for g in sorted(gb - ga, key=sorted):
         if not any(g <= h for h in ga):
-            out.append(f"hard links: {', '.join(sorted(g))} share an inode in the container but not "
-                       f"in the oracle")
+            out.append(f"hard links: {', '.join(sorted(g))} share an inode in the container but not in the oracle")
     return out
 
 

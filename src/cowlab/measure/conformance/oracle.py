@@ -71,7 +71,7 @@ def _parents(root: str, path: str) -> None:
             os.chmod(cur, 0o755)
             continue
         if not stat.S_ISDIR(st.st_mode):
-            raise CowlabError(f"oracle: {cur[len(root):]} is not a directory")
+            raise CowlabError(f"oracle: {cur[len(root) :]} is not a directory")
 
 
 def _new_file(full: str, data_src, mode: int, uid: int, gid: int, xattrs: dict, mtime: int) -> None:
@@ -92,14 +92,28 @@ def _ref_op(root: str, spec: ImageSpec, index: int, kind: str, a: dict) -> None:
         _parents(root, a["path"])
     if kind == "file":
         seed = a.get("seed", file_seed(spec.seed, index, a["path"]))
-        _new_file(P(a["path"]), Content(a["size"], a.get("pattern", "random"), seed), a.get("mode", 0o644),
-                  a.get("uid", 0), a.get("gid", 0), a.get("xattrs", {}), a.get("mtime", spec.mtime))
+        _new_file(
+            P(a["path"]),
+            Content(a["size"], a.get("pattern", "random"), seed),
+            a.get("mode", 0o644),
+            a.get("uid", 0),
+            a.get("gid", 0),
+            a.get("xattrs", {}),
+            a.get("mtime", spec.mtime),
+        )
     elif kind == "files":
         _parents(root, a["dir"] + "/x")
         for k in range(a["count"]):
             p = f"{a['dir']}/{a.get('prefix', 'f')}{k:06d}"
-            _new_file(P(p), Content(a["size"], a.get("pattern", "random"), file_seed(spec.seed, index, p)),
-                      a.get("mode", 0o644), a.get("uid", 0), a.get("gid", 0), {}, spec.mtime)
+            _new_file(
+                P(p),
+                Content(a["size"], a.get("pattern", "random"), file_seed(spec.seed, index, p)),
+                a.get("mode", 0o644),
+                a.get("uid", 0),
+                a.get("gid", 0),
+                {},
+                spec.mtime,
+            )
     elif kind == "copy":
         st = os.stat(a["source"])
         with open(a["source"], "rb") as src:

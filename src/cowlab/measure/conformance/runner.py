@@ -43,15 +43,15 @@ from cowlab.storage.drivers import DRIVERS
 from cowlab.storage.drivers.base import Container, Driver, Probe
 from cowlab.store.images import Image, ImageStore
 
-MAX_DIFFS = 12              # differences reported per comparison
-LOOP_SIZE = 4 << 30         # sparse loop filesystem for drivers that need their own backing
+MAX_DIFFS = 12  # differences reported per comparison
+LOOP_SIZE = 4 << 30  # sparse loop filesystem for drivers that need their own backing
 
 
 @dataclass
 class Result:
     driver: str
     case: str
-    status: str                      # pass, fail, error, skip, unavailable
+    status: str  # pass, fail, error, skip, unavailable
     details: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -124,23 +124,33 @@ class DriverSession:
     cases run on it, with its own journal owner: `cowlab cleanup` releases it all if this
     process dies."""
 
-    def __init__(self, state: StateRoot, cls: type[Driver], images: ImageCache, umask: int = 0o000,
-                 options: dict | None = None):
+    def __init__(
+        self, state: StateRoot, cls: type[Driver], images: ImageCache, umask: int = 0o000, options: dict | None = None
+    ):
         self.state, self.cls, self.images, self.umask = state, cls, images, umask
         self.options = options or None
 
     def __enter__(self) -> DriverSession:
         pid = os.getpid()
         self.tag = f"conformance-{pid}-{uuid.uuid4().hex[:6]}"
-        self.res = Resources(self.state, f"run-{pid}-{sysutil.proc_starttime(pid)}-{self.tag}", "run",
-                             {"purpose": f"conformance {self.cls.name}"})
+        self.res = Resources(
+            self.state,
+            f"run-{pid}-{sysutil.proc_starttime(pid)}-{self.tag}",
+            "run",
+            {"purpose": f"conformance {self.cls.name}"},
+        )
         try:
             self.scratch = self.state.tmp / f"{pid}-{self.tag}"  # swept as staging if we die
             self.res.acquire("dir", lambda: self.scratch.mkdir(), path=str(self.scratch))
             self.backing = pick_backing(self.cls, self.state, self.res, self.tag)
             with _umask(self.umask):
-                self.drv = self.cls(self.backing, self.res, self.images.store,
-                                    home=self.backing.path / self.cls.name, options=self.options)
+                self.drv = self.cls(
+                    self.backing,
+                    self.res,
+                    self.images.store,
+                    home=self.backing.path / self.cls.name,
+                    options=self.options,
+                )
         except BaseException:
             self.res.close()
             raise
@@ -162,11 +172,16 @@ class DriverSession:
         t0 = time.monotonic()
         missing = case.needs - self.cls.capabilities
         if missing:
-            return Result(self.cls.name, case.name, "skip",
-                          [f"{self.cls.name} does not declare {', '.join(sorted(missing))}"])
+            return Result(
+                self.cls.name, case.name, "skip", [f"{self.cls.name} does not declare {', '.join(sorted(missing))}"]
+            )
         if self.cls.max_layers and len(case.layers) > self.cls.max_layers:
-            return Result(self.cls.name, case.name, "skip",
-                          [f"{len(case.layers)} layers; {self.cls.name} supports at most {self.cls.max_layers}"])
+            return Result(
+                self.cls.name,
+                case.name,
+                "skip",
+                [f"{len(case.layers)} layers; {self.cls.name} supports at most {self.cls.max_layers}"],
+            )
         run = _Run(self, case)
         status = "pass"
         try:
@@ -186,8 +201,10 @@ class DriverSession:
             what, pattern = declared
             if status == "pass":  # like a strict xfail: a deviation that went away is news
                 status = "fail"
-                run.diffs.append(f"{self.cls.name} declares a deviation here ({what}) but behaved "
-                                 "like a plain directory: remove the declaration")
+                run.diffs.append(
+                    f"{self.cls.name} declares a deviation here ({what}) but behaved "
+                    "like a plain directory: remove the declaration"
+                )
             elif all(re.search(pattern, d) for d in run.diffs):
                 status = "deviation"
                 run.notes.append(f"documented deviation: {what}")
@@ -276,9 +293,11 @@ class _Run:
     def _root_ok(self, c: Container, where: str) -> None:
         st = os.lstat(c.mountpoint)
         if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != 0o755 or (st.st_uid, st.st_gid) != (0, 0):
-            self.diffs.append(f"{where}: container root is {KINDS.get(stat.S_IFMT(st.st_mode))} mode "
-                              f"{stat.S_IMODE(st.st_mode):04o} owner {st.st_uid}:{st.st_gid}, expected a "
-                              "directory of mode 0755 owned by 0:0")
+            self.diffs.append(
+                f"{where}: container root is {KINDS.get(stat.S_IFMT(st.st_mode))} mode "
+                f"{stat.S_IMODE(st.st_mode):04o} owner {st.st_uid}:{st.st_gid}, expected a "
+                "directory of mode 0755 owned by 0:0"
+            )
 
     def actions(self, img: Image, image_oracle: Path, acts: list[Act]) -> None:
         c = self.create(img)
@@ -306,28 +325,37 @@ class _Run:
                 if exdev is None:
                     exdev = declares_rename_dir_exdev(self.drv)
                 if got == "EXDEV" and exdev:
-                    self.notes.append(f"renaming a directory from the image returned EXDEV, as "
-                                      f"{self.cls.name} declares; moved with cp -a + rm like mv(1)")
-                    self.diff(where + " (after EXDEV, before the fallback)",
-                              compare(o, c.mountpoint, skip_mtime=touched, xattrs=self.xattrs))
+                    self.notes.append(
+                        f"renaming a directory from the image returned EXDEV, as "
+                        f"{self.cls.name} declares; moved with cp -a + rm like mv(1)"
+                    )
+                    self.diff(
+                        where + " (after EXDEV, before the fallback)",
+                        compare(o, c.mountpoint, skip_mtime=touched, xattrs=self.xattrs),
+                    )
                     self._mv_fallback(c, a)
                     got = None
                 elif got is None and exdev:
-                    self.diffs.append(f"{where}: the driver declares EXDEV for renaming a directory "
-                                      "from the image, but the rename succeeded")
+                    self.diffs.append(
+                        f"{where}: the driver declares EXDEV for renaming a directory "
+                        "from the image, but the rename succeeded"
+                    )
                 elif got == "EXDEV":
-                    self.diffs.append(f"{where}: rename returned EXDEV, which {self.cls.name} does not "
-                                      f"declare (capability {CAP_RENAME_DIR_EXDEV!r} or "
-                                      "metadata()['rename_dir'] == 'exdev')")
+                    self.diffs.append(
+                        f"{where}: rename returned EXDEV, which {self.cls.name} does not "
+                        f"declare (capability {CAP_RENAME_DIR_EXDEV!r} or "
+                        "metadata()['rename_dir'] == 'exdev')"
+                    )
                     continue
             with _umask(self.umask):
                 want = ref.run(a)
             if got != want:
-                self.diffs.append(f"{where}: {'failed with ' + got if got else 'succeeded'} in the "
-                                  f"container, {'failed with ' + want if want else 'succeeded'} in the oracle")
+                self.diffs.append(
+                    f"{where}: {'failed with ' + got if got else 'succeeded'} in the "
+                    f"container, {'failed with ' + want if want else 'succeeded'} in the oracle"
+                )
             touched = touched_after(a, touched)
-        self.diff("container, after all actions",
-                  compare(o, c.mountpoint, skip_mtime=touched, xattrs=self.xattrs))
+        self.diff("container, after all actions", compare(o, c.mountpoint, skip_mtime=touched, xattrs=self.xattrs))
         self.remove(c)
 
     def _mv_fallback(self, c: Container, a: Act) -> None:
@@ -348,6 +376,7 @@ class _Run:
 
 
 # -- extra checks -------------------------------------------------------------------------------
+
 
 def _check_root_mode(run: _Run, img: Image, oracle: Path) -> None:
     for mask in (0o077, 0o000, 0o022):
@@ -374,11 +403,24 @@ def home_fingerprint(drv: Driver, skip_names: set[str]) -> dict[str, tuple]:
                 continue
             st = os.lstat(full)
             kind = KINDS.get(stat.S_IFMT(st.st_mode), "?")
-            extra = sha256(full) if kind == "file" else os.readlink(full) if kind == "symlink" else \
-                (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chr", "blk") else None
-            out[os.path.relpath(full, home)] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                                                st.st_size if kind == "file" else None, extra,
-                                                xattrs_of(full, None))
+            extra = (
+                sha256(full)
+                if kind == "file"
+                else os.readlink(full)
+                if kind == "symlink"
+                else (os.major(st.st_rdev), os.minor(st.st_rdev))
+                if kind in ("chr", "blk")
+                else None
+            )
+            out[os.path.relpath(full, home)] = (
+                kind,
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                st.st_size if kind == "file" else None,
+                extra,
+                xattrs_of(full, None),
+            )
     return out
 
 
@@ -424,12 +466,12 @@ def _check_image_readonly(run: _Run, img: Image, oracle: Path) -> None:
     os.sync()
     after = home_fingerprint(run.drv, skip)
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-    run.diff("image data on disk after writes in a container",
-             [f"{p} {'appeared' if p not in before else 'vanished' if p not in after else 'changed'}"
-              for p in changed])
+    run.diff(
+        "image data on disk after writes in a container",
+        [f"{p} {'appeared' if p not in before else 'vanished' if p not in after else 'changed'}" for p in changed],
+    )
     run.diff("the container that was written to", compare(o, work.mountpoint, mtimes=False, xattrs=run.xattrs))
-    run.diff("a sibling container, after writes in another",
-             compare(oracle, sib.mountpoint, xattrs=run.xattrs))
+    run.diff("a sibling container, after writes in another", compare(oracle, sib.mountpoint, xattrs=run.xattrs))
     run.remove(work)
     run.remove(sib)
     fresh = run.create(img)
@@ -443,8 +485,15 @@ CHECKS: dict[str, Callable[[_Run, Image, Path], None]] = {
 }
 
 
-def run_case(state: StateRoot, cls: type[Driver], case: Case, images: ImageCache, *,
-             every_layer: bool = False, umask: int = 0o000) -> Result:
+def run_case(
+    state: StateRoot,
+    cls: type[Driver],
+    case: Case,
+    images: ImageCache,
+    *,
+    every_layer: bool = False,
+    umask: int = 0o000,
+) -> Result:
     """One case on a driver session of its own."""
     try:
         with DriverSession(state, cls, images, umask) as session:
@@ -457,13 +506,15 @@ def run_case(state: StateRoot, cls: type[Driver], case: Case, images: ImageCache
     return r
 
 
-def available(names: Iterable[str] | None = None,
-              probe: Callable[[type[Driver]], Probe] | None = None) -> list[tuple[type[Driver], str | None]]:
+def available(
+    names: Iterable[str] | None = None, probe: Callable[[type[Driver]], Probe] | None = None
+) -> list[tuple[type[Driver], str | None]]:
     """(driver class, None if available else the reason) for the named drivers or all of them.
     probe: how to ask (the run layer's, which also names the kernel VM; the driver's own by default)."""
     from cowlab.storage.drivers import get
+
     out = []
-    for name in (names or list(DRIVERS)):
+    for name in names or list(DRIVERS):
         cls = get(name)
         try:
             p = probe(cls) if probe else cls.probe()
@@ -485,17 +536,22 @@ def prebuild(state: StateRoot, case_names: Iterable[str] | None = None, every_la
     return len(cache.built)
 
 
-def _shifted(progress: Callable[[str, int, int], None], base: int,
-             total: int) -> Callable[[str, int, int], None]:
+def _shifted(progress: Callable[[str, int, int], None], base: int, total: int) -> Callable[[str, int, int], None]:
     """One driver's progress (case i of n) as the whole suite's (case base + i of total)."""
     return lambda d, i, n: progress(d, base + i, total)
 
 
-def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
-              case_names: Iterable[str] | None = None, *, every_layer: bool = False,
-              progress: Callable[[str, int, int], None] | None = None,
-              options: dict[str, dict] | None = None, keep_images: bool = False,
-              probe: Callable[[type[Driver]], Probe] | None = None) -> list[Result]:
+def run_suite(
+    state: StateRoot,
+    driver_names: Iterable[str] | None = None,
+    case_names: Iterable[str] | None = None,
+    *,
+    every_layer: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    options: dict[str, dict] | None = None,
+    keep_images: bool = False,
+    probe: Callable[[type[Driver]], Probe] | None = None,
+) -> list[Result]:
     """Every case on every driver (or the named ones); unavailable drivers yield one
     'unavailable' result per case with the reason, never a pass. options: per driver name
     (e.g. devicemapper-direct's device)."""
@@ -510,18 +566,32 @@ def run_suite(state: StateRoot, driver_names: Iterable[str] | None = None,
             if why:
                 results += [Result(cls.name, case.name, "unavailable", [why]) for case in chosen]
                 continue
-            results += run_driver(state, cls, chosen, images, every_layer=every_layer,
-                                  options=(options or {}).get(cls.name),
-                                  progress=_shifted(progress, len(results), total) if progress else None)
+            results += run_driver(
+                state,
+                cls,
+                chosen,
+                images,
+                every_layer=every_layer,
+                options=(options or {}).get(cls.name),
+                progress=_shifted(progress, len(results), total) if progress else None,
+            )
     finally:
         images.close()
     return results
 
 
-def run_driver(state: StateRoot, cls: type[Driver], chosen: list[Case], images: ImageCache, *,
-               every_layer: bool = False, depths: Iterable[int] | None = None, umask: int = 0o000,
-               progress: Callable[[str, int, int], None] | None = None,
-               options: dict | None = None) -> list[Result]:
+def run_driver(
+    state: StateRoot,
+    cls: type[Driver],
+    chosen: list[Case],
+    images: ImageCache,
+    *,
+    every_layer: bool = False,
+    depths: Iterable[int] | None = None,
+    umask: int = 0o000,
+    progress: Callable[[str, int, int], None] | None = None,
+    options: dict | None = None,
+) -> list[Result]:
     """Every chosen case on one (available) driver, sharing one driver session."""
     out: list[Result] = []
     try:
@@ -532,7 +602,7 @@ def run_driver(state: StateRoot, cls: type[Driver], chosen: list[Case], images: 
                 out.append(session.run(case, every_layer, depths))
     except Exception as e:  # the session itself could not be set up
         why = f"setting up {cls.name}: {type(e).__name__}: {e}"
-        return out + [Result(cls.name, c.name, "error", [why]) for c in chosen[len(out):]]
+        return out + [Result(cls.name, c.name, "error", [why]) for c in chosen[len(out) :]]
     if session.errors and out:
         out[-1].details += session.errors
         out[-1].status = "fail" if out[-1].status == "pass" else out[-1].status

@@ -43,10 +43,10 @@ from cowlab.measure.engine.drivers import EngineDriver
 ENGINE_ENV = "COWLAB_ENGINE"
 CGROUP_PREFIX = "cowlab-engine-"
 RUN_DIRS = ("/run/containerd/s", "/run/containerd", "/run/docker/plugins", "/run/docker")
-SOCKET_MAX = 107            # sun_path is 108 bytes with the NUL
-START_TIMEOUT = 90.0        # seconds for dockerd to answer /_ping
-STOP_GRACE = 40.0           # seconds between SIGTERM and SIGKILL for dockerd
-SHUTDOWN_TIMEOUT = 5        # dockerd's own wait for a container's SIGTERM before SIGKILL
+SOCKET_MAX = 107  # sun_path is 108 bytes with the NUL
+START_TIMEOUT = 90.0  # seconds for dockerd to answer /_ping
+STOP_GRACE = 40.0  # seconds between SIGTERM and SIGKILL for dockerd
+SHUTDOWN_TIMEOUT = 5  # dockerd's own wait for a container's SIGTERM before SIGKILL
 PATH_EXTRA = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -58,6 +58,7 @@ class EngineRefused(CowlabError):
 def engine_processes(engine_id: str) -> list[int]:
     """Pids whose environment carries COWLAB_ENGINE=engine_id (dockerd, containerd, shims)."""
     from cowlab.base.resources import processes_with_env
+
     return processes_with_env(ENGINE_ENV, engine_id)
 
 
@@ -136,6 +137,7 @@ def _release_engine_dm(e: dict, state: StateRoot) -> None:
     if not (state.inside(d) and state.inside(home)):
         raise CowlabError(f"journal names {d}, outside the state root; not touching it")
     from cowlab.storage.drivers.devicemapper import thin as dm
+
     if d.is_dir() and dm.has_device_mapper():
         st = os.stat(d)
         prefix = f"docker-{os.major(st.st_dev)}:{os.minor(st.st_dev)}-{st.st_ino}-"
@@ -183,20 +185,29 @@ def check_socket_room(state: StateRoot) -> None:
     root whose path leaves no room for them (sun_path holds 107 bytes)."""
     longest = state.tmp / f"{'9' * 7}-engine-{'f' * 8}" / "containerd" / "containerd.sock.ttrpc"
     if len(str(longest)) > SOCKET_MAX:
-        raise CowlabError(f"the state root {state.path} is too long for dockerd's unix sockets "
-                          f"({len(str(longest))} of at most {SOCKET_MAX} bytes under it); use a shorter "
-                          "--root for engine mode, or --mode primitive")
+        raise CowlabError(
+            f"the state root {state.path} is too long for dockerd's unix sockets "
+            f"({len(str(longest))} of at most {SOCKET_MAX} bytes under it); use a shorter "
+            "--root for engine mode, or --mode primitive"
+        )
 
 
 # --- the daemon -----------------------------------------------------------------------------
 class PrivateDockerd:
     """One dockerd for one driver. start() → client → stop(); every step journaled in res."""
 
-    def __init__(self, state: StateRoot, res: Resources, driver: EngineDriver, data_parent: Path,
-                 storage_opts: list[str] | None = None, path_first: list[str] | None = None):
+    def __init__(
+        self,
+        state: StateRoot,
+        res: Resources,
+        driver: EngineDriver,
+        data_parent: Path,
+        storage_opts: list[str] | None = None,
+        path_first: list[str] | None = None,
+    ):
         self.state, self.res, self.driver = state, res, driver
         self.storage_opts = list(storage_opts or [])  # the run's own (a pool cowlab made)
-        self.path_first = list(path_first or [])      # tools dockerd's driver runs (kernel zfs)
+        self.path_first = list(path_first or [])  # tools dockerd's driver runs (kernel zfs)
         self.id = uuid.uuid4().hex[:8]
         self.cgroup = f"{CGROUP_PREFIX}{self.id}"
         self.home = Path(data_parent) / f"engine-{driver.name}-{self.id}"
@@ -217,15 +228,32 @@ class PrivateDockerd:
         dockerd = shutil.which("dockerd", path=os.environ.get("PATH", "") + ":" + PATH_EXTRA)
         if not dockerd:
             raise CowlabError("dockerd is not installed (run: bash vagrant/provision/engine.sh)")
-        argv = [dockerd,
-                "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-                "-H", f"unix://{self.socket}", "--pidfile", str(self.pidfile),
-                "--config-file", str(self.config_file),
-                "--storage-driver", self.driver.storage_driver,
-                "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
-                "--userland-proxy=false",
-                "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", f"/{self.cgroup}",
-                "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
+        argv = [
+            dockerd,
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "-H",
+            f"unix://{self.socket}",
+            "--pidfile",
+            str(self.pidfile),
+            "--config-file",
+            str(self.config_file),
+            "--storage-driver",
+            self.driver.storage_driver,
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+            "--userland-proxy=false",
+            "--exec-opt",
+            "native.cgroupdriver=cgroupfs",
+            "--cgroup-parent",
+            f"/{self.cgroup}",
+            "--shutdown-timeout",
+            str(SHUTDOWN_TIMEOUT),
+        ]
         for o in self.driver.options() + self.storage_opts:
             argv += ["--storage-opt", o]
         return argv
@@ -235,10 +263,9 @@ class PrivateDockerd:
         self.argv = self.command()
         res = self.res
         self.handles.append(res.acquire("dir", lambda: self.home.mkdir(parents=True), path=str(self.home)))
-        self.handles.append(res.acquire("dir", lambda: self.exec_root.mkdir(parents=True),
-                                        path=str(self.exec_root)))
+        self.handles.append(res.acquire("dir", lambda: self.exec_root.mkdir(parents=True), path=str(self.exec_root)))
         self.data_root.mkdir()
-        self.config_file.write_text("{}\n")   # never read /etc/docker/daemon.json
+        self.config_file.write_text("{}\n")  # never read /etc/docker/daemon.json
         self.run_dirs_created = [p for p in RUN_DIRS if not os.path.lexists(p)]
         self.handles.append(res.add("engine-rundirs", paths=self.run_dirs_created))
         if self.driver.device_mapper:  # released after the mounts and processes below
@@ -252,8 +279,15 @@ class PrivateDockerd:
         for k in ("DOCKER_HOST", "DOCKER_CONFIG", "NOTIFY_SOCKET"):
             env.pop(k, None)
         with open(self.log, "ab") as logf:
-            self.proc = spawn(res, self.argv, env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = spawn(
+                res,
+                self.argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         h = self.proc._cowlab_handle  # type: ignore[attr-defined]
         res.update(h, grace=STOP_GRACE, what="dockerd")
         self.handles.append(h)
@@ -261,12 +295,15 @@ class PrivateDockerd:
 
     def _wait(self, proc: subprocess.Popen, timeout: float) -> None:
         import docker
+
         deadline = time.monotonic() + timeout
         api = None
         while True:
             if proc.poll() is not None:
-                raise EngineRefused(f"dockerd --storage-driver {self.driver.storage_driver} exited "
-                                    f"({proc.returncode}): {self.failure()}")
+                raise EngineRefused(
+                    f"dockerd --storage-driver {self.driver.storage_driver} exited "
+                    f"({proc.returncode}): {self.failure()}"
+                )
             if self.socket.exists():
                 try:
                     api = api or docker.APIClient(base_url=f"unix://{self.socket}", version="1.41", timeout=5)
@@ -299,6 +336,7 @@ class PrivateDockerd:
         """A docker.DockerClient on the private socket (API version negotiated)."""
         if self._client is None:
             import docker
+
             self._client = docker.DockerClient(base_url=f"unix://{self.socket}", version="auto", timeout=900)
         return self._client
 
@@ -309,19 +347,29 @@ class PrivateDockerd:
         status = {k: val for k, val in (info.get("DriverStatus") or [])}
         m = sysutil.mount_of(self.home)  # the backing, not dockerd's own bind mount of data-root
         return {
-            "driver": info.get("Driver"), "requested_driver": self.driver.name,
+            "driver": info.get("Driver"),
+            "requested_driver": self.driver.name,
             "driver_status": status,
             "backing_filesystem": status.get("Backing Filesystem"),
             "supports_d_type": status.get("Supports d_type"),
             "native_overlay_diff": status.get("Native Overlay Diff"),
-            "data_root": str(self.data_root), "data_root_fs": m.fstype, "data_root_mount": m.target,
-            "exec_root": str(self.exec_root), "socket": str(self.socket), "cgroup_parent": f"/{self.cgroup}",
-            "dockerd_argv": self.argv, "dockerd_pid": self.proc.pid if self.proc else None,
-            "server_version": v.get("Version"), "api_version": v.get("ApiVersion"),
+            "data_root": str(self.data_root),
+            "data_root_fs": m.fstype,
+            "data_root_mount": m.target,
+            "exec_root": str(self.exec_root),
+            "socket": str(self.socket),
+            "cgroup_parent": f"/{self.cgroup}",
+            "dockerd_argv": self.argv,
+            "dockerd_pid": self.proc.pid if self.proc else None,
+            "server_version": v.get("Version"),
+            "api_version": v.get("ApiVersion"),
             "components": {x.get("Name"): x.get("Version") for x in v.get("Components") or []},
-            "cgroup_driver": info.get("CgroupDriver"), "cgroup_version": info.get("CgroupVersion"),
-            "kernel_version": info.get("KernelVersion"), "security_options": info.get("SecurityOptions"),
-            "default_runtime": info.get("DefaultRuntime"), "docker_root_dir": info.get("DockerRootDir"),
+            "cgroup_driver": info.get("CgroupDriver"),
+            "cgroup_version": info.get("CgroupVersion"),
+            "kernel_version": info.get("KernelVersion"),
+            "security_options": info.get("SecurityOptions"),
+            "default_runtime": info.get("DefaultRuntime"),
+            "docker_root_dir": info.get("DockerRootDir"),
             "sdk_version": _sdk_version(),
             "container_security_opt": container_security_opts(),
             "loadavg_at_start": list(os.getloadavg()),  # other work on the machine shows up in timings
@@ -375,6 +423,7 @@ class PrivateDockerd:
 def _sdk_version() -> str | None:
     try:
         import docker
+
         return docker.__version__
     except ImportError:
         return None
@@ -402,5 +451,12 @@ def availability() -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["PrivateDockerd", "EngineRefused", "availability", "engine_processes", "cgroup_dirs",
-           "dockerd_version", "ENGINE_ENV"]
+__all__ = [
+    "PrivateDockerd",
+    "EngineRefused",
+    "availability",
+    "engine_processes",
+    "cgroup_dirs",
+    "dockerd_version",
+    "ENGINE_ENV",
+]

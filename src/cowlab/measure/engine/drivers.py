@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class EngineDriver:
-    name: str                      # cowlab's name for it (the bench's DRIVER)
-    backing: str | None = None     # a backing filesystem the data-root must be on (loop made if not)
+    name: str  # cowlab's name for it (the bench's DRIVER)
+    backing: str | None = None  # a backing filesystem the data-root must be on (loop made if not)
     storage_opts: tuple[str, ...] = ()
     binaries: tuple[str, ...] = ()  # host programs the driver runs (checked, for a clear reason)
     note: str = ""
     extra: dict = field(default_factory=dict)
-    docker_name: str = ""          # --storage-driver, where it differs from name
-    device_mapper: bool = False    # libdevmapper inside dockerd: udev sync, dm devices to sweep
+    docker_name: str = ""  # --storage-driver, where it differs from name
+    device_mapper: bool = False  # libdevmapper inside dockerd: udev sync, dm devices to sweep
     # A cowlab driver whose engine_storage() makes what dockerd's driver is given (a thin pool
     # as dm.thinpooldev, a ZFS dataset as zfs.fsname): cowlab's, journaled like its own pools.
     pool_driver: str = ""
@@ -46,14 +46,16 @@ class EngineDriver:
 def _registered() -> dict[str, EngineDriver]:
     """Every cowlab driver that declares a dockerd counterpart (Driver.engine, the registry)."""
     from cowlab.storage import drivers
+
     return {n: EngineDriver(n, **cls.engine) for n, cls in drivers.DRIVERS.items() if cls.engine is not None}
 
 
 ENGINE_DRIVERS: dict[str, EngineDriver] = _registered()
 # Engine-only: known to Docker 20.10 but without a cowlab driver of that name, and not runnable
 # natively on this kind of host: dockerd is still started, and its refusal is recorded.
-ENGINE_DRIVERS["devicemapper"] = EngineDriver("devicemapper", device_mapper=True,
-                                              note="needs device-mapper in the kernel (dm-thin-pool)")
+ENGINE_DRIVERS["devicemapper"] = EngineDriver(
+    "devicemapper", device_mapper=True, note="needs device-mapper in the kernel (dm-thin-pool)"
+)
 
 
 def get(name: str) -> EngineDriver | None:

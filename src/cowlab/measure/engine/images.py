@@ -27,13 +27,23 @@ SUFFIX = ".engine"
 def base_spec() -> ImageSpec:
     bb = static_busybox()
     if not bb:
-        raise CowlabError("engine mode needs a static busybox for containers to run a command "
-                          "(apt-get install busybox-static, or run vagrant/provision/engine.sh)")
-    ops = [{"op": "copy", "path": "/bin/busybox", "source": bb, "mode": "0755"},
-           {"op": "dir", "path": "/tmp", "mode": "1777"}]
+        raise CowlabError(
+            "engine mode needs a static busybox for containers to run a command "
+            "(apt-get install busybox-static, or run vagrant/provision/engine.sh)"
+        )
+    ops = [
+        {"op": "copy", "path": "/bin/busybox", "source": bb, "mode": "0755"},
+        {"op": "dir", "path": "/tmp", "mode": "1777"},
+    ]
     ops += [{"op": "symlink", "path": f"/bin/{a}", "target": "busybox"} for a in APPLETS]
-    return from_dict({"name": BASE_NAME, "seed": 0, "layers": [
-        {"ops": ops, "comment": "static busybox so containers can run a command"}]}, "<engine-base>")
+    return from_dict(
+        {
+            "name": BASE_NAME,
+            "seed": 0,
+            "layers": [{"ops": ops, "comment": "static busybox so containers can run a command"}],
+        },
+        "<engine-base>",
+    )
 
 
 def engine_name(primitive_name: str) -> str:

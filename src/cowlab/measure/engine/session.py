@@ -78,15 +78,17 @@ class EnginePart:
         self.refs: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
         self.pool_meta: dict | None = None
-        self.pool_drv: Driver | None = None   # the cowlab driver whose pool dockerd uses
+        self.pool_drv: Driver | None = None  # the cowlab driver whose pool dockerd uses
 
     # -- check ----------------------------------------------------------------------------------
     def check(self) -> None:
         s = self.s
         driver = ED.get(s.driver_name)
         if driver is None:
-            raise CowlabError(f"Docker has no storage driver {s.driver_name!r} that cowlab knows; "
-                              f"engine drivers: {', '.join(ED.ENGINE_DRIVERS)}")
+            raise CowlabError(
+                f"Docker has no storage driver {s.driver_name!r} that cowlab knows; "
+                f"engine drivers: {', '.join(ED.ENGINE_DRIVERS)}"
+            )
         self.driver: ED.EngineDriver = driver
         ok, why = availability()
         if not ok:
@@ -106,9 +108,11 @@ class EnginePart:
         opts = dict(self.s.driver_options)
         eng = opts.pop("engine_device", None)
         if self.s.mode == "both" and "device" in opts and not eng:
-            raise CowlabError(f"--mode both on {self.s.driver_name} needs a second spare device for "
-                              "dockerd's storage: --opt engine_device=/dev/YYY (--device holds cowlab's "
-                              "own pool); or run --mode primitive and --mode engine one after the other")
+            raise CowlabError(
+                f"--mode both on {self.s.driver_name} needs a second spare device for "
+                "dockerd's storage: --opt engine_device=/dev/YYY (--device holds cowlab's "
+                "own pool); or run --mode primitive and --mode engine one after the other"
+            )
         if eng:
             opts["device"] = eng
         return opts
@@ -120,8 +124,9 @@ class EnginePart:
             return {"storage_opts": [], "path": [], "meta": None}
         s = self.s
         home = s.backing.path / f"engine-pool-{self.driver.name}"
-        self.pool_drv = _pool_cls(self.driver)(s.backing, s.res, ImageStore(s.state), home=home,
-                                               options=self.pool_options())
+        self.pool_drv = _pool_cls(self.driver)(
+            s.backing, s.res, ImageStore(s.state), home=home, options=self.pool_options()
+        )
         return self.pool_drv.engine_storage()
 
     # -- prepare --------------------------------------------------------------------------------
@@ -130,8 +135,11 @@ class EnginePart:
         if progress:
             progress("engine images", 0, 1)
         store = ImageStore(s.state)
-        wanted = {n: img for n, img in s.images.items()
-                  if any(sp.name == n for w in self.workloads for sp in w.specs(s.grids[w.name]))}
+        wanted = {
+            n: img
+            for n, img in s.images.items()
+            if any(sp.name == n for w in self.workloads for sp in w.specs(s.grids[w.name]))
+        }
         self.images = build_engine_images(store, wanted)
 
     # -- run ------------------------------------------------------------------------------------
@@ -150,8 +158,12 @@ class EnginePart:
         s = self.s
         for w in s.workloads:
             if w.name not in CASES:
-                self.record(Sample("workload", None, "count", {}, status="skipped",
-                                   error=f"{w.name} has no engine counterpart"), w.name)
+                self.record(
+                    Sample(
+                        "workload", None, "count", {}, status="skipped", error=f"{w.name} has no engine counterpart"
+                    ),
+                    w.name,
+                )
         if not self.workloads:
             return
         if progress:
@@ -160,30 +172,47 @@ class EnginePart:
         try:
             st = self._storage()
             self.pool_meta = st["meta"]
-            self.daemon = PrivateDockerd(s.state, s.res, self.driver, self._data_parent(),
-                                         st["storage_opts"], st["path"])
+            self.daemon = PrivateDockerd(
+                s.state, s.res, self.driver, self._data_parent(), st["storage_opts"], st["path"]
+            )
             t0 = time.perf_counter()
             self.daemon.start()
         except Exception as e:  # EngineRefused (dockerd's own words), or anything on the way
             why = str(e) if isinstance(e, EngineRefused) else _why(e)
             if self.driver.missing():
                 why += f" (missing: {', '.join(self.driver.missing())}; run {HINT})"
-            self.record(Sample("engine_start_seconds", None, "s", {"storage_driver": self.driver.name},
-                               status="failed", error=why), "engine")
-            s.writer.write_run(engine={"requested_driver": self.driver.name, "refused": why,
-                                       "dockerd_argv": self.daemon.argv if self.daemon else None,
-                                       "storage": self.pool_meta})
+            self.record(
+                Sample(
+                    "engine_start_seconds", None, "s", {"storage_driver": self.driver.name}, status="failed", error=why
+                ),
+                "engine",
+            )
+            s.writer.write_run(
+                engine={
+                    "requested_driver": self.driver.name,
+                    "refused": why,
+                    "dockerd_argv": self.daemon.argv if self.daemon else None,
+                    "storage": self.pool_meta,
+                }
+            )
             self.close()
             return
-        self.record(Sample("engine_start_seconds", time.perf_counter() - t0, "s",
-                           {"storage_driver": self.driver.name}), "engine")
+        self.record(
+            Sample("engine_start_seconds", time.perf_counter() - t0, "s", {"storage_driver": self.driver.name}),
+            "engine",
+        )
         desc = self.daemon.describe()
         if self.pool_meta:
             desc["storage"] = self.pool_meta  # what cowlab made for dockerd (pool_driver)
-        desc["space_measured_on"] = (f"the {self.pool_drv.name} pool cowlab made for dockerd (used_bytes)"
-                                     if self.pool_drv else "the data-root's filesystem (statfs after syncfs)")
-        desc["images"] = {n: {"name": img.name, "layers": len(img.layers), "content_bytes": img.content_bytes,
-                              "base_layers": 1} for n, img in self.images.items()}
+        desc["space_measured_on"] = (
+            f"the {self.pool_drv.name} pool cowlab made for dockerd (used_bytes)"
+            if self.pool_drv
+            else "the data-root's filesystem (statfs after syncfs)"
+        )
+        desc["images"] = {
+            n: {"name": img.name, "layers": len(img.layers), "content_bytes": img.content_bytes, "base_layers": 1}
+            for n, img in self.images.items()
+        }
         s.writer.write_run(engine=desc)
         self._load(self.daemon, progress)
         for w in self.workloads:
@@ -191,14 +220,22 @@ class EnginePart:
             cases = list(CASES[w.name](ctx))
             total, done = sum(map(case_total, cases)), 0
             for case in cases:
+
                 def rep_done(case=case, w=w, total=total):
                     nonlocal done
                     done += 1
                     if progress:
                         progress(f"engine {w.name}: {case_name(case)} {describe_params(case.params)}", done, total)
+
                 # CowlabError, OSError, the daemon's APIError: all recorded as failed samples
-                run_case(case, partial(self.record, workload=w.name), rep_done, errors=(Exception,),
-                         why=_why, unit="s" if isinstance(case, Timed) else "B")
+                run_case(
+                    case,
+                    partial(self.record, workload=w.name),
+                    rep_done,
+                    errors=(Exception,),
+                    why=_why,
+                    unit="s" if isinstance(case, Timed) else "B",
+                )
         errs = self.close()
         if errs:
             s.writer.write_run(engine_teardown_errors=errs)
@@ -209,8 +246,12 @@ class EnginePart:
             if progress:
                 progress(f"engine: docker load {img.name}", i, len(items))
             prim = self.s.images[name]  # params as in primitive mode; the base layer is in run.json
-            params = {"image": name, "layers": len(prim.layers), "image_size_bytes": prim.content_bytes,
-                      "backing_fs": sysutil.mount_of(daemon.data_root).fstype}
+            params = {
+                "image": name,
+                "layers": len(prim.layers),
+                "image_size_bytes": prim.content_bytes,
+                "backing_fs": sysutil.mount_of(daemon.data_root).fstype,
+            }
             try:
                 ref, dt = load(daemon.client, ImageStore(self.s.state), img)
             except Exception as e:
@@ -218,8 +259,9 @@ class EnginePart:
                     raise
                 why = _why(e)
                 self.load_errors[name] = why if why.startswith("docker load") else f"docker load of {img.name}: {why}"
-                self.record(Sample("import_seconds", None, "s", params, status="failed",
-                                   error=self.load_errors[name]), "import")
+                self.record(
+                    Sample("import_seconds", None, "s", params, status="failed", error=self.load_errors[name]), "import"
+                )
                 continue
             self.refs[name] = ref
             self.record(Sample("import_seconds", dt, "s", params), "import")
@@ -230,6 +272,7 @@ class EnginePart:
         if self.daemon is None:
             return []
         from cowlab.base.resources import signals_blocked
+
         d, self.daemon = self.daemon, None
         keep = None
         if hasattr(self.s, "writer"):
@@ -242,11 +285,13 @@ class EnginePart:
 
 def _pool_cls(ed: ED.EngineDriver) -> type[Driver]:
     from cowlab.storage import drivers
+
     return drivers.get(ed.pool_driver)
 
 
 def _spec_bytes(spec) -> int:
     from cowlab.store.layers import spec_bytes
+
     return spec_bytes(spec)
 
 

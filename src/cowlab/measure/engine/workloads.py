@@ -47,13 +47,15 @@ TRUE = ["true"]
 class EngineContext:
     """What an engine workload sees: the daemon's API, the loaded references, the grid."""
 
-    def __init__(self, daemon, refs: dict[str, str], load_errors: dict[str, str], grid: dict,
-                 quick: bool, storage=None):
+    def __init__(
+        self, daemon, refs: dict[str, str], load_errors: dict[str, str], grid: dict, quick: bool, storage=None
+    ):
         self.daemon, self.refs, self.load_errors, self.grid, self.quick = daemon, refs, load_errors, grid, quick
         self.storage = storage  # the cowlab driver whose pool dockerd's layers live in, if any
         self.api = daemon.client.api
-        self.host_config = self.api.create_host_config(network_mode="none",
-                                                       security_opt=container_security_opts() or None)
+        self.host_config = self.api.create_host_config(
+            network_mode="none", security_opt=container_security_opts() or None
+        )
 
     @property
     def data_root(self):
@@ -115,10 +117,21 @@ def _creation_point(ctx: EngineContext, name: str, params: dict) -> Iterator[Cas
     def ref():
         return ctx.ref(name)
 
-    yield Timed("create_seconds", params, op=lambda _: ctx.create(ref(), TRUE),
-                teardown=lambda _, cid: ctx.remove(cid), reps=reps)
-    yield Timed("start_seconds", params, setup=lambda: ctx.create(ref(), LONG_SLEEP),
-                op=ctx.start, teardown=lambda cid, _: ctx.remove(cid, force=True), reps=reps)
+    yield Timed(
+        "create_seconds",
+        params,
+        op=lambda _: ctx.create(ref(), TRUE),
+        teardown=lambda _, cid: ctx.remove(cid),
+        reps=reps,
+    )
+    yield Timed(
+        "start_seconds",
+        params,
+        setup=lambda: ctx.create(ref(), LONG_SLEEP),
+        op=ctx.start,
+        teardown=lambda cid, _: ctx.remove(cid, force=True),
+        reps=reps,
+    )
     yield Timed("run_seconds", params, op=lambda _: ctx.run_true(ref()), reps=reps)
     yield Timed("remove_seconds", params, setup=lambda: ctx.create(ref(), TRUE), op=ctx.remove, reps=reps)
 
@@ -128,6 +141,7 @@ def _cgroup_memory(ctx: EngineContext) -> tuple[dict, int] | None:
     """memory.stat of the engine's cgroup parent (hierarchical: every container is below it),
     normalised; None where there is no memory hierarchy to read."""
     from cowlab.measure.engine.daemon import cgroup_dirs
+
     for d in cgroup_dirs(ctx.daemon.cgroup):
         f = d / "memory.stat"
         if f.exists():
@@ -163,8 +177,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
 
     g = ctx.grid
     name = D.image_name(g)
-    cmd = ["sh", "-c", f"if cat {D.SET}/*/* > /dev/null; then echo READY; else echo FAILED; fi; "
-                       "exec sleep 1000000"]
+    cmd = ["sh", "-c", f"if cat {D.SET}/*/* > /dev/null; then echo READY; else echo FAILED; fi; exec sleep 1000000"]
 
     def measure(k: int, params: dict, rep: int) -> list[Sample]:
         ref = ctx.ref(name)
@@ -186,8 +199,10 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
                     need = per * (k - 1) + SPACE_MARGIN
                     free = probes.statfs(path)["free_bytes"]
                     if need > free:
-                        raise NotApplicable(f"{k} containers need about {human_bytes(need)} on the "
-                                            f"data-root's filesystem, which has {human_bytes(free)} free")
+                        raise NotApplicable(
+                            f"{k} containers need about {human_bytes(need)} on the "
+                            f"data-root's filesystem, which has {human_bytes(free)} free"
+                        )
             sysutil.drop_caches()
             before = probes.cache_snapshot(fstype)
             cg0 = _cgroup_memory(ctx)
@@ -206,11 +221,25 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
                 stat1, version = cg1
                 stat0 = cg0[0] if cg0 else {}
                 for stat in sorted(stat1):
-                    add("cgroup_memory_bytes", stat1[stat] - stat0.get(stat, 0), "B", stat=stat,
-                        cgroup=f"v{version}-engine-parent")
+                    add(
+                        "cgroup_memory_bytes",
+                        stat1[stat] - stat0.get(stat, 0),
+                        "B",
+                        stat=stat,
+                        cgroup=f"v{version}-engine-parent",
+                    )
             else:
-                out.append(Sample("cgroup_memory_bytes", None, "B", dict(params), rep, status="skipped",
-                                  error="no memory cgroup of the engine's cgroup parent to read"))
+                out.append(
+                    Sample(
+                        "cgroup_memory_bytes",
+                        None,
+                        "B",
+                        dict(params),
+                        rep,
+                        status="skipped",
+                        error="no memory cgroup of the engine's cgroup parent to read",
+                    )
+                )
             return out
         finally:
             for cid in reversed(cids):
@@ -218,8 +247,7 @@ def density_cases(ctx: EngineContext) -> Iterator[Case]:
 
     for k in g["containers"]:
         params = {"containers": k, "files": g["files"], "set_bytes": g["set_bytes"]}
-        yield Measured("density", params, partial(measure, k, params),
-                       reps=g["reps"])
+        yield Measured("density", params, partial(measure, k, params), reps=g["reps"])
 
 
 # --- space ------------------------------------------------------------------------------------
@@ -240,8 +268,10 @@ def space_cases(ctx: EngineContext) -> Iterator[Case]:
 
     def df() -> dict[str, int]:
         d = ctx.api.df()
-        return {"layers": int(d.get("LayersSize") or 0),
-                "containers_rw": sum(int(c.get("SizeRw") or 0) for c in d.get("Containers") or [])}
+        return {
+            "layers": int(d.get("LayersSize") or 0),
+            "containers_rw": sum(int(c.get("SizeRw") or 0) for c in d.get("Containers") or []),
+        }
 
     def measure(rep: int) -> list[Sample]:
         ref = ctx.ref(IMAGE)
@@ -251,17 +281,26 @@ def space_cases(ctx: EngineContext) -> Iterator[Case]:
 
         def note(event, base=None):
             now = ctx.used_bytes()
-            out.append(Sample("space_bytes", now - (last["used"] if base is None else base), "B",
-                              {"event": event, "big_file_bytes": size}, rep))
+            out.append(
+                Sample(
+                    "space_bytes",
+                    now - (last["used"] if base is None else base),
+                    "B",
+                    {"event": event, "big_file_bytes": size},
+                    rep,
+                )
+            )
             last["used"] = now
             for what, v in df().items():
-                out.append(Sample("docker_df_bytes", v, "B",
-                                  {"event": event, "what": what, "big_file_bytes": size}, rep))
+                out.append(
+                    Sample("docker_df_bytes", v, "B", {"event": event, "what": what, "big_file_bytes": size}, rep)
+                )
 
         cid = ctx.create(ref, append)
         try:
             note("create")
             import os
+
             ctx.api.put_archive(cid, "/", _one_file_tar("etc-new.conf", os.urandom(1024)))
             note("write_new_1KiB")
             ctx.start(cid)
@@ -278,5 +317,7 @@ def space_cases(ctx: EngineContext) -> Iterator[Case]:
 
 
 CASES: dict[str, Callable[[EngineContext], Iterator[Case]]] = {
-    "creation": creation_cases, "density": density_cases, "space": space_cases,
+    "creation": creation_cases,
+    "density": density_cases,
+    "space": space_cases,
 }

@@ -31,7 +31,7 @@ class Timed:
     metric: str
     unit = "s"
     params: dict[str, Any]
-    op: Callable[[Any], Any]                      # op(state) → result; only this is timed
+    op: Callable[[Any], Any]  # op(state) → result; only this is timed
     setup: Callable[[], Any] = lambda: None
     teardown: Callable[[Any, Any], None] = lambda state, result: None
     reps: int = 5
@@ -75,9 +75,14 @@ def case_name(case: Case) -> str:
     return case.metric if isinstance(case, Timed) else case.name
 
 
-def run_case(case: Case, record: Callable[[Sample], None], rep_done: Callable[[], None] | None = None,
-             errors: tuple[type[BaseException], ...] = (CowlabError, OSError),
-             why: Callable[[BaseException], str] = str, unit: str | None = None) -> None:
+def run_case(
+    case: Case,
+    record: Callable[[Sample], None],
+    rep_done: Callable[[], None] | None = None,
+    errors: tuple[type[BaseException], ...] = (CowlabError, OSError),
+    why: Callable[[BaseException], str] = str,
+    unit: str | None = None,
+) -> None:
     """Every sample of one case through record(); rep_done() after each repetition's first
     sample. NotApplicable becomes a skipped sample and an error in `errors` a failed one, with
     the reason: recorded, never dropped. `unit` is what such a record carries (the case's own
@@ -129,10 +134,19 @@ class Context:
             t0 = time.perf_counter()
             self.driver.import_image(img)
             if self.record:
-                self.record(Sample("import_seconds", time.perf_counter() - t0, "s",
-                                   {"image": spec_name, "layers": len(img.layers),
-                                    "content_bytes": img.content_bytes,
-                                    "backing_fs": self.backing.mount.fstype}))
+                self.record(
+                    Sample(
+                        "import_seconds",
+                        time.perf_counter() - t0,
+                        "s",
+                        {
+                            "image": spec_name,
+                            "layers": len(img.layers),
+                            "content_bytes": img.content_bytes,
+                            "backing_fs": self.backing.mount.fstype,
+                        },
+                    )
+                )
         return img
 
     def create(self, image: Image) -> Container:
@@ -163,19 +177,17 @@ class Context:
                     self.variants[("backing", key[0])] = loops
                 b = loops
             tag = "-".join(f"{k}_{v}" for k, v in key[1]) or "default"
-            self.variants[key] = cls(b, self.res, self.driver.store, home=b.path / f"{cls.name}-{tag}",
-                                     options=options)
+            self.variants[key] = cls(b, self.res, self.driver.store, home=b.path / f"{cls.name}-{tag}", options=options)
             self.variants[key].defer_free = self.driver.defer_free
         return replace(self, driver=self.variants[key])
 
     def variant_metadata(self) -> list[dict]:
-        return [d.describe() | {"options": d.options} for k, d in self.variants.items()
-                if k[0] != "backing"]
+        return [d.describe() | {"options": d.options} for k, d in self.variants.items() if k[0] != "backing"]
 
 
 class Workload:
     name: ClassVar[str]
-    claim: ClassVar[str] = ""                 # the line of the slides this workload tests
+    claim: ClassVar[str] = ""  # the line of the slides this workload tests
     requires: ClassVar[frozenset[str]] = frozenset()
     GRID: ClassVar[dict[str, dict[str, Any]]] = {"full": {}, "quick": {}}
 
@@ -190,8 +202,9 @@ class Workload:
         raise NotImplementedError
 
 
-def synthetic_image(name: str, total_bytes: int, layers: int, file_bytes: int = MiB,
-                    seed: int = 1, extra_ops: list[dict] | None = None) -> ImageSpec:
+def synthetic_image(
+    name: str, total_bytes: int, layers: int, file_bytes: int = MiB, seed: int = 1, extra_ops: list[dict] | None = None
+) -> ImageSpec:
     """An image of `layers` layers holding `total_bytes` of random content in files of up to
     `file_bytes`, spread evenly; each layer also gets a marker file /layers/NNNN."""
     from cowlab.store.spec import from_dict
@@ -202,8 +215,7 @@ def synthetic_image(name: str, total_bytes: int, layers: int, file_bytes: int = 
         ops: list[dict] = [{"op": "file", "path": f"/layers/{i:04d}", "size": 64}]
         if per_layer:
             count = max(1, per_layer // file_bytes)
-            ops.append({"op": "files", "dir": f"/data/l{i:04d}", "count": count,
-                        "size": per_layer // count})
+            ops.append({"op": "files", "dir": f"/data/l{i:04d}", "count": count, "size": per_layer // count})
         raw.append({"ops": ops})
     if extra_ops:
         raw[0]["ops"] += extra_ops

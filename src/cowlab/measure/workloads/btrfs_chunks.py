@@ -42,9 +42,17 @@ from cowlab.storage.backing import make_loop
 
 IMAGE = "btrfs-chunks-small"
 BLOCK = 256 << 10
-SMALL = 1500          # bytes: under max_inline (2048), so the file lives in a metadata leaf
-STAGES_USAGE = ("device_size", "device_allocated", "device_unallocated", "data_size", "data_used",
-                "metadata_size", "metadata_used", "df_avail")
+SMALL = 1500  # bytes: under max_inline (2048), so the file lives in a metadata leaf
+STAGES_USAGE = (
+    "device_size",
+    "device_allocated",
+    "device_unallocated",
+    "data_size",
+    "data_used",
+    "metadata_size",
+    "metadata_used",
+    "df_avail",
+)
 
 
 class BtrfsChunks(Workload):
@@ -52,10 +60,22 @@ class BtrfsChunks(Workload):
     claim = "You can run out of chunks (and get No space left on device) even though df shows space available."
     requires = frozenset({"btrfs_chunks"})
     GRID = {
-        "full": {"fs_bytes": 512 * MiB, "keep_every": 40, "dusage": 5, "max_small_files": 200_000,
-                 "retry_files": 2000, "reps": 3},
-        "quick": {"fs_bytes": 512 * MiB, "keep_every": 40, "dusage": 5, "max_small_files": 200_000,
-                  "retry_files": 2000, "reps": 1},
+        "full": {
+            "fs_bytes": 512 * MiB,
+            "keep_every": 40,
+            "dusage": 5,
+            "max_small_files": 200_000,
+            "retry_files": 2000,
+            "reps": 3,
+        },
+        "quick": {
+            "fs_bytes": 512 * MiB,
+            "keep_every": 40,
+            "dusage": 5,
+            "max_small_files": 200_000,
+            "retry_files": 2000,
+            "reps": 1,
+        },
     }
 
     def specs(self, grid):
@@ -120,9 +140,18 @@ class BtrfsChunks(Workload):
         if enospc:
             note("df_avail_at_enospc_bytes", u["df_avail"], "B")
         else:  # said in the results, not hidden: this kernel kept finding metadata space
-            out.append(Sample("df_avail_at_enospc_bytes", None, "B", params, rep, status="skipped",
-                              error=f"no ENOSPC within {g['max_small_files']} small files on this kernel "
-                                    f"({os.uname().release}); see the chunk_bytes samples"))
+            out.append(
+                Sample(
+                    "df_avail_at_enospc_bytes",
+                    None,
+                    "B",
+                    params,
+                    rep,
+                    status="skipped",
+                    error=f"no ENOSPC within {g['max_small_files']} small files on this kernel "
+                    f"({os.uname().release}); see the chunk_bytes samples",
+                )
+            )
         note("metadata_fill_seconds", time.monotonic() - t0, "s")
         # 4. the slides' fix, at once
         ok_full = _balance(drv, g["dusage"])
@@ -130,7 +159,7 @@ class BtrfsChunks(Workload):
         usage("balance_when_full")
         # 5. free some metadata, then balance
         names = sorted(p for d in (root / "meta").iterdir() for p in d.iterdir())
-        for p in names[len(names) // 2:]:
+        for p in names[len(names) // 2 :]:
             p.unlink()
         usage("freed")
         before = drv.fs_usage()["device_unallocated"]

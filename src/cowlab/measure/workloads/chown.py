@@ -60,9 +60,16 @@ class Chown(Workload):
     GRID = GRID
 
     def specs(self, grid):
-        return [synthetic_image(image_name(s, grid["files"]), 0, 1, seed=s, extra_ops=[
-                    {"op": "files", "dir": TREE, "count": grid["files"], "size": s}])
-                for s in grid["file_bytes"]]
+        return [
+            synthetic_image(
+                image_name(s, grid["files"]),
+                0,
+                1,
+                seed=s,
+                extra_ops=[{"op": "files", "dir": TREE, "count": grid["files"], "size": s}],
+            )
+            for s in grid["file_bytes"]
+        ]
 
     def cases(self, ctx: Context):
         g = ctx.grid
@@ -86,5 +93,7 @@ class Chown(Workload):
             grew = v.driver.used_bytes() - before
         finally:
             v.remove(c)
-        return [Sample("chown_seconds", took, "s", params, rep),
-                Sample("space_bytes", grew, "B", {**params, "event": "chown"}, rep)]
+        return [
+            Sample("chown_seconds", took, "s", params, rep),
+            Sample("space_bytes", grew, "B", {**params, "event": "chown"}, rep),
+        ]

@@ -61,10 +61,20 @@ BACKINGS = ["ext4", "xfs", "btrfs"]
 METACOPY = {"chmod": [True, False]}  # ops not named here run with the driver's default (None)
 
 GRID = {
-    "full": {"file_size_bytes": [4 * KiB, MiB, 64 * MiB, 256 * MiB, GiB], "backing_fs": BACKINGS,
-             "ops": OPS, "metacopy": METACOPY, "reps": 5},
-    "quick": {"file_size_bytes": [4 * KiB, MiB, 64 * MiB], "backing_fs": BACKINGS,
-              "ops": OPS, "metacopy": METACOPY, "reps": 3},
+    "full": {
+        "file_size_bytes": [4 * KiB, MiB, 64 * MiB, 256 * MiB, GiB],
+        "backing_fs": BACKINGS,
+        "ops": OPS,
+        "metacopy": METACOPY,
+        "reps": 5,
+    },
+    "quick": {
+        "file_size_bytes": [4 * KiB, MiB, 64 * MiB],
+        "backing_fs": BACKINGS,
+        "ops": OPS,
+        "metacopy": METACOPY,
+        "reps": 3,
+    },
 }
 
 
@@ -124,9 +134,12 @@ class Copyup(Workload):
     GRID = GRID
 
     def specs(self, grid):
-        return [synthetic_image(image_name(s), 0, 1, seed=s, extra_ops=[
-                    {"op": "file", "path": FILE, "size": s, "mode": "0644"}])
-                for s in grid["file_size_bytes"]]
+        return [
+            synthetic_image(
+                image_name(s), 0, 1, seed=s, extra_ops=[{"op": "file", "path": FILE, "size": s, "mode": "0644"}]
+            )
+            for s in grid["file_size_bytes"]
+        ]
 
     def cases(self, ctx: Context):
         g = ctx.grid
@@ -154,8 +167,13 @@ class Copyup(Workload):
                 for op, caches in g["ops"].items():
                     for mc in g["metacopy"].get(op, [None]):
                         for cache in caches:
-                            params = {"file_size_bytes": size, "op": op, "cache": cache,
-                                      "backing_fs": fs or ctx.backing.mount.fstype, "metacopy": mc}
+                            params = {
+                                "file_size_bytes": size,
+                                "op": op,
+                                "cache": cache,
+                                "backing_fs": fs or ctx.backing.mount.fstype,
+                                "metacopy": mc,
+                            }
                             yield self._case(where, fs, mc, size, op, cache, params, g["reps"])
 
     @staticmethod
@@ -183,5 +201,6 @@ class Copyup(Workload):
             v, c, _ = state
             v.remove(c)
 
-        return Timed("copyup_seconds", params, op=lambda state: do(state[2], size),
-                     setup=setup, teardown=teardown, reps=reps)
+        return Timed(
+            "copyup_seconds", params, op=lambda state: do(state[2], size), setup=setup, teardown=teardown, reps=reps
+        )

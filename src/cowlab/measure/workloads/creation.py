@@ -38,14 +38,16 @@ class Creation(Workload):
 
     def cases(self, ctx: Context):
         for size, layers in grid_points(ctx.grid):
-            yield from self.point_cases(ctx, ctx.image(image_name(size, layers)),
-                                        {"image_size_bytes": size, "layers": layers})
+            yield from self.point_cases(
+                ctx, ctx.image(image_name(size, layers)), {"image_size_bytes": size, "layers": layers}
+            )
 
     @staticmethod
     def point_cases(ctx: Context, img: Image, params: dict) -> Iterator[Timed]:
         # One grid point in a function of its own: the runner lists every case before running
         # any, so each closure must hold its own point's image, not the loop's last.
         reps = ctx.grid["reps"]
-        yield Timed("create_seconds", params, op=lambda _: ctx.create(img),
-                    teardown=lambda _, c: ctx.remove(c), reps=reps)
+        yield Timed(
+            "create_seconds", params, op=lambda _: ctx.create(img), teardown=lambda _, c: ctx.remove(c), reps=reps
+        )
         yield Timed("remove_seconds", params, setup=lambda: ctx.create(img), op=ctx.remove, reps=reps)

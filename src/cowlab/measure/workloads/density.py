@@ -64,20 +64,22 @@ GRID = {
     "quick": {"containers": [1, 8], "files": 200, "set_bytes": 64 * MiB, "dirs": 4, "reps": 2},
 }
 
-SET = "/set"                 # where the files live in the image: /set/dNN/fNNNNNN
-BUSYBOX = "/bin/busybox"     # where the static busybox lives in the image
+SET = "/set"  # where the files live in the image: /set/dNN/fNNNNNN
+BUSYBOX = "/bin/busybox"  # where the static busybox lives in the image
 READY = b"READY\n"
-READY_TIMEOUT = 600.0        # seconds for all K readers to finish reading (K × set from disk)
-SPACE_MARGIN = GiB           # keep this much free on the backing filesystem
-ATTEMPTS = 5                 # readings redone when another process drops caches meanwhile
+READY_TIMEOUT = 600.0  # seconds for all K readers to finish reading (K × set from disk)
+SPACE_MARGIN = GiB  # keep this much free on the backing filesystem
+ATTEMPTS = 5  # readings redone when another process drops caches meanwhile
 
 # Outside the chroot ($0 = host busybox): join the cgroup if one is given ($1 = its
 # cgroup.procs), then chroot into the container ($2) and run the reader ($3) with its busybox.
 OUTER = 'if [ -n "$1" ]; then echo $$ > "$1" || exit 1; fi; exec "$0" chroot "$2" /bin/busybox sh -c "$3"'
 # Inside: stdout is /dev/null (opened outside), stderr is the ready pipe. Read every file, say
 # READY, close the pipe (so the parent sees EOF once all are ready) and sleep until ended.
-INNER = (f'if /bin/busybox cat {SET}/*/*; then echo READY >&2; else echo "reader $$: cat failed" >&2; fi; '
-         'exec 2>&-; exec /bin/busybox sleep 1000000')
+INNER = (
+    f'if /bin/busybox cat {SET}/*/*; then echo READY >&2; else echo "reader $$: cat failed" >&2; fi; '
+    "exec 2>&-; exec /bin/busybox sleep 1000000"
+)
 
 
 def image_name(grid: dict) -> str:
@@ -105,8 +107,11 @@ def settled_snapshot(fstype: str, timeout: float = 3.0) -> dict:
     while time.monotonic() < deadline:
         time.sleep(0.1)
         cur = probes.cache_snapshot(fstype)
-        if all(abs(cur["slabs"][n].active_objs - s.active_objs) <= max(16, s.active_objs // 100)
-               for n, s in prev["slabs"].items() if n in cur["slabs"]):
+        if all(
+            abs(cur["slabs"][n].active_objs - s.active_objs) <= max(16, s.active_objs // 100)
+            for n, s in prev["slabs"].items()
+            if n in cur["slabs"]
+        ):
             return cur
         prev = cur
     return prev
@@ -126,9 +131,16 @@ class Readers:
         try:
             procs = self.cgroup.procs if self.cgroup else ""
             for root in roots:
-                self.procs.append(spawn(self.ctx.res, [self.busybox, "sh", "-c", OUTER, self.busybox,
-                                                       str(procs), str(root), INNER],
-                                        stdin=null, stdout=null, stderr=w, close_fds=True))
+                self.procs.append(
+                    spawn(
+                        self.ctx.res,
+                        [self.busybox, "sh", "-c", OUTER, self.busybox, str(procs), str(root), INNER],
+                        stdin=null,
+                        stdout=null,
+                        stderr=w,
+                        close_fds=True,
+                    )
+                )
             os.close(w)
             w = -1
             self._wait_ready(r, len(roots))
@@ -143,8 +155,7 @@ class Readers:
         while True:  # until EOF: every reader has closed its end (ready, or died)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise CowlabError(f"readers not done after {READY_TIMEOUT:.0f} s "
-                                  f"({buf.count(READY)} of {k} ready)")
+                raise CowlabError(f"readers not done after {READY_TIMEOUT:.0f} s ({buf.count(READY)} of {k} ready)")
             ready, _, _ = select.select([r], [], [], left)
             if ready:
                 chunk = os.read(r, 65536)
@@ -154,8 +165,9 @@ class Readers:
         n = buf.count(READY)
         if n != k:
             why = buf.replace(READY, b"").decode(errors="replace").strip().splitlines()
-            raise CowlabError(f"only {n} of {k} readers read the set"
-                              + (f": {why[0]}" if why else " (a reader died before reading)"))
+            raise CowlabError(
+                f"only {n} of {k} readers read the set" + (f": {why[0]}" if why else " (a reader died before reading)")
+            )
 
     def end(self) -> None:
         """SIGTERM all first (they die at once), then reap and release each journal entry."""
@@ -176,8 +188,10 @@ class Readers:
 
 class Density(Workload):
     name = "density"
-    claim = ("When starting the same container multiple times: the data is loaded only once from "
-             "disk, and cached only once in memory; but dentries will be duplicated.")
+    claim = (
+        "When starting the same container multiple times: the data is loaded only once from "
+        "disk, and cached only once in memory; but dentries will be duplicated."
+    )
     GRID = GRID
 
     def specs(self, grid):
@@ -188,8 +202,7 @@ class Density(Workload):
         img = ctx.image(image_name(g))
         for k in g["containers"]:
             params = {"containers": k, "files": g["files"], "set_bytes": g["set_bytes"]}
-            yield Measured("density", params, partial(self.measure, ctx, img, k, params),
-                           reps=g["reps"])
+            yield Measured("density", params, partial(self.measure, ctx, img, k, params), reps=g["reps"])
 
     def measure(self, ctx: Context, img, k: int, params: dict, rep: int) -> list[Sample]:
         busybox = static_busybox()
@@ -209,8 +222,10 @@ class Density(Workload):
         used0, inodes0 = d.used_bytes(), d.inodes_used()
         need = d.space_needed(img) * k + SPACE_MARGIN  # what the driver says a container costs
         if need > b.free_bytes():
-            raise NotApplicable(f"{k} containers need about {human_bytes(need)} on the backing "
-                                f"filesystem, which has {human_bytes(b.free_bytes())} free")
+            raise NotApplicable(
+                f"{k} containers need about {human_bytes(need)} on the backing "
+                f"filesystem, which has {human_bytes(b.free_bytes())} free"
+            )
         try:
             for _ in range(k):
                 containers.append(ctx.create(img))
@@ -243,11 +258,9 @@ class Density(Workload):
             add("disk_bytes", used1 - used0, "B")
             if cgroup:
                 for stat in sorted(cg1.keys() & cg0.keys()):
-                    add("cgroup_memory_bytes", cg1[stat] - cg0[stat], "B", stat=stat,
-                        cgroup=f"v{cgroup.version}")
+                    add("cgroup_memory_bytes", cg1[stat] - cg0[stat], "B", stat=stat, cgroup=f"v{cgroup.version}")
             else:
-                out.append(Sample("cgroup_memory_bytes", None, "B", dict(params), rep,
-                                  status="skipped", error=cg_why))
+                out.append(Sample("cgroup_memory_bytes", None, "B", dict(params), rep, status="skipped", error=cg_why))
             return out
         finally:
             if readers:

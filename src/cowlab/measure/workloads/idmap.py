@@ -65,8 +65,16 @@ class Idmap(Workload):
     def specs(self, grid):
         out = []
         for n in grid["files"]:
-            ops = [{"op": "files", "dir": f"{TREE}/d{d:02d}", "count": n // DIRS + (1 if d < n % DIRS else 0),
-                    "size": grid["file_bytes"]} for d in range(DIRS) if n // DIRS + (1 if d < n % DIRS else 0)]
+            ops = [
+                {
+                    "op": "files",
+                    "dir": f"{TREE}/d{d:02d}",
+                    "count": n // DIRS + (1 if d < n % DIRS else 0),
+                    "size": grid["file_bytes"],
+                }
+                for d in range(DIRS)
+                if n // DIRS + (1 if d < n % DIRS else 0)
+            ]
             out.append(synthetic_image(image_name(n, grid["file_bytes"]), 0, 1, seed=n, extra_ops=ops))
         return out
 
@@ -106,8 +114,9 @@ class Idmap(Workload):
                 for p in (c.mountpoint, probe):
                     st = os.lstat(p)
                     if (st.st_uid, st.st_gid) != (OUTSIDE, OUTSIDE):
-                        raise CowlabError(f"{op}: {p} is owned by {st.st_uid}:{st.st_gid}, not the "
-                                          f"mapped root {OUTSIDE}:{OUTSIDE}")
+                        raise CowlabError(
+                            f"{op}: {p} is owned by {st.st_uid}:{st.st_gid}, not the mapped root {OUTSIDE}:{OUTSIDE}"
+                        )
             finally:
                 v.remove(c)
 

@@ -35,14 +35,19 @@ def image_name(g: dict) -> str:
 class Inodes(Workload):
     name = "inodes"
     claim = "Overlay2 storage drivers generally use hard links between layers ... at the expense of inode usage."
-    GRID = {"full": {"dirs": 1000, "files_per_dir": 10, "layers": 8, "reps": 1},
-            "quick": {"dirs": 200, "files_per_dir": 5, "layers": 4, "reps": 1}}
+    GRID = {
+        "full": {"dirs": 1000, "files_per_dir": 10, "layers": 8, "reps": 1},
+        "quick": {"dirs": 200, "files_per_dir": 5, "layers": 4, "reps": 1},
+    }
 
     def specs(self, grid):
-        first = [{"op": "files", "dir": f"/d{i:05d}", "count": grid["files_per_dir"], "size": 16}
-                 for i in range(grid["dirs"])]
-        layers = [{"ops": first}] + [{"ops": [{"op": "file", "path": f"/layer{j:03d}", "size": 16}]}
-                                     for j in range(1, grid["layers"])]
+        first = [
+            {"op": "files", "dir": f"/d{i:05d}", "count": grid["files_per_dir"], "size": 16}
+            for i in range(grid["dirs"])
+        ]
+        layers = [{"ops": first}] + [
+            {"ops": [{"op": "file", "path": f"/layer{j:03d}", "size": 16}]} for j in range(1, grid["layers"])
+        ]
         return [from_dict({"name": image_name(grid), "seed": 7, "layers": layers}, "<inodes>")]
 
     def cases(self, ctx: Context):
@@ -50,12 +55,17 @@ class Inodes(Workload):
         params = {"dirs": g["dirs"], "files_per_dir": g["files_per_dir"], "layers": g["layers"]}
         probe = ctx.driver.inodes_used()
         if probe is None or probe == 0:  # ZFS: dnodes on demand; btrfs: statfs reports no count
-            why = (f"{ctx.driver.name} has no inode count to measure ("
-                   f"{'inodes are allocated on demand' if probe is None else 'statfs on this filesystem reports none'})")
+            why = (
+                f"{ctx.driver.name} has no inode count to measure ("
+                f"{'inodes are allocated on demand' if probe is None else 'statfs on this filesystem reports none'})"
+            )
 
             def skipped(rep: int) -> list[Sample]:
-                return [Sample("inodes_used", None, "count", {**params, "event": e}, rep, status="skipped", error=why)
-                        for e in ("import", "create")]
+                return [
+                    Sample("inodes_used", None, "count", {**params, "event": e}, rep, status="skipped", error=why)
+                    for e in ("import", "create")
+                ]
+
             yield Measured("inodes", params, skipped, reps=g["reps"])
             return
         if ctx.backing.kind == "host":
@@ -80,9 +90,11 @@ class Inodes(Workload):
             c = drv.create(img, ctx.res)
             with_c = inodes()
             drv.remove(c, ctx.res)
-            return [Sample("inodes_used", after - before, "count", {**params, "event": "import"}, rep),
-                    Sample("inodes_used", with_c - after, "count", {**params, "event": "create"}, rep),
-                    # the slide's "hard links between layers", counted where the driver keeps them
-                    Sample("hard_links", links_after - links_before, "count", {**params, "event": "import"}, rep)]
+            return [
+                Sample("inodes_used", after - before, "count", {**params, "event": "import"}, rep),
+                Sample("inodes_used", with_c - after, "count", {**params, "event": "create"}, rep),
+                # the slide's "hard links between layers", counted where the driver keeps them
+                Sample("hard_links", links_after - links_before, "count", {**params, "event": "import"}, rep),
+            ]
 
         yield Measured("inodes", params, measure, reps=g["reps"])

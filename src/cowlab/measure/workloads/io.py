@@ -118,8 +118,16 @@ def load_fio_json(text: str) -> dict:
 # --- running -----------------------------------------------------------------------------------
 def fio_argv(jobfile: Path, directory: Path, size: int, runtime: int, output: Path) -> list[str]:
     """The command, as `env VAR=… fio …` so it can be pasted to run the same job by hand."""
-    return ["env", f"FIO_DIR={directory}", f"FIO_SIZE={size}", f"FIO_RUNTIME={runtime}",
-            "fio", "--output-format=json", f"--output={output}", str(jobfile)]
+    return [
+        "env",
+        f"FIO_DIR={directory}",
+        f"FIO_SIZE={size}",
+        f"FIO_RUNTIME={runtime}",
+        "fio",
+        "--output-format=json",
+        f"--output={output}",
+        str(jobfile),
+    ]
 
 
 class IO(Workload):
@@ -128,8 +136,11 @@ class IO(Workload):
     GRID = GRID
 
     def specs(self, grid):
-        return [synthetic_image(image_name(grid), 0, 1, extra_ops=[
-            {"op": "file", "path": DATA, "size": grid["size_bytes"]}])]
+        return [
+            synthetic_image(
+                image_name(grid), 0, 1, extra_ops=[{"op": "file", "path": DATA, "size": grid["size_bytes"]}]
+            )
+        ]
 
     def cases(self, ctx: Context):
         g = ctx.grid
@@ -160,9 +171,9 @@ class IO(Workload):
                     shutil.copyfile(c.mountpoint / DATA.lstrip("/"), vol / "data")
                 where = c.mountpoint / VOLUME.lstrip("/")
                 where.mkdir()
-                handles.append(res.acquire("mount", lambda: sysutil.mount(str(vol), where, "",
-                                                                          flags=MS_BIND),
-                                           target=str(where)))
+                handles.append(
+                    res.acquire("mount", lambda: sysutil.mount(str(vol), where, "", flags=MS_BIND), target=str(where))
+                )
             else:
                 raise CowlabError(f"unknown io target {target!r} (targets: {', '.join(TARGETS)})")
             if ctx.raw_dir is not None:
@@ -186,4 +197,3 @@ class IO(Workload):
             for h in reversed(handles):
                 res.release(h)
             ctx.remove(c)
-

@@ -50,17 +50,31 @@ from cowlab.results import Sample
 from cowlab.store.images import ImageStore
 from cowlab.store.spec import ImageSpec, from_dict
 
-TARGET = "true"           # the hit: busybox picks the applet from argv[0], so it is named true
-MISSING = "no-such-cmd"   # the miss: in no PATH directory
+TARGET = "true"  # the hit: busybox picks the applet from argv[0], so it is named true
+MISSING = "no-such-cmd"  # the miss: in no PATH directory
 BUSYBOX = ("/bin/busybox", "/usr/bin/busybox")
 
 GRID = {
-    "full": {"layers": [1, 8, 32, 64, 128], "layer_limit": True, "path_dirs": [32],
-             "kinds": ["hit", "miss", "scan", "exec"], "caches": ["cold", "warm"],
-             "scan_names": 256, "repeats": 200, "reps": 10},
-    "quick": {"layers": [1, 8, 32], "layer_limit": False, "path_dirs": [32],
-              "kinds": ["hit", "miss", "scan", "exec"], "caches": ["cold", "warm"],
-              "scan_names": 256, "repeats": 200, "reps": 5},
+    "full": {
+        "layers": [1, 8, 32, 64, 128],
+        "layer_limit": True,
+        "path_dirs": [32],
+        "kinds": ["hit", "miss", "scan", "exec"],
+        "caches": ["cold", "warm"],
+        "scan_names": 256,
+        "repeats": 200,
+        "reps": 10,
+    },
+    "quick": {
+        "layers": [1, 8, 32],
+        "layer_limit": False,
+        "path_dirs": [32],
+        "kinds": ["hit", "miss", "scan", "exec"],
+        "caches": ["cold", "warm"],
+        "scan_names": 256,
+        "repeats": 200,
+        "reps": 5,
+    },
 }
 
 
@@ -78,17 +92,23 @@ def scan_names(dirs: int, n: int) -> list[str]:
 
 
 def lookup_spec(layers: int, dirs: int, busybox: str | None) -> ImageSpec:
-    raw = [{"ops": [{"op": "dir", "path": "/opt"},
-                    {"op": "file", "path": f"/opt/.layer-{i:04d}", "size": 64}]} for i in range(layers)]
+    raw = [
+        {"ops": [{"op": "dir", "path": "/opt"}, {"op": "file", "path": f"/opt/.layer-{i:04d}", "size": 64}]}
+        for i in range(layers)
+    ]
     for i, d in enumerate(path_dirs(dirs)):
-        raw[i * layers // dirs]["ops"] += [{"op": "dir", "path": d},
-                                           {"op": "file", "path": f"{d}/lib{i:03d}.jar", "size": 64}]
+        raw[i * layers // dirs]["ops"] += [
+            {"op": "dir", "path": d},
+            {"op": "file", "path": f"{d}/lib{i:03d}.jar", "size": 64},
+        ]
     last = raw[(dirs - 1) * layers // dirs]["ops"]
     target = f"{path_dirs(dirs)[-1]}/{TARGET}"
-    last.append({"op": "copy", "path": target, "source": busybox, "mode": "0755"} if busybox else
-                {"op": "file", "path": target, "size": 64, "mode": "0755"})
-    return from_dict({"name": image_name(layers, dirs), "seed": 1, "layers": raw},
-                     f"<{image_name(layers, dirs)}>")
+    last.append(
+        {"op": "copy", "path": target, "source": busybox, "mode": "0755"}
+        if busybox
+        else {"op": "file", "path": target, "size": 64, "mode": "0755"}
+    )
+    return from_dict({"name": image_name(layers, dirs), "seed": 1, "layers": raw}, f"<{image_name(layers, dirs)}>")
 
 
 def resolve(root: int, dirs: list[str], name: str) -> bool:
@@ -179,8 +199,9 @@ class Lookup(Workload):
             finally:
                 ctx.remove(c)
             if not ok(r):
-                raise CowlabError(f"lookup {kind} in image {img.name} gave {r!r}: the image is not "
-                                  "what this workload built")
+                raise CowlabError(
+                    f"lookup {kind} in image {img.name} gave {r!r}: the image is not what this workload built"
+                )
             return [Sample("lookup_seconds", dt / repeats / 1e9, "s", dict(params), rep)]
 
         return Measured("lookup_seconds", params, measure, reps=g["reps"], unit="s")
@@ -193,13 +214,20 @@ class Lookup(Workload):
 
         def run(c):
             assert chroot is not None  # setup() skips the case without it
-            return subprocess.run([chroot, os.fspath(c.mountpoint), TARGET], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+            return subprocess.run(
+                [chroot, os.fspath(c.mountpoint), TARGET],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
 
         def setup():
             if not busybox:
-                raise NotApplicable("no statically linked busybox on this host to exec in the "
-                                    "container (apt-get install busybox-static)")
+                raise NotApplicable(
+                    "no statically linked busybox on this host to exec in the "
+                    "container (apt-get install busybox-static)"
+                )
             if not chroot:
                 raise NotApplicable("chroot(8) not found (GNU coreutils)")
             img = get_image()
@@ -224,5 +252,6 @@ class Lookup(Workload):
 
 def _check(cp: subprocess.CompletedProcess) -> None:
     if cp.returncode != 0:
-        raise CowlabError(f"exec of {TARGET} in the container failed ({cp.returncode}): "
-                          f"{cp.stderr.decode(errors='replace').strip()}")
+        raise CowlabError(
+            f"exec of {TARGET} in the container failed ({cp.returncode}): {cp.stderr.decode(errors='replace').strip()}"
+        )

@@ -58,6 +58,9 @@ class MountFloor(Workload):
                 # Alternate which goes first, so neither always follows the other's writeback.
                 order = (floor, create_remove) if rep % 2 == 0 else (create_remove, floor)
                 t = {f: f() for f in order}
-                return [Sample("floor_seconds", t[floor], "s", dict(params), rep),
-                        Sample("paired_create_remove_seconds", t[create_remove], "s", dict(params), rep)]
+                return [
+                    Sample("floor_seconds", t[floor], "s", dict(params), rep),
+                    Sample("paired_create_remove_seconds", t[create_remove], "s", dict(params), rep),
+                ]
+
             yield Measured("floor_seconds", params, measure, reps=ctx.grid["reps"], unit="s")

@@ -30,10 +30,22 @@ class PoolStats(Workload):
     name = "pool_stats"
     claim = "ZFS: optional data compression and deduplication; high memory usage."
     requires = frozenset({"pool_stats"})
-    GRID = {"full": {"variants": ["default", "compression", "dedup"], "block_bytes": MiB, "copies": 8,
-                     "text_bytes": 16 * MiB, "reps": 3},
-            "quick": {"variants": ["default", "compression", "dedup"], "block_bytes": MiB, "copies": 4,
-                      "text_bytes": 4 * MiB, "reps": 1}}
+    GRID = {
+        "full": {
+            "variants": ["default", "compression", "dedup"],
+            "block_bytes": MiB,
+            "copies": 8,
+            "text_bytes": 16 * MiB,
+            "reps": 3,
+        },
+        "quick": {
+            "variants": ["default", "compression", "dedup"],
+            "block_bytes": MiB,
+            "copies": 4,
+            "text_bytes": 4 * MiB,
+            "reps": 1,
+        },
+    }
 
     def specs(self, grid):
         return [synthetic_image(IMAGE, 0, 1)]
@@ -41,10 +53,20 @@ class PoolStats(Workload):
     def cases(self, ctx: Context):
         g = ctx.grid
         for v in g["variants"]:
-            opts = {} if v == "default" else {"compression": _compression_on(ctx.driver)} if v == "compression" \
+            opts = (
+                {}
+                if v == "default"
+                else {"compression": _compression_on(ctx.driver)}
+                if v == "compression"
                 else {"dedup": "on"}
-            params = {"variant": v, **{f"zfs_{k}": val for k, val in opts.items()},
-                      "block_bytes": g["block_bytes"], "copies": g["copies"], "text_bytes": g["text_bytes"]}
+            )
+            params = {
+                "variant": v,
+                **{f"zfs_{k}": val for k, val in opts.items()},
+                "block_bytes": g["block_bytes"],
+                "copies": g["copies"],
+                "text_bytes": g["text_bytes"],
+            }
 
             def measure(rep: int, opts=opts, params=params) -> list[Sample]:
                 vctx = ctx.variant(**opts) if opts else ctx
@@ -61,8 +83,10 @@ class PoolStats(Workload):
                     st = drv.pool_stats()
                 finally:
                     vctx.remove(c)
-                out = [Sample("compressratio", st["compressratio"], "ratio", params, rep),
-                       Sample("dedupratio", st["dedupratio"], "ratio", params, rep)]
+                out = [
+                    Sample("compressratio", st["compressratio"], "ratio", params, rep),
+                    Sample("dedupratio", st["dedupratio"], "ratio", params, rep),
+                ]
                 if st["arc_size_bytes"] is None:
                     out.append(Sample("arc_size_bytes", None, "B", params, rep, status="skipped", error=st["arc_note"]))
                 else:

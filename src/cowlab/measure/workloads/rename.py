@@ -40,8 +40,7 @@ from cowlab.results import Sample
 KiB = 1 << 10
 TREE, MOVED = "/tree", "/tree-renamed"
 GRID = {
-    "full": {"dir_bytes": [MiB, 64 * MiB, 512 * MiB, 2 * GiB], "files": 256, "redirect_dir": [False, True],
-             "reps": 5},
+    "full": {"dir_bytes": [MiB, 64 * MiB, 512 * MiB, 2 * GiB], "files": 256, "redirect_dir": [False, True], "reps": 5},
     "quick": {"dir_bytes": [MiB, 64 * MiB], "files": 64, "redirect_dir": [False, True], "reps": 3},
 }
 
@@ -94,9 +93,16 @@ class Rename(Workload):
     GRID = GRID
 
     def specs(self, grid):
-        return [synthetic_image(image_name(s, grid["files"]), 0, 1, seed=s, extra_ops=[
-                    {"op": "files", "dir": TREE, "count": grid["files"], "size": max(1, s // grid["files"])}])
-                for s in grid["dir_bytes"]]
+        return [
+            synthetic_image(
+                image_name(s, grid["files"]),
+                0,
+                1,
+                seed=s,
+                extra_ops=[{"op": "files", "dir": TREE, "count": grid["files"], "size": max(1, s // grid["files"])}],
+            )
+            for s in grid["dir_bytes"]
+        ]
 
     def cases(self, ctx: Context):
         g = ctx.grid
@@ -123,5 +129,7 @@ class Rename(Workload):
         finally:
             v.remove(c)
         p = {**params, "how": how}
-        return [Sample("rename_seconds", took, "s", p, rep),
-                Sample("space_bytes", grew, "B", {**p, "event": "rename"}, rep)]
+        return [
+            Sample("rename_seconds", took, "s", p, rep),
+            Sample("space_bytes", grew, "B", {**p, "event": "rename"}, rep),
+        ]

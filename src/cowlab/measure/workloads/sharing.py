@@ -57,8 +57,10 @@ GRID = {
 
 def sharing_spec(name: str, grid: dict, version: int):
     per = max(1, grid["shared_bytes"] // grid["files"])
-    ops = [{"op": "files", "dir": SHARED, "count": grid["files"], "size": per},
-           {"op": "file", "path": "/version", "size": 64, "seed": version}]
+    ops = [
+        {"op": "files", "dir": SHARED, "count": grid["files"], "size": per},
+        {"op": "file", "path": "/version", "size": 64, "seed": version},
+    ]
     return from_dict({"name": name, "seed": 11, "layers": [{"ops": ops}]}, f"<{name}>")
 
 
@@ -81,10 +83,13 @@ class Sharing(Workload):
     def cases(self, ctx: Context):
         g = ctx.grid
         for k in g["containers"]:
-            params = {"containers": k, "files": g["files"], "shared_bytes": g["shared_bytes"],
-                      "backing_fs": backing_fs(ctx)}
-            yield Measured("sharing", params, partial(self.measure, ctx, k, params),
-                           reps=g["reps"], unit="B")
+            params = {
+                "containers": k,
+                "files": g["files"],
+                "shared_bytes": g["shared_bytes"],
+                "backing_fs": backing_fs(ctx),
+            }
+            yield Measured("sharing", params, partial(self.measure, ctx, k, params), reps=g["reps"], unit="B")
 
     @staticmethod
     def measure(ctx: Context, k: int, params: dict, rep: int) -> list[Sample]:
@@ -108,8 +113,10 @@ class Sharing(Workload):
                 cgroup = probes.make_memory_cgroup(ctx.res)
             except NotApplicable:
                 cgroup = None
-            files = {n: sorted(str(p) for c in containers[n] for p in (c.mountpoint / SHARED.lstrip("/")).iterdir())
-                     for n in IMAGES}
+            files = {
+                n: sorted(str(p) for c in containers[n] for p in (c.mountpoint / SHARED.lstrip("/")).iterdir())
+                for n in IMAGES
+            }
             for attempt in range(ATTEMPTS):
                 sysutil.drop_caches()
                 drops = probes.drop_count()

@@ -23,12 +23,10 @@ BIG = "/data/big"
 class Space(Workload):
     name = "space"
     claim = "Adding a 1 KB configuration file to a 1 GB container takes 1 KB, not 1 GB."
-    GRID = {"full": {"big_file_bytes": 64 * MiB, "reps": 10},
-            "quick": {"big_file_bytes": 64 * MiB, "reps": 5}}
+    GRID = {"full": {"big_file_bytes": 64 * MiB, "reps": 10}, "quick": {"big_file_bytes": 64 * MiB, "reps": 5}}
 
     def specs(self, grid):
-        return [synthetic_image(IMAGE, 0, 1, extra_ops=[
-            {"op": "file", "path": BIG, "size": grid["big_file_bytes"]}])]
+        return [synthetic_image(IMAGE, 0, 1, extra_ops=[{"op": "file", "path": BIG, "size": grid["big_file_bytes"]}])]
 
     def cases(self, ctx: Context):
         img = ctx.image(IMAGE)
@@ -40,8 +38,7 @@ class Space(Workload):
 
             def note(event, before):
                 now = b.used_bytes()
-                out.append(Sample("space_bytes", now - before, "B",
-                                  {"event": event, "big_file_bytes": size}, rep))
+                out.append(Sample("space_bytes", now - before, "B", {"event": event, "big_file_bytes": size}, rep))
                 return now
 
             u0 = b.used_bytes()

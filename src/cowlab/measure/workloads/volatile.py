@@ -36,10 +36,24 @@ from cowlab.results import Sample
 KiB = 1 << 10
 IMAGE = "volatile-base"
 GRID = {
-    "full": {"jobs": ["fsync-write", "unpack-small"], "size_bytes": 32 * MiB, "runtime_s": 10,
-             "files": 2000, "file_bytes": 4 * KiB, "volatile": [False, True], "reps": 3},
-    "quick": {"jobs": ["fsync-write", "unpack-small"], "size_bytes": 8 * MiB, "runtime_s": 3,
-              "files": 500, "file_bytes": 4 * KiB, "volatile": [False, True], "reps": 2},
+    "full": {
+        "jobs": ["fsync-write", "unpack-small"],
+        "size_bytes": 32 * MiB,
+        "runtime_s": 10,
+        "files": 2000,
+        "file_bytes": 4 * KiB,
+        "volatile": [False, True],
+        "reps": 3,
+    },
+    "quick": {
+        "jobs": ["fsync-write", "unpack-small"],
+        "size_bytes": 8 * MiB,
+        "runtime_s": 3,
+        "files": 500,
+        "file_bytes": 4 * KiB,
+        "volatile": [False, True],
+        "reps": 2,
+    },
 }
 
 
@@ -71,8 +85,13 @@ class Volatile(Workload):
                     params["size_bytes"] = g["size_bytes"]
                 else:
                     params.update(files=g["files"], file_bytes=g["file_bytes"])
-                yield Measured(job, params, partial(self.measure, ctx, vol, job, params), reps=g["reps"],
-                               unit="s" if job == "unpack-small" else "B/s")
+                yield Measured(
+                    job,
+                    params,
+                    partial(self.measure, ctx, vol, job, params),
+                    reps=g["reps"],
+                    unit="s" if job == "unpack-small" else "B/s",
+                )
 
     @staticmethod
     def measure(ctx: Context, vol, job: str, params: dict, rep: int) -> list[Sample]:

@@ -83,13 +83,17 @@ DOC_BEGIN, DOC_END = "<!-- drivers:begin (python -m cowlab.storage.drivers --wri
 
 def doc_table() -> str:
     """The table of docs/drivers.md."""
-    rows = ["| driver | what it is | capabilities | engine mode (dockerd) | Vagrant machine | installs |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| driver | what it is | capabilities | engine mode (dockerd) | Vagrant machine | installs |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, cls in DRIVERS.items():
         eng = "—" if cls.engine is None else (cls.engine.get("docker_name") or n)
         vm = "—" if cls.vagrant is None else f"`vagrant up {n}`"
-        rows.append(f"| `{n}` | {cls.description} | {', '.join(sorted(cls.capabilities)) or '—'} | {eng} | "
-                    f"{vm} | `{provision_script(n)}` |")
+        rows.append(
+            f"| `{n}` | {cls.description} | {', '.join(sorted(cls.capabilities)) or '—'} | {eng} | "
+            f"{vm} | `{provision_script(n)}` |"
+        )
     return "\n".join(rows)
 
 

@@ -39,8 +39,9 @@ def chain_key(chain_id: str) -> str:
     return chain_id.split(":")[-1][:32]
 
 
-def union_container(res: Resources, cdir: Path, names: tuple[str, ...],
-                    mount: Callable[..., list[Handle]]) -> tuple[Path, list[Handle]]:
+def union_container(
+    res: Resources, cdir: Path, names: tuple[str, ...], mount: Callable[..., list[Handle]]
+) -> tuple[Path, list[Handle]]:
     """A union container's directories cdir/<names> (the first is the writable upper dir, the
     container's root, made 0755 whatever our umask; the last the mount point), journaled; then
     mount(*dirs) returns the mount's handles. If the mount fails, the directories go again.
@@ -51,6 +52,7 @@ def union_container(res: Resources, cdir: Path, names: tuple[str, ...],
         for d in dirs:
             d.mkdir(parents=True)
         os.chmod(dirs[0], 0o755)
+
     h1 = res.acquire("dir", mkdirs, path=str(cdir))
     try:
         hs = mount(*dirs)
@@ -85,8 +87,9 @@ def has_fuse() -> tuple[bool, str]:
     return True, ""
 
 
-def fuse_mount(res: Resources, argv: list[str], target: Path, log: Path | None, cwd: str | None = None,
-               timeout: float = 20.0) -> list[Handle]:
+def fuse_mount(
+    res: Resources, argv: list[str], target: Path, log: Path | None, cwd: str | None = None, timeout: float = 20.0
+) -> list[Handle]:
     """Start a FUSE daemon in the foreground as a journaled child and wait for its mount.
 
     Journal order: the daemon, then the mount, so release unmounts first (the daemon then exits
@@ -104,11 +107,13 @@ def fuse_mount(res: Resources, argv: list[str], target: Path, log: Path | None, 
     try:
         while not sysutil.is_mountpoint(target):
             if p.poll() is not None:
-                raise CowlabError(f"{os.path.basename(argv[0])} exited with {p.returncode} before "
-                                  f"mounting {target}: {_tail(log)}")
+                raise CowlabError(
+                    f"{os.path.basename(argv[0])} exited with {p.returncode} before mounting {target}: {_tail(log)}"
+                )
             if time.monotonic() > deadline:
-                raise CowlabError(f"{os.path.basename(argv[0])} did not mount {target} within "
-                                  f"{timeout:.0f} s: {_tail(log)}")
+                raise CowlabError(
+                    f"{os.path.basename(argv[0])} did not mount {target} within {timeout:.0f} s: {_tail(log)}"
+                )
             time.sleep(0.001)
     except BaseException:
         res.release(hm)

@@ -30,8 +30,10 @@ from cowlab.store import layers as L
 from cowlab.store.images import Image
 
 MS_REMOUNT = 32
-HINT = ("cowlab's AUFS kernel in the kernel VM: `sudo nox -s aufs-kernel` (builds it once, minutes), or the "
-        "Vagrant aufs machine (Ubuntu 20.04, whose kernel ships aufs): `cd vagrant && vagrant up aufs`")
+HINT = (
+    "cowlab's AUFS kernel in the kernel VM: `sudo nox -s aufs-kernel` (builds it once, minutes), or the "
+    "Vagrant aufs machine (Ubuntu 20.04, whose kernel ships aufs): `cd vagrant && vagrant up aufs`"
+)
 
 
 class Aufs(Driver):
@@ -44,17 +46,27 @@ class Aufs(Driver):
     # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
     color = "tab:green"
     engine = {"note": "needs a kernel with AUFS"}
-    vagrant = {"os": "ubuntu", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
-               "scripts": ["aufs-focal.sh"]}  # aufs-focal.sh runs aufs.sh
-    max_layers = 127     # aufs's default branch limit (CONFIG_AUFS_BRANCH_MAX_127)
-    vm_route = True      # where the kernel has no aufs, the kernel VM on the AUFS kernel has it
+    vagrant = {
+        "os": "ubuntu",
+        "memory": 2048,
+        "cpus": 2,
+        "disk": False,
+        "storage": "none",
+        "scripts": ["aufs-focal.sh"],
+    }  # aufs-focal.sh runs aufs.sh
+    max_layers = 127  # aufs's default branch limit (CONFIG_AUFS_BRANCH_MAX_127)
+    vm_route = True  # where the kernel has no aufs, the kernel VM on the AUFS kernel has it
     vm_kernel = "aufs"
 
     @classmethod
     def probe(cls) -> Probe:
         if "\taufs\n" not in U.filesystems():
-            return Probe(False, f"aufs not in this kernel ({platform.release()}; no Debian kernel has it)",
-                         HINT, details={"kernel_lacks": "aufs"})
+            return Probe(
+                False,
+                f"aufs not in this kernel ({platform.release()}; no Debian kernel has it)",
+                HINT,
+                details={"kernel_lacks": "aufs"},
+            )
         return Probe(True, details={"aufs_version": _aufs_version()})
 
     def _layer(self, digest: str) -> Path:
@@ -100,11 +112,14 @@ class Aufs(Driver):
         """The xino file (AUFS's inode-number table) can't live on xfs or btrfs (AUFS refuses
         their i_size handling) nor on overlay; Docker's driver kept it on tmpfs (/dev/shm). Each
         container gets a small tmpfs of its own inside its directory, then the union."""
-        hx = res.acquire("mount", partial(sysutil.mount, "tmpfs", xdir, "tmpfs", "size=64m,mode=0700"),
-                         target=str(xdir))
+        hx = res.acquire(
+            "mount", partial(sysutil.mount, "tmpfs", xdir, "tmpfs", "size=64m,mode=0700"), target=str(xdir)
+        )
         try:
-            return [hx, res.acquire("mount", partial(self._mount, upper, lowers, merged, xdir / "xino"),
-                                    target=str(merged))]
+            return [
+                hx,
+                res.acquire("mount", partial(self._mount, upper, lowers, merged, xdir / "xino"), target=str(merged)),
+            ]
         except BaseException:
             res.release(hx)
             raise
@@ -122,9 +137,11 @@ class Aufs(Driver):
         return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
-        return {"aufs_mount": "br:<upper>=rw:<layerN>=ro+wh:...,dio,xino=<container>/xino/xino on tmpfs "
-                              "(+ remount,append:)",
-                "aufs_version": _aufs_version()}
+        return {
+            "aufs_mount": "br:<upper>=rw:<layerN>=ro+wh:...,dio,xino=<container>/xino/xino on tmpfs "
+            "(+ remount,append:)",
+            "aufs_version": _aufs_version(),
+        }
 
 
 def _aufs_version() -> str:

@@ -24,8 +24,8 @@ from cowlab.store.images import Image, ImageStore
 @dataclass
 class Probe:
     available: bool
-    reason: str = ""          # why not, in words a user can act on
-    hint: str = ""            # the command that gets it
+    reason: str = ""  # why not, in words a user can act on
+    hint: str = ""  # the command that gets it
     details: dict = field(default_factory=dict)
 
 
@@ -46,10 +46,10 @@ class Driver:
     # --- the registry: everything else about a backend derives from these (each driver
     # declares them itself; tests/test_registry.py checks). What it needs installed is
     # vagrant/provision/<name>.sh (nox, CI and the Vagrant machines run it).
-    color: ClassVar[str]                 # its colour in every figure (cowlab.report.figures)
-    engine: ClassVar[dict | None]        # dockerd's driver for it: cowlab.measure.engine.drivers.EngineDriver
+    color: ClassVar[str]  # its colour in every figure (cowlab.report.figures)
+    engine: ClassVar[dict | None]  # dockerd's driver for it: cowlab.measure.engine.drivers.EngineDriver
     #                                      fields (note, backing, docker_name...); None: Docker has none
-    vagrant: ClassVar[dict | None]       # its workshop VM (vagrant/machines.json: os, memory, cpus,
+    vagrant: ClassVar[dict | None]  # its workshop VM (vagrant/machines.json: os, memory, cpus,
     #                                      disk, storage, scripts); None: no machine of its own
     option_names: ClassVar[frozenset[str]] = frozenset()  # driver options a workload may vary
     backing_kinds: ClassVar[tuple[str, ...] | None] = None  # None: any backing filesystem
@@ -63,10 +63,11 @@ class Driver:
     # The suite then asserts exactly that deviation, and fails if it stops happening.
     deviations: ClassVar[dict[str, tuple[str, str]]] = {}  # runs a daemon or pool that persistent containers keep alive
 
-    def __init__(self, backing: Backing, res: Resources, store: ImageStore, home: Path | None = None,
-                 options: dict | None = None):
+    def __init__(
+        self, backing: Backing, res: Resources, store: ImageStore, home: Path | None = None, options: dict | None = None
+    ):
         self.backing = backing
-        self.res = res            # owner of what the driver itself creates (imports, staging)
+        self.res = res  # owner of what the driver itself creates (imports, staging)
         self.store = store
         self.home = home or backing.path / self.name
         self.options = dict(options or {})
@@ -95,6 +96,7 @@ class Driver:
     def _layer(self, chain: str) -> Path:
         """Where a driver keeps a layer by chain id (a layer's form depends on those below it)."""
         from cowlab.storage.drivers._util import chain_key
+
         return self.home / "layers" / chain_key(chain)
 
     def _image_file(self, image: Image) -> Path:

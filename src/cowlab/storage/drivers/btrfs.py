@@ -34,10 +34,10 @@ from cowlab.store.images import Image
 
 # linux/btrfs.h: _IOW(0x94, nr, struct) with 4096-byte argument structs.
 _IOW = lambda nr: (1 << 30) | (4096 << 16) | (0x94 << 8) | nr  # noqa: E731
-BTRFS_IOC_SUBVOL_CREATE = _IOW(14)     # struct btrfs_ioctl_vol_args {s64 fd; char name[4088];}
+BTRFS_IOC_SUBVOL_CREATE = _IOW(14)  # struct btrfs_ioctl_vol_args {s64 fd; char name[4088];}
 BTRFS_IOC_SNAP_DESTROY = _IOW(15)
-BTRFS_IOC_SNAP_CREATE_V2 = _IOW(23)    # struct btrfs_ioctl_vol_args_v2 (name at offset 56)
-BTRFS_FIRST_FREE_OBJECTID = 256        # the inode number of every subvolume's root directory
+BTRFS_IOC_SNAP_CREATE_V2 = _IOW(23)  # struct btrfs_ioctl_vol_args_v2 (name at offset 56)
+BTRFS_FIRST_FREE_OBJECTID = 256  # the inode number of every subvolume's root directory
 _NAME_MAX_V1, _NAME_OFF_V2 = 4087, 56
 
 
@@ -47,7 +47,7 @@ def _vol_args(name: str, fd: int = 0) -> bytearray:
         raise CowlabError(f"bad subvolume name {name!r}")
     buf = bytearray(4096)
     struct.pack_into("q", buf, 0, fd)
-    buf[8:8 + len(b)] = b
+    buf[8 : 8 + len(b)] = b
     return buf
 
 
@@ -57,7 +57,7 @@ def _vol_args_v2(name: str, src_fd: int, flags: int = 0) -> bytearray:
         raise CowlabError(f"bad subvolume name {name!r}")
     buf = bytearray(4096)
     struct.pack_into("qQQ", buf, 0, src_fd, 0, flags)
-    buf[_NAME_OFF_V2:_NAME_OFF_V2 + len(b)] = b
+    buf[_NAME_OFF_V2 : _NAME_OFF_V2 + len(b)] = b
     return buf
 
 
@@ -78,8 +78,9 @@ def subvol_create(path: Path) -> None:
 def subvol_snapshot(src: Path, dst: Path) -> None:
     sfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _ioctl_in(dst.parent, BTRFS_IOC_SNAP_CREATE_V2, _vol_args_v2(dst.name, sfd),
-                  f"btrfs subvolume snapshot {src} {dst}")
+        _ioctl_in(
+            dst.parent, BTRFS_IOC_SNAP_CREATE_V2, _vol_args_v2(dst.name, sfd), f"btrfs subvolume snapshot {src} {dst}"
+        )
     finally:
         os.close(sfd)
 
@@ -118,9 +119,14 @@ def fs_usage(path: Path) -> dict[str, int]:
     unallocated, and size and used of the data, metadata and system chunks."""
     out = sysutil.run([U.which("btrfs") or "btrfs", "filesystem", "usage", "-b", str(path)]).stdout
     vals: dict[str, int] = {}
-    keys = {"Device size": "device_size", "Device allocated": "device_allocated",
-            "Device unallocated": "device_unallocated", "Used": "used",
-            "Free (estimated)": "free_estimated", "Global reserve": "global_reserve"}
+    keys = {
+        "Device size": "device_size",
+        "Device allocated": "device_allocated",
+        "Device unallocated": "device_unallocated",
+        "Used": "used",
+        "Free (estimated)": "free_estimated",
+        "Global reserve": "global_reserve",
+    }
     for line in out.splitlines():
         m = re.match(r"\s*([A-Za-z ()]+?):\s+(\d+)", line)
         if m and m.group(1) in keys and keys[m.group(1)] not in vals:
@@ -156,27 +162,32 @@ class Btrfs(Driver):
     # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
     color = "tab:red"
     engine = {"backing": "btrfs", "note": "a subvolume per layer, snapshots for containers"}
-    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": True, "storage": "btrfs",
-               "scripts": ["btrfs.sh"]}
+    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": True, "storage": "btrfs", "scripts": ["btrfs.sh"]}
     backing_kinds = ("btrfs",)
 
     @classmethod
     def probe(cls) -> Probe:
         if "\tbtrfs\n" not in U.filesystems():
-            return Probe(False, "this kernel has no btrfs (not in /proc/filesystems)",
-                         "a kernel with CONFIG_BTRFS_FS (modprobe btrfs)")
+            return Probe(
+                False,
+                "this kernel has no btrfs (not in /proc/filesystems)",
+                "a kernel with CONFIG_BTRFS_FS (modprobe btrfs)",
+            )
         btrfs = U.which("btrfs")
         if not U.which("mkfs.btrfs") or not btrfs:
-            return Probe(False, "btrfs-progs is not installed (no mkfs.btrfs / btrfs)",
-                         "sudo bash vagrant/provision/btrfs.sh")
+            return Probe(
+                False, "btrfs-progs is not installed (no mkfs.btrfs / btrfs)", "sudo bash vagrant/provision/btrfs.sh"
+            )
         return Probe(True, details={"btrfs_progs": U.tool_version([btrfs, "--version"])})
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         fs = sysutil.mount_of(self.home).fstype
         if fs != "btrfs":
-            raise CowlabError(f"btrfs driver home {self.home} is on {fs}, not btrfs "
-                              "(run with the host backing on a non-btrfs root and cowlab makes a loop btrfs)")
+            raise CowlabError(
+                f"btrfs driver home {self.home} is on {fs}, not btrfs "
+                "(run with the host backing on a non-btrfs root and cowlab makes a loop btrfs)"
+            )
 
     # --- layers ----------------------------------------------------------------------------
     def import_image(self, image: Image) -> None:
@@ -230,6 +241,8 @@ class Btrfs(Driver):
 
     def metadata(self) -> dict:
         m = self.backing.mount
-        return {"btrfs_progs": U.tool_version([U.which("btrfs") or "btrfs", "--version"]),
-                "snapshot_via": "ioctl BTRFS_IOC_SNAP_CREATE_V2 / BTRFS_IOC_SNAP_DESTROY",
-                "btrfs_mount_options": m.options + "," + m.super_options}
+        return {
+            "btrfs_progs": U.tool_version([U.which("btrfs") or "btrfs", "--version"]),
+            "snapshot_via": "ioctl BTRFS_IOC_SNAP_CREATE_V2 / BTRFS_IOC_SNAP_DESTROY",
+            "btrfs_mount_options": m.options + "," + m.super_options,
+        }

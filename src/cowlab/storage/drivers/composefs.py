@@ -69,8 +69,11 @@ def _sha256(path: str) -> str:
 
 
 def _kept_xattrs(path: str) -> dict[str, bytes]:
-    return {k: os.getxattr(path, k, follow_symlinks=False)
-            for k in os.listxattr(path, follow_symlinks=False) if k.startswith(("user.", "security."))}
+    return {
+        k: os.getxattr(path, k, follow_symlinks=False)
+        for k in os.listxattr(path, follow_symlinks=False)
+        if k.startswith(("user.", "security."))
+    }
 
 
 def stub_tree(tree: Path, objects: Path) -> list[str]:
@@ -130,10 +133,12 @@ class Composefs(Overlay2):
     name = "composefs"
     # the registry (docs/adding-a-driver.md)
     color = "#000080"
-    engine = None   # composefs is podman/containers-storage's and containerd's, not dockerd's
+    engine = None  # composefs is podman/containers-storage's and containerd's, not dockerd's
     vagrant = None  # no workshop VM of its own: the overlay2 machine has the tools
-    description = ("an EROFS metadata image per image over a shared content-addressed object store, "
-                   "overlayfs with a data-only lower layer (composefs by hand)")
+    description = (
+        "an EROFS metadata image per image over a shared content-addressed object store, "
+        "overlayfs with a data-only lower layer (composefs by hand)"
+    )
     capabilities = frozenset({"bare_mount", "union", "xattrs", "files_on_backing"})
     max_layers = None  # the image is flattened into one metadata image
     services = True  # the metadata mounts: kept containers need them after the command that made them
@@ -208,8 +213,14 @@ class Composefs(Overlay2):
 
     def _options(self, lower: str, upper: Path, work: Path) -> str:
         """lower: "META::OBJECTS" (the object store a data-only lower layer)."""
-        opts = [f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}",
-                "metacopy=on", "redirect_dir=on", "index=off"]
+        opts = [
+            f"lowerdir={lower}",
+            f"upperdir={upper}",
+            f"workdir={work}",
+            "metacopy=on",
+            "redirect_dir=on",
+            "index=off",
+        ]
         if self.options.get("volatile"):
             opts.append("volatile")
         return ",".join(opts)
@@ -225,13 +236,19 @@ class Composefs(Overlay2):
                 _, hs = self._idmapped_lowers(res, cdir, [meta, self.objects], upper)
                 where, lower = cdir / "ids", "0::1"
             try:
-                hs.append(res.acquire("mount", lambda: self._mount(self._options(lower, upper, work), merged, where),
-                                      target=str(merged)))
+                hs.append(
+                    res.acquire(
+                        "mount",
+                        lambda: self._mount(self._options(lower, upper, work), merged, where),
+                        target=str(merged),
+                    )
+                )
             except BaseException:
                 for h in reversed(hs):
                     res.release(h)
                 raise
             return hs
+
         merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), mount)
         return Container(cid, image.id, self.name, merged, hs)
 
@@ -247,8 +264,11 @@ class Composefs(Overlay2):
         return sum(e.stat().st_blocks * 512 for e in self.objects.rglob("*") if e.is_file())
 
     def metadata(self) -> dict:
-        return {"overlay_mount_options": self._options("<meta>::<objects>", Path("<upper>"), Path("<work>")),
-                "mkfs_erofs": mkfs_version(), "mkfs_erofs_options": " ".join(MKFS + STUBS),
-                "kernel": ".".join(map(str, kernel_version())),
-                "rename_dir": "rename",  # redirect_dir=on
-                "fs_verity": False}
+        return {
+            "overlay_mount_options": self._options("<meta>::<objects>", Path("<upper>"), Path("<work>")),
+            "mkfs_erofs": mkfs_version(),
+            "mkfs_erofs_options": " ".join(MKFS + STUBS),
+            "kernel": ".".join(map(str, kernel_version())),
+            "rename_dir": "rename",  # redirect_dir=on
+            "fs_verity": False,
+        }

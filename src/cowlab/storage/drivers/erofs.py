@@ -53,11 +53,17 @@ def erofs_probe(min_kernel: tuple[int, int] = (5, 4)) -> Probe | None:
     if "\toverlay\n" not in fs:
         return Probe(False, "this kernel has no overlayfs", "a kernel with CONFIG_OVERLAY_FS (modprobe overlay)")
     if kernel_version() < min_kernel:
-        return Probe(False, f"kernel {os.uname().release} is older than {min_kernel[0]}.{min_kernel[1]}",
-                     f"a kernel >= {min_kernel[0]}.{min_kernel[1]} (e.g. Debian 12's backports kernel)")
+        return Probe(
+            False,
+            f"kernel {os.uname().release} is older than {min_kernel[0]}.{min_kernel[1]}",
+            f"a kernel >= {min_kernel[0]}.{min_kernel[1]} (e.g. Debian 12's backports kernel)",
+        )
     if "\terofs\n" not in fs:
-        return Probe(False, "this kernel has no EROFS (no erofs in /proc/filesystems)",
-                     "a kernel with CONFIG_EROFS_FS (modprobe erofs)")
+        return Probe(
+            False,
+            "this kernel has no EROFS (no erofs in /proc/filesystems)",
+            "a kernel with CONFIG_EROFS_FS (modprobe erofs)",
+        )
     if not U.which("mkfs.erofs"):
         return Probe(False, "mkfs.erofs is not installed", "sudo bash vagrant/provision/erofs.sh")
     if not U.which("losetup"):
@@ -105,7 +111,7 @@ class Erofs(Overlay2):
     name = "erofs"
     # the registry (docs/adding-a-driver.md)
     color = "#1b9e77"
-    engine = None   # containerd's EROFS snapshotter, not a dockerd storage driver
+    engine = None  # containerd's EROFS snapshotter, not a dockerd storage driver
     vagrant = None  # no workshop VM of its own: the overlay2 machine has the tools
     description = "each layer an EROFS image on a loop device, stacked by overlayfs (containerd's EROFS snapshotter)"
     capabilities = frozenset({"bare_mount", "union", "xattrs", "files_on_backing"})
@@ -171,5 +177,8 @@ class Erofs(Overlay2):
         return super().bare_mount(image, scratch)
 
     def metadata(self) -> dict:
-        return super().metadata() | {"mkfs_erofs": mkfs_version(), "mkfs_erofs_options": " ".join(MKFS),
-                                     "layer_mount": "erofs on a read-only loop device, one per layer"}
+        return super().metadata() | {
+            "mkfs_erofs": mkfs_version(),
+            "mkfs_erofs_options": " ".join(MKFS),
+            "layer_mount": "erofs on a read-only loop device, one per layer",
+        }

@@ -27,9 +27,13 @@ class FuseOverlayfs(Overlay2):
     color = "tab:pink"
     engine = {"binaries": ("fuse-overlayfs",), "note": "overlay in userspace through FUSE"}
     vagrant = None
-    deviations = {"chown-lower-tree": (
-        "chown of a lower symlink copies it up with the current time as its mtime "
-        "(fuse-overlayfs 1.10 does not carry the symlink's mtime over)", r"/link: mtime ")}
+    deviations = {
+        "chown-lower-tree": (
+            "chown of a lower symlink copies it up with the current time as its mtime "
+            "(fuse-overlayfs 1.10 does not carry the symlink's mtime over)",
+            r"/link: mtime ",
+        )
+    }
     option_names = frozenset()
 
     @classmethod
@@ -43,8 +47,9 @@ class FuseOverlayfs(Overlay2):
 
     @staticmethod
     def _version() -> str:
-        return (U.tool_version([U.which("fuse-overlayfs") or "fuse-overlayfs", "--version"], "fuse-overlayfs")
-                or U.pkg_version("fuse-overlayfs"))
+        return U.tool_version(
+            [U.which("fuse-overlayfs") or "fuse-overlayfs", "--version"], "fuse-overlayfs"
+        ) or U.pkg_version("fuse-overlayfs")
 
     def _lowers(self, image: Image) -> str:
         shorts = json.loads(self._image_file(image).read_text())["lower"].split(":")
@@ -57,14 +62,30 @@ class FuseOverlayfs(Overlay2):
         lower = self._lowers(image)
         cid = cid or self.new_id()
         cdir = self.home / "containers" / cid
-        merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), lambda upper, work, merged: U.fuse_mount(
-            res, [U.which("fuse-overlayfs") or "fuse-overlayfs", "-f", "-o",
-                  self._fuse_options(lower, upper, work), str(merged)], merged, cdir / "daemon.log"))
+        merged, hs = U.union_container(
+            res,
+            cdir,
+            ("diff", "work", "merged"),
+            lambda upper, work, merged: U.fuse_mount(
+                res,
+                [
+                    U.which("fuse-overlayfs") or "fuse-overlayfs",
+                    "-f",
+                    "-o",
+                    self._fuse_options(lower, upper, work),
+                    str(merged),
+                ],
+                merged,
+                cdir / "daemon.log",
+            ),
+        )
         return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
-        return {"fuse_overlayfs_version": self._version(),
-                # fuse-overlayfs returns EXDEV for renaming a directory from a lower layer
-                # (mv(1) then copies), as kernel overlayfs without redirect_dir does
-                "rename_dir": "exdev",
-                "command": "fuse-overlayfs -f -o " + self._fuse_options("<lower>", Path("<upper>"), Path("<work>"))}
+        return {
+            "fuse_overlayfs_version": self._version(),
+            # fuse-overlayfs returns EXDEV for renaming a directory from a lower layer
+            # (mv(1) then copies), as kernel overlayfs without redirect_dir does
+            "rename_dir": "exdev",
+            "command": "fuse-overlayfs -f -o " + self._fuse_options("<lower>", Path("<upper>"), Path("<work>")),
+        }

@@ -35,8 +35,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def parse(mapping: str) -> tuple[int, int, int]:
@@ -66,8 +70,13 @@ def supported() -> str:
 def userns_fd(res: Resources, mapping: str) -> int:
     """An fd of a new user namespace whose uid and gid maps are `mapping` (the caller closes it)."""
     inside, outside, count = parse(mapping)
-    p = spawn(res, ["unshare", "--user", "sleep", "1000"], stdin=subprocess.DEVNULL,
-              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = spawn(
+        res,
+        ["unshare", "--user", "sleep", "1000"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     h: Handle = p._cowlab_handle  # type: ignore[attr-defined]
     try:
         mine = os.stat("/proc/self/ns/user").st_ino
@@ -75,8 +84,9 @@ def userns_fd(res: Resources, mapping: str) -> int:
         while os.stat(f"/proc/{p.pid}/ns/user").st_ino == mine:  # not unshared yet
             if p.poll() is not None or time.monotonic() > deadline:
                 err = (p.stderr.read() if p.stderr else b"") or b""  # a pipe: stderr=PIPE above
-                raise CowlabError(f"unshare --user did not make a user namespace: "
-                                  f"{err.decode(errors='replace').strip()}")
+                raise CowlabError(
+                    f"unshare --user did not make a user namespace: {err.decode(errors='replace').strip()}"
+                )
             time.sleep(0.001)
         for f in ("uid_map", "gid_map"):
             with open(f"/proc/{p.pid}/{f}", "w") as m:
@@ -96,14 +106,23 @@ def _check(r: int, what: str, path) -> int:
 
 
 def _attach(src: Path, dst: Path, ns_fd: int) -> None:
-    fd = _check(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(src),
-                              OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), "open_tree", src)
+    fd = _check(
+        _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(src), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), "open_tree", src
+    )
     try:
         attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, ns_fd)
-        _check(_libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr),
-                             ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr (idmap)", src)
-        _check(_libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, os.fsencode(dst), MOVE_MOUNT_F_EMPTY_PATH),
-               "move_mount", dst)
+        _check(
+            _libc.syscall(
+                SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))
+            ),
+            "mount_setattr (idmap)",
+            src,
+        )
+        _check(
+            _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, os.fsencode(dst), MOVE_MOUNT_F_EMPTY_PATH),
+            "move_mount",
+            dst,
+        )
     finally:
         os.close(fd)
 

@@ -89,9 +89,18 @@ class Overlay(Driver):
     def create(self, image: Image, res: Resources, cid: str | None = None) -> Container:
         lower = self._lower(image)
         cid = cid or self.new_id()
-        merged, hs = U.union_container(res, self.home / "containers" / cid, ("upper", "work", "merged"), lambda upper, work, merged: [
-            res.acquire("mount", lambda: sysutil.mount("overlay", merged, "overlay", self._options(lower, upper, work)),
-                        target=str(merged))])
+        merged, hs = U.union_container(
+            res,
+            self.home / "containers" / cid,
+            ("upper", "work", "merged"),
+            lambda upper, work, merged: [
+                res.acquire(
+                    "mount",
+                    lambda: sysutil.mount("overlay", merged, "overlay", self._options(lower, upper, work)),
+                    target=str(merged),
+                )
+            ],
+        )
         return Container(cid, image.id, self.name, merged, hs)
 
     def bare_mount(self, image: Image, scratch: Path):
@@ -104,8 +113,11 @@ class Overlay(Driver):
 
     def metadata(self) -> dict:
         from cowlab.storage.drivers.overlay2 import module_params
+
         redirect = module_params().get("redirect_dir") in ("Y", "on")
-        return {"overlay_mount_options": self._options(Path("<top layer tree>"), Path("<upper>"), Path("<work>")),
-                # as overlay2: renaming a lower directory needs redirect_dir, else EXDEV
-                "rename_dir": "rename" if redirect else "exdev",
-                "layer_copy": "cp -a --link (directories and symlinks copied, files hard-linked)"}
+        return {
+            "overlay_mount_options": self._options(Path("<top layer tree>"), Path("<upper>"), Path("<work>")),
+            # as overlay2: renaming a lower directory needs redirect_dir, else EXDEV
+            "rename_dir": "rename" if redirect else "exdev",
+            "layer_copy": "cp -a --link (directories and symlinks copied, files hard-linked)",
+        }

@@ -36,8 +36,14 @@ class Overlay2(Driver):
     # and fuse-overlayfs derive from this class and set None)
     color = "tab:blue"
     engine: ClassVar[dict | None] = {"note": "overlayfs, up to 128 lower layers per mount (multi-lower)"}
-    vagrant: ClassVar[dict | None] = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "none",
-               "scripts": ["overlay2.sh"]}
+    vagrant: ClassVar[dict | None] = {
+        "os": "debian",
+        "memory": 2048,
+        "cpus": 2,
+        "disk": False,
+        "storage": "none",
+        "scripts": ["overlay2.sh"],
+    }
     max_layers: ClassVar[int | None] = OVL_MAX_STACK
     # Overlay features a workload may switch (ctx.variant(redirect_dir=True)); None or absent
     # leaves the kernel's default (the module parameters).
@@ -76,7 +82,7 @@ class Overlay2(Driver):
         h = hashlib.sha256(digest.encode()).hexdigest()
         links = self.home / "l"
         for i in range(0, 58):
-            s = h[i:i + 6]
+            s = h[i : i + 6]
             p = links / s
             want = f"../layers/{digest.split(':')[-1]}/{self.LAYER_ROOT}"
             if not os.path.lexists(p) or os.readlink(p) == want:
@@ -111,8 +117,10 @@ class Overlay2(Driver):
         if self.has_image(image):
             return
         if len(image.layers) > OVL_MAX_STACK:
-            raise CowlabError(f"image {image.name} has {len(image.layers)} layers; overlayfs stacks at "
-                              f"most {OVL_MAX_STACK} lower layers (OVL_MAX_STACK)")
+            raise CowlabError(
+                f"image {image.name} has {len(image.layers)} layers; overlayfs stacks at "
+                f"most {OVL_MAX_STACK} lower layers (OVL_MAX_STACK)"
+            )
         shorts = [self._import_layer(d) for d in image.layers]
         (self.home / "images").mkdir(exist_ok=True)
         # Top layer first. A layer listed twice (e.g. two empty layers, which have one digest)
@@ -181,25 +189,37 @@ class Overlay2(Driver):
                     os.mkdir(d)
                 os.chmod(upper, 0o755)  # the container's root, whatever our umask
                 self._mount(data, merged)
+
             # One journal entry for the directories and the mount (its releaser unmounts, then
             # removes the directory): the bookkeeping around a create costs what the kernel's
             # mount costs, not several times it (mount_floor measures the gap).
             (self.home / "containers").mkdir(exist_ok=True)
-            h = res.acquire("mount", make, target=str(merged), dir=str(cdir),
-                            **({"trash": str(self.trash)} if self.defer_free else {}))
+            h = res.acquire(
+                "mount",
+                make,
+                target=str(merged),
+                dir=str(cdir),
+                **({"trash": str(self.trash)} if self.defer_free else {}),
+            )
             return Container(cid, image.id, self.name, merged, [h])
 
         # idmap: each lower layer an idmapped mount of its own, then the overlay over them
         def mount(upper, work, merged):
             ids, hs = self._idmapped_lowers(res, cdir, [self.home / "l" / s for s in lower.split(":")], upper)
             try:
-                hs.append(res.acquire("mount", lambda: self._mount(self._options(ids, upper, work), merged, cdir / "ids"),
-                                      target=str(merged)))
+                hs.append(
+                    res.acquire(
+                        "mount",
+                        lambda: self._mount(self._options(ids, upper, work), merged, cdir / "ids"),
+                        target=str(merged),
+                    )
+                )
             except BaseException:
                 for h in reversed(hs):
                     res.release(h)
                 raise
             return hs
+
         merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), mount)
         return Container(cid, image.id, self.name, merged, hs)
 
@@ -236,12 +256,14 @@ class Overlay2(Driver):
 
     def metadata(self) -> dict:
         params = module_params()
-        return {"overlay_mount_options": self._options("<lower>", Path("<upper>"), Path("<work>")),
-                "overlay_params": params,
-                # Renaming a directory that comes from a lower layer needs redirect_dir; without it
-                # overlayfs returns EXDEV (and mv(1) falls back to copy + delete). The conformance
-                # suite checks this declaration.
-                "rename_dir": "rename" if self._redirect_dir(params) else "exdev"}
+        return {
+            "overlay_mount_options": self._options("<lower>", Path("<upper>"), Path("<work>")),
+            "overlay_params": params,
+            # Renaming a directory that comes from a lower layer needs redirect_dir; without it
+            # overlayfs returns EXDEV (and mv(1) falls back to copy + delete). The conformance
+            # suite checks this declaration.
+            "rename_dir": "rename" if self._redirect_dir(params) else "exdev",
+        }
 
     def _redirect_dir(self, params: dict) -> bool:
         """Whether this instance's mounts rename lower directories (metacopy=on implies it)."""

@@ -40,7 +40,7 @@ from cowlab.storage.drivers.base import Container, Driver, Probe
 from cowlab.store import layers as L
 from cowlab.store.images import Image
 
-META = ".unionfs"   # upstream's name; Debian 12's unionfs-fuse 1.0 uses ".unionfs-fuse" (meta_name())
+META = ".unionfs"  # upstream's name; Debian 12's unionfs-fuse 1.0 uses ".unionfs-fuse" (meta_name())
 HIDETAG = "_HIDDEN~"
 _meta_cache: list[str] = []
 
@@ -104,7 +104,7 @@ def deleted_after_creation(tar_path: Path) -> list[str]:
             rel = L.member_path(m.name, str(tar_path))
             base = posixpath.basename(rel)
             if base.startswith(L.WH) and base != L.OPAQUE:
-                target = posixpath.join(posixpath.dirname(rel), base[len(L.WH):])
+                target = posixpath.join(posixpath.dirname(rel), base[len(L.WH) :])
                 if target in created:
                     gone.append(target)
                     del created[target]
@@ -122,7 +122,7 @@ def translate(branch: Path, lowers: list[Path], gone: Sequence[str] = ()) -> int
         if os.path.lexists(p):
             sysutil.safe_rmtree(p, branch) if p.is_dir() and not p.is_symlink() else os.unlink(p)
     made = 0
-    hidden_dirs: list[str] = []      # below these, nothing of the lower branches shows anyway
+    hidden_dirs: list[str] = []  # below these, nothing of the lower branches shows anyway
     for dirpath, dirnames, filenames in os.walk(branch):
         rel_dir = os.path.relpath(dirpath, branch)
         rel_dir = "" if rel_dir == "." else rel_dir
@@ -148,7 +148,7 @@ def translate(branch: Path, lowers: list[Path], gone: Sequence[str] = ()) -> int
                 continue
             if name.startswith(L.WH):
                 os.unlink(full)
-                target = name[len(L.WH):]
+                target = name[len(L.WH) :]
                 _hide(branch, f"{rel_dir}/{target}" if rel_dir else target)
                 made += 1
                 continue
@@ -173,11 +173,16 @@ class UnionfsFuse(Driver):
     engine = None  # Docker has no unionfs-fuse driver
     vagrant = None
     deviations = {
-        "chown-lower-tree": ("chown of a lower symlink copies it up with the current time as its "
-                             "mtime", r"/link: mtime "),
-        "move-and-hardlink": ("a hard link made in the container to a lower file is a copy: writes "
-                              "through one name do not show through the other (unionfs-fuse copies "
-                              "up per path, it has no hard-link index)", r"-link: content differs"),
+        "chown-lower-tree": (
+            "chown of a lower symlink copies it up with the current time as its mtime",
+            r"/link: mtime ",
+        ),
+        "move-and-hardlink": (
+            "a hard link made in the container to a lower file is a copy: writes "
+            "through one name do not show through the other (unionfs-fuse copies "
+            "up per path, it has no hard-link index)",
+            r"-link: content differs",
+        ),
     }
 
     @classmethod
@@ -186,8 +191,11 @@ class UnionfsFuse(Driver):
         if not ok:
             return Probe(False, why, "a kernel with CONFIG_FUSE_FS (modprobe fuse)")
         if not U.which("unionfs"):
-            return Probe(False, "unionfs-fuse is not installed (no unionfs command)",
-                         "sudo bash vagrant/provision/unionfs-fuse.sh")
+            return Probe(
+                False,
+                "unionfs-fuse is not installed (no unionfs command)",
+                "sudo bash vagrant/provision/unionfs-fuse.sh",
+            )
         return Probe(True, details={"version": cls._version()})
 
     @staticmethod
@@ -238,12 +246,22 @@ class UnionfsFuse(Driver):
         cdir = self.home / "containers" / cid
         # stderr discarded: with hide_meta_files, unionfs-fuse 1.0 prints two debug lines
         # for every directory entry it lists, which would cost time in every readdir.
-        merged, hs = U.union_container(res, cdir, ("upper", "merged"), lambda upper, merged: U.fuse_mount(
-            res, [U.which("unionfs") or "unionfs", "-f", "-o", self.OPTIONS, self._branches(image, upper),
-                  str(merged)], merged, None))
+        merged, hs = U.union_container(
+            res,
+            cdir,
+            ("upper", "merged"),
+            lambda upper, merged: U.fuse_mount(
+                res,
+                [U.which("unionfs") or "unionfs", "-f", "-o", self.OPTIONS, self._branches(image, upper), str(merged)],
+                merged,
+                None,
+            ),
+        )
         return Container(cid, image.id, self.name, merged, hs)
 
     def metadata(self) -> dict:
-        return {"unionfs_version": self._version(),
-                "command": f"unionfs -f -o {self.OPTIONS} <upper>=RW:<layerN>=RO:...:<layer1>=RO <merged>",
-                "whiteouts": f"{meta_name()}/<path>{HIDETAG} markers (translated from the layers' .wh. files)"}
+        return {
+            "unionfs_version": self._version(),
+            "command": f"unionfs -f -o {self.OPTIONS} <upper>=RW:<layerN>=RO:...:<layer1>=RO <merged>",
+            "whiteouts": f"{meta_name()}/<path>{HIDETAG} markers (translated from the layers' .wh. files)",
+        }

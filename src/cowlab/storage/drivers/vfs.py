@@ -70,5 +70,7 @@ class Vfs(Driver):
         return image.content_bytes
 
     def metadata(self) -> dict:
-        return {"copy_command": " ".join(self.COPY),
-                "cp_version": sysutil.run(["cp", "--version"]).stdout.splitlines()[0]}
+        return {
+            "copy_command": " ".join(self.COPY),
+            "cp_version": sysutil.run(["cp", "--version"]).stdout.splitlines()[0],
+        }

@@ -32,24 +32,30 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Kernel:
-    name: str                  # the short name: 5.10, 6.1, 6.12, aufs
-    release: str               # the guest's `uname -r`
-    image: Path                # vmlinuz
-    modules: Path | None       # a lib/modules/<release> tree outside the host's /lib/modules, or None
-    origin: str                # where it came from (a Debian package and version, or the build's inputs)
+    name: str  # the short name: 5.10, 6.1, 6.12, aufs
+    release: str  # the guest's `uname -r`
+    image: Path  # vmlinuz
+    modules: Path | None  # a lib/modules/<release> tree outside the host's /lib/modules, or None
+    origin: str  # where it came from (a Debian package and version, or the build's inputs)
     features: frozenset[str] = frozenset()  # what sets it apart, e.g. {"aufs"}
-    home: Path | None = None   # its directory in the cache (None: the host's /boot)
+    home: Path | None = None  # its directory in the cache (None: the host's /boot)
     info: dict = field(default_factory=dict, compare=False)  # build.json / fetch.json
 
     def describe(self) -> dict:
         """What run.json records of the guest's kernel (`vm.kernel`)."""
-        return {"name": self.name, "release": self.release, "image": str(self.image), "origin": self.origin,
-                "features": sorted(self.features),
-                **{k: self.info[k] for k in ("config_sha256", "key", "aufs_commit") if k in self.info}}
+        return {
+            "name": self.name,
+            "release": self.release,
+            "image": str(self.image),
+            "origin": self.origin,
+            "features": sorted(self.features),
+            **{k: self.info[k] for k in ("config_sha256", "key", "aufs_commit") if k in self.info},
+        }
 
 
 def _families():
     from cowlab.storage.kernels import aufs, debian
+
     return {**{n: debian for n in debian.NAMES}, **{n: aufs for n in aufs.NAMES}}
 
 
@@ -105,10 +111,18 @@ def listing() -> list[dict]:
     rows = []
     for n in _families():
         k = find(n)
-        rows.append({"kernel": n, "cached": k is not None, "release": k.release if k else None,
-                     "origin": k.origin if k else None, "path": str(k.home or k.image) if k else None,
-                     "bytes": dir_bytes(k.home) if k and k.home else None,
-                     "features": sorted(k.features) if k else [], "get": how_to_get(n)})
+        rows.append(
+            {
+                "kernel": n,
+                "cached": k is not None,
+                "release": k.release if k else None,
+                "origin": k.origin if k else None,
+                "path": str(k.home or k.image) if k else None,
+                "bytes": dir_bytes(k.home) if k and k.home else None,
+                "features": sorted(k.features) if k else [],
+                "get": how_to_get(n),
+            }
+        )
     return rows
 
 

@@ -25,11 +25,11 @@ from cowlab.storage.kernels import Kernel, cache_dir
 
 NAMES = ("aufs",)
 AUFS_BRANCH = "aufs6.1"
-AUFS_COMMIT = "bfd38ec4"          # "6.1 20240701" on branch aufs6.1
+AUFS_COMMIT = "bfd38ec4"  # "6.1 20240701" on branch aufs6.1
 AUFS_URL = "https://github.com/sfjro/aufs-standalone.git"
 SRC_ENV = "COWLAB_AUFS_SRC"
 LINUX_TARBALL = "/usr/src/linux-source-6.1.tar.xz"
-PROVISION = "sudo bash vagrant/provision/aufs-kernel.sh"   # linux-source-6.1 and the build tools
+PROVISION = "sudo bash vagrant/provision/aufs-kernel.sh"  # linux-source-6.1 and the build tools
 BUILD = "sudo nox -s aufs-kernel"
 
 
@@ -45,8 +45,10 @@ def aufs_source() -> str:
         return os.environ[SRC_ENV]
     here = Path(__file__).resolve()
     for parent in here.parents:
-        for cand in (parent / "shared" / "vendor" / f"aufs-standalone-{AUFS_BRANCH}",
-                     parent / "vendor" / f"aufs-standalone-{AUFS_BRANCH}"):
+        for cand in (
+            parent / "shared" / "vendor" / f"aufs-standalone-{AUFS_BRANCH}",
+            parent / "vendor" / f"aufs-standalone-{AUFS_BRANCH}",
+        ):
             if (cand / "aufs6-base.patch").is_file():
                 return str(cand)
     return AUFS_URL
@@ -54,8 +56,18 @@ def aufs_source() -> str:
 
 def _args(src: str) -> list[str]:
     f = _files()
-    return ["bash", str(f["script"]), "--aufs", src, "--commit", AUFS_COMMIT,
-            "--fragment", str(f["fragment"]), "--port-patch", str(f["port"])]
+    return [
+        "bash",
+        str(f["script"]),
+        "--aufs",
+        src,
+        "--commit",
+        AUFS_COMMIT,
+        "--fragment",
+        str(f["fragment"]),
+        "--port-patch",
+        str(f["port"]),
+    ]
 
 
 def missing_inputs() -> str:
@@ -90,11 +102,19 @@ def find(_name: str = "aufs") -> Kernel | None:
     if home is None or not (home / "vmlinuz").is_file():
         return None
     import json
+
     info = json.loads((home / "build.json").read_text()) if (home / "build.json").is_file() else {}
     info["key"] = k
-    return Kernel("aufs", info.get("kernel_release") or info.get("release") or "6.1-aufs", home / "vmlinuz", None,
-                  f"linux-source-6.1 {info.get('linux_source', '')} + aufs-standalone {AUFS_BRANCH} {AUFS_COMMIT}".strip(),
-                  frozenset({"aufs"}), home, info)
+    return Kernel(
+        "aufs",
+        info.get("kernel_release") or info.get("release") or "6.1-aufs",
+        home / "vmlinuz",
+        None,
+        f"linux-source-6.1 {info.get('linux_source', '')} + aufs-standalone {AUFS_BRANCH} {AUFS_COMMIT}".strip(),
+        frozenset({"aufs"}),
+        home,
+        info,
+    )
 
 
 def how_to_get(_name: str = "aufs") -> str:
@@ -122,15 +142,22 @@ def build(jobs: int | None = None, echo=print) -> Kernel:
     cache_dir().mkdir(parents=True, exist_ok=True)
     log = cache_dir() / f"aufs-6.1-{k}.log"
     src = aufs_source()
-    echo(f"aufs kernel: building {home.name} from {LINUX_TARBALL} and {src} @ {AUFS_COMMIT} "
-         f"(log: {log}); minutes on {os.cpu_count()} cores")
+    echo(
+        f"aufs kernel: building {home.name} from {LINUX_TARBALL} and {src} @ {AUFS_COMMIT} "
+        f"(log: {log}); minutes on {os.cpu_count()} cores"
+    )
     t0 = time.monotonic()
     with open(log, "w") as f:
-        cp = subprocess.run(["nice", "-n", "5", *_args(src), "--out", str(home), "--jobs", str(jobs or os.cpu_count() or 1)],
-                            stdout=f, stderr=subprocess.STDOUT)
+        cp = subprocess.run(
+            ["nice", "-n", "5", *_args(src), "--out", str(home), "--jobs", str(jobs or os.cpu_count() or 1)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     if cp.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-        step = next((ln for ln in reversed(tail) if "step" in ln.lower() and "fail" in ln.lower()), tail[-1] if tail else "")
+        step = next(
+            (ln for ln in reversed(tail) if "step" in ln.lower() and "fail" in ln.lower()), tail[-1] if tail else ""
+        )
         raise CowlabError(f"the AUFS kernel build failed ({step.strip()}); nothing was cached; log: {log}")
     echo(f"aufs kernel: built in {time.monotonic() - t0:.0f} s: {home}")
     got = find()

@@ -41,8 +41,14 @@ def _version_key(release: str) -> list[int]:
 def _cached(name: str) -> list[Path]:
     pat = re.compile(rf"debian-({SUITES[name][1]})$")
     c = cache_dir()
-    return sorted((d for d in c.glob("debian-*") if pat.match(d.name) and (d / "fetch.json").is_file()),
-                  key=lambda d: _version_key(d.name)) if c.is_dir() else []
+    return (
+        sorted(
+            (d for d in c.glob("debian-*") if pat.match(d.name) and (d / "fetch.json").is_file()),
+            key=lambda d: _version_key(d.name),
+        )
+        if c.is_dir()
+        else []
+    )
 
 
 def _from_boot(name: str) -> Kernel | None:
@@ -68,9 +74,16 @@ def find(name: str) -> Kernel | None:
     home = dirs[-1]
     release = home.name.removeprefix("debian-")
     info = json.loads((home / "fetch.json").read_text())
-    return Kernel(name, release, home / "boot" / f"vmlinuz-{release}", _modules(home, release),
-                  f"Debian package {info.get('package')} {info.get('version')} ({SUITES[name][2]})",
-                  frozenset(), home, info)
+    return Kernel(
+        name,
+        release,
+        home / "boot" / f"vmlinuz-{release}",
+        _modules(home, release),
+        f"Debian package {info.get('package')} {info.get('version')} ({SUITES[name][2]})",
+        frozenset(),
+        home,
+        info,
+    )
 
 
 def _modules(home: Path, release: str) -> Path:
@@ -93,14 +106,18 @@ def _mirrors() -> tuple[str, str]:
     """The Debian and Debian security mirrors the host's apt already uses (no other host is
     ever named)."""
     main = security = ""
-    for f in [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list"),
-              *Path("/etc/apt/sources.list.d").glob("*.list")]:
+    for f in [
+        *Path("/etc/apt/sources.list.d").glob("*.sources"),
+        Path("/etc/apt/sources.list"),
+        *Path("/etc/apt/sources.list.d").glob("*.list"),
+    ]:
         try:
             text = f.read_text()
         except OSError:
             continue
-        uris = re.findall(r"^URIs:\s*(\S+)", text, re.M) + \
-            re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", text, re.M)
+        uris = re.findall(r"^URIs:\s*(\S+)", text, re.M) + re.findall(
+            r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", text, re.M
+        )
         for u in uris:
             u = u.rstrip("/")
             if "security" in u:
@@ -108,7 +125,9 @@ def _mirrors() -> tuple[str, str]:
             else:
                 main = main or u
     if not main:
-        raise CowlabError("no Debian mirror in /etc/apt/sources.list(.d): cowlab fetches kernels through the host's own")
+        raise CowlabError(
+            "no Debian mirror in /etc/apt/sources.list(.d): cowlab fetches kernels through the host's own"
+        )
     return main, security
 
 
@@ -123,12 +142,32 @@ def _apt(suite: str) -> tuple[list[str], Path]:
         lines.append(f"deb [signed-by={KEYRING}] {security} {suite}-security main")
     (d / "sources.list").write_text("\n".join(lines) + "\n")
     (d / "status").touch()
-    opts = ["-o", f"Dir::Etc::SourceList={d / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/nonexistent",
-            "-o", "Dir::Etc::Preferences=/nonexistent", "-o", "Dir::Etc::PreferencesParts=/nonexistent",
-            "-o", f"Dir::State::Lists={d / 'lists'}", "-o", f"Dir::Cache={d / 'cache'}",
-            "-o", f"Dir::State::Status={d / 'status'}", "-o", "APT::Get::List-Cleanup=0",
-            "-o", "APT::Architecture=amd64", "-o", "Acquire::Languages=none",
-            "-o", "APT::Sandbox::User=root", "-o", "Debug::NoLocking=1"]
+    opts = [
+        "-o",
+        f"Dir::Etc::SourceList={d / 'sources.list'}",
+        "-o",
+        "Dir::Etc::SourceParts=/nonexistent",
+        "-o",
+        "Dir::Etc::Preferences=/nonexistent",
+        "-o",
+        "Dir::Etc::PreferencesParts=/nonexistent",
+        "-o",
+        f"Dir::State::Lists={d / 'lists'}",
+        "-o",
+        f"Dir::Cache={d / 'cache'}",
+        "-o",
+        f"Dir::State::Status={d / 'status'}",
+        "-o",
+        "APT::Get::List-Cleanup=0",
+        "-o",
+        "APT::Architecture=amd64",
+        "-o",
+        "Acquire::Languages=none",
+        "-o",
+        "APT::Sandbox::User=root",
+        "-o",
+        "Debug::NoLocking=1",
+    ]
     return opts, d
 
 
@@ -169,12 +208,23 @@ def obtain(name: str, echo=print) -> Kernel:
         # modules.dep for the guest's modprobe (virtme-ng would otherwise run depmod in the cache)
         mods = _modules(Path(tmp), release)
         _run(["depmod", "-a", "-b", str(mods.parents[2]), release], f"depmod {release}")
-        (Path(tmp) / "fetch.json").write_text(json.dumps({
-            "package": pkg, "version": version, "suite": suite, "deb": deb.name, "deb_bytes": deb.stat().st_size,
-            "fetch_seconds": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
+        (Path(tmp) / "fetch.json").write_text(
+            json.dumps(
+                {
+                    "package": pkg,
+                    "version": version,
+                    "suite": suite,
+                    "deb": deb.name,
+                    "deb_bytes": deb.stat().st_size,
+                    "fetch_seconds": round(time.monotonic() - t0, 1),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         if home.exists():
             shutil.rmtree(home)
-        Path(tmp).rename(home)   # complete or absent
+        Path(tmp).rename(home)  # complete or absent
     deb.unlink()  # unpacked: the .deb is not needed again
     got = find(name)
     if got is None:

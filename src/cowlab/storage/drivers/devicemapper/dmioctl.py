@@ -27,20 +27,44 @@ HDR_SIZE = _HDR.size
 assert HDR_SIZE == 312
 # Where the kernel puts results: the first 8-aligned offset after the header (312 is one).
 DATA_START = (HDR_SIZE + 7) & ~7
-_SPEC = struct.Struct("=QQiI16s")        # struct dm_target_spec, params follow: 40 bytes
-_NAME_LIST = struct.Struct("=QI")        # struct dm_name_list: name at offset 12 (not 16!)
-_VERSIONS = struct.Struct("=I3I")        # struct dm_target_versions: name at offset 16
-_MSG = struct.Struct("=Q")               # struct dm_target_msg: message follows
+_SPEC = struct.Struct("=QQiI16s")  # struct dm_target_spec, params follow: 40 bytes
+_NAME_LIST = struct.Struct("=QI")  # struct dm_name_list: name at offset 12 (not 16!)
+_VERSIONS = struct.Struct("=I3I")  # struct dm_target_versions: name at offset 16
+_MSG = struct.Struct("=Q")  # struct dm_target_msg: message follows
 INTERFACE = (4, 0, 0)  # what we were "compiled with": the kernel refuses only major != 4 or minor > its own
 
 # _IOWR(0xfd, nr, struct dm_ioctl): the size bits say 312, but the kernel ignores them and reads
 # data_size bytes from the pointer instead, so bigger buffers go through the same request code.
 _IOWR = 0xC138FD00
-VERSION, REMOVE_ALL, LIST_DEVICES, DEV_CREATE, DEV_REMOVE, DEV_RENAME, DEV_SUSPEND, DEV_STATUS, \
-    DEV_WAIT, TABLE_LOAD, TABLE_CLEAR, TABLE_DEPS, TABLE_STATUS, LIST_VERSIONS, TARGET_MSG = range(15)
-_CMD_NAMES = {VERSION: "version", LIST_DEVICES: "list", DEV_CREATE: "create", DEV_REMOVE: "remove",
-              DEV_SUSPEND: "suspend/resume", DEV_STATUS: "info", TABLE_LOAD: "load",
-              TABLE_STATUS: "status", LIST_VERSIONS: "targets", TARGET_MSG: "message"}
+(
+    VERSION,
+    REMOVE_ALL,
+    LIST_DEVICES,
+    DEV_CREATE,
+    DEV_REMOVE,
+    DEV_RENAME,
+    DEV_SUSPEND,
+    DEV_STATUS,
+    DEV_WAIT,
+    TABLE_LOAD,
+    TABLE_CLEAR,
+    TABLE_DEPS,
+    TABLE_STATUS,
+    LIST_VERSIONS,
+    TARGET_MSG,
+) = range(15)
+_CMD_NAMES = {
+    VERSION: "version",
+    LIST_DEVICES: "list",
+    DEV_CREATE: "create",
+    DEV_REMOVE: "remove",
+    DEV_SUSPEND: "suspend/resume",
+    DEV_STATUS: "info",
+    TABLE_LOAD: "load",
+    TABLE_STATUS: "status",
+    LIST_VERSIONS: "targets",
+    TARGET_MSG: "message",
+}
 
 READONLY_FLAG = 1 << 0
 SUSPEND_FLAG = 1 << 1
@@ -91,22 +115,38 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def pack_header(buf: bytearray, *, name: str = "", flags: int = 0, target_count: int = 0,
-                data_start: int = DATA_START, event_nr: int = 0) -> None:
+def pack_header(
+    buf: bytearray,
+    *,
+    name: str = "",
+    flags: int = 0,
+    target_count: int = 0,
+    data_start: int = DATA_START,
+    event_nr: int = 0,
+) -> None:
     """Write struct dm_ioctl at the start of buf; data_size is the whole buffer."""
     nb = name.encode()
     if len(nb) >= 128:
         raise DMError(_errno.EINVAL, "name", name, "device name longer than 127 bytes")
-    _HDR.pack_into(buf, 0, *INTERFACE, len(buf), data_start, target_count, 0, flags, event_nr, 0, 0,
-                   nb, b"", b"")
+    _HDR.pack_into(buf, 0, *INTERFACE, len(buf), data_start, target_count, 0, flags, event_nr, 0, 0, nb, b"", b"")
 
 
 def unpack_header(buf: bytes | bytearray) -> dict:
-    (v0, v1, v2, data_size, data_start, target_count, open_count, flags, event_nr, _pad, dev,
-     name, uuid, _data) = _HDR.unpack_from(buf, 0)
-    return {"version": (v0, v1, v2), "data_size": data_size, "data_start": data_start,
-            "target_count": target_count, "open_count": open_count, "flags": flags,
-            "event_nr": event_nr, "dev": dev, "name": _cstr(name), "uuid": _cstr(uuid)}
+    (v0, v1, v2, data_size, data_start, target_count, open_count, flags, event_nr, _pad, dev, name, uuid, _data) = (
+        _HDR.unpack_from(buf, 0)
+    )
+    return {
+        "version": (v0, v1, v2),
+        "data_size": data_size,
+        "data_start": data_start,
+        "target_count": target_count,
+        "open_count": open_count,
+        "flags": flags,
+        "event_nr": event_nr,
+        "dev": dev,
+        "name": _cstr(name),
+        "uuid": _cstr(uuid),
+    }
 
 
 def parse_table(text: str) -> list[tuple[int, int, str, str]]:
@@ -148,7 +188,7 @@ def pack_table(name: str, table: str, readonly: bool = False) -> bytearray:
         size = _align8(_SPEC.size + len(pb))
         chunk = bytearray(size)
         _SPEC.pack_into(chunk, 0, start, length, 0, size, tb)
-        chunk[_SPEC.size:_SPEC.size + len(pb)] = pb
+        chunk[_SPEC.size : _SPEC.size + len(pb)] = pb
         chunks.append(chunk)
     buf = bytearray(DATA_START) + b"".join(chunks)
     pack_header(buf, name=name, flags=READONLY_FLAG if readonly else 0, target_count=len(rows))
@@ -189,7 +229,7 @@ def parse_name_list(buf: bytes | bytearray) -> list[tuple[str, int]]:
         dev, nxt = _NAME_LIST.unpack_from(buf, off)
         if dev == 0 and not out:  # libdevmapper's test for "no devices" too
             return out
-        out.append((_cstr(buf[off + 12:off + 12 + 128]), decode_dev(dev)))
+        out.append((_cstr(buf[off + 12 : off + 12 + 128]), decode_dev(dev)))
         if not nxt:
             return out
         off += nxt
@@ -205,7 +245,7 @@ def parse_versions(buf: bytes | bytearray) -> dict[str, str]:
         return out
     while True:
         nxt, a, b, c = _VERSIONS.unpack_from(buf, off)
-        name = _cstr(buf[off + _VERSIONS.size:off + _VERSIONS.size + 256])
+        name = _cstr(buf[off + _VERSIONS.size : off + _VERSIONS.size + 256])
         if name:
             out[name] = f"v{a}.{b}.{c}"
         if not nxt:
@@ -218,8 +258,9 @@ def _ioctl(cmd: int, buf: bytearray, device: str = "") -> bytearray:
     try:
         fd = os.open(CONTROL, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
-        raise DMError(e.errno or _errno.ENODEV, _CMD_NAMES.get(cmd, str(cmd)), device,
-                      f"cannot open {CONTROL}: {e.strerror}") from None
+        raise DMError(
+            e.errno or _errno.ENODEV, _CMD_NAMES.get(cmd, str(cmd)), device, f"cannot open {CONTROL}: {e.strerror}"
+        ) from None
     try:
         # A bytearray is mutable: the kernel's reply lands in buf itself (Python passes it directly,
         # or through a 1024-byte bounce buffer when smaller; either way buf gets the result).
@@ -271,10 +312,17 @@ def info(name: str) -> dict:
     h = _simple(DEV_STATUS, name)
     dev = decode_dev(h["dev"])
     f = h["flags"]
-    return {"major": os.major(dev), "minor": os.minor(dev), "open_count": h["open_count"],
-            "target_count": h["target_count"], "suspended": bool(f & SUSPEND_FLAG),
-            "event_nr": h["event_nr"], "readonly": bool(f & READONLY_FLAG),
-            "live_table": bool(f & ACTIVE_PRESENT_FLAG), "inactive_table": bool(f & INACTIVE_PRESENT_FLAG)}
+    return {
+        "major": os.major(dev),
+        "minor": os.minor(dev),
+        "open_count": h["open_count"],
+        "target_count": h["target_count"],
+        "suspended": bool(f & SUSPEND_FLAG),
+        "event_nr": h["event_nr"],
+        "readonly": bool(f & READONLY_FLAG),
+        "live_table": bool(f & ACTIVE_PRESENT_FLAG),
+        "inactive_table": bool(f & INACTIVE_PRESENT_FLAG),
+    }
 
 
 def exists(name: str) -> bool:
@@ -348,14 +396,14 @@ def message(name: str, sector: int, msg: str) -> str:
     buf = bytearray(max(FIRST_BUFFER, _align8(DATA_START + _MSG.size + len(mb))))
     pack_header(buf, name=name)
     _MSG.pack_into(buf, DATA_START, sector)
-    buf[DATA_START + _MSG.size:DATA_START + _MSG.size + len(mb)] = mb
+    buf[DATA_START + _MSG.size : DATA_START + _MSG.size + len(mb)] = mb
     _ioctl(TARGET_MSG, buf, name)
     h = unpack_header(buf)
     if h["flags"] & BUFFER_FULL_FLAG:
         raise DMError(_errno.ENOBUFS, "message", name, f"message {msg!r} delivered, its reply did not fit")
     if not h["flags"] & DATA_OUT_FLAG:
         return ""
-    return _cstr(buf[h["data_start"]:h["data_size"]])
+    return _cstr(buf[h["data_start"] : h["data_size"]])
 
 
 def list_devices() -> list[tuple[str, int]]:
@@ -379,5 +427,9 @@ def node(name: str) -> str:
             continue
         if stat.S_ISBLK(st.st_mode) and st.st_rdev == dev:
             return path
-    raise DMError(_errno.ENOENT, "node", name,
-                  f"no device node for {os.major(dev)}:{os.minor(dev)} (/dev/dm-{os.minor(dev)} nor /dev/mapper/{name})")
+    raise DMError(
+        _errno.ENOENT,
+        "node",
+        name,
+        f"no device node for {os.major(dev)}:{os.minor(dev)} (/dev/dm-{os.minor(dev)} nor /dev/mapper/{name})",
+    )

@@ -48,18 +48,20 @@ from cowlab.store import layers as L
 from cowlab.store.images import Image
 
 DEFAULTS = {
-    "block_size": 64 * KiB,        # Docker: dm.blocksize=64K
-    "fs": "xfs",                   # Docker: dm.fs (xfs where available, since 1.13)
-    "base_size": 10 * GiB,         # Docker: dm.basesize=10G
-    "data_size": 100 * GiB,        # Docker: dm.loopdatasize=100G (sparse)
-    "metadata_size": 2 * GiB,      # Docker: dm.loopmetadatasize=2G (sparse)
-    "zero_blocks": False,          # Docker: skip_block_zeroing
-    "error_if_no_space": False,    # the kernel's default: queue_if_no_space
-    "no_space_timeout": None,      # module parameter; None leaves it as it is (60 s by default)
-    "low_water_blocks": 32768,     # Docker's lowWaterMark, capped below the pool size
+    "block_size": 64 * KiB,  # Docker: dm.blocksize=64K
+    "fs": "xfs",  # Docker: dm.fs (xfs where available, since 1.13)
+    "base_size": 10 * GiB,  # Docker: dm.basesize=10G
+    "data_size": 100 * GiB,  # Docker: dm.loopdatasize=100G (sparse)
+    "metadata_size": 2 * GiB,  # Docker: dm.loopmetadatasize=2G (sparse)
+    "zero_blocks": False,  # Docker: skip_block_zeroing
+    "error_if_no_space": False,  # the kernel's default: queue_if_no_space
+    "no_space_timeout": None,  # module parameter; None leaves it as it is (60 s by default)
+    "low_water_blocks": 32768,  # Docker's lowWaterMark, capped below the pool size
 }
-MKFS = {"xfs": ["mkfs.xfs", "-q", "-f", "-K"],  # -K / nodiscard: Docker's dm.mkfsarg defaults
-        "ext4": ["mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"]}
+MKFS = {
+    "xfs": ["mkfs.xfs", "-q", "-f", "-K"],  # -K / nodiscard: Docker's dm.mkfsarg defaults
+    "ext4": ["mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"],
+}
 MOUNT_OPTS = {"xfs": "nouuid", "ext4": ""}  # every snapshot of an xfs volume has the base's UUID
 
 
@@ -98,8 +100,10 @@ class _DeviceMapper(Driver):
             why = "kernel has no dm-thin-pool (no device-mapper at all: not in /proc/misc)"
             return _unavailable(why)
         if not dmio.available():
-            return _unavailable("device-mapper is in /proc/misc but /dev/mapper/control does not answer "
-                                "(no node? `dmsetup mknodes` makes it)")
+            return _unavailable(
+                "device-mapper is in /proc/misc but /dev/mapper/control does not answer "
+                "(no node? `dmsetup mknodes` makes it)"
+            )
         targets = thin.targets()
         if "thin-pool" not in targets:
             sysutil.run(["modprobe", "dm-thin-pool"], check=False)
@@ -109,8 +113,14 @@ class _DeviceMapper(Driver):
         missing = [t for t in MKFS.values() if not _which(t[0])]
         if len(missing) == len(MKFS):
             return Probe(False, "neither mkfs.xfs nor mkfs.ext4 installed", "apt-get install xfsprogs e2fsprogs")
-        return Probe(True, details={"route": "native", "thin_pool_target": targets["thin-pool"],
-                                    "no_space_timeout": thin.read_no_space_timeout()})
+        return Probe(
+            True,
+            details={
+                "route": "native",
+                "thin_pool_target": targets["thin-pool"],
+                "no_space_timeout": thin.read_no_space_timeout(),
+            },
+        )
 
     @classmethod
     def sweep_strays(cls, state: StateRoot, journal_entries: list[dict]) -> list[str]:
@@ -130,8 +140,15 @@ class _DeviceMapper(Driver):
         try:
             bs = _opt(options, "block_size")
             t = _opt(options, "no_space_timeout")
-            for k in ("base_size", "data_size", "metadata_size", "zero_blocks", "error_if_no_space",
-                      "force", "low_water_blocks"):
+            for k in (
+                "base_size",
+                "data_size",
+                "metadata_size",
+                "zero_blocks",
+                "error_if_no_space",
+                "force",
+                "low_water_blocks",
+            ):
                 _opt(options, k)
         except (ValueError, TypeError) as e:
             raise CowlabError(f"{cls.name}: bad option value: {e}") from None
@@ -188,11 +205,19 @@ class _DeviceMapper(Driver):
             meta_dev, data_dev, data_bytes, slices = self._areas(pres)
             bs = self.opt("block_size")
             data_sectors, feats = thin.create_pool(
-                pres, name, meta_dev, data_dev, data_bytes, bs, zero_blocks=self.opt("zero_blocks"),
-                error_if_no_space=self.opt("error_if_no_space"), low_water_blocks=self.opt("low_water_blocks"),
-                timeout=self.opt("no_space_timeout"))
+                pres,
+                name,
+                meta_dev,
+                data_dev,
+                data_bytes,
+                bs,
+                zero_blocks=self.opt("zero_blocks"),
+                error_if_no_space=self.opt("error_if_no_space"),
+                low_water_blocks=self.opt("low_water_blocks"),
+                timeout=self.opt("no_space_timeout"),
+            )
         except BaseException:
-            for h in reversed(pres.handles()[mark - 2:]):
+            for h in reversed(pres.handles()[mark - 2 :]):
                 pres.release(h)
             raise
         info.update(block_bytes=bs, slices=slices, features=feats, data_bytes=data_sectors * SECTOR)
@@ -210,8 +235,11 @@ class _DeviceMapper(Driver):
         """A pristine pool for dockerd (dm.thinpooldev): Docker refuses one with used blocks or a
         non-zero transaction id, so it is a pool of this instance's own, never the bench's."""
         node = thin.mapper_node(self.pool, self.res)
-        return {"storage_opts": [f"dm.thinpooldev={node}"], "path": [],
-                "meta": {"thinpooldev": node, **self.metadata()}}
+        return {
+            "storage_opts": [f"dm.thinpooldev={node}"],
+            "path": [],
+            "meta": {"thinpooldev": node, **self.metadata()},
+        }
 
     # --- thin device bookkeeping (a small json file, under a lock: CLI commands may overlap) ---
     @contextlib.contextmanager
@@ -254,8 +282,11 @@ class _DeviceMapper(Driver):
     def _active(self, dev_id: int, res: Resources, mount: bool = True):
         """Activate thin `dev_id` (and mount its fs) for the duration of the block."""
         name = f"{self.prefix}l{dev_id}"
-        h = res.acquire("dm", lambda: thin.create(
-            name, thin.thin_table(self._thin_sectors(), thin.dev_path(self.pool), dev_id)), name=name)
+        h = res.acquire(
+            "dm",
+            lambda: thin.create(name, thin.thin_table(self._thin_sectors(), thin.dev_path(self.pool), dev_id)),
+            name=name,
+        )
         hm = hd = None
         try:
             if mount:
@@ -292,8 +323,7 @@ class _DeviceMapper(Driver):
 
     def _snapshot(self, origin: int, res: Resources, **journal) -> tuple[int, Handle]:
         i = self._new_id()
-        h = res.acquire("dm_thin", lambda: self.message(f"create_snap {i} {origin}"), pool=self.pool,
-                        id=i, **journal)
+        h = res.acquire("dm_thin", lambda: self.message(f"create_snap {i} {origin}"), pool=self.pool, id=i, **journal)
         return i, h
 
     # --- images -----------------------------------------------------------------------------
@@ -356,8 +386,13 @@ class _DeviceMapper(Driver):
         try:
             i, h = self._snapshot(top, res)
             handles.append(h)
-            handles.append(res.acquire("dm", lambda: thin.create(
-                name, thin.thin_table(self._thin_sectors(), thin.dev_path(self.pool), i)), name=name))
+            handles.append(
+                res.acquire(
+                    "dm",
+                    lambda: thin.create(name, thin.thin_table(self._thin_sectors(), thin.dev_path(self.pool), i)),
+                    name=name,
+                )
+            )
             handles.append(res.acquire("dir", lambda: mnt.mkdir(parents=True), path=str(cdir)))
             handles.append(res.acquire("mount", lambda: self._mount(thin.dev_path(name), mnt), target=str(mnt)))
         except BaseException:
@@ -397,15 +432,22 @@ class _DeviceMapper(Driver):
 
     # --- description ------------------------------------------------------------------------
     def metadata(self) -> dict:
-        m = {"dm_block_size": self.opt("block_size"), "dm_fs": self.opt("fs"),
-             "dm_base_size": self.opt("base_size"), "dm_zero_blocks": self.opt("zero_blocks"),
-             "dm_error_if_no_space": self.opt("error_if_no_space"),
-             "dm_no_space_timeout": self.opt("no_space_timeout") if self.opt("no_space_timeout") is not None
-             else thin.read_no_space_timeout(),
-             "dm_mkfs": MKFS[self.opt("fs")], "dm_mount_options": MOUNT_OPTS[self.opt("fs")]}
+        m = {
+            "dm_block_size": self.opt("block_size"),
+            "dm_fs": self.opt("fs"),
+            "dm_base_size": self.opt("base_size"),
+            "dm_zero_blocks": self.opt("zero_blocks"),
+            "dm_error_if_no_space": self.opt("error_if_no_space"),
+            "dm_no_space_timeout": self.opt("no_space_timeout")
+            if self.opt("no_space_timeout") is not None
+            else thin.read_no_space_timeout(),
+            "dm_mkfs": MKFS[self.opt("fs")],
+            "dm_mount_options": MOUNT_OPTS[self.opt("fs")],
+        }
         with contextlib.suppress(CowlabError, OSError):
-            m["dm_interface"] = ("dm ioctls (cowlab.storage.drivers.devicemapper.dmioctl), driver version "
-                                 + ".".join(map(str, dmio.version())))
+            m["dm_interface"] = "dm ioctls (cowlab.storage.drivers.devicemapper.dmioctl), driver version " + ".".join(
+                map(str, dmio.version())
+            )
             m["dm_targets"] = {k: v for k, v in thin.targets().items() if k in ("thin-pool", "thin", "linear")}
         return m
 
@@ -425,8 +467,7 @@ def _which(tool: str) -> bool:
 def _unavailable(reason: str) -> Probe:
     """This kernel lacks what the pool needs; whether the kernel VM stands in is the run layer's
     call (cowlab.run.vmroute, since vm_route is set)."""
-    return Probe(False, reason, "a kernel with CONFIG_DM_THIN_PROVISIONING",
-                 details={"kernel_lacks": "dm-thin-pool"})
+    return Probe(False, reason, "a kernel with CONFIG_DM_THIN_PROVISIONING", details={"kernel_lacks": "dm-thin-pool"})
 
 
 class DeviceMapperLoop(_DeviceMapper):
@@ -437,17 +478,28 @@ class DeviceMapperLoop(_DeviceMapper):
     # Docker's devicemapper in its old default mode (loop-lvm: sparse data and metadata files
     # on loop devices, 100G/2G, 10G base, xfs), as this driver builds it; through the kernel VM
     # where this kernel has no device mapper.
-    engine = {"docker_name": "devicemapper", "device_mapper": True,
-              "note": "Docker's loop-lvm: a thin pool on loop devices over sparse files"}
-    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": False, "storage": "dm-loop",
-               "scripts": ["devicemapper-loop.sh", "devicemapper.sh"]}
+    engine = {
+        "docker_name": "devicemapper",
+        "device_mapper": True,
+        "note": "Docker's loop-lvm: a thin pool on loop devices over sparse files",
+    }
+    vagrant = {
+        "os": "debian",
+        "memory": 2048,
+        "cpus": 2,
+        "disk": False,
+        "storage": "dm-loop",
+        "scripts": ["devicemapper-loop.sh", "devicemapper.sh"],
+    }
 
     def _areas(self, pres):
         d = self.home / "pool"
         d.mkdir(parents=True, exist_ok=True)
         devs = []
-        for part, size in (("metadata", min(self.opt("metadata_size"), thin.MAX_METADATA)),
-                           ("data", self.opt("data_size"))):
+        for part, size in (
+            ("metadata", min(self.opt("metadata_size"), thin.MAX_METADATA)),
+            ("data", self.opt("data_size")),
+        ):
             f = d / f"{self._pool_id}-{part}"
             pres.acquire("file", lambda f=f, size=size: sysutil.sparse_file(f, size), path=str(f))
             h = pres.add("loop", file=str(f))
@@ -473,10 +525,20 @@ class DeviceMapperDirect(_DeviceMapper):
     color = "tab:cyan"  # registry: see DeviceMapperLoop
     # Docker's direct-lvm without LVM: a pristine pool cowlab makes on a block device (in mode
     # both a second one, option engine_device: the first holds cowlab's own pool).
-    engine = {"docker_name": "devicemapper", "device_mapper": True, "pool_driver": "devicemapper-direct",
-              "note": "dm.thinpooldev: a thin pool cowlab makes on a block device (direct-lvm without LVM)"}
-    vagrant = {"os": "debian", "memory": 2048, "cpus": 2, "disk": True, "storage": "dm-direct",
-               "scripts": ["devicemapper-direct.sh", "devicemapper.sh"]}
+    engine = {
+        "docker_name": "devicemapper",
+        "device_mapper": True,
+        "pool_driver": "devicemapper-direct",
+        "note": "dm.thinpooldev: a thin pool cowlab makes on a block device (direct-lvm without LVM)",
+    }
+    vagrant = {
+        "os": "debian",
+        "memory": 2048,
+        "cpus": 2,
+        "disk": True,
+        "storage": "dm-direct",
+        "scripts": ["devicemapper-direct.sh", "devicemapper.sh"],
+    }
     needs_device = True  # the kernel VM attaches a disk of its own for it
     # engine_device: in --mode both, the device for dockerd's pool (engine mode alone uses device)
     option_names = _DeviceMapper.option_names | {"engine_device"}
@@ -494,21 +556,25 @@ class DeviceMapperDirect(_DeviceMapper):
         if here:  # (in the kernel VM the guest checks the disk it was given)
             dev = options.get("device")
             if not dev:
-                raise CowlabError("devicemapper-direct needs a block device: --device /dev/XXX "
-                                  "(a spare disk; everything on it is lost)")
+                raise CowlabError(
+                    "devicemapper-direct needs a block device: --device /dev/XXX "
+                    "(a spare disk; everything on it is lost)"
+                )
             thin.check_device(dev, _opt(options, "force"))
         eng = options.get("engine_device")
         if eng and options.get("device") and os.path.realpath(eng) == os.path.realpath(options["device"]):
-            raise CowlabError(f"engine_device {eng} is --device itself: dockerd needs a pool of its own, "
-                              "on a second spare device")
+            raise CowlabError(
+                f"engine_device {eng} is --device itself: dockerd needs a pool of its own, on a second spare device"
+            )
         if eng and here:
             thin.check_device(eng, _opt(options, "force"))
 
     def _areas(self, pres):
         dev = self.options.get("device")
         if not dev:
-            raise CowlabError("devicemapper-direct needs a block device: --device /dev/XXX "
-                              "(a spare disk; everything on it is lost)")
+            raise CowlabError(
+                "devicemapper-direct needs a block device: --device /dev/XXX (a spare disk; everything on it is lost)"
+            )
         size = thin.check_device(dev, self.opt("force"))
         meta = min(max(16 * MiB, size // 100 // (4 * KiB) * (4 * KiB)), self.opt("metadata_size"), thin.MAX_METADATA)
         data = size - meta
@@ -518,8 +584,7 @@ class DeviceMapperDirect(_DeviceMapper):
             raise CowlabError(f"{dev} is too small for a thin pool ({size} bytes)")
         mname, dname = self.prefix + "meta", self.prefix + "data"
         pres.acquire("dm", lambda: thin.create(mname, f"0 {meta // SECTOR} linear {dev} 0"), name=mname)
-        pres.acquire("dm", lambda: thin.create(dname, f"0 {data // SECTOR} linear {dev} {meta // SECTOR}"),
-                     name=dname)
+        pres.acquire("dm", lambda: thin.create(dname, f"0 {data // SECTOR} linear {dev} {meta // SECTOR}"), name=dname)
         thin.zero(thin.dev_path(mname), 4 * KiB)  # a fresh pool formats metadata whose superblock is zero
         self._device, self._meta_bytes = dev, meta
         return thin.dev_path(mname), thin.dev_path(dname), data, [mname, dname]
@@ -545,5 +610,7 @@ class DeviceMapperDirect(_DeviceMapper):
                 m["dm_device_bytes"] = thin.device_size(dev)
                 name = thin.sysfs_name(os.stat(dev).st_rdev)
                 if name:
-                    m["dm_device_rotational"] = Path(f"/sys/class/block/{name}/queue/rotational").read_text().strip() == "1"
+                    m["dm_device_rotational"] = (
+                        Path(f"/sys/class/block/{name}/queue/rotational").read_text().strip() == "1"
+                    )
         return m

@@ -131,13 +131,13 @@ def parse_pool_table(text: str) -> PoolTable:
         raise CowlabError(f"not a thin-pool table: {text.strip()!r}")
     a = t.args
     nfeat = int(a[4]) if len(a) > 4 else 0
-    return PoolTable(a[0], a[1], int(a[2]), int(a[3]), a[5:5 + nfeat], t.length)
+    return PoolTable(a[0], a[1], int(a[2]), int(a[3]), a[5 : 5 + nfeat], t.length)
 
 
-def pool_table(length: int, meta: str, data: str, block_sectors: int, low_water: int,
-               features: list[str]) -> str:
-    return " ".join(map(str, [0, length, "thin-pool", meta, data, block_sectors, low_water,
-                              len(features), *features])).rstrip()
+def pool_table(length: int, meta: str, data: str, block_sectors: int, low_water: int, features: list[str]) -> str:
+    return " ".join(
+        map(str, [0, length, "thin-pool", meta, data, block_sectors, low_water, len(features), *features])
+    ).rstrip()
 
 
 def thin_table(length: int, pool_dev: str, dev_id: int) -> str:
@@ -148,6 +148,7 @@ def thin_table(length: int, pool_dev: str, dev_id: int) -> str:
 class PoolStatus:
     """One `dmsetup status POOL` line. mode: rw, ro, out_of_data_space, or Fail (then the
     counters are 0). Fields after `mode` came with later kernels; missing ones are None."""
+
     length: int
     mode: str
     transaction_id: int = 0
@@ -157,7 +158,7 @@ class PoolStatus:
     total_data_blocks: int = 0
     held_root: str = "-"
     discard: str | None = None
-    no_space: str | None = None        # queue_if_no_space | error_if_no_space
+    no_space: str | None = None  # queue_if_no_space | error_if_no_space
     needs_check: bool = False
     meta_low_water: int | None = None
 
@@ -197,8 +198,8 @@ def parse_pool_status(text: str) -> PoolStatus:
 @dataclass
 class ThinStatus:
     length: int
-    mapped_sectors: int | None     # None: Fail
-    highest_mapped: int | None     # None: nothing mapped yet ('-')
+    mapped_sectors: int | None  # None: Fail
+    highest_mapped: int | None  # None: nothing mapped yet ('-')
 
 
 def parse_thin_status(text: str) -> ThinStatus:
@@ -249,8 +250,17 @@ def _unstick_pool(name: str) -> None:
     with contextlib.suppress(CowlabError):
         pt = parse_pool_table(tbl)
         if "error_if_no_space" not in pt.features:
-            reload(name, pool_table(pt.length, pt.metadata_dev, pt.data_dev, pt.block_sectors,
-                                    pt.low_water_blocks, pt.features + ["error_if_no_space"]))
+            reload(
+                name,
+                pool_table(
+                    pt.length,
+                    pt.metadata_dev,
+                    pt.data_dev,
+                    pt.block_sectors,
+                    pt.low_water_blocks,
+                    pt.features + ["error_if_no_space"],
+                ),
+            )
 
 
 def reload(name: str, table: str) -> None:
@@ -346,8 +356,11 @@ def check_device(dev: str, force: bool = False) -> int:
         if m.source and os.path.exists(m.source) and os.path.realpath(m.source) == real:
             raise CowlabError(f"{dev} is mounted at {m.target}; refusing to use it")
     if sysname:
-        holders = os.listdir(f"/sys/class/block/{sysname}/holders") if os.path.isdir(
-            f"/sys/class/block/{sysname}/holders") else []
+        holders = (
+            os.listdir(f"/sys/class/block/{sysname}/holders")
+            if os.path.isdir(f"/sys/class/block/{sysname}/holders")
+            else []
+        )
         if holders:
             raise CowlabError(f"{dev} is in use by {', '.join(holders)} (see /sys/class/block/{sysname}/holders)")
         parts = [p for p in os.listdir(f"/sys/class/block/{sysname}") if p.startswith(sysname)]
@@ -360,8 +373,10 @@ def check_device(dev: str, force: bool = False) -> int:
                 raise CowlabError(f"{dev} is a swap device in use")
     sigs = signatures(dev)
     if sigs and not force:
-        raise CowlabError(f"{dev} carries {', '.join(sigs)} (wipefs -n {dev}); it may hold data. "
-                          "Use another device, or force (--force / option force=true) to overwrite it")
+        raise CowlabError(
+            f"{dev} carries {', '.join(sigs)} (wipefs -n {dev}); it may hold data. "
+            "Use another device, or force (--force / option force=true) to overwrite it"
+        )
     fd = os.open(dev, os.O_RDONLY)
     try:
         return os.lseek(fd, 0, os.SEEK_END)
@@ -427,9 +442,19 @@ def set_no_space_timeout(res: Resources, seconds: int | None) -> None:
 
 
 # --- a pool: made over two areas, extended in place ---------------------------------------------
-def create_pool(res: Resources, name: str, meta_dev: str, data_dev: str, data_bytes: int, block_bytes: int, *,
-                zero_blocks: bool, error_if_no_space: bool, low_water_blocks: int | None,
-                timeout: int | None) -> tuple[int, list[str]]:
+def create_pool(
+    res: Resources,
+    name: str,
+    meta_dev: str,
+    data_dev: str,
+    data_bytes: int,
+    block_bytes: int,
+    *,
+    zero_blocks: bool,
+    error_if_no_space: bool,
+    low_water_blocks: int | None,
+    timeout: int | None,
+) -> tuple[int, list[str]]:
     """Make thin pool `name` over a metadata and a data device, journaled in res; the data area is
     cut to whole blocks. Returns (data sectors, the table's features)."""
     data_sectors = data_bytes // block_bytes * block_bytes // SECTOR
@@ -440,18 +465,19 @@ def create_pool(res: Resources, name: str, meta_dev: str, data_dev: str, data_by
         feats.append("error_if_no_space")
     low = min(low_water_blocks or 0, data_sectors * SECTOR // block_bytes // 2)
     set_no_space_timeout(res, timeout)
-    res.acquire("dm", lambda: create(name, pool_table(data_sectors, meta_dev, data_dev, block_bytes // SECTOR,
-                                                      low, feats)), name=name)
+    res.acquire(
+        "dm",
+        lambda: create(name, pool_table(data_sectors, meta_dev, data_dev, block_bytes // SECTOR, low, feats)),
+        name=name,
+    )
     return data_sectors, feats
 
 
-def extend_pool(name: str, block_bytes: int, add_bytes: int,
-                grow_data: Callable[[PoolTable, int], int]) -> None:
+def extend_pool(name: str, block_bytes: int, add_bytes: int, grow_data: Callable[[PoolTable, int], int]) -> None:
     """Grow a pool's data area by add_bytes (grow_data does it to the device under the pool and
     returns its new length in sectors) and reload the pool's table over it (resumes queued I/O)."""
     pt = parse_pool_table(call(dmio.table, name))
     new_len = grow_data(pt, add_bytes)
     bs = block_bytes // SECTOR
     new_len = new_len // bs * bs
-    reload(name, pool_table(new_len, pt.metadata_dev, pt.data_dev, pt.block_sectors,
-                            pt.low_water_blocks, pt.features))
+    reload(name, pool_table(new_len, pt.metadata_dev, pt.data_dev, pt.block_sectors, pt.low_water_blocks, pt.features))

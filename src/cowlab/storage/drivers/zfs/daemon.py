@@ -40,7 +40,7 @@ from cowlab.base.state import StateRoot
 from cowlab.storage.drivers import _util as U
 
 FUSE_SOCKET = "/var/run/zfs/zfs_socket"
-ARC_MAX_MB = 256            # zfs-fuse's ARC limit (its package default is 100 MiB)
+ARC_MAX_MB = 256  # zfs-fuse's ARC limit (its package default is 100 MiB)
 REGISTRY = Path(os.environ.get("COWLAB_ZFS_REGISTRY", "/run/cowlab/zfs-fuse"))
 # The daemon's tag: "<state root>:<owner>" of the holder that started it. Not COWLAB_OWNER: a
 # cleanup ends every process carrying its owners' names, and this one outlives its starter
@@ -73,8 +73,10 @@ def kernel_tools_ok() -> str:
     own zfs has no `version` subcommand and talks only to its daemon's socket)."""
     cp = subprocess.run([tool("zfs"), "version"], capture_output=True, text=True)
     if cp.returncode != 0 or "zfs-" not in cp.stdout:
-        return (f"kernel ZFS (/dev/zfs) but {tool('zfs')} is not zfsutils-linux's zfs "
-                f"(zfs-fuse's?); zfsutils-linux belongs in {KERNEL_TOOLS} or on PATH")
+        return (
+            f"kernel ZFS (/dev/zfs) but {tool('zfs')} is not zfsutils-linux's zfs "
+            f"(zfs-fuse's?); zfsutils-linux belongs in {KERNEL_TOOLS} or on PATH"
+        )
     return ""
 
 
@@ -139,13 +141,17 @@ def foreign_reason(pid: int) -> tuple[str, str]:
     env = _environ(pid)
     if OWNER_ENV in env or DAEMON_ENV in env:
         root, _, owner = env.get(DAEMON_ENV, f"?:{env.get(OWNER_ENV)}").rpartition(":")
-        return (f"a zfs-fuse daemon (pid {pid}) started by cowlab for state root {root} (owner "
-                f"{owner}) is running, but {REGISTRY} does not record it (an older cowlab?): "
-                "cowlab shares only daemons its registry records",
-                f"`COWLAB_ROOT={root} cowlab cleanup --all`, or end pid {pid} once nothing uses it")
-    return (f"a zfs-fuse daemon that cowlab did not start is running (pid {pid}); its socket is the "
-            "only one, and cowlab does not use or stop daemons it did not start",
-            "stop that daemon (e.g. `service zfs-fuse stop`)")
+        return (
+            f"a zfs-fuse daemon (pid {pid}) started by cowlab for state root {root} (owner "
+            f"{owner}) is running, but {REGISTRY} does not record it (an older cowlab?): "
+            "cowlab shares only daemons its registry records",
+            f"`COWLAB_ROOT={root} cowlab cleanup --all`, or end pid {pid} once nothing uses it",
+        )
+    return (
+        f"a zfs-fuse daemon that cowlab did not start is running (pid {pid}); its socket is the "
+        "only one, and cowlab does not use or stop daemons it did not start",
+        "stop that daemon (e.g. `service zfs-fuse stop`)",
+    )
 
 
 def _holder_file(root: str, owner: str) -> Path:
@@ -223,14 +229,20 @@ def user_lock_acquire(wait: float = USER_WAIT) -> None:
                     raise
                 holder = lock_holder() or "?"
                 if not told:
-                    print(f"cowlab: waiting for cowlab process {holder} to finish with zfs-fuse",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"cowlab: waiting for cowlab process {holder} to finish with zfs-fuse",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     told = True
                 if time.monotonic() > deadline:
                     sock.close()
-                    raise Unavailable("driver zfs", f"cowlab process {holder} has been using zfs-fuse for over "
-                                      f"{wait:.0f} s (one process at a time: zfs-fuse deadlocks under several)",
-                                      "wait for it to finish")
+                    raise Unavailable(
+                        "driver zfs",
+                        f"cowlab process {holder} has been using zfs-fuse for over "
+                        f"{wait:.0f} s (one process at a time: zfs-fuse deadlocks under several)",
+                        "wait for it to finish",
+                    ) from e
                 time.sleep(0.5)
         _user["sock"] = sock
     _user["refs"] += 1
@@ -283,8 +295,11 @@ def _release_daemon(e: dict, state: StateRoot) -> None:
         rec = recorded_daemon()
         pids = [(rec["pid"], rec.get("starttime"))] if rec else []
         # started by this entry's owner but never recorded (killed between fork and registry)
-        pids += [(p, sysutil.proc_starttime(p)) for p in processes_with_env(DAEMON_ENV, f"{_root_of(state)}:{owner}")
-                 if Path(f"/proc/{p}/comm").read_text().strip() == "zfs-fuse"]
+        pids += [
+            (p, sysutil.proc_starttime(p))
+            for p in processes_with_env(DAEMON_ENV, f"{_root_of(state)}:{owner}")
+            if Path(f"/proc/{p}/comm").read_text().strip() == "zfs-fuse"
+        ]
         for pid, st in dict(pids).items():
             if sysutil.running(pid, st):
                 sysutil.kill_pid(pid, st, e.get("grace", 30.0))
@@ -333,30 +348,51 @@ def attach(res: Resources, home: Path, start: bool, journaled: bool) -> tuple[bo
             return socket_up(), journaled
         wait_socket(rec["pid"], home / "zfs-fuse.log")
         if not journaled:
-            res.add("zfs_fuse_daemon", pid=rec["pid"], starttime=rec.get("starttime"), grace=30.0,
-                    lock_pid=os.getpid(), owner=res.owner, joined=True)
+            res.add(
+                "zfs_fuse_daemon",
+                pid=rec["pid"],
+                starttime=rec.get("starttime"),
+                grace=30.0,
+                lock_pid=os.getpid(),
+                owner=res.owner,
+                joined=True,
+            )
             hold(res.state, res.owner)
         if rec["root"] != _root_of(res.state) and rec["pid"] not in _told_join:
             _told_join.add(rec["pid"])
-            print(f"cowlab: zfs-fuse serves one socket per machine: joining its daemon (pid {rec['pid']}), "
-                  f"started for state root {rec['root']}; it stops when the last state root using it lets go",
-                  file=sys.stderr, flush=True)
+            print(
+                f"cowlab: zfs-fuse serves one socket per machine: joining its daemon (pid {rec['pid']}), "
+                f"started for state root {rec['root']}; it stops when the last state root using it lets go",
+                file=sys.stderr,
+                flush=True,
+            )
         return True, True
     if not start:
         return False, journaled
     # zfs-fuse takes a few seconds to end on SIGTERM: grace 30 s (its pools are gone by then).
-    h = res.add("zfs_fuse_daemon", pid=None, starttime=None, grace=30.0,
-                lock_pid=os.getpid(), owner=res.owner)
+    h = res.add("zfs_fuse_daemon", pid=None, starttime=None, grace=30.0, lock_pid=os.getpid(), owner=res.owner)
     hold(res.state, res.owner)
     env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
     env[DAEMON_ENV] = f"{_root_of(res.state)}:{res.owner}"
     log_path = home / "zfs-fuse.log"
     log = open(log_path, "ab")
     try:  # its own session: a Ctrl-C meant for cowlab must not reach it before teardown
-        proc = subprocess.Popen([tool("zfs-fuse"), "--no-daemon", "--no-kstat-mount",
-                                 "--pidfile", str(home / "zfs-fuse.pid"),
-                                 "--max-arc-size", str(ARC_MAX_MB)], env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                tool("zfs-fuse"),
+                "--no-daemon",
+                "--no-kstat-mount",
+                "--pidfile",
+                str(home / "zfs-fuse.pid"),
+                "--max-arc-size",
+                str(ARC_MAX_MB),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     except BaseException:
         res.release(h)
         raise
@@ -364,7 +400,8 @@ def attach(res: Resources, home: Path, start: bool, journaled: bool) -> tuple[bo
         log.close()
     st = sysutil.proc_starttime(proc.pid)
     res.update(h, pid=proc.pid, starttime=st)
-    (REGISTRY / "daemon.json").write_text(json.dumps({"pid": proc.pid, "starttime": st,
-                                                      "root": _root_of(res.state), "owner": res.owner}))
+    (REGISTRY / "daemon.json").write_text(
+        json.dumps({"pid": proc.pid, "starttime": st, "root": _root_of(res.state), "owner": res.owner})
+    )
     proc.returncode = 0  # reaped by the releaser, by pid
     return wait_socket(proc.pid, log_path), True

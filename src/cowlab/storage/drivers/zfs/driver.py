@@ -43,18 +43,25 @@ import time
 import uuid
 from pathlib import Path
 
-from cowlab.store import layers as L
 from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError, Unavailable
-from cowlab.store.images import Image
 from cowlab.base.resources import Resources, releaser
 from cowlab.base.state import StateRoot
 from cowlab.base.units import parse_size  # zpool's sizes too (1.50K, 171M)
 from cowlab.storage.drivers import _util as U
 from cowlab.storage.drivers.base import Container, Driver, Probe, image_key
 from cowlab.storage.drivers.zfs import daemon as D
-from cowlab.storage.drivers.zfs.daemon import (ARC_MAX_MB, tool, zfs_cli, implementation, kernel_tools_ok,
-                                               user_lock_acquire, user_lock_release)
+from cowlab.storage.drivers.zfs.daemon import (
+    ARC_MAX_MB,
+    implementation,
+    kernel_tools_ok,
+    tool,
+    user_lock_acquire,
+    user_lock_release,
+    zfs_cli,
+)
+from cowlab.store import layers as L
+from cowlab.store.images import Image
 
 POOL_PREFIX = "cowlab-"
 DEFAULT_POOL_SIZE = 16 << 30
@@ -66,6 +73,7 @@ def pool_prefix(state: StateRoot) -> str:
     """The names of this state root's pools start so: pools of every root share one zfs-fuse
     daemon (and kernel ZFS is machine-wide anyway)."""
     return POOL_PREFIX + hashlib.sha256(os.path.realpath(state.path).encode()).hexdigest()[:6] + "-"
+
 
 def version(impl: str | None) -> str:
     if impl == "kernel":
@@ -139,10 +147,18 @@ class Zfs(Driver):
     capabilities = frozenset({"snapshot", "pool_stats"})
     # the registry (docs/adding-a-driver.md): figure colour, dockerd's driver, workshop VM
     color = "tab:purple"
-    engine = {"pool_driver": "zfs",  # Docker's zfs driver on a dataset of a pool cowlab makes
-              "note": "a dataset of a pool cowlab makes (zfs.fsname); needs kernel ZFS, not zfs-fuse"}
-    vagrant = {"os": "debian", "memory": 3072, "cpus": 2, "disk": True, "storage": "zfs",
-               "scripts": ["zfs-kernel.sh"]}  # zfs-kernel.sh runs zfs.sh
+    engine = {
+        "pool_driver": "zfs",  # Docker's zfs driver on a dataset of a pool cowlab makes
+        "note": "a dataset of a pool cowlab makes (zfs.fsname); needs kernel ZFS, not zfs-fuse",
+    }
+    vagrant = {
+        "os": "debian",
+        "memory": 3072,
+        "cpus": 2,
+        "disk": True,
+        "storage": "zfs",
+        "scripts": ["zfs-kernel.sh"],
+    }  # zfs-kernel.sh runs zfs.sh
     option_names = frozenset({"recordsize", "compression", "dedup"})
     services = True
 
@@ -155,8 +171,7 @@ class Zfs(Driver):
             why = kernel_tools_ok()
             if why:
                 return Probe(False, why, KERNEL_HINT)
-            return Probe(True, details={"implementation": "kernel", "version": version(impl),
-                                        "tools": tool("zfs")})
+            return Probe(True, details={"implementation": "kernel", "version": version(impl), "tools": tool("zfs")})
         if impl is None:
             return Probe(False, "no /dev/zfs and zfs-fuse not installed", HINT)
         ok, why = U.has_fuse()
@@ -255,9 +270,16 @@ class Zfs(Driver):
             vdev = str(self.home / f"{pool}.vdev")
             size = parse_size_option(self.options.get("pool_size", DEFAULT_POOL_SIZE))
             self.res.acquire("file", lambda: sysutil.sparse_file(vdev, size), path=vdev)
-        self.res.acquire("zpool", lambda: zfs_cli(
-            ["zpool", "create", "-f", "-o", "cachefile=none", "-m", "none", *self._props(), pool, vdev]),
-            pool=pool, vdev=vdev, implementation=self.impl, home=str(self.home))
+        self.res.acquire(
+            "zpool",
+            lambda: zfs_cli(
+                ["zpool", "create", "-f", "-o", "cachefile=none", "-m", "none", *self._props(), pool, vdev]
+            ),
+            pool=pool,
+            vdev=vdev,
+            implementation=self.impl,
+            home=str(self.home),
+        )
         for d in ("mnt", "containers", "images"):
             (self.home / d).mkdir(exist_ok=True)
         pf.write_text(json.dumps({"pool": pool, "vdev": vdev}))
@@ -302,7 +324,7 @@ class Zfs(Driver):
         pool = self._ensure()
         chains = U.chain_ids(image)
         parent = None
-        for i, (digest, chain) in enumerate(zip(image.layers, chains), 1):
+        for i, (digest, chain) in enumerate(zip(image.layers, chains, strict=True), 1):
             ds = self._ds(chain)
             if not self._exists(f"{ds}@layer"):
                 # Layers belong to the pool (journaled, destroyed with it), not to one import;
@@ -323,8 +345,12 @@ class Zfs(Driver):
                     _release_dataset({"dataset": ds}, None)
                     raise
             parent = ds
-        rec = {"layers": image.layers, "chains": [U.chain_key(c) for c in chains], "top": self._ds(chains[-1]),
-               "pool": pool}
+        rec = {
+            "layers": image.layers,
+            "chains": [U.chain_key(c) for c in chains],
+            "top": self._ds(chains[-1]),
+            "pool": pool,
+        }
         self._write_image_record(image, rec)
 
     def remove_image(self, image: Image) -> None:
@@ -358,8 +384,12 @@ class Zfs(Driver):
         ds = f"{self.pool}/c-{cid}"
         h1 = res.acquire("dir", lambda: mnt.mkdir(), path=str(mnt))
         try:
-            h2 = res.acquire("zfs_dataset", lambda: zfs_cli(["zfs", "clone", "-o", f"mountpoint={mnt}",
-                                                              f"{top}@layer", ds]), dataset=ds, mountpoint=str(mnt))
+            h2 = res.acquire(
+                "zfs_dataset",
+                lambda: zfs_cli(["zfs", "clone", "-o", f"mountpoint={mnt}", f"{top}@layer", ds]),
+                dataset=ds,
+                mountpoint=str(mnt),
+            )
         except BaseException:
             res.release(h1)
             raise
@@ -367,6 +397,8 @@ class Zfs(Driver):
 
     # --- accounting --------------------------------------------------------------------------
     def _sync(self) -> None:
+        if self.pool is None:  # callers _ensure() the pool first
+            raise CowlabError("zfs: no pool to sync yet")
         os.sync()
         if self.impl == "kernel":
             zfs_cli(["zpool", "sync", self.pool])
@@ -377,11 +409,11 @@ class Zfs(Driver):
             zfs_cli(["zfs", "destroy", snap])
 
     def used_bytes(self) -> int:
-        self._ensure()
+        pool = self._ensure()
         self._sync()
         if self.impl == "kernel":
-            return int(zfs_cli(["zpool", "list", "-Hp", "-o", "allocated", self.pool]).stdout.strip())
-        return parse_size(zfs_cli(["zpool", "list", "-H", "-o", "allocated", self.pool]).stdout.strip())
+            return int(zfs_cli(["zpool", "list", "-Hp", "-o", "allocated", pool]).stdout.strip())
+        return parse_size(zfs_cli(["zpool", "list", "-H", "-o", "allocated", pool]).stdout.strip())
 
     def inodes_used(self) -> int | None:
         return None  # ZFS allocates dnodes on demand: there is no inode table to run out of
@@ -389,12 +421,14 @@ class Zfs(Driver):
     def pool_stats(self) -> dict:
         """compressratio (root dataset, children included), dedupratio (pool), ARC size where
         readable (None under zfs-fuse, with the reason in 'arc_note')."""
-        self._ensure()
+        pool = self._ensure()
         self._sync()
-        out = {"compressratio": _ratio(zfs_cli(["zfs", "get", "-H", "-o", "value", "compressratio",
-                                                 self.pool]).stdout),
-               "dedupratio": _ratio(zfs_cli(["zpool", "list", "-H", "-o", "dedupratio", self.pool]).stdout),
-               "arc_size_bytes": None, "arc_note": ""}
+        out = {
+            "compressratio": _ratio(zfs_cli(["zfs", "get", "-H", "-o", "value", "compressratio", pool]).stdout),
+            "dedupratio": _ratio(zfs_cli(["zpool", "list", "-H", "-o", "dedupratio", pool]).stdout),
+            "arc_size_bytes": None,
+            "arc_note": "",
+        }
         arc = Path("/proc/spl/kstat/zfs/arcstats")
         if arc.exists():
             for line in arc.read_text().splitlines():
@@ -402,8 +436,10 @@ class Zfs(Driver):
                 if len(f) == 3 and f[0] == "size":
                     out["arc_size_bytes"] = int(f[2])
         else:
-            out["arc_note"] = ("zfs-fuse exports its ARC statistics only through a FUSE mount at "
-                               "/zfs-kstat (outside the state root, which cowlab does not make)")
+            out["arc_note"] = (
+                "zfs-fuse exports its ARC statistics only through a FUSE mount at "
+                "/zfs-kstat (outside the state root, which cowlab does not make)"
+            )
         return out
 
     def engine_storage(self) -> dict:
@@ -411,20 +447,28 @@ class Zfs(Driver):
         zfs.fsname (Docker then makes its layer and container datasets below it, legacy-mounted
         under its data-root). Docker's driver opens /dev/zfs: zfs-fuse can't serve it."""
         if self.impl != "kernel":
-            raise CowlabError("dockerd's zfs driver needs kernel ZFS (/dev/zfs); this kernel has only "
-                              f"zfs-fuse here. Kernel ZFS in the kernel VM: {KERNEL_HINT}")
+            raise CowlabError(
+                "dockerd's zfs driver needs kernel ZFS (/dev/zfs); this kernel has only "
+                f"zfs-fuse here. Kernel ZFS in the kernel VM: {KERNEL_HINT}"
+            )
         pool = self._ensure()
         ds = f"{pool}/docker"
         zfs_cli(["zfs", "create", "-o", "mountpoint=none", ds])  # destroyed with the pool
-        return {"storage_opts": [f"zfs.fsname={ds}"], "path": [os.path.dirname(tool("zfs"))],
-                "meta": {"zfs_fsname": ds, **self.metadata()}}
+        return {
+            "storage_opts": [f"zfs.fsname={ds}"],
+            "path": [os.path.dirname(tool("zfs"))],
+            "meta": {"zfs_fsname": ds, **self.metadata()},
+        }
 
     def metadata(self) -> dict:
-        m = {"zfs_implementation": self.impl, "zfs_version": version(self.impl),
-             "zfs_properties": {k: self.options[k] for k in ("recordsize", "compression", "dedup")
-                                if k in self.options},
-             "zfs_pool": self.pool, "zfs_vdev": self.options.get("device") or "sparse file in the driver home",
-             "used_bytes": "pool allocated" + (" (3 significant digits under zfs-fuse)" if self.impl == "fuse" else "")}
+        m = {
+            "zfs_implementation": self.impl,
+            "zfs_version": version(self.impl),
+            "zfs_properties": {k: self.options[k] for k in ("recordsize", "compression", "dedup") if k in self.options},
+            "zfs_pool": self.pool,
+            "zfs_vdev": self.options.get("device") or "sparse file in the driver home",
+            "used_bytes": "pool allocated" + (" (3 significant digits under zfs-fuse)" if self.impl == "fuse" else ""),
+        }
         if self.impl == "fuse":
             m["zfs_fuse_max_arc_mb"] = ARC_MAX_MB
         if self.pool:
