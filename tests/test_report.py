@@ -246,8 +246,8 @@ def test_figures_keep_emulated_hosts_apart_and_every_driver_its_own_colour(tmp_p
     run(tmp_path, "devicemapper-loop", creation(200, 210), host="hostA-vm", emulated=True)
     fig = figures.host_panels(results.load(tmp_path), "image_size_bytes", "create_seconds", filter={"layers": 1})
     panels = {ax.get_title(): sorted(ax.get_legend_handles_labels()[1]) for ax in fig.axes if ax.get_visible()}
-    assert panels == {"hostA · native": ["overlay2", "vfs"],
-                      "hostA-vm · emulated (TCG)": ["devicemapper-loop (emulated)"]}
+    assert panels == {"hostA (6.1) · native": ["overlay2", "vfs"],  # each host's kernel named
+                      "hostA-vm (6.1) · emulated (TCG)": ["devicemapper-loop (emulated)"]}
     names = set(DRIVERS) | {"erofs", "composefs"}
     assert len({figures.driver_color(d) for d in names}) == len(names)
 

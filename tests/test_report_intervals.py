@@ -72,6 +72,14 @@ def test_equal_samples_are_exact_not_resampled():
     assert intervals.reps_to_decide(rule, 1.0, iv, 3) is None
 
 
+def test_a_side_of_one_sample_is_held_fixed_and_the_other_resampled():
+    # a run cut short leaves one sample at a point: its side resamples to itself
+    iv = intervals.ratio_interval([2.0], [0.9, 1.0, 1.1, 1.2, 0.8])
+    assert not iv.exact and iv.low < 2.0 < iv.high and iv.low >= 2.0 / 1.2 and iv.high <= 2.0 / 0.8
+    iv = intervals.ratio_interval([0.9, 1.0, 1.1, 1.2, 0.8], [2.0])
+    assert not iv.exact and 0.8 / 2.0 <= iv.low < 0.5 < iv.high <= 1.2 / 2.0
+
+
 def test_the_same_samples_give_the_same_interval():
     a, b = spread(16, 7), spread(10, 7)
     assert intervals.ratio_interval(a, b) == intervals.ratio_interval(a, b)

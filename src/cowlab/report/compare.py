@@ -1,10 +1,15 @@
 """`cowlab compare A B`: what changed between two results trees (hosts, kernels, commits).
 
-Per driver × mode × workload × metric × parameter point (emulated runs apart from native), the
-ratio of medians B ÷ A, marked when the two sides' p10–p90 ranges do not overlap — the change
-is outside the noise of both — as asv compare marks its rows: "+" B is larger, "-" B is smaller.
+Per driver × mode × workload × metric × parameter point (emulated runs apart from native, each
+kernel apart from the others: never pooled), the ratio of medians B ÷ A, marked when the two
+sides' p10–p90 ranges do not overlap — the change is outside the noise of both — as asv compare
+marks its rows: "+" B is larger, "-" B is smaller.
 Whether larger is worse depends on the unit (a time or a size: worse; a bandwidth or a rate:
 better), which `better` says.
+
+Kernels pair up per driver × emulation: a kernel both trees measured with itself; the kernels only
+one tree has with those only the other has (the reference's 6.18 against my machine's 6.8). Each
+row names its two kernels (`kernel_a`, `kernel_b`), so a change is never a mix of kernels.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from cowlab import results
 from cowlab.base.errors import CowlabError
 from cowlab.report.figures import human_x
 from cowlab.report.format import fmt_ratio, fmt_value
+from cowlab.report.kernels import short, version
 
 HIGHER_IS_BETTER = {"B/s", "1/s"}
-KEYS = ["driver", "mode", "emulated_", "workload", "metric", "unit", "pkey"]
+GROUP = ["driver", "mode", "emulated_", "workload", "metric", "unit", "pkey"]
+KEYS = [*GROUP, "kernel_"]
 
 
 def _load(path) -> pd.DataFrame:
@@ -31,6 +38,7 @@ def _load(path) -> pd.DataFrame:
         raise CowlabError(f"{path}: no results (no run.json with samples under it)")
     df = df.assign(emulated_=df["emulated"].map(lambda v: v is True or v == True),  # noqa: E712
                    pkey=df["params"].map(lambda p: json.dumps(p, sort_keys=True)),
+                   kernel_=df["kernel"].fillna("?").astype(str) if "kernel" in df else "?",
                    value=pd.to_numeric(df["value"], errors="coerce"))
     return df
 
@@ -49,7 +57,10 @@ def _summary(df: pd.DataFrame) -> pd.DataFrame:
 def compare(a, b) -> list[dict]:
     """Rows for every point both trees measured, sorted by how far the ratio is from 1."""
     sa, sb = _summary(_load(a)), _summary(_load(b))
-    m = sa.merge(sb, on=KEYS, suffixes=("_a", "_b"))
+    pairs = kernel_pairs(sa, sb)
+    m = (sa.rename(columns={"kernel_": "kernel_a"}).merge(pairs, on=["driver", "emulated_", "kernel_a"])
+         .merge(sb.rename(columns={"kernel_": "kernel_b"}), on=[*GROUP, "kernel_b"], suffixes=("_a", "_b")))
+    several = {d for d, g in pairs.groupby("driver") if len(g) > 1}
     rows = []
     for r in m.itertuples(index=False):
         ratio = r.median_b / r.median_a if r.median_a and r.median_a > 0 and r.median_b >= 0 else None
@@ -58,7 +69,10 @@ def compare(a, b) -> list[dict]:
         if mark:
             larger_better = r.unit in HIGHER_IS_BETTER
             better = (mark == "+") == larger_better
-        rows.append({"driver": r.driver + (" (emulated)" if r.emulated_ else ""), "mode": r.mode,
+        rows.append({"driver": r.driver + _kernels_text(r.kernel_a, r.kernel_b, r.driver in several)
+                     + (" (emulated)" if r.emulated_ else ""), "mode": r.mode,
+                     "driver_name": r.driver, "emulated": bool(r.emulated_),
+                     "kernel_a": r.kernel_a, "kernel_b": r.kernel_b,
                      "workload": r.workload, "metric": r.metric, "unit": r.unit,
                      "params": params_text(r.pkey),
                      "a": r.median_a, "b": r.median_b, "n_a": int(r.n_a), "n_b": int(r.n_b),
@@ -67,6 +81,41 @@ def compare(a, b) -> list[dict]:
                      "mark": mark, "better": better})
     rows.sort(key=lambda r: (r["mark"] == "", -abs(_log(r["ratio"])), r["driver"], r["workload"]))
     return rows
+
+
+def kernel_pairs(sa: pd.DataFrame, sb: pd.DataFrame) -> pd.DataFrame:
+    """(driver, emulated_, kernel_a, kernel_b) to compare: per driver × emulation a kernel both
+    sides have with itself, the rest of A's with the rest of B's."""
+    out = []
+    ka = sa.groupby(["driver", "emulated_"])["kernel_"].agg(set)
+    kb = sb.groupby(["driver", "emulated_"])["kernel_"].agg(set)
+    for key in ka.index.intersection(kb.index):
+        a, b = ka[key], kb[key]
+        out += [(*key, k, k) for k in sorted(a & b)]
+        out += [(*key, x, y) for x in sorted(a - b) for y in sorted(b - a)]
+    return pd.DataFrame(out, columns=["driver", "emulated_", "kernel_a", "kernel_b"])
+
+
+def _pair_text(ka: str, kb: str) -> str:
+    return short(ka) if ka == kb else f"{short(ka)}→{short(kb)}"
+
+
+def _kernels_text(ka: str, kb: str, several: bool) -> str:
+    """' [6.18→6.12]' where the kernels differ, ' [6.12]' where the driver has several pairs."""
+    return f" [{_pair_text(ka, kb)}]" if ka != kb or several else ""
+
+
+def kernels_compared(rows: list[dict]) -> str:
+    """Which kernels the rows compare, per driver: 'overlay2 6.1→6.12, zfs 6.18'."""
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for r in rows:
+        seen.setdefault(r["driver_name"] + (" (emulated)" if r["emulated"] else ""), set()).add(
+            (r["kernel_a"], r["kernel_b"]))
+    def by_release(p: tuple[str, str]) -> tuple:  # numerically: 5.10 before 6.1 before 6.12
+        return version(p[0]), version(p[1])
+
+    return ", ".join(f"{d} {' '.join(_pair_text(*p) for p in sorted(ps, key=by_release))}"
+                     for d, ps in sorted(seen.items()))
 
 
 def _log(r):
@@ -98,3 +147,4 @@ def print_table(rows: list[dict], console, only_changed: bool = True, limit: int
     console.print(f"{len(rows)} points in both; {n_up} worse, {n_down} better outside the noise of both "
                   f"sides (p10–p90 apart); {len(rows) - n_up - n_down} within it."
                   + ("" if not only_changed else " --all shows every point."))
+    console.print(f"Kernels (A→B where they differ): {kernels_compared(rows)}.")

@@ -81,7 +81,14 @@ def ratio_interval(num, den) -> Interval:
     if _constant(a) and _constant(b):
         r = float(a[0] / b[0]) if b[0] > 0 else (1.0 if a[0] == b[0] == 0 else math.inf)
         return Interval(r, r, True)
-    lo, hi = _bootstrap((a, b), _ratio)
+    # a side all of one value (one sample of a run cut short, or a deterministic outcome)
+    # resamples to itself: hold it fixed and resample the other (scipy refuses a 1-sample side)
+    if _constant(a):
+        lo, hi = _bootstrap((b,), lambda y, axis: _ratio(np.full(y.shape, a[0]), y, axis))
+    elif _constant(b):
+        lo, hi = _bootstrap((a,), lambda x, axis: _ratio(x, np.full(x.shape, b[0]), axis))
+    else:
+        lo, hi = _bootstrap((a, b), _ratio)
     return Interval(lo, hi, False)
 
 

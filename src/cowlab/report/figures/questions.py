@@ -4,6 +4,7 @@ axis), what a container costs on disk, engine vs storage, fio, density guides.""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,9 +37,16 @@ def hosts_in(df: pd.DataFrame) -> list[tuple[str, bool]]:
     return sorted(pairs, key=lambda p: (p[1], p[0]))
 
 
-def _host_title(host: tuple[str, bool], many: bool) -> str:
+def _host_title(host: tuple[str, bool], many: bool, df: pd.DataFrame | None = None) -> str:
+    """'vm-vm-5-10 (5.10) · emulated (TCG)': the kernel named, as a driver may be on several."""
     kind = "emulated (TCG)" if host[1] else "native"
-    return f"{host[0]} · {kind}" if many else kind
+    ks = ""
+    if df is not None and {"hostname", "kernel"} <= set(df.columns):
+        rel = df.loc[df["hostname"].astype(str) == host[0], "kernel"].dropna().astype(str)
+        # the release's major.minor, as in the report's kernel axis (cowlab.report.kernels.short)
+        ks = ", ".join(sorted({(re.match(r"\d+\.\d+", k) or [k])[0] for k in rel}))
+    name = f"{host[0]} ({ks})" if ks else host[0]
+    return f"{name} · {kind}" if many else (f"{ks} · {kind}" if ks else kind)
 
 
 def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split: str | None = None,
@@ -63,7 +71,7 @@ def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split
     for h, vals in rows:
         for v in vals:
             f = {**dict(filter or {}), "hostname": h[0], "emulated": h[1]}
-            name = _host_title(h, many)
+            name = _host_title(h, many, sel)
             if split is not None and v is not None:  # v is None when there is no split
                 f[split] = v
                 name += f" · {v if split == 'backing_fs' else human_x(split, v)}"
@@ -100,7 +108,7 @@ def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = 
             if b is not None:
                 f[by] = b
             bars_by_driver(df, metric, category, hue=hue, ax=ax, filter=f, legend=False, order=order)
-            ax.set_title(_host_title(h, many) + (f" · {b}" if b is not None else ""), fontsize="medium")
+            ax.set_title(_host_title(h, many, sel) + (f" · {b}" if b is not None else ""), fontsize="medium")
             for hd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(lab, hd)
             i += 1
