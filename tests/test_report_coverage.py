@@ -57,8 +57,11 @@ def test_every_rule_reads_a_metric_some_workload_or_lab_records():
     measuring = [*(cowlab / "measure").rglob("*.py"), *(cowlab / "labs").rglob("*.py"), cowlab / "cli" / "lab.py"]
     src = "\n".join(p.read_text() for p in measuring)
     for c in catalogue.claims():
-        metrics = {c.metric, *(f["metric"] for f in c.fallback),
-                   *(s["metric"] for s in (c.rule.num, c.rule.den) if "metric" in s)}
+        metrics = {
+            c.metric,
+            *(f["metric"] for f in c.fallback),
+            *(s["metric"] for s in (c.rule.num, c.rule.den) if "metric" in s),
+        }
         assert [m for m in metrics if f'"{m}"' not in src] == [], c.id
 
 

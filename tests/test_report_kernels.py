@@ -20,8 +20,15 @@ K510, K612, K618 = "5.10.0-30-amd64", "6.12.12-amd64", "6.18.44-test"
 
 def run(out: Path, driver: str, samples, kernel: str, emulated: bool, workload: str, backing="ext4"):
     host = f"h-vm-{kernels.short(kernel).replace('.', '-')}" if emulated else "h"
-    prov = {"hostname": host, "kernel": kernel, "virtualization": "tcg" if emulated else "none",
-            "emulated": emulated, "driver": driver, "quick": True, "backing_fs": backing}
+    prov = {
+        "hostname": host,
+        "kernel": kernel,
+        "virtualization": "tcg" if emulated else "none",
+        "emulated": emulated,
+        "driver": driver,
+        "quick": True,
+        "backing_fs": backing,
+    }
     w = RunWriter(out, f"{len(list(out.rglob('run.json'))):04d}-{driver}", prov)
     for metric, value, unit, params in samples:
         for rep, f in enumerate(SPREAD):
@@ -30,8 +37,10 @@ def run(out: Path, driver: str, samples, kernel: str, emulated: bool, workload: 
 
 
 def creation(ms_1mib: float, ms_1gib: float):
-    return [("create_seconds", ms_1mib / 1e3, "s", {"image_size_bytes": MiB, "layers": 1}),
-            ("create_seconds", ms_1gib / 1e3, "s", {"image_size_bytes": GiB, "layers": 1})]
+    return [
+        ("create_seconds", ms_1mib / 1e3, "s", {"image_size_bytes": MiB, "layers": 1}),
+        ("create_seconds", ms_1gib / 1e3, "s", {"image_size_bytes": GiB, "layers": 1}),
+    ]
 
 
 def new_file(nbytes: float):  # customize-new-file: what writing a 1 KiB file costs on disk
@@ -56,8 +65,12 @@ def test_a_verdict_that_differs_between_kernels_is_listed_with_both_numbers(tmp_
     assert [(c["claim"], c["driver"]) for c in ax["changes"]] == [("customize-new-file", "overlay2")]
     ch = ax["changes"][0]
     assert ch["kind"] == "kernel" and ch["timing"] is False
-    assert (ch["a"]["kernel"], ch["a"]["verdict"], ch["b"]["kernel"], ch["b"]["verdict"]) == \
-        (K510, "holds", K612, "fails")
+    assert (ch["a"]["kernel"], ch["a"]["verdict"], ch["b"]["kernel"], ch["b"]["verdict"]) == (
+        K510,
+        "holds",
+        K612,
+        "fails",
+    )
     assert ch["a"]["value"] == pytest.approx(8 * KiB) and ch["b"]["value"] == pytest.approx(64 * MiB)
     assert "8 KiB" in ch["text"] and "64 MiB" in ch["text"]
 
@@ -75,8 +88,9 @@ def test_a_verdict_that_differs_between_kernels_is_listed_with_both_numbers(tmp_
     assert "✓ 5.10 emu" in matrix and "✗ 6.12 emu" in matrix  # one mark per kernel, named
     saved = json.loads((tmp_path / "out" / "kernels.json").read_text())
     assert [c["claim"] for c in saved["changes"]] == ["customize-new-file"]
-    readme = render.summary_markdown(catalogue.claims(), verdicts.evaluate(
-        catalogue.claims(), results.load(r), drivers=[]))
+    readme = render.summary_markdown(
+        catalogue.claims(), verdicts.evaluate(catalogue.claims(), results.load(r), drivers=[])
+    )
     assert "overlay2 (5.10, emulated), overlay2 (6.12, emulated)" in readme
 
 

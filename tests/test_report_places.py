@@ -19,18 +19,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(out: Path, driver: str, ms: float, host: str = "vm") -> None:
-    prov = {"hostname": host, "kernel": "6.1.0-test", "virtualization": "none", "emulated": False,
-            "driver": driver, "quick": True, "backing_fs": "ext4"}
+    prov = {
+        "hostname": host,
+        "kernel": "6.1.0-test",
+        "virtualization": "none",
+        "emulated": False,
+        "driver": driver,
+        "quick": True,
+        "backing_fs": "ext4",
+    }
     w = RunWriter(out, f"{len(list(out.rglob('run.json'))):04d}-{driver}", prov)
     for rep, f in enumerate([0.9, 1.0, 1.1]):
-        w.add(Sample("create_seconds", ms * f / 1e3, "s", {"image_size_bytes": 1 << 20, "layers": 1}, rep),
-              driver, "creation", "primitive")
+        w.add(
+            Sample("create_seconds", ms * f / 1e3, "s", {"image_size_bytes": 1 << 20, "layers": 1}, rep),
+            driver,
+            "creation",
+            "primitive",
+        )
     w.close("complete")
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, env=env).stdout
 
 
@@ -58,9 +74,23 @@ def test_a_bench_all_leaves_git_status_clean(tmp_path):
     _git(tmp_path, "commit", "-q", "-m", "reference")
     p = bench_places(tmp_path)
     _run(p.results, "overlay2", 2.0)
-    out = subprocess.run([sys.executable, "-m", "cowlab", "report", str(p.results), "--out", str(p.report),
-                          "--no-figures", "--compare-with", str(p.compare_with)],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cowlab",
+            "report",
+            str(p.results),
+            "--out",
+            str(p.report),
+            "--no-figures",
+            "--compare-with",
+            str(p.compare_with),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert (p.report / "index.html").is_file() and "(A)" in (p.report / "index.html").read_text()
     assert _git(tmp_path, "status", "--porcelain", "--untracked-files=all") == ""
@@ -72,8 +102,19 @@ def test_a_trees_local_runs_are_read_only_when_named(tmp_path):
     assert reference_trees(tmp_path / "results") == [tmp_path / "results" / "vm"]
     assert reference_trees(tmp_path / "results" / "local") == [tmp_path / "results" / "local"]
     # the reference report and `cowlab compare` see the reference alone: 1 ms against 5 ms
-    r = subprocess.run([sys.executable, "-m", "cowlab", "compare", str(tmp_path / "results"),
-                        str(tmp_path / "results" / "local"), "--all"],
-                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cowlab",
+            "compare",
+            str(tmp_path / "results"),
+            str(tmp_path / "results" / "local"),
+            "--all",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert r.returncode == 0, r.stderr
     assert "5×" in r.stdout, r.stdout

@@ -137,6 +137,7 @@ def collect(argv: list[str], tools: list[str] | None = None) -> dict:
         "virtualization": virt,
         "hypervisor": hyper,
         "emulated": virt == "tcg",
+        "vm_id": os.environ.get("COWLAB_VM_ID") or None,  # which cowlab kernel VM ran it (None: natively)
         "cowlab_version": __version__,
         "git_sha": git_sha(),
         "python": sys.version.split()[0],

@@ -101,6 +101,7 @@ def compare_cmd(a, b, show_all, limit):
 
     rows = compare.compare(_tree(a), _tree(b))
     if not rows:
-        raise CowlabError(f"{a} and {b} share no measured point "
-                          "(driver, emulated or native, mode, workload, metric, params)")
+        raise CowlabError(
+            f"{a} and {b} share no measured point (driver, emulated or native, mode, workload, metric, params)"
+        )
     compare.print_table(rows, Console(width=min(Console().width, 80)), only_changed=not show_all, limit=limit)

@@ -72,8 +72,10 @@ class Claim:
 
     def variants(self) -> list[Claim]:
         """The claim with its preferred metric, then with each fallback metric."""
-        return [self, *(replace(self, metric=f["metric"], where=dict(f.get("where", {})), fallback=())
-                        for f in self.fallback)]
+        return [
+            self,
+            *(replace(self, metric=f["metric"], where=dict(f.get("where", {})), fallback=()) for f in self.fallback),
+        ]
 
     def measure_command(self, driver: str) -> str:
         if self.command:
@@ -90,6 +92,7 @@ class Undecidable:
     """A slide line no claim decides, and why: `testable` says a measurement could decide it
     (no workload records one yet: it counts among the lines to decide) or not (a heading's
     lead-in, a definition, history, a metaphor, advice)."""
+
     quote: str
     section: str
     why: str
@@ -150,13 +153,24 @@ def parse_claims(text: str, origin: str = "claims.toml") -> list[Claim]:
         fig = dict(c.get("figure", {}))
         if fig and fig.get("kind") not in FIGURE_KINDS:
             raise CowlabError(f"{where}: figure kind {fig.get('kind')!r} is not one of {sorted(FIGURE_KINDS)}")
-        out.append(Claim(id=c["id"], section=c["section"], quote=c["quote"],
-                         mechanism=c["mechanism"], workload=c["workload"], metric=c["metric"],
-                         rule=Rule(**r), mode=c.get("mode", "primitive"),
-                         applies_to=tuple(c.get("applies_to", ())), where=dict(c.get("where", {})),
-                         command=c.get("command", ""), figure=fig,
-                         fallback=tuple(dict(f) for f in c.get("fallback", ())),
-                         also=tuple(c.get("also", ()))))
+        out.append(
+            Claim(
+                id=c["id"],
+                section=c["section"],
+                quote=c["quote"],
+                mechanism=c["mechanism"],
+                workload=c["workload"],
+                metric=c["metric"],
+                rule=Rule(**r),
+                mode=c.get("mode", "primitive"),
+                applies_to=tuple(c.get("applies_to", ())),
+                where=dict(c.get("where", {})),
+                command=c.get("command", ""),
+                figure=fig,
+                fallback=tuple(dict(f) for f in c.get("fallback", ())),
+                also=tuple(c.get("also", ())),
+            )
+        )
     if not out:
         raise CowlabError(f"{origin}: no [[claim]] entries")
     return out
@@ -172,8 +186,7 @@ def undecidable(text: str | None = None) -> list[Undecidable]:
     out = []
     for i, u in enumerate(data.get("undecidable", [])):
         _need(u, ("quote", "section", "why", "testable"), f"claims.toml: undecidable #{i + 1}")
-        out.append(Undecidable(quote=u["quote"], section=u["section"], why=u["why"],
-                               testable=bool(u["testable"])))
+        out.append(Undecidable(quote=u["quote"], section=u["section"], why=u["why"], testable=bool(u["testable"])))
     return out
 
 
@@ -196,9 +209,13 @@ def coverage(cs: list[Claim], verdicts: list[dict]) -> dict:
     waiting = [u for u in undecidable() if u.testable]
     for u in waiting:
         lines.setdefault(" ".join(u.quote.split()), False)
-    return {"decided": sum(lines.values()), "testable": len(lines),
-            "claimed": len({" ".join(q.split()) for c in cs for q in c.lines}),
-            "no_workload": len(waiting), "not_decidable": sum(not u.testable for u in undecidable())}
+    return {
+        "decided": sum(lines.values()),
+        "testable": len(lines),
+        "claimed": len({" ".join(q.split()) for c in cs for q in c.lines}),
+        "no_workload": len(waiting),
+        "not_decidable": sum(not u.testable for u in undecidable()),
+    }
 
 
 def references() -> list[Reference]:
@@ -206,12 +223,29 @@ def references() -> list[Reference]:
     out = []
     for r in data.get("reference", []):
         _need(r, ("id", "claim", "what", "unit", "source", "url", "verified"), f"references.toml: {r.get('id')}")
-        out.append(Reference(id=r["id"], claim=r["claim"], what=r["what"], value=r.get("value"),
-                             unit=r["unit"], source=r["source"], url=r["url"],
-                             verified=r["verified"], ours=dict(r.get("ours", {}))))
+        out.append(
+            Reference(
+                id=r["id"],
+                claim=r["claim"],
+                what=r["what"],
+                value=r.get("value"),
+                unit=r["unit"],
+                source=r["source"],
+                url=r["url"],
+                verified=r["verified"],
+                ours=dict(r.get("ours", {})),
+            )
+        )
     return out
 
 
 def as_dict(c: Claim) -> dict[str, Any]:
-    return {"id": c.id, "section": c.section, "quote": c.quote, "workload": c.workload,
-            "metric": c.metric, "mode": c.mode, "applies_to": list(c.applies_to)}
+    return {
+        "id": c.id,
+        "section": c.section,
+        "quote": c.quote,
+        "workload": c.workload,
+        "metric": c.metric,
+        "mode": c.mode,
+        "applies_to": list(c.applies_to),
+    }

@@ -36,10 +36,12 @@ def _load(path) -> pd.DataFrame:
         df = results.load(path)
     if df.empty:
         raise CowlabError(f"{path}: no results (no run.json with samples under it)")
-    df = df.assign(emulated_=df["emulated"].map(lambda v: v is True or v == True),  # noqa: E712
-                   pkey=df["params"].map(lambda p: json.dumps(p, sort_keys=True)),
-                   kernel_=df["kernel"].fillna("?").astype(str) if "kernel" in df else "?",
-                   value=pd.to_numeric(df["value"], errors="coerce"))
+    df = df.assign(
+        emulated_=df["emulated"].map(lambda v: v is True or v == True),  # noqa: E712
+        pkey=df["params"].map(lambda p: json.dumps(p, sort_keys=True)),
+        kernel_=df["kernel"].fillna("?").astype(str) if "kernel" in df else "?",
+        value=pd.to_numeric(df["value"], errors="coerce"),
+    )
     return df
 
 
@@ -50,16 +52,20 @@ def params_text(p: str) -> str:
 
 def _summary(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(KEYS, dropna=False)["value"]
-    return pd.DataFrame({"median": g.median(), "p10": g.quantile(0.1), "p90": g.quantile(0.9),
-                         "n": g.count()}).reset_index()
+    return pd.DataFrame(
+        {"median": g.median(), "p10": g.quantile(0.1), "p90": g.quantile(0.9), "n": g.count()}
+    ).reset_index()
 
 
 def compare(a, b) -> list[dict]:
     """Rows for every point both trees measured, sorted by how far the ratio is from 1."""
     sa, sb = _summary(_load(a)), _summary(_load(b))
     pairs = kernel_pairs(sa, sb)
-    m = (sa.rename(columns={"kernel_": "kernel_a"}).merge(pairs, on=["driver", "emulated_", "kernel_a"])
-         .merge(sb.rename(columns={"kernel_": "kernel_b"}), on=[*GROUP, "kernel_b"], suffixes=("_a", "_b")))
+    m = (
+        sa.rename(columns={"kernel_": "kernel_a"})
+        .merge(pairs, on=["driver", "emulated_", "kernel_a"])
+        .merge(sb.rename(columns={"kernel_": "kernel_b"}), on=[*GROUP, "kernel_b"], suffixes=("_a", "_b"))
+    )
     several = {d for d, g in pairs.groupby("driver") if len(g) > 1}
     rows = []
     for r in m.itertuples(index=False):
@@ -69,16 +75,32 @@ def compare(a, b) -> list[dict]:
         if mark:
             larger_better = r.unit in HIGHER_IS_BETTER
             better = (mark == "+") == larger_better
-        rows.append({"driver": r.driver + _kernels_text(r.kernel_a, r.kernel_b, r.driver in several)
-                     + (" (emulated)" if r.emulated_ else ""), "mode": r.mode,
-                     "driver_name": r.driver, "emulated": bool(r.emulated_),
-                     "kernel_a": r.kernel_a, "kernel_b": r.kernel_b,
-                     "workload": r.workload, "metric": r.metric, "unit": r.unit,
-                     "params": params_text(r.pkey),
-                     "a": r.median_a, "b": r.median_b, "n_a": int(r.n_a), "n_b": int(r.n_b),
-                     "a_text": fmt_value(r.median_a, r.unit), "b_text": fmt_value(r.median_b, r.unit),
-                     "ratio": ratio, "ratio_text": fmt_ratio(ratio) if ratio is not None else "–",
-                     "mark": mark, "better": better})
+        rows.append(
+            {
+                "driver": r.driver
+                + _kernels_text(r.kernel_a, r.kernel_b, r.driver in several)
+                + (" (emulated)" if r.emulated_ else ""),
+                "mode": r.mode,
+                "driver_name": r.driver,
+                "emulated": bool(r.emulated_),
+                "kernel_a": r.kernel_a,
+                "kernel_b": r.kernel_b,
+                "workload": r.workload,
+                "metric": r.metric,
+                "unit": r.unit,
+                "params": params_text(r.pkey),
+                "a": r.median_a,
+                "b": r.median_b,
+                "n_a": int(r.n_a),
+                "n_b": int(r.n_b),
+                "a_text": fmt_value(r.median_a, r.unit),
+                "b_text": fmt_value(r.median_b, r.unit),
+                "ratio": ratio,
+                "ratio_text": fmt_ratio(ratio) if ratio is not None else "–",
+                "mark": mark,
+                "better": better,
+            }
+        )
     rows.sort(key=lambda r: (r["mark"] == "", -abs(_log(r["ratio"])), r["driver"], r["workload"]))
     return rows
 
@@ -110,12 +132,15 @@ def kernels_compared(rows: list[dict]) -> str:
     seen: dict[str, set[tuple[str, str]]] = {}
     for r in rows:
         seen.setdefault(r["driver_name"] + (" (emulated)" if r["emulated"] else ""), set()).add(
-            (r["kernel_a"], r["kernel_b"]))
+            (r["kernel_a"], r["kernel_b"])
+        )
+
     def by_release(p: tuple[str, str]) -> tuple:  # numerically: 5.10 before 6.1 before 6.12
         return version(p[0]), version(p[1])
 
-    return ", ".join(f"{d} {' '.join(_pair_text(*p) for p in sorted(ps, key=by_release))}"
-                     for d, ps in sorted(seen.items()))
+    return ", ".join(
+        f"{d} {' '.join(_pair_text(*p) for p in sorted(ps, key=by_release))}" for d, ps in sorted(seen.items())
+    )
 
 
 def _log(r):
@@ -139,12 +164,20 @@ def print_table(rows: list[dict], console, only_changed: bool = True, limit: int
     t.add_column("B÷A", justify="right", no_wrap=True)
     for r in shown:
         style = "" if not r["mark"] else ("green" if r["better"] else "red")
-        t.add_row(r["mark"], f"{r['driver']} {r['mode'][:4]} {r['workload']} {r['metric']} {r['params']}",
-                  r["a_text"], r["b_text"], r["ratio_text"], style=style)
+        t.add_row(
+            r["mark"],
+            f"{r['driver']} {r['mode'][:4]} {r['workload']} {r['metric']} {r['params']}",
+            r["a_text"],
+            r["b_text"],
+            r["ratio_text"],
+            style=style,
+        )
     console.print(t)
     n_up = sum(bool(r["mark"]) and r["better"] is False for r in rows)
     n_down = sum(bool(r["mark"]) and r["better"] is True for r in rows)
-    console.print(f"{len(rows)} points in both; {n_up} worse, {n_down} better outside the noise of both "
-                  f"sides (p10–p90 apart); {len(rows) - n_up - n_down} within it."
-                  + ("" if not only_changed else " --all shows every point."))
+    console.print(
+        f"{len(rows)} points in both; {n_up} worse, {n_down} better outside the noise of both "
+        f"sides (p10–p90 apart); {len(rows) - n_up - n_down} within it."
+        + ("" if not only_changed else " --all shows every point.")
+    )
     console.print(f"Kernels (A→B where they differ): {kernels_compared(rows)}.")

@@ -19,10 +19,10 @@ import numpy as np
 
 from cowlab.report.catalogue import Rule
 
-LEVEL = 0.95      # the intervals' confidence level
+LEVEL = 0.95  # the intervals' confidence level
 RESAMPLES = 2000  # bootstrap resamples: the percentile bounds move by well under 1% beyond this
-SEED = 23         # fixed: a report is reproducible (and 23 is the issue that asked for it)
-MAX_REPS = 1000   # beyond this, "what would decide it" says the medians sit too close to the line
+SEED = 23  # fixed: a report is reproducible (and 23 is the issue that asked for it)
+MAX_REPS = 1000  # beyond this, "what would decide it" says the medians sit too close to the line
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,16 @@ def _constant(a: np.ndarray) -> bool:
 def _bootstrap(samples: tuple[np.ndarray, ...], statistic) -> tuple[float, float]:
     from scipy import stats
 
-    res = stats.bootstrap(samples, statistic, vectorized=True, paired=False, confidence_level=LEVEL,
-                          n_resamples=RESAMPLES, method="percentile", rng=np.random.default_rng(SEED))
+    res = stats.bootstrap(
+        samples,
+        statistic,
+        vectorized=True,
+        paired=False,
+        confidence_level=LEVEL,
+        n_resamples=RESAMPLES,
+        method="percentile",
+        rng=np.random.default_rng(SEED),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

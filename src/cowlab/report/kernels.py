@@ -30,8 +30,12 @@ def version(release: str) -> tuple:
 
 def is_timing(v: dict) -> bool:
     """Whether the verdict's statistic is a time or a rate (what emulation distorts)."""
-    units = {v.get("unit"), (v.get("num") or {}).get("unit"), (v.get("den") or {}).get("unit"),
-             *(p.get("unit") for p in v.get("parts") or [])}
+    units = {
+        v.get("unit"),
+        (v.get("num") or {}).get("unit"),
+        (v.get("den") or {}).get("unit"),
+        *(p.get("unit") for p in v.get("parts") or []),
+    }
     return bool(units & TIMING_UNITS)
 
 
@@ -39,12 +43,12 @@ def statistic(v: dict) -> str:
     """The verdict's number with its unit; for a ratio the two medians it divides; for a split
     verdict every part's number."""
     if v.get("verdict") == "depends" or (v.get("value") is None and v.get("parts")):
-        return "; ".join(f"{p['condition']}: {p['verdict']} {fmt_value(p.get('value'), p.get('unit'))}"
-                         for p in v.get("parts") or [])
+        return "; ".join(
+            f"{p['condition']}: {p['verdict']} {fmt_value(p.get('value'), p.get('unit'))}" for p in v.get("parts") or []
+        )
     s = fmt_value(v.get("value"), v.get("unit"))
     if v.get("num") and v.get("den"):
-        s += (f" ({fmt_value(v['num']['median'], v['num']['unit'])} ÷ "
-              f"{fmt_value(v['den']['median'], v['den']['unit'])})")
+        s += f" ({fmt_value(v['num']['median'], v['num']['unit'])} ÷ {fmt_value(v['den']['median'], v['den']['unit'])})"
     elif v.get("unit") == "ratio" and v.get("value") is not None:
         s = fmt_ratio(v["value"])
     return s
@@ -61,10 +65,22 @@ def backing_of(df) -> dict[tuple[str, str], set[str]]:
 
 def _entry(v: dict, backing: dict) -> dict:
     fs = sorted({b for r in v.get("runs") or [] for b in backing.get((r, v.get("workload")), ())})
-    return {"backing": fs, "kernel": v["kernel"], "kernel_short": short(v["kernel"]), "emulated": bool(v["emulated"]),
-            "hostname": v["hostname"], "host": v["host"], "host_label": v["host_label"],
-            "grid": v.get("grid"), "verdict": v["verdict"], "condition": v.get("condition") or "",
-            "value": v.get("value"), "unit": v.get("unit"), "n": v.get("n"), "statistic": statistic(v)}
+    return {
+        "backing": fs,
+        "kernel": v["kernel"],
+        "kernel_short": short(v["kernel"]),
+        "emulated": bool(v["emulated"]),
+        "hostname": v["hostname"],
+        "host": v["host"],
+        "host_label": v["host_label"],
+        "grid": v.get("grid"),
+        "verdict": v["verdict"],
+        "condition": v.get("condition") or "",
+        "value": v.get("value"),
+        "unit": v.get("unit"),
+        "n": v.get("n"),
+        "statistic": statistic(v),
+    }
 
 
 def _where(e: dict) -> str:
@@ -91,19 +107,28 @@ def axis(verdicts: list[dict], backing: dict | None = None) -> dict:
         groups.setdefault(key, []).append(v)
         meta.setdefault(key, {"quote": v.get("quote", ""), "timing": False})
         meta[key]["timing"] |= is_timing(v)
-    kernels = sorted({(v["kernel"], bool(v["emulated"])) for vs in groups.values() for v in vs},
-                     key=lambda k: (k[1], version(k[0]), k[0]))
+    kernels = sorted(
+        {(v["kernel"], bool(v["emulated"])) for vs in groups.values() for v in vs},
+        key=lambda k: (k[1], version(k[0]), k[0]),
+    )
     claims, changes = [], []
     for (claim, driver), vs in groups.items():
         if len({v["kernel"] for v in vs}) < 2:
             continue
-        entries = sorted((_entry(v, backing) for v in vs),
-                         key=lambda e: (e["emulated"], version(e["kernel"]), e["host"]))
+        entries = sorted(
+            (_entry(v, backing) for v in vs), key=lambda e: (e["emulated"], version(e["kernel"]), e["host"])
+        )
         timing = meta[(claim, driver)]["timing"]
-        claims.append({"claim": claim, "driver": driver, "quote": meta[(claim, driver)]["quote"],
-                       "timing": timing, "entries": entries,
-                       "differs": any(_differs(a, b) for a, b in combinations(entries, 2)
-                                      if a["kernel"] != b["kernel"])})
+        claims.append(
+            {
+                "claim": claim,
+                "driver": driver,
+                "quote": meta[(claim, driver)]["quote"],
+                "timing": timing,
+                "entries": entries,
+                "differs": any(_differs(a, b) for a, b in combinations(entries, 2) if a["kernel"] != b["kernel"]),
+            }
+        )
         for a, b in combinations(entries, 2):
             if a["kernel"] == b["kernel"] or not _differs(a, b):
                 continue
@@ -115,17 +140,32 @@ def axis(verdicts: list[dict], backing: dict | None = None) -> dict:
             else:
                 note = "not a timing claim: comparable across emulation"
             if a["backing"] and b["backing"] and a["backing"] != b["backing"]:
-                note += (f"; the backing filesystems differ too ({', '.join(a['backing'])} against "
-                         f"{', '.join(b['backing'])}): not the kernel alone")
+                note += (
+                    f"; the backing filesystems differ too ({', '.join(a['backing'])} against "
+                    f"{', '.join(b['backing'])}): not the kernel alone"
+                )
             if "inconclusive" in (a["verdict"], b["verdict"]):
                 note += "; undecided on one kernel (its interval straddles the threshold), not a contradiction"
-            changes.append({"claim": claim, "driver": driver, "timing": timing,
-                            "kind": "emulation" if emulation else "kernel", "a": a, "b": b, "note": note,
-                            "text": (f"{_where(a)}: {a['verdict']} {a['statistic']}; "
-                                     f"{_where(b)}: {b['verdict']} {b['statistic']}")})
+            changes.append(
+                {
+                    "claim": claim,
+                    "driver": driver,
+                    "timing": timing,
+                    "kind": "emulation" if emulation else "kernel",
+                    "a": a,
+                    "b": b,
+                    "note": note,
+                    "text": (
+                        f"{_where(a)}: {a['verdict']} {a['statistic']}; {_where(b)}: {b['verdict']} {b['statistic']}"
+                    ),
+                }
+            )
     changes.sort(key=lambda c: (c["kind"] != "kernel", c["claim"], c["driver"]))
-    return {"kernels": [{"kernel": k, "kernel_short": short(k), "emulated": e} for k, e in kernels],
-            "claims": claims, "changes": changes}
+    return {
+        "kernels": [{"kernel": k, "kernel_short": short(k), "emulated": e} for k, e in kernels],
+        "claims": claims,
+        "changes": changes,
+    }
 
 
 def multi_kernel_drivers(verdicts: list[dict]) -> set[str]:
@@ -146,18 +186,34 @@ def markdown(ax: dict) -> str:
     kern = [c for c in ax["changes"] if c["kind"] == "kernel"]
     emu = [c for c in ax["changes"] if c["kind"] == "emulation"]
     same = sum(not c["differs"] for c in ax["claims"])
-    out += [f"Kernels: {ks}. {len(ax['claims'])} claim × driver pairs are measured on more than one kernel; "
-            f"{same} have the same verdict on every kernel. Timing verdicts of an emulated and a native "
-            f"host are not compared as kernels (TCG slows everything); feature, space and count verdicts are.",
-            ""]
-    for title, rows in (("Kernel differences", kern),
-                        ("Emulated against native timing (not a kernel difference)", emu)):
+    out += [
+        f"Kernels: {ks}. {len(ax['claims'])} claim × driver pairs are measured on more than one kernel; "
+        f"{same} have the same verdict on every kernel. Timing verdicts of an emulated and a native "
+        f"host are not compared as kernels (TCG slows everything); feature, space and count verdicts are.",
+        "",
+    ]
+    for title, rows in (
+        ("Kernel differences", kern),
+        ("Emulated against native timing (not a kernel difference)", emu),
+    ):
         out += [f"**{title}** ({len(rows)})", ""]
         if rows:
             out += ["| claim | driver | kernel A | kernel B | why it counts |", "|---|---|---|---|---|"]
-            out += ["| " + " | ".join(x.replace("|", "/") for x in (
-                f"`{c['claim']}`", c["driver"], f"{_where(c['a'])}: {c['a']['verdict']} {c['a']['statistic']}",
-                f"{_where(c['b'])}: {c['b']['verdict']} {c['b']['statistic']}", c["note"])) + " |" for c in rows]
+            out += [
+                "| "
+                + " | ".join(
+                    x.replace("|", "/")
+                    for x in (
+                        f"`{c['claim']}`",
+                        c["driver"],
+                        f"{_where(c['a'])}: {c['a']['verdict']} {c['a']['statistic']}",
+                        f"{_where(c['b'])}: {c['b']['verdict']} {c['b']['statistic']}",
+                        c["note"],
+                    )
+                )
+                + " |"
+                for c in rows
+            ]
         else:
             out.append("None.")
         out.append("")

@@ -31,8 +31,13 @@ def run(paths: list[str], timeout: int = 600) -> int:
             with tempfile.TemporaryDirectory(prefix="cowlab-nb-") as sock:
                 km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sock, "k"))
                 try:
-                    NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
-                                   resources={"metadata": {"path": str(f.parent)}}).execute()
+                    NotebookClient(
+                        nb,
+                        km=km,
+                        timeout=timeout,
+                        kernel_name="python3",
+                        resources={"metadata": {"path": str(f.parent)}},
+                    ).execute()
                 finally:  # a kernel manager we hand in is ours to shut down, not nbclient's
                     if km.has_kernel:
                         km.shutdown_kernel()

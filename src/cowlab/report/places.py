@@ -14,20 +14,19 @@ from pathlib import Path
 from cowlab.results import LOCAL_DIR
 
 REFERENCE_RESULTS = "results"  # results/<host>/<run_id>: the committed reference runs
-REFERENCE_REPORT = "report"    # report/: the committed page built from them
-LOCAL_REPORT = "report"        # results/local/report/: the user's page, beside the user's runs
+REFERENCE_REPORT = "report"  # report/: the committed page built from them
+LOCAL_REPORT = "report"  # results/local/report/: the user's page, beside the user's runs
 
 
 @dataclass(frozen=True)
 class Places:
-    results: Path                # where `cowlab bench --out` writes the runs
-    report: Path                 # where `cowlab report --out` writes the page
-    readme: Path | None          # the README.md whose claims table the report rewrites
-    compare_with: Path | None    # reference runs shown beside the user's ("my machine vs the reference")
+    results: Path  # where `cowlab bench --out` writes the runs
+    report: Path  # where `cowlab report --out` writes the page
+    readme: Path | None  # the README.md whose claims table the report rewrites
+    compare_with: Path | None  # reference runs shown beside the user's ("my machine vs the reference")
 
 
-def bench_places(checkout: str | Path, out: str | Path | None = None,
-                 reference: bool = False) -> Places:
+def bench_places(checkout: str | Path, out: str | Path | None = None, reference: bool = False) -> Places:
     """The places of `nox -s bench-all` in `checkout`. Default: the user's runs in
     results/local/ and their report in results/local/report/, compared with the committed
     reference runs when the checkout has any. `reference`: the maintainer's choice, runs into
@@ -53,5 +52,4 @@ def reference_trees(path: str | Path) -> list[Path]:
         return []
     if p.name == LOCAL_DIR or not (p / LOCAL_DIR).is_dir():
         return [p] if any(p.rglob("run.json")) else []
-    return [c for c in sorted(p.iterdir())
-            if c.is_dir() and c.name != LOCAL_DIR and any(c.rglob("run.json"))]
+    return [c for c in sorted(p.iterdir()) if c.is_dir() and c.name != LOCAL_DIR and any(c.rglob("run.json"))]

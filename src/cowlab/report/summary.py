@@ -16,8 +16,11 @@ from cowlab.base import units
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    rows = [{**{k: v for k, v in r.items() if k != "params"}, **r["params"]}
-            for r in records if r["status"] == "ok" and r.get("value") is not None]
+    rows = [
+        {**{k: v for k, v in r.items() if k != "params"}, **r["params"]}
+        for r in records
+        if r["status"] == "ok" and r.get("value") is not None
+    ]
     return pd.DataFrame(rows)
 
 
@@ -25,7 +28,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
 class Row:
     workload: str
     metric: str
-    params: dict          # only the parameters that vary within (workload, metric)
+    params: dict  # only the parameters that vary within (workload, metric)
     median: float
     p10: float
     p90: float
@@ -42,8 +45,9 @@ def rows(records: list[dict]) -> tuple[list[Row], dict[str, dict]]:
     each row's params cut to those that vary within its (workload, metric); and per workload the
     parameters that are the same in all its rows (said once, in its heading)."""
     ok = [r for r in records if r["status"] == "ok" and r.get("value") is not None]
-    label = {id(r): r["workload"] + ("" if r.get("mode", "primitive") == "primitive" else f" [{r['mode']}]")
-             for r in ok}
+    label = {
+        id(r): r["workload"] + ("" if r.get("mode", "primitive") == "primitive" else f" [{r['mode']}]") for r in ok
+    }
     groups: dict[tuple, list[dict]] = {}
     for r in ok:
         groups.setdefault((label[id(r)], r["metric"]), []).append(r)
@@ -58,8 +62,7 @@ def rows(records: list[dict]) -> tuple[list[Row], dict[str, dict]]:
     out = []
     for (wl, metric), rs in groups.items():
         keys = list(dict.fromkeys(k for r in rs for k in _clean(r["params"])))
-        vary = [k for k in keys if len({repr(_clean(r["params"]).get(k)) for r in rs}) > 1
-                or k not in fixed[wl]]
+        vary = [k for k in keys if len({repr(_clean(r["params"]).get(k)) for r in rs}) > 1 or k not in fixed[wl]]
         points: dict[tuple, list[dict]] = {}
         for r in rs:
             p = _clean(r["params"])
@@ -67,28 +70,42 @@ def rows(records: list[dict]) -> tuple[list[Row], dict[str, dict]]:
         for pt in points.values():
             v = pd.Series([float(r["value"]) for r in pt])
             p = _clean(pt[0]["params"])
-            out.append(Row(wl, metric, {k: p[k] for k in vary if k in p}, float(v.median()),
-                           float(v.quantile(0.1)), float(v.quantile(0.9)), len(v), pt[0]["unit"]))
+            out.append(
+                Row(
+                    wl,
+                    metric,
+                    {k: p[k] for k in vary if k in p},
+                    float(v.median()),
+                    float(v.quantile(0.1)),
+                    float(v.quantile(0.9)),
+                    len(v),
+                    pt[0]["unit"],
+                )
+            )
     return out, fixed
 
 
 def medians(records: list[dict]) -> list[tuple[str, str, str, float, float, float, int, str]]:
     """(workload, metric, params, median, p10, p90, n, unit) per parameter point."""
-    return [(r.workload, r.metric, units.human_params(r.params), r.median, r.p10, r.p90, r.n, r.unit)
-            for r in rows(records)[0]]
+    return [
+        (r.workload, r.metric, units.human_params(r.params), r.median, r.p10, r.p90, r.n, r.unit)
+        for r in rows(records)[0]
+    ]
 
 
 # --- findings: what a user came for, in words and numbers, with the slide claim each answers --
 @dataclass
 class Finding:
     workload: str
-    claim: str   # the slide line it answers ("" for the harness's own check)
+    claim: str  # the slide line it answers ("" for the harness's own check)
     text: str
 
 
-OVERHEAD_MEANING = ("what cowlab's bookkeeping (directories, journal, Python) adds to what the kernel "
-                    "charges for the mount: timed alternately on the same image; 1× = nothing, "
-                    "target ≤ 1.5×")
+OVERHEAD_MEANING = (
+    "what cowlab's bookkeeping (directories, journal, Python) adds to what the kernel "
+    "charges for the mount: timed alternately on the same image; 1× = nothing, "
+    "target ≤ 1.5×"
+)
 
 
 def _med(df: pd.DataFrame, workload: str, metric: str, **params) -> float | None:
@@ -113,6 +130,7 @@ def _vals(df: pd.DataFrame, workload: str, metric: str, col: str) -> list:
 
 def _claim(workload: str) -> str:
     from cowlab.measure.workloads import WORKLOADS
+
     w = WORKLOADS.get(workload)
     return w.claim if w is not None else ""
 
@@ -156,9 +174,22 @@ def findings(records: list[dict]) -> list[Finding]:
         big = int(fs[-1])
         per = []
         for b in _vals(df, "copyup", "copyup_seconds", "backing_fs"):
-            v = _med(df, "copyup", "copyup_seconds", op="append_1B", cache="cold", file_size_bytes=big,
-                     backing_fs=b, metacopy=None) if "metacopy" in df else \
-                _med(df, "copyup", "copyup_seconds", op="append_1B", cache="cold", file_size_bytes=big, backing_fs=b)
+            v = (
+                _med(
+                    df,
+                    "copyup",
+                    "copyup_seconds",
+                    op="append_1B",
+                    cache="cold",
+                    file_size_bytes=big,
+                    backing_fs=b,
+                    metacopy=None,
+                )
+                if "metacopy" in df
+                else _med(
+                    df, "copyup", "copyup_seconds", op="append_1B", cache="cold", file_size_bytes=big, backing_fs=b
+                )
+            )
             if v is not None:
                 per.append(f"{t(v)} on {b}")
         small = _med(df, "copyup", "copyup_seconds", op="append_1B", cache="cold", file_size_bytes=int(fs[0]))
@@ -209,16 +240,26 @@ def findings(records: list[dict]) -> list[Finding]:
         cr = _med(df, "inodes", "inodes_used", event="create")
         if imp is not None and cr is not None:
             links = _med(df, "inodes", "hard_links", event="import")
-            out.append(Finding("inodes", _claim("inodes"),
-                               f"inodes: {units.count(imp)} to import the image, {units.count(cr)} per container"
-                               + (f"; hard links between its layers: {units.count(links)}" if links is not None else "")))
+            out.append(
+                Finding(
+                    "inodes",
+                    _claim("inodes"),
+                    f"inodes: {units.count(imp)} to import the image, {units.count(cr)} per container"
+                    + (f"; hard links between its layers: {units.count(links)}" if links is not None else ""),
+                )
+            )
 
     out += [Finding("engine", "", line) for line in engine_headlines(records)]
 
     ov = overhead(records)
     if ov:
-        out.append(Finding("harness", "", ", ".join(
-            f"{x(r)}× at {n} layer{'s' * (n > 1)} ({hs(c)} vs {hs(f)})" for n, (r, c, f) in ov.items())))
+        out.append(
+            Finding(
+                "harness",
+                "",
+                ", ".join(f"{x(r)}× at {n} layer{'s' * (n > 1)} ({hs(c)} vs {hs(f)})" for n, (r, c, f) in ov.items()),
+            )
+        )
     return out
 
 
@@ -249,11 +290,13 @@ def headlines(records: list[dict]) -> list[str]:
 
 
 # --- rendering: the end-of-run summary and `cowlab show` -------------------------------------
-def render_findings(console: Console, records: list[dict], title: str, table_file: str | None,
-                    show_cmd: str | None) -> None:
+def render_findings(
+    console: Console, records: list[dict], title: str, table_file: str | None, show_cmd: str | None
+) -> None:
     """What a user reads at the end of a run: one screen (≤ 40 lines at 80 columns). Each
     finding is the slide claim it answers (one line, cut to the width) and the numbers."""
     from rich.text import Text
+
     width = console.width
     console.print(Text(title, style="bold"))
     fs = findings(records)
@@ -292,6 +335,7 @@ def _indented(console: Console, text: str, style: str = "") -> None:
     import textwrap
 
     from rich.text import Text
+
     glued = re.sub(r"(\d) (?=(?:[KMGT]i)?B\b|[mµ]?s\b|min\b|h\b|%)", "\\1\u00a0", text)
     for line in textwrap.wrap(glued, width=max(console.width - 5, 20), break_on_hyphens=False):
         console.print(Text("    " + line.replace("\u00a0", " "), style=style), no_wrap=True)
@@ -309,8 +353,13 @@ def render_table(console: Console, records: list[dict], title: str = "") -> None
             same = units.human_params(fixed.get(r.workload, {}))
             t.add_row(f"[bold]{escape(r.workload)}[/]" + (f" [dim]({escape(same)})[/]" if same else ""), "", "", "", "")
             last = r.workload
-        t.add_row(escape(r.metric), escape(units.human_params(r.params)), units.human_value(r.median, r.unit),
-                  f"{units.human_value(r.p10, r.unit)} – {units.human_value(r.p90, r.unit)}", str(r.n))
+        t.add_row(
+            escape(r.metric),
+            escape(units.human_params(r.params)),
+            units.human_value(r.median, r.unit),
+            f"{units.human_value(r.p10, r.unit)} – {units.human_value(r.p90, r.unit)}",
+            str(r.n),
+        )
     console.print(t)
 
 
@@ -319,8 +368,12 @@ def _creation_medians(records: list[dict], mode: str) -> dict[tuple[int, int], d
     """(image_size_bytes, layers) → {metric: median} for one mode's creation samples."""
     out: dict[tuple[int, int], dict[str, list[float]]] = {}
     for r in records:
-        if (r["status"] != "ok" or r.get("mode", "primitive") != mode or r["workload"] != "creation"
-                or "image_size_bytes" not in r["params"]):
+        if (
+            r["status"] != "ok"
+            or r.get("mode", "primitive") != mode
+            or r["workload"] != "creation"
+            or "image_size_bytes" not in r["params"]
+        ):
             continue
         key = (int(r["params"]["image_size_bytes"]), int(r["params"].get("layers", 1)))
         out.setdefault(key, {}).setdefault(r["metric"], []).append(float(r["value"]))
@@ -333,6 +386,7 @@ def primitive_records_from(out_dir, driver: str, hostname: str | None = None) ->
     import json
     import socket
     from pathlib import Path
+
     base = Path(out_dir) / (hostname or socket.gethostname())
     best: tuple[float, list[dict], str] | None = None
     for rj in base.glob("*/run.json") if base.exists() else []:
@@ -343,12 +397,18 @@ def primitive_records_from(out_dir, driver: str, hostname: str | None = None) ->
         if run.get("driver") != driver or run.get("mode", "primitive") == "engine":
             continue
         recs = []
-        for line in (rj.parent / "samples.jsonl").read_text().splitlines() if (rj.parent / "samples.jsonl").exists() else []:
+        for line in (
+            (rj.parent / "samples.jsonl").read_text().splitlines() if (rj.parent / "samples.jsonl").exists() else []
+        ):
             try:
                 r = json.loads(line)
             except ValueError:
                 continue
-            if r.get("mode", "primitive") == "primitive" and r.get("workload") == "creation" and r.get("status") == "ok":
+            if (
+                r.get("mode", "primitive") == "primitive"
+                and r.get("workload") == "creation"
+                and r.get("status") == "ok"
+            ):
                 recs.append(r)
         started = float(run.get("started") or 0)
         if recs and (best is None or started > best[0]):
@@ -367,11 +427,19 @@ def engine_vs_primitive(records: list[dict], fallback: list[dict] | None = None)
         e, p = eng[key], prim.get(key, {})
         pc = p.get("create_seconds")
         ec, er = e.get("create_seconds"), e.get("run_seconds")
-        rows.append({"image_size_bytes": key[0], "layers": key[1], "primitive_create": pc,
-                     "engine_create": ec, "engine_start": e.get("start_seconds"), "engine_run": er,
-                     "engine_remove": e.get("remove_seconds"),
-                     "create_difference": (ec - pc) if ec is not None and pc is not None else None,
-                     "storage_share_of_run": (pc / er) if pc is not None and er else None})
+        rows.append(
+            {
+                "image_size_bytes": key[0],
+                "layers": key[1],
+                "primitive_create": pc,
+                "engine_create": ec,
+                "engine_start": e.get("start_seconds"),
+                "engine_run": er,
+                "engine_remove": e.get("remove_seconds"),
+                "create_difference": (ec - pc) if ec is not None and pc is not None else None,
+                "storage_share_of_run": (pc / er) if pc is not None and er else None,
+            }
+        )
     return rows
 
 
@@ -385,14 +453,18 @@ def engine_headlines(records: list[dict]) -> list[str]:
     one = [r for r in rows if r["layers"] == 1 and r["engine_create"] is not None]
     if len(one) > 1:
         lo, hi = one[0], one[-1]
-        lines.append(f"docker create {t(hi['engine_create'])} at {hb(hi['image_size_bytes'])}, "
-                     f"{t(lo['engine_create'])} at {hb(lo['image_size_bytes'])} "
-                     f"({units.number(hi['engine_create'] / lo['engine_create'])}×)")
+        lines.append(
+            f"docker create {t(hi['engine_create'])} at {hb(hi['image_size_bytes'])}, "
+            f"{t(lo['engine_create'])} at {hb(lo['image_size_bytes'])} "
+            f"({units.number(hi['engine_create'] / lo['engine_create'])}×)"
+        )
     for r in one[:1]:
         if r["create_difference"] is not None and r["engine_run"]:
-            lines.append(f"at {hb(r['image_size_bytes'])}: docker create {t(r['engine_create'])} = storage "
-                         f"{t(r['primitive_create'])} + engine {t(r['create_difference'])}; `docker run true` "
-                         f"{t(r['engine_run'])}, of which storage {100 * r['storage_share_of_run']:.1f}%")
+            lines.append(
+                f"at {hb(r['image_size_bytes'])}: docker create {t(r['engine_create'])} = storage "
+                f"{t(r['primitive_create'])} + engine {t(r['create_difference'])}; `docker run true` "
+                f"{t(r['engine_run'])}, of which storage {100 * r['storage_share_of_run']:.1f}%"
+            )
     return lines
 
 
@@ -403,12 +475,28 @@ def render_engine_table(console: Console, records: list[dict], fallback: list[di
     rs = engine_vs_primitive(records, fallback)
     if not rs:
         return
-    t = Table("image size", "layers", "primitive create", "engine create", "engine start", "engine run",
-              "create: engine − primitive", "storage share of run",
-              title=f"{driver}: engine vs storage (medians){note}")
+    t = Table(
+        "image size",
+        "layers",
+        "primitive create",
+        "engine create",
+        "engine start",
+        "engine run",
+        "create: engine − primitive",
+        "storage share of run",
+        title=f"{driver}: engine vs storage (medians){note}",
+    )
     ms = lambda v: "—" if v is None else units.human_seconds(v)
     for r in rs:
         share = "—" if r["storage_share_of_run"] is None else f"{100 * r['storage_share_of_run']:.1f}%"
-        t.add_row(units.human_bytes(r["image_size_bytes"]), str(r["layers"]), ms(r["primitive_create"]),
-                  ms(r["engine_create"]), ms(r["engine_start"]), ms(r["engine_run"]), ms(r["create_difference"]), share)
+        t.add_row(
+            units.human_bytes(r["image_size_bytes"]),
+            str(r["layers"]),
+            ms(r["primitive_create"]),
+            ms(r["engine_create"]),
+            ms(r["engine_start"]),
+            ms(r["engine_run"]),
+            ms(r["create_difference"]),
+            share,
+        )
     console.print(t)

@@ -15,7 +15,6 @@ deterministic outcome) are exact, not resampled.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,65 +23,13 @@ import pandas as pd
 from cowlab.report import intervals
 from cowlab.report.catalogue import Claim, Rule
 from cowlab.report.format import fmt_param, fmt_ratio, fmt_value
+from cowlab.report.hosts import GRIDS, Host, grid_of, host_of, prepare  # noqa: F401  (verdicts' API)
 from cowlab.storage.drivers import DRIVERS
 
 VERDICTS = ("holds", "fails", "depends", "inconclusive", "not measured")
 DECIDED = ("holds", "fails")
 FEW = 5  # fewer samples than this on a side are flagged (the issue's "fewer than 5 samples")
 SPECIAL = ("max", "min")
-
-
-@dataclass(frozen=True, order=True)
-class Host:
-    hostname: str
-    kernel: str
-    emulated: bool
-
-    @property
-    def id(self) -> str:
-        return f"{self.hostname}/{self.kernel}/{'emulated' if self.emulated else 'native'}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.hostname} ({self.kernel}, {'emulated TCG' if self.emulated else 'native'})"
-
-    @property
-    def short(self) -> str:
-        return f"{self.hostname}{' emulated' if self.emulated else ''}"
-
-
-def host_of(df: pd.DataFrame) -> pd.Series:
-    """The Host of every row (a missing emulated flag counts as native)."""
-    # a missing column is a constant Series, not a scalar: zip() would walk "?" by character
-    em = (df["emulated"].map(lambda v: v is True or v == True) if "emulated" in df  # noqa: E712
-          else pd.Series(False, index=df.index))
-    kern = df["kernel"].fillna("?") if "kernel" in df else pd.Series("?", index=df.index)
-    hn = df["hostname"].fillna("?") if "hostname" in df else pd.Series("?", index=df.index)
-    return pd.Series([Host(str(h), str(k), bool(e)) for h, k, e in zip(hn, kern, em, strict=True)],
-                     index=df.index, dtype=object)
-
-
-GRIDS = ("full", "quick", "lab")  # in the order a verdict prefers them
-
-
-def grid_of(df: pd.DataFrame) -> pd.Series:
-    q = df["quick"] if "quick" in df else pd.Series(False, index=df.index)
-    # a lab run (`cowlab lab thinpool`) has no grid: quick is None
-    return q.map(lambda v: "quick" if v is True or v == True else  # noqa: E712
-                 "full" if v is False or v == False else "lab")  # noqa: E712
-
-
-def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame results.load() returns, with `_host`, `_grid` and a numeric `value`."""
-    df = df.copy()
-    if df.empty:
-        for c in ("_host", "_grid"):
-            df[c] = pd.Series(dtype=object)
-        return df
-    df["_host"] = host_of(df)
-    df["_grid"] = grid_of(df)
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    return df
 
 
 def _mask(rows: pd.DataFrame, col: str, want: Any) -> pd.Series:
@@ -128,8 +75,7 @@ def _base(claim: Claim, driver: str) -> dict:
 
 def _stats(v: pd.Series) -> dict:
     v = v.dropna().astype(float)
-    return {"median": float(v.median()), "p10": float(v.quantile(0.1)), "p90": float(v.quantile(0.9)),
-            "n": int(len(v))}
+    return {"median": float(v.median()), "p10": float(v.quantile(0.1)), "p90": float(v.quantile(0.9)), "n": int(len(v))}
 
 
 WARMUP = 3.0  # a first repetition this many times the rest's median is flagged as a warm-up
@@ -148,8 +94,7 @@ def warmup_outlier(rows: pd.DataFrame) -> bool:
 
 
 def _describe(filt: dict, skip: Iterable[str] = ()) -> str:
-    parts = [fmt_param(k, v) for k, v in filt.items()
-             if k not in ("workload", "metric", "mode", *skip)]
+    parts = [fmt_param(k, v) for k, v in filt.items() if k not in ("workload", "metric", "mode", *skip)]
     return ", ".join(parts)
 
 
@@ -164,12 +109,23 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
             return None
         top = float(pd.to_numeric(a[r.param], errors="coerce").max())
         iv = intervals.Interval(top, top, True)
-        text = (f"largest {r.param} measured: {fmt_param(r.param, top)} (exact); holds if "
-                f"{r.test_text(lambda x: f'{x:g}')}")
-        return {"verdict": intervals.decide(r, iv), "value": top, "unit": "count", "p10": top, "p90": top,
-                "n": int(len(a)), "few_samples": False, **_ci(iv, r, top, int(len(a)), log=False),
-                "detail": text, "at": _describe(fa, ("driver",)), "warmup": False,
-                "runs": sorted(set(a["run_id"]))}
+        text = (
+            f"largest {r.param} measured: {fmt_param(r.param, top)} (exact); holds if {r.test_text(lambda x: f'{x:g}')}"
+        )
+        return {
+            "verdict": intervals.decide(r, iv),
+            "value": top,
+            "unit": "count",
+            "p10": top,
+            "p90": top,
+            "n": int(len(a)),
+            "few_samples": False,
+            **_ci(iv, r, top, int(len(a)), log=False),
+            "detail": text,
+            "at": _describe(fa, ("driver",)),
+            "warmup": False,
+            "runs": sorted(set(a["run_id"])),
+        }
     if r.kind == "value":
         a, fa = select(rows, {**base, **r.at})
         if a["value"].dropna().empty:
@@ -178,16 +134,27 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
         s = _stats(a["value"])
         iv = intervals.median_interval(a["value"])
         verdict = intervals.decide(r, iv)
-        text = (f"{fmt_value(s['median'], unit)} (p10–p90 {fmt_value(s['p10'], unit)}–"
-                f"{fmt_value(s['p90'], unit)}, n={s['n']}; {iv.text(lambda x: fmt_value(x, unit))}); "
-                f"holds if {r.test_text(lambda x: fmt_value(x, unit))}")
+        text = (
+            f"{fmt_value(s['median'], unit)} (p10–p90 {fmt_value(s['p10'], unit)}–"
+            f"{fmt_value(s['p90'], unit)}, n={s['n']}; {iv.text(lambda x: fmt_value(x, unit))}); "
+            f"holds if {r.test_text(lambda x: fmt_value(x, unit))}"
+        )
         if unit == "B" and s["p10"] < 0:
             text += "; some samples are negative: other writers on the shared backing filesystem"
-        return {"verdict": verdict, "value": s["median"], "unit": unit,
-                "warmup": warmup_outlier(a), **_ci(iv, r, s["median"], s["n"], log=False),
-                "p10": s["p10"], "p90": s["p90"], "n": s["n"], "few_samples": s["n"] < FEW,
-                "detail": text, "at": _describe(fa, ("driver",)),
-                "runs": sorted(set(a["run_id"]))}
+        return {
+            "verdict": verdict,
+            "value": s["median"],
+            "unit": unit,
+            "warmup": warmup_outlier(a),
+            **_ci(iv, r, s["median"], s["n"], log=False),
+            "p10": s["p10"],
+            "p90": s["p90"],
+            "n": s["n"],
+            "few_samples": s["n"] < FEW,
+            "detail": text,
+            "at": _describe(fa, ("driver",)),
+            "runs": sorted(set(a["run_id"])),
+        }
     a, fa = select(rows, {**base, **r.num})
     b, fb = select(rows, {**base, **r.den})
     if a["value"].dropna().empty or b["value"].dropna().empty:
@@ -198,35 +165,61 @@ def _evaluate_once(claim: Claim, rows: pd.DataFrame, driver: str, extra: dict) -
     # count may show a stray block in one sample): no growth with the parameter, ratio 1
     zero = sa["median"] == sb["median"] == 0 and min(sa["p10"], sb["p10"]) >= 0
     if not zero and (sb["median"] <= 0 or sb["p10"] <= 0 or sa["median"] < 0):
-        return {"verdict": "not measured", "value": None, "unit": "ratio", "n": sa["n"] + sb["n"],
-                "why": f"the denominator's median is {fmt_value(sb['median'], ub)}: no ratio",
-                "detail": "", "runs": sorted(set(a["run_id"]) | set(b["run_id"]))}
-    ratio, lo, hi = (1.0, 1.0, 1.0) if zero else \
-        (sa["median"] / sb["median"], sa["p10"] / sb["p90"], sa["p90"] / sb["p10"])
+        return {
+            "verdict": "not measured",
+            "value": None,
+            "unit": "ratio",
+            "n": sa["n"] + sb["n"],
+            "why": f"the denominator's median is {fmt_value(sb['median'], ub)}: no ratio",
+            "detail": "",
+            "runs": sorted(set(a["run_id"]) | set(b["run_id"])),
+        }
+    ratio, lo, hi = (
+        (1.0, 1.0, 1.0) if zero else (sa["median"] / sb["median"], sa["p10"] / sb["p90"], sa["p90"] / sb["p10"])
+    )
     iv = intervals.Interval(1.0, 1.0, True) if zero else intervals.ratio_interval(a["value"], b["value"])
     skip = [k for k in base if fa.get(k) == fb.get(k)]
     na = _describe(fa, skip) or f"{fa.get('mode', claim.mode)} {fa['metric']}"
     nb = _describe(fb, skip) or f"{fb.get('mode', claim.mode)} {fb['metric']}"
-    text = (f"{na}: {fmt_value(sa['median'], ua)} (n={sa['n']}) ÷ {nb}: "
-            f"{fmt_value(sb['median'], ub)} (n={sb['n']}) = {fmt_ratio(ratio)} "
-            + ("(median 0 on both sides: no growth)" if zero else
-               f"(from p10/p90 {fmt_ratio(lo)}–{fmt_ratio(hi)}; {iv.text(fmt_ratio)})")
-            + f"; holds if {r.test_text(fmt_ratio)}")
-    return {"verdict": intervals.decide(r, iv), "value": ratio, "unit": "ratio", "p10": lo,
-            "p90": hi, "n": sa["n"] + sb["n"], "n_num": sa["n"], "n_den": sb["n"],
-            **_ci(iv, r, ratio, min(sa["n"], sb["n"]), log=True),
-            "num": {"median": sa["median"], "unit": ua, "at": na},
-            "den": {"median": sb["median"], "unit": ub, "at": nb},
-            "few_samples": min(sa["n"], sb["n"]) < FEW,
-            "warmup": warmup_outlier(a) or warmup_outlier(b),
-            "detail": text, "runs": sorted(set(a["run_id"]) | set(b["run_id"]))}
+    text = (
+        f"{na}: {fmt_value(sa['median'], ua)} (n={sa['n']}) ÷ {nb}: "
+        f"{fmt_value(sb['median'], ub)} (n={sb['n']}) = {fmt_ratio(ratio)} "
+        + (
+            "(median 0 on both sides: no growth)"
+            if zero
+            else f"(from p10/p90 {fmt_ratio(lo)}–{fmt_ratio(hi)}; {iv.text(fmt_ratio)})"
+        )
+        + f"; holds if {r.test_text(fmt_ratio)}"
+    )
+    return {
+        "verdict": intervals.decide(r, iv),
+        "value": ratio,
+        "unit": "ratio",
+        "p10": lo,
+        "p90": hi,
+        "n": sa["n"] + sb["n"],
+        "n_num": sa["n"],
+        "n_den": sb["n"],
+        **_ci(iv, r, ratio, min(sa["n"], sb["n"]), log=True),
+        "num": {"median": sa["median"], "unit": ua, "at": na},
+        "den": {"median": sb["median"], "unit": ub, "at": nb},
+        "few_samples": min(sa["n"], sb["n"]) < FEW,
+        "warmup": warmup_outlier(a) or warmup_outlier(b),
+        "detail": text,
+        "runs": sorted(set(a["run_id"]) | set(b["run_id"])),
+    }
 
 
 def _ci(iv: intervals.Interval, r: Rule, estimate: float, n: int, log: bool) -> dict:
     """The interval's fields of a verdict part: its bounds, whether it is exact, and for an
     interval across the threshold the samples per side that would decide it (None: none would)."""
-    out: dict[str, Any] = {"ci_low": iv.low, "ci_high": iv.high, "exact": iv.exact,
-           "near_threshold": intervals.decide(r, iv) == "inconclusive", "n_side": n}
+    out: dict[str, Any] = {
+        "ci_low": iv.low,
+        "ci_high": iv.high,
+        "exact": iv.exact,
+        "near_threshold": intervals.decide(r, iv) == "inconclusive",
+        "n_side": n,
+    }
     if out["near_threshold"]:
         out["reps_needed"] = intervals.reps_to_decide(r, estimate, iv, n, log=log)
     return out
@@ -242,13 +235,16 @@ def _split_values(claim: Claim, rows: pd.DataFrame, driver: str) -> list[dict]:
     if not cols or sel.empty:
         return [{}]
     combos = sel[cols].dropna().drop_duplicates()
-    return [dict(zip(cols, (x.item() if hasattr(x, "item") else x for x in t), strict=True))
-            for t in combos.itertuples(index=False, name=None)]
+    return [
+        dict(zip(cols, (x.item() if hasattr(x, "item") else x for x in t), strict=True))
+        for t in combos.itertuples(index=False, name=None)
+    ]
 
 
 def _cond_text(extra: dict) -> str:
-    return ", ".join(f"{v}" if k in ("backing_fs", "cache", "job", "kind", "op") else fmt_param(k, v)
-                     for k, v in extra.items())
+    return ", ".join(
+        f"{v}" if k in ("backing_fs", "cache", "job", "kind", "op") else fmt_param(k, v) for k, v in extra.items()
+    )
 
 
 def evaluate_one(claim: Claim, rows: pd.DataFrame, driver: str) -> dict | None:
@@ -275,11 +271,16 @@ def evaluate_one(claim: Claim, rows: pd.DataFrame, driver: str) -> dict | None:
     by = {w: [p["condition"] for p in weighed if p["verdict"] == w] for w in VERDICTS}
     word = "depends" if set(DECIDED) <= words else "inconclusive"
     main = max(weighed, key=lambda p: p["n"])
-    out = {**main, "verdict": word, "value": None,
-           "condition": "; ".join(f"{w} on {', '.join(by[w])}" for w in (*DECIDED, "inconclusive") if by[w]),
-           "parts": parts, "n": sum(p["n"] for p in weighed),
-           "runs": sorted({r for p in weighed for r in p["runs"]}),
-           "detail": "; ".join(f"{p['condition']}: {p['verdict']}, {p['detail']}" for p in weighed)}
+    out = {
+        **main,
+        "verdict": word,
+        "value": None,
+        "condition": "; ".join(f"{w} on {', '.join(by[w])}" for w in (*DECIDED, "inconclusive") if by[w]),
+        "parts": parts,
+        "n": sum(p["n"] for p in weighed),
+        "runs": sorted({r for p in weighed for r in p["runs"]}),
+        "detail": "; ".join(f"{p['condition']}: {p['verdict']}, {p['detail']}" for p in weighed),
+    }
     if word == "inconclusive":  # what decides it: the most repetitions any undecided part needs
         out["reps_needed"] = _most_reps([p.get("reps_needed") for p in weighed if p["verdict"] == "inconclusive"])
     return out
@@ -296,17 +297,22 @@ def _combine(parts: list[dict]) -> dict:
     """Split values that agree: the verdict with the range of values and all samples."""
     vals = [p["value"] for p in parts if p["value"] is not None]
     first = parts[0]
-    return {**first, "value": float(np.median(vals)) if vals else None,
-            "p10": min(p.get("p10", np.nan) for p in parts), "p90": max(p.get("p90", np.nan) for p in parts),
-            "ci_low": min(p.get("ci_low", np.nan) for p in parts),
-            "ci_high": max(p.get("ci_high", np.nan) for p in parts),
-            "exact": all(p.get("exact") for p in parts),
-            "reps_needed": _most_reps([p.get("reps_needed") for p in parts if p["verdict"] == "inconclusive"]),
-            "n": sum(p["n"] for p in parts), "few_samples": any(p.get("few_samples") for p in parts),
-            "near_threshold": any(p.get("near_threshold") for p in parts),
-            "warmup": any(p.get("warmup") for p in parts),
-            "runs": sorted({r for p in parts for r in p["runs"]}),
-            "detail": "; ".join(f"{p['condition']}: {p['detail']}" for p in parts)}
+    return {
+        **first,
+        "value": float(np.median(vals)) if vals else None,
+        "p10": min(p.get("p10", np.nan) for p in parts),
+        "p90": max(p.get("p90", np.nan) for p in parts),
+        "ci_low": min(p.get("ci_low", np.nan) for p in parts),
+        "ci_high": max(p.get("ci_high", np.nan) for p in parts),
+        "exact": all(p.get("exact") for p in parts),
+        "reps_needed": _most_reps([p.get("reps_needed") for p in parts if p["verdict"] == "inconclusive"]),
+        "n": sum(p["n"] for p in parts),
+        "few_samples": any(p.get("few_samples") for p in parts),
+        "near_threshold": any(p.get("near_threshold") for p in parts),
+        "warmup": any(p.get("warmup") for p in parts),
+        "runs": sorted({r for p in parts for r in p["runs"]}),
+        "detail": "; ".join(f"{p['condition']}: {p['detail']}" for p in parts),
+    }
 
 
 def evaluate(claims: list[Claim], df: pd.DataFrame, drivers: Iterable[str] = ()) -> list[dict]:
@@ -322,8 +328,7 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, drivers: Iterable[str] = ())
     for c in claims:
         # every rule reads one workload (sides may differ in metric, mode or driver)
         cols = _columns(c)
-        wl = {h: g.loc[g["workload"] == c.workload, [k for k in g.columns if k in cols]]
-              for h, g in by_host.items()}
+        wl = {h: g.loc[g["workload"] == c.workload, [k for k in g.columns if k in cols]] for h, g in by_host.items()}
         for d in all_drivers:
             if not c.applies(d):
                 continue
@@ -338,9 +343,25 @@ def evaluate(claims: list[Claim], df: pd.DataFrame, drivers: Iterable[str] = ())
 
 def _columns(c: Claim) -> set[str]:
     r = c.rule
-    return {"workload", "metric", "mode", "driver", "value", "unit", "run_id", "_grid", "_host", "repetition",
-            *c.where, *r.num, *r.den, *r.at, *r.split, *(k for f in c.fallback for k in f.get("where", {})),
-            *([r.param] if r.param else [])}
+    return {
+        "workload",
+        "metric",
+        "mode",
+        "driver",
+        "value",
+        "unit",
+        "run_id",
+        "_grid",
+        "_host",
+        "repetition",
+        *c.where,
+        *r.num,
+        *r.den,
+        *r.at,
+        *r.split,
+        *(k for f in c.fallback for k in f.get("where", {})),
+        *([r.param] if r.param else []),
+    }
 
 
 def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
@@ -350,8 +371,7 @@ def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
             got = evaluate_one(variant, rows[rows["_grid"] == g], d)
             if got is None:
                 continue
-            others = [o for o in grids
-                      if o != g and evaluate_one(variant, rows[rows["_grid"] == o], d) is not None]
+            others = [o for o in grids if o != g and evaluate_one(variant, rows[rows["_grid"] == o], d) is not None]
             v = _record(c, d, h, got, g)
             v["metric"] = variant.metric
             if variant is not c:
@@ -368,11 +388,13 @@ def _for_host(c: Claim, d: str, h: Host, rows: pd.DataFrame) -> dict:
         why = f"no {lacking[0]}-mode {c.workload} samples for {d} here"
         if lacking[0] == "engine":
             cls = DRIVERS.get(d)
-            why += (": Docker has no storage driver for it" if cls is not None and cls.engine is None
-                    else " (when dockerd refused the driver, its runs' run.json `engine` says why)")
+            why += (
+                ": Docker has no storage driver for it"
+                if cls is not None and cls.engine is None
+                else " (when dockerd refused the driver, its runs' run.json `engine` says why)"
+            )
     else:
-        why = (f"the {c.workload} samples for {d} here lack the points the rule needs "
-               f"({_rule_points(c)})")
+        why = f"the {c.workload} samples for {d} here lack the points the rule needs ({_rule_points(c)})"
     return _not_measured(c, d, h, why)
 
 
@@ -383,18 +405,41 @@ def _rule_points(c: Claim) -> str:
 
 
 def _common(c: Claim, d: str, h: Host | None) -> dict:
-    return {"claim": c.id, "quote": c.quote, "section": c.section, "driver": d,
-            "host": h.id if h else None, "host_label": h.label if h else "no results",
-            "hostname": h.hostname if h else None, "kernel": h.kernel if h else None,
-            "emulated": h.emulated if h else None, "workload": c.workload, "metric": c.metric,
-            "mode": c.mode}
+    return {
+        "claim": c.id,
+        "quote": c.quote,
+        "section": c.section,
+        "driver": d,
+        "host": h.id if h else None,
+        "host_label": h.label if h else "no results",
+        "hostname": h.hostname if h else None,
+        "kernel": h.kernel if h else None,
+        "emulated": h.emulated if h else None,
+        "workload": c.workload,
+        "metric": c.metric,
+        "mode": c.mode,
+    }
 
 
 def _not_measured(c: Claim, d: str, h: Host | None, why: str) -> dict:
-    return {**_common(c, d, h), "verdict": "not measured", "condition": "", "value": None, "unit": None,
-            "p10": None, "p90": None, "n": 0, "grid": None, "why": why,
-            "command": c.measure_command(d), "detail": "", "runs": [], "notes": [], "parts": [],
-            "decide": ""}
+    return {
+        **_common(c, d, h),
+        "verdict": "not measured",
+        "condition": "",
+        "value": None,
+        "unit": None,
+        "p10": None,
+        "p90": None,
+        "n": 0,
+        "grid": None,
+        "why": why,
+        "command": c.measure_command(d),
+        "detail": "",
+        "runs": [],
+        "notes": [],
+        "parts": [],
+        "decide": "",
+    }
 
 
 def _record(c: Claim, d: str, h: Host, got: dict, grid: str) -> dict:
@@ -403,13 +448,29 @@ def _record(c: Claim, d: str, h: Host, got: dict, grid: str) -> dict:
         notes.append(f"fewer than {FEW} samples on a side")
     if got.get("warmup") or any(p.get("warmup") for p in got.get("parts", [])):
         notes.append(f"a first repetition took over {WARMUP:g}× the later ones' median (warm-up)")
-    v = {**_common(c, d, h), "verdict": got["verdict"], "condition": got.get("condition", ""),
-         "value": got.get("value"), "unit": got.get("unit"), "p10": got.get("p10"),
-         "p90": got.get("p90"), "n": got.get("n", 0), "grid": grid, "detail": got.get("detail", ""),
-         "ci_low": got.get("ci_low"), "ci_high": got.get("ci_high"), "exact": bool(got.get("exact")),
-         "runs": got.get("runs", []), "notes": notes, "parts": [_slim(p) for p in got.get("parts", [])],
-         "few_samples": bool(got.get("few_samples")), "near_threshold": bool(got.get("near_threshold")),
-         "why": got.get("why", ""), "command": "", "decide": ""}
+    v = {
+        **_common(c, d, h),
+        "verdict": got["verdict"],
+        "condition": got.get("condition", ""),
+        "value": got.get("value"),
+        "unit": got.get("unit"),
+        "p10": got.get("p10"),
+        "p90": got.get("p90"),
+        "n": got.get("n", 0),
+        "grid": grid,
+        "detail": got.get("detail", ""),
+        "ci_low": got.get("ci_low"),
+        "ci_high": got.get("ci_high"),
+        "exact": bool(got.get("exact")),
+        "runs": got.get("runs", []),
+        "notes": notes,
+        "parts": [_slim(p) for p in got.get("parts", [])],
+        "few_samples": bool(got.get("few_samples")),
+        "near_threshold": bool(got.get("near_threshold")),
+        "why": got.get("why", ""),
+        "command": "",
+        "decide": "",
+    }
     if got["verdict"] == "inconclusive":
         reps = got.get("reps_needed")
         practical = reps if reps is not None and reps <= intervals.MAX_REPS else None
@@ -440,18 +501,26 @@ def _decide_text(got: dict) -> str:
     reps, n = got.get("reps_needed"), got.get("n_side")
     level = f"{intervals.LEVEL:.0%}"
     if reps is None:
-        return (f"the estimate sits on the threshold (or the interval is unbounded): more samples "
-                f"narrow the {level} interval but may never clear it")
+        return (
+            f"the estimate sits on the threshold (or the interval is unbounded): more samples "
+            f"narrow the {level} interval but may never clear it"
+        )
     if reps > intervals.MAX_REPS:
-        return (f"over {intervals.MAX_REPS:,} samples per side (now {n}): the medians sit too close to "
-                f"the threshold for a practical run")
-    return (f"about {reps} samples per side (now {n}) would put the {level} interval on one side of "
-            f"the threshold, if the spread stays as measured")
+        return (
+            f"over {intervals.MAX_REPS:,} samples per side (now {n}): the medians sit too close to "
+            f"the threshold for a practical run"
+        )
+    return (
+        f"about {reps} samples per side (now {n}) would put the {level} interval on one side of "
+        f"the threshold, if the spread stays as measured"
+    )
 
 
 def _slim(p: dict) -> dict:
-    return {k: p.get(k) for k in ("condition", "verdict", "value", "unit", "p10", "p90", "n", "detail",
-                                  "ci_low", "ci_high", "exact")}
+    return {
+        k: p.get(k)
+        for k in ("condition", "verdict", "value", "unit", "p10", "p90", "n", "detail", "ci_low", "ci_high", "exact")
+    }
 
 
 def matrix(verdicts: list[dict]) -> tuple[list[str], list[str], dict]:
@@ -464,8 +533,20 @@ def matrix(verdicts: list[dict]) -> tuple[list[str], list[str], dict]:
     return claims, drivers, cells
 
 
-_ORDER = ["overlay2", "overlay", "aufs", "fuse-overlayfs", "unionfs-fuse", "btrfs", "zfs",
-          "devicemapper-loop", "devicemapper-direct", "erofs", "composefs", "vfs"]
+_ORDER = [
+    "overlay2",
+    "overlay",
+    "aufs",
+    "fuse-overlayfs",
+    "unionfs-fuse",
+    "btrfs",
+    "zfs",
+    "devicemapper-loop",
+    "devicemapper-direct",
+    "erofs",
+    "composefs",
+    "vfs",
+]
 
 
 def _driver_order(d: str) -> tuple[int, str]:

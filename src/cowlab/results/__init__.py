@@ -146,13 +146,21 @@ def _close_vm_runs(e: dict, state) -> None:
         return
     before = set(e.get("before") or [])
     for rj in d.glob("*/run.json"):
-        if str(rj.parent) not in before:
+        if str(rj.parent) not in before and _vm_of(rj) in (e.get("vm_id"), None):
             close_if_running(
                 rj,
                 KILLED,
                 "the kernel VM ended before this run finished; "
                 "closed by cowlab on the host; samples.jsonl has what was measured",
             )
+
+
+def _vm_of(run_json: Path) -> str | None:
+    """The kernel VM a run was made in (run.json vm_id), so one VM's end never closes another's run."""
+    try:
+        return json.loads(run_json.read_text()).get("vm_id")
+    except (OSError, ValueError):
+        return None
 
 
 def close_if_running(p: Path, status: str, why: str) -> bool:

@@ -194,11 +194,12 @@ def run(
         suffix = "" if kern.name == DEFAULT_KERNEL else "-" + kern.name.replace(".", "-")
         name = (socket.gethostname()[:40] + "-vm" + suffix).replace("_", "-")
         if out is not None:  # whatever the guest leaves "running" is closed once the VM is gone
-            res.add("vm_results", out=str(out), hostname=name, before=sorted(_runs(str(out))))
+            res.add("vm_results", out=str(out), hostname=name, before=sorted(_runs(str(out))), vm_id=vid)
         config = {
             "argv": argv,
             "python_argv": python_argv,
             "scratch": str(scratch),
+            "vm_id": vid,
             "host_root": str(state.path),
             "images": str(state.images),
             "layers": str(state.layers),
@@ -439,6 +440,7 @@ def guest_main(config_path: str) -> int:
             COWLAB_VIRTUALIZATION=cfg["accel"],
             COWLAB_HYPERVISOR=f"QEMU {cfg['accel'].upper()} (virtme-ng), host {cfg['host']['hostname']}",
             PYTHONDONTWRITEBYTECODE="1",
+            COWLAB_VM_ID=cfg.get("vm_id", ""),
             **{IN_VM: "1"},
         )
         if cfg.get("git_sha"):
@@ -452,7 +454,9 @@ def guest_main(config_path: str) -> int:
         else:
             cmd = [sys.executable, "-m", "cowlab", *args]
         rc = subprocess.run(cmd, env=env).returncode
-        report["run_dirs"] = sorted(_runs(cfg.get("out")) - before)
+        # Only this VM's runs: the results directory is shared, and another VM or a native run
+        # may start a run in it meanwhile (their run.json carry another vm_id, or none).
+        report["run_dirs"] = sorted(d for d in _runs(cfg.get("out")) - before if _vm_id(d) == cfg.get("vm_id"))
     except Exception as e:  # reported to the host, which prints it
         print(f"cowlab-vm: guest setup failed: {type(e).__name__}: {e}", flush=True)
         rc = 1
@@ -472,6 +476,13 @@ def _guest_disks() -> dict[str, str]:
 
 def _subst(a: str, disks: dict[str, str]) -> str:
     return re.sub(r"\{disk:([\w.-]+)\}", lambda m: disks.get(m.group(1), m.group(0)), a)
+
+
+def _vm_id(run_dir: str) -> str | None:
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("vm_id")
+    except (OSError, ValueError):
+        return None
 
 
 def _runs(out: str | None) -> set[str]:

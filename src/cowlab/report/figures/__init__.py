@@ -26,8 +26,7 @@ import sys
 import matplotlib
 
 # Before any submodule imports pyplot: the backend is chosen once, at the first import.
-if ("matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules
-        and not os.environ.get("MPLBACKEND")):
+if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
     matplotlib.use("Agg")
 
 from cowlab.report.figures.axes import (  # noqa: E402
@@ -46,6 +45,7 @@ from cowlab.report.figures.axes import (  # noqa: E402
     pretty_name,
     series_label,
 )
+from cowlab.report.figures.bars import HATCHES, bars_by_driver  # noqa: E402
 from cowlab.report.figures.data import (  # noqa: E402
     BENCH_DRIVERS,
     bench_command,
@@ -64,8 +64,6 @@ from cowlab.report.figures.data import (  # noqa: E402
 from cowlab.report.figures.panels import (  # noqa: E402
     BLANK,
     FEW_SAMPLES,
-    HATCHES,
-    bars_by_driver,
     emulation_note,
     line_by_driver,
     line_panels,
@@ -98,17 +96,60 @@ from cowlab.report.figures.sentences import (  # noqa: E402
 )
 
 __all__ = [
-    "ALL_EMULATED_NOTE", "DRIVER_COLORS", "EMULATED_NOTE", "FLOOR_COLOR", "LOG_DECADES",
-    "MIXED_TIME_DECADES", "PRETTY_NAMES", "driver_color", "human_bytes", "human_seconds",
-    "human_value", "human_x", "pretty_name", "series_label",
-    "BENCH_DRIVERS", "bench_command", "driver_series", "drivers_text", "is_emulated",
-    "no_results_text", "param_values", "per_extra", "results_dir", "runs_table", "series_rows",
-    "summarize", "workload_data",
-    "BLANK", "FEW_SAMPLES", "HATCHES", "bars_by_driver", "emulation_note", "line_by_driver",
-    "line_panels", "overhead_bars", "reference_line",
-    "ENGINE_OPS", "SPACE_EVENTS", "bars_panels", "density_guides", "engine_split",
-    "engine_split_figure", "engine_split_sentences", "engine_split_table", "host_panels",
-    "hosts_in", "io_figure", "space_figure",
-    "METRIC_PHRASES", "PREPOSITIONS", "compare_sentence", "driver_ratio_sentence",
-    "growth_sentence", "largest_common_compare", "ratio_sentence", "span_sentence",
+    "ALL_EMULATED_NOTE",
+    "DRIVER_COLORS",
+    "EMULATED_NOTE",
+    "FLOOR_COLOR",
+    "LOG_DECADES",
+    "MIXED_TIME_DECADES",
+    "PRETTY_NAMES",
+    "driver_color",
+    "human_bytes",
+    "human_seconds",
+    "human_value",
+    "human_x",
+    "pretty_name",
+    "series_label",
+    "BENCH_DRIVERS",
+    "bench_command",
+    "driver_series",
+    "drivers_text",
+    "is_emulated",
+    "no_results_text",
+    "param_values",
+    "per_extra",
+    "results_dir",
+    "runs_table",
+    "series_rows",
+    "summarize",
+    "workload_data",
+    "BLANK",
+    "FEW_SAMPLES",
+    "HATCHES",
+    "bars_by_driver",
+    "emulation_note",
+    "line_by_driver",
+    "line_panels",
+    "overhead_bars",
+    "reference_line",
+    "ENGINE_OPS",
+    "SPACE_EVENTS",
+    "bars_panels",
+    "density_guides",
+    "engine_split",
+    "engine_split_figure",
+    "engine_split_sentences",
+    "engine_split_table",
+    "host_panels",
+    "hosts_in",
+    "io_figure",
+    "space_figure",
+    "METRIC_PHRASES",
+    "PREPOSITIONS",
+    "compare_sentence",
+    "driver_ratio_sentence",
+    "growth_sentence",
+    "largest_common_compare",
+    "ratio_sentence",
+    "span_sentence",
 ]

@@ -18,8 +18,7 @@ LOG_DECADES = 1.5
 
 # Each driver's colour, from the registry; other names get a stable colour from their name.
 DRIVER_COLORS = {n: cls.color for n, cls in _drivers.DRIVERS.items()}  # each driver declares its own
-_SPARE_COLORS = ["tab:olive", "tab:cyan", "#1b9e77", "#7570b3", "#e6ab02", "#a6761d",
-                 "#666666", "#e7298a"]
+_SPARE_COLORS = ["tab:olive", "tab:cyan", "#1b9e77", "#7570b3", "#e6ab02", "#a6761d", "#666666", "#e7298a"]
 FLOOR_COLOR = "0.55"  # grey: the reference floor is not a driver
 
 EMULATED_NOTE = "emulated (TCG) runs kept apart, dashed: their times are not native times"
@@ -30,8 +29,12 @@ ALL_EMULATED_NOTE = "all runs emulated (TCG): times are not native times"
 # Words for numbers
 
 # One formatter for every output: cowlab.base.units (re-exported here, where notebooks find them).
-human_bytes, human_seconds, human_value, human_x = (units.human_bytes, units.human_seconds,
-                                                    units.human_value, units.human_param)
+human_bytes, human_seconds, human_value, human_x = (
+    units.human_bytes,
+    units.human_seconds,
+    units.human_value,
+    units.human_param,
+)
 _num, _count, time_scale, x_unit = units.number, units.count, units.time_scale, units.param_unit
 
 
@@ -56,6 +59,7 @@ def pretty_name(col: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Plots
+
 
 def driver_color(driver: str) -> str:
     """The colour of a driver in every notebook: the one its module declares (the registry),

@@ -15,6 +15,7 @@ import pandas as pd
 # ---------------------------------------------------------------------------------------------
 # Where the results are
 
+
 def results_dir(start: str | Path | None = None) -> Path:
     """The results directory a notebook should read.
 
@@ -38,6 +39,7 @@ def results_dir(start: str | Path | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Numbers
 
+
 def summarize(df: pd.DataFrame, by: str | Iterable[str]) -> pd.DataFrame:
     """Median, p10, p90 and n of `value` per group of `by` (one row per group, `by` as columns).
 
@@ -52,12 +54,14 @@ def summarize(df: pd.DataFrame, by: str | Iterable[str]) -> pd.DataFrame:
     if missing:
         raise KeyError(f"summarize: no column(s) {missing} in the frame")
     g = df.assign(value=pd.to_numeric(df["value"], errors="coerce")).groupby(by, dropna=False)["value"]
-    out = pd.DataFrame({
-        "median": g.median(),
-        "p10": g.quantile(0.1),
-        "p90": g.quantile(0.9),
-        "n": g.count(),
-    }).reset_index()
+    out = pd.DataFrame(
+        {
+            "median": g.median(),
+            "p10": g.quantile(0.1),
+            "p90": g.quantile(0.9),
+            "n": g.count(),
+        }
+    ).reset_index()
     return out[cols]
 
 
@@ -102,15 +106,18 @@ def mixed_params_warning(sel: pd.DataFrame, x: str, where: str) -> None:
     pool different measurements (e.g. all layer counts at one image size)."""
     if "params" not in sel.columns or sel.empty:
         return
-    keys = sel["params"].map(lambda p: json.dumps({k: v for k, v in (p or {}).items() if k != x},
-                                                  sort_keys=True, default=str))
+    keys = sel["params"].map(
+        lambda p: json.dumps({k: v for k, v in (p or {}).items() if k != x}, sort_keys=True, default=str)
+    )
     groups = [c for c in ("driver", x) if c in sel.columns]
     n = keys.groupby([sel[c] for c in groups], dropna=False).nunique()
     if (n > 1).any():
         other = sorted({k for p in sel["params"] for k in (p or {}) if k != x})
-        warnings.warn(f"{where}: samples at one {x} differ in {', '.join(other)}; "
-                      f"their medians pool different measurements. Pass filter= to pick one.",
-                      stacklevel=3)
+        warnings.warn(
+            f"{where}: samples at one {x} differ in {', '.join(other)}; "
+            f"their medians pool different measurements. Pass filter= to pick one.",
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +126,12 @@ def mixed_params_warning(sel: pd.DataFrame, x: str, where: str) -> None:
 BENCH_DRIVERS = ("overlay2", "vfs")
 
 
-def workload_data(workloads: str | Iterable[str], where: str | Path | None = None,
-                  mode: str = "primitive", include_failed: bool = False) -> pd.DataFrame:
+def workload_data(
+    workloads: str | Iterable[str],
+    where: str | Path | None = None,
+    mode: str = "primitive",
+    include_failed: bool = False,
+) -> pd.DataFrame:
     """The samples of `workloads` in one `mode` ("primitive": cowlab's own drivers; "engine":
     through dockerd) under `where` (default: results_dir()). No directory, no rows: an empty
     frame with the usual columns, never an error. include_failed: also the failed and skipped
@@ -142,10 +153,12 @@ def bench_command(driver: str, workload: str, quick: bool = False) -> str:
 def no_results_text(workload: str, where: str | Path) -> str:
     """What a notebook prints when `where` holds no results of `workload`: how to make some."""
     cmds = "\n".join(f"    {bench_command(d, workload)}" for d in BENCH_DRIVERS)
-    return (f"No {workload} results under {where}.\n"
-            f"Produce some (as root) with:\n{cmds}\n"
-            f"(add --quick before --workload for the short grid), or point the COWLAB_RESULTS "
-            f"environment variable at a results directory.\nThe cells below skip their plots.")
+    return (
+        f"No {workload} results under {where}.\n"
+        f"Produce some (as root) with:\n{cmds}\n"
+        f"(add --quick before --workload for the short grid), or point the COWLAB_RESULTS "
+        f"environment variable at a results directory.\nThe cells below skip their plots."
+    )
 
 
 def driver_series(df: pd.DataFrame) -> list[tuple[str, bool]]:
@@ -165,12 +178,13 @@ def drivers_text(df: pd.DataFrame, workload: str) -> str:
     if len(drivers) == 1:
         other = [d for d in BENCH_DRIVERS if d != drivers[0]]
         hint = f" (e.g. {bench_command(other[0], workload)})" if other else ""
-        lines.append(f"Only {drivers[0]} has results: the driver comparison needs "
-                     f"{' and '.join(BENCH_DRIVERS)}{hint}.")
+        lines.append(f"Only {drivers[0]} has results: the driver comparison needs {' and '.join(BENCH_DRIVERS)}{hint}.")
     em = is_emulated(df)
     if em.any():
-        lines.append("Some runs are emulated (TCG): they are plotted as separate, dashed series "
-                     "and get their own sentences; they are never pooled with native runs.")
+        lines.append(
+            "Some runs are emulated (TCG): they are plotted as separate, dashed series "
+            "and get their own sentences; they are never pooled with native runs."
+        )
     return "\n".join(lines)
 
 
@@ -178,17 +192,21 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run in `df`: driver, host, kernel, emulated, backing filesystem(s), quick
     grid or not, number of samples."""
     if df.empty:
-        return pd.DataFrame(columns=["driver", "hostname", "kernel", "emulated", "backing_fs",
-                                     "quick", "samples"])
+        return pd.DataFrame(columns=["driver", "hostname", "kernel", "emulated", "backing_fs", "quick", "samples"])
 
     def values(s: pd.Series) -> str:
         return ", ".join(sorted({str(v) for v in s.dropna()})) or "?"
 
     d = df.assign(emulated=is_emulated(df))
-    cols = {"driver": ("driver", "first"), "hostname": ("hostname", "first"),
-            "kernel": ("kernel", "first"), "emulated": ("emulated", "first"),
-            "backing_fs": ("backing_fs", values), "quick": ("quick", "first"),
-            "samples": ("value", "size")}
+    cols = {
+        "driver": ("driver", "first"),
+        "hostname": ("hostname", "first"),
+        "kernel": ("kernel", "first"),
+        "emulated": ("emulated", "first"),
+        "backing_fs": ("backing_fs", values),
+        "quick": ("quick", "first"),
+        "samples": ("value", "size"),
+    }
     cols = {k: v for k, v in cols.items() if v[0] in d.columns}
     return d.groupby("run_id").agg(**cols)
 
@@ -196,8 +214,8 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Helpers the workload notebooks share (they used to define these themselves)
 
-def series_rows(df: pd.DataFrame, driver: str, emulated: bool, metric: str | None = None,
-                **where: Any) -> pd.DataFrame:
+
+def series_rows(df: pd.DataFrame, driver: str, emulated: bool, metric: str | None = None, **where: Any) -> pd.DataFrame:
     """The rows of one series (driver, native or emulated), optionally one metric, narrowed by
     column = value; a column the frame lacks selects nothing."""
     if df.empty or "driver" not in df.columns:
@@ -215,8 +233,9 @@ def param_values(rows: pd.DataFrame, x: str) -> list:
     return sorted(set(rows[x].dropna())) if x in rows.columns else []
 
 
-def per_extra(df: pd.DataFrame, driver: str, emulated: bool, metric: str, where: Mapping | None = None,
-              x: str = "containers") -> tuple[float, int, int] | None:
+def per_extra(
+    df: pd.DataFrame, driver: str, emulated: bool, metric: str, where: Mapping | None = None, x: str = "containers"
+) -> tuple[float, int, int] | None:
     """(what each step of x beyond the smallest added, x lo, x hi) from the medians at the two
     ends, or None when fewer than two values of x were measured."""
     rows = series_rows(df, driver, emulated, metric, **dict(where or {}))

@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.ticker import FixedLocator, NullLocator
 
 from cowlab.report.figures.axes import (
     ALL_EMULATED_NOTE,
@@ -34,8 +33,15 @@ from cowlab.report.figures.data import is_emulated, metric_unit, mixed_params_wa
 from cowlab.report.figures.sentences import filter_text, ratio_text
 
 
-def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None,
-                   logx: bool | None = False, logy: bool | None = None, filter: Any = None) -> Axes:
+def line_by_driver(
+    df: pd.DataFrame,
+    x: str,
+    metric: str,
+    ax: Axes | None = None,
+    logx: bool | None = False,
+    logy: bool | None = None,
+    filter: Any = None,
+) -> Axes:
     """`metric` against parameter `x`: one series per driver (emulated runs a separate, dashed
     series), medians with p10–p90 error bars.
 
@@ -49,8 +55,15 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
     if x in sel.columns:
         sel = sel[sel[x].notna()]
     if sel.empty or x not in sel.columns or "driver" not in sel.columns:
-        ax.text(0.5, 0.5, f"no {metric} data{filter_text(filter)}", ha="center", va="center",
-                transform=ax.transAxes, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            f"no {metric} data{filter_text(filter)}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="0.4",
+        )
         ax.set_xlabel(pretty_name(x))
         ax.set_ylabel(pretty_name(metric))
         ax.set_xticks([])
@@ -75,22 +88,37 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
     for (driver, em), g in s.groupby(["driver", "_emulated"], sort=True):
         med = g["median"].to_numpy(float)
         err = np.vstack([med - g["p10"].to_numpy(float), g["p90"].to_numpy(float) - med])
-        ax.errorbar(g[x].to_numpy(float), med, yerr=np.clip(err, 0, None),
-                    color=driver_color(driver), linestyle="--" if em else "-",
-                    marker="s" if em else "o", markersize=5, capsize=4, linewidth=1.6,
-                    label=series_label(driver, bool(em)))
+        ax.errorbar(
+            g[x].to_numpy(float),
+            med,
+            yerr=np.clip(err, 0, None),
+            color=driver_color(driver),
+            linestyle="--" if em else "-",
+            marker="s" if em else "o",
+            markersize=5,
+            capsize=4,
+            linewidth=1.6,
+            label=series_label(driver, bool(em)),
+        )
         few = g["n"].to_numpy() < FEW_SAMPLES
         if few.any():  # hollow: a median of fewer than FEW_SAMPLES samples
-            ax.plot(g[x].to_numpy(float)[few], med[few], linestyle="none", marker="s" if em else "o",
-                    markersize=6, markerfacecolor="white", markeredgecolor=driver_color(driver), zorder=3)
+            ax.plot(
+                g[x].to_numpy(float)[few],
+                med[few],
+                linestyle="none",
+                marker="s" if em else "o",
+                markersize=6,
+                markerfacecolor="white",
+                markeredgecolor=driver_color(driver),
+                zorder=3,
+            )
             ax._cowlab_few = True  # type: ignore[attr-defined]  # our mark on this Axes, read by the legends
 
     xunit = x_unit(x)
     format_axis(ax.xaxis, xunit, logx, xs, ticks_at=sorted(set(xs)))
     su = format_axis(ax.yaxis, unit, logy, ys)
     ax.set_xlabel(axis_label(pretty_name(x), xunit))
-    ax.set_ylabel(axis_label(pretty_name(metric), unit, su)
-                  + ("  [log]" if logy else ""))
+    ax.set_ylabel(axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
     if logx:
         ax.set_xlabel(ax.get_xlabel() + "  [log]")
     if not logy and unit in ("s", "B") and (s["p10"] >= 0).all():
@@ -98,7 +126,7 @@ def line_by_driver(df: pd.DataFrame, x: str, metric: str, ax: Axes | None = None
     ax.grid(True, which="major", alpha=0.3)
 
     # outside the axes: a legend never covers data
-    _legend(ax, set(s["_emulated"]), _what(ax), "small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    legend_for(ax, set(s["_emulated"]), _what(ax), "small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
 
 
@@ -119,10 +147,11 @@ def emulation_note(flags: set) -> str | None:
     return EMULATED_NOTE if flags == {True, False} else ALL_EMULATED_NOTE if flags == {True} else None
 
 
-def _legend(ax: Axes, flags: set, what: str, size: str, **kw):
+def legend_for(ax: Axes, flags: set, what: str, size: str, **kw):
     note = emulation_note(flags)
-    leg = ax.legend(title=f"{what}\n⚠ {note}" if note else what, fontsize=size,
-                    title_fontsize=size, alignment="left", **kw)
+    leg = ax.legend(
+        title=f"{what}\n⚠ {note}" if note else what, fontsize=size, title_fontsize=size, alignment="left", **kw
+    )
     if note:
         leg.get_title().set_color("firebrick")
     return leg
@@ -138,8 +167,15 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
     need = {"metric", "driver", "image_size_bytes", "layers"}
     floor = sel[sel["metric"] == "floor_seconds"] if need <= set(sel.columns) else sel.iloc[0:0]
     if floor.empty:
-        ax.text(0.5, 0.5, "no mount_floor data (only drivers with a bare mount have one)",
-                ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no mount_floor data (only drivers with a bare mount have one)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="0.4",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         return ax
@@ -147,12 +183,10 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
         sel = sel[sel["run_id"].isin(set(floor["run_id"]))]
     sel = sel.assign(_emulated=is_emulated(sel))
     keys = ["driver", "_emulated", "image_size_bytes", "layers"]
-    s = summarize(sel[sel["metric"].isin(["create_seconds", "remove_seconds", "floor_seconds"])],
-                  ["metric", *keys])
+    s = summarize(sel[sel["metric"].isin(["create_seconds", "remove_seconds", "floor_seconds"])], ["metric", *keys])
     fl = s[s["metric"] == "floor_seconds"]
     groups = list(fl.groupby(["driver", "_emulated"], sort=True))
-    points = sorted({(r.image_size_bytes, r.layers) for r in fl.itertuples()},
-                    key=lambda p: (p[1], p[0]))
+    points = sorted({(r.image_size_bytes, r.layers) for r in fl.itertuples()}, key=lambda p: (p[1], p[0]))
     width = 0.8 / (2 * len(groups))
     ymax = 0.0
     seen: set[str] = set()
@@ -164,31 +198,66 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
         return label
 
     def get(metric, driver, em, size, layers):
-        r = s[(s["metric"] == metric) & (s["driver"] == driver) & (s["_emulated"] == em)
-              & (s["image_size_bytes"] == size) & (s["layers"] == layers)]
+        r = s[
+            (s["metric"] == metric)
+            & (s["driver"] == driver)
+            & (s["_emulated"] == em)
+            & (s["image_size_bytes"] == size)
+            & (s["layers"] == layers)
+        ]
         return r.iloc[0] if len(r) else None
 
     for gi, ((driver, em), _) in enumerate(groups):
         c = driver_color(driver)
         for pi, (size, layers) in enumerate(points):
-            cr, rm, f = (get(m, driver, em, size, layers)
-                         for m in ("create_seconds", "remove_seconds", "floor_seconds"))
+            cr, rm, f = (
+                get(m, driver, em, size, layers) for m in ("create_seconds", "remove_seconds", "floor_seconds")
+            )
             x0 = pi - 0.4 + (2 * gi + 0.5) * width
             if cr is not None and rm is not None:
-                ax.bar(x0, cr["median"], width, color=c, edgecolor=c, alpha=0.55 if em else 1,
-                       label=once(f"{series_label(driver, em)}: create"))
-                ax.bar(x0, rm["median"], width, bottom=cr["median"], color="white", edgecolor=c,
-                       hatch="///", label=once(f"{series_label(driver, em)}: remove"))
+                ax.bar(
+                    x0,
+                    cr["median"],
+                    width,
+                    color=c,
+                    edgecolor=c,
+                    alpha=0.55 if em else 1,
+                    label=once(f"{series_label(driver, em)}: create"),
+                )
+                ax.bar(
+                    x0,
+                    rm["median"],
+                    width,
+                    bottom=cr["median"],
+                    color="white",
+                    edgecolor=c,
+                    hatch="///",
+                    label=once(f"{series_label(driver, em)}: remove"),
+                )
                 total = cr["median"] + rm["median"]
                 if f is not None and f["median"] > 0:
-                    ax.text(x0 + width / 2, total, f"{ratio_text(total / f['median'])}× floor",
-                            ha="center", va="bottom", fontsize="small")
+                    ax.text(
+                        x0 + width / 2,
+                        total,
+                        f"{ratio_text(total / f['median'])}× floor",
+                        ha="center",
+                        va="bottom",
+                        fontsize="small",
+                    )
                 ymax = max(ymax, total)
             if f is not None:
-                ax.bar(x0 + width, f["median"], width, color=FLOOR_COLOR, alpha=0.55 if em else 1,
-                       edgecolor=c, linewidth=1.5,
-                       yerr=[[f["median"] - f["p10"]], [f["p90"] - f["median"]]], capsize=3,
-                       label=once(f"{series_label(driver, em)}: bare mount+umount"))
+                ax.bar(
+                    x0 + width,
+                    f["median"],
+                    width,
+                    color=FLOOR_COLOR,
+                    alpha=0.55 if em else 1,
+                    edgecolor=c,
+                    linewidth=1.5,
+                    yerr=[[f["median"] - f["p10"]], [f["p90"] - f["median"]]],
+                    capsize=3,
+                    label=once(f"{series_label(driver, em)}: bare mount+umount"),
+                )
                 ymax = max(ymax, f["p90"])
     ax.set_xticks(range(len(points)))
     ax.set_xticklabels([f"{human_bytes(sz)}\n{int(n)} layer{'s' if n != 1 else ''}" for sz, n in points])
@@ -197,13 +266,18 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
     ax.set_ylabel(f"median time ({su})")
     ax.set_ylim(0, ymax * 1.2)
     ax.grid(True, axis="y", alpha=0.3)
-    _legend(ax, {em for (_, em), _ in groups}, "medians; floor bars p10–p90", "small",
-            loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    legend_for(
+        ax,
+        {em for (_, em), _ in groups},
+        "medians; floor bars p10–p90",
+        "small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     return ax
 
 
-def reference_line(ax: Axes, xs: Iterable[float], ys: Iterable[float], label: str,
-                   linestyle: str = ":") -> None:
+def reference_line(ax: Axes, xs: Iterable[float], ys: Iterable[float], label: str, linestyle: str = ":") -> None:
     """A grey guide line (e.g. "one copy of the file set", "K copies"), not a driver's data;
     the y limits grow to show it."""
     xs, ys = list(map(float, xs)), list(map(float, ys))
@@ -225,7 +299,7 @@ def _summary_values(sel: pd.DataFrame, keys: list[str]) -> list[float]:
     return [float(v) for v in (*s["p10"], *s["p90"], *s["median"]) if pd.notna(v)]
 
 
-def _auto_log(vals: list[float]) -> bool:
+def auto_log(vals: list[float]) -> bool:
     return bool(vals) and min(vals) > 0 and span_decades(vals) > LOG_DECADES
 
 
@@ -253,14 +327,26 @@ def _kind_spec(spec: Any, metric: str, emulated: bool) -> Any:
     def only(sel: pd.DataFrame, f=f):
         keep = select_rows(sel, None, f).index if f is not None else sel.index
         return sel.index.isin(keep) & (is_emulated(sel) == emulated).to_numpy()
+
     return (m, only)
 
 
-def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any], ncols: int = 3,
-                share: str | None = "all", logx: bool | None = False, logy: bool | None = None,
-                title: str | None = None, panel_size: tuple[float, float] = (4.2, 3.2),
-                each: Any = None, fit: str = "spread", ylabel: str | None = None,
-                split_emulated: bool = True):
+def line_panels(
+    df: pd.DataFrame,
+    x: str,
+    metric: str,
+    panels: Mapping[str, Any],
+    ncols: int = 3,
+    share: str | None = "all",
+    logx: bool | None = False,
+    logy: bool | None = None,
+    title: str | None = None,
+    panel_size: tuple[float, float] = (4.2, 3.2),
+    each: Any = None,
+    fit: str = "spread",
+    ylabel: str | None = None,
+    split_emulated: bool = True,
+):
     """A grid of line_by_driver panels, one per entry of `panels`, with one legend.
 
     panels: {title: filter} (the filter as in line_by_driver), or {title: (metric, filter)} to
@@ -284,13 +370,16 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
     if split_emulated and _mixed_kinds(df, metric, items):
         full = -(-len(items) // ncols) * ncols
         emu_row = full // ncols
-        items = ([(k, _kind_spec(v, metric, False)) for k, v in items]
-                 + [(f"\0pad{i}", BLANK) for i in range(full - len(items))]
-                 + [(f"{k} · emulated (TCG)", _kind_spec(v, metric, True)) for k, v in items])
+        items = (
+            [(k, _kind_spec(v, metric, False)) for k, v in items]
+            + [(f"\0pad{i}", BLANK) for i in range(full - len(items))]
+            + [(f"{k} · emulated (TCG)", _kind_spec(v, metric, True)) for k, v in items]
+        )
     n = max(len(items), 1)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
-                             figsize=(panel_size[0] * ncols + 2.2, panel_size[1] * nrows + 0.6))
+    fig, axes = plt.subplots(
+        nrows, ncols, squeeze=False, figsize=(panel_size[0] * ncols + 2.2, panel_size[1] * nrows + 0.6)
+    )
 
     def group(r: int, c: int):
         g = {"all": 0, "row": r, "col": c}.get(share or "", (r, c))
@@ -312,7 +401,7 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
     gvals: dict[Any, list[float]] = {}
     for r, c, _, _, _, sel in specs:
         gvals.setdefault(group(r, c), []).extend(_summary_values(sel, ["driver", x]))
-    glog = {g: (logy if logy is not None else _auto_log(v)) for g, v in gvals.items()}
+    glog = {g: (logy if logy is not None else auto_log(v)) for g, v in gvals.items()}
 
     handles: dict[str, Any] = {}
     flags: set = set()
@@ -323,8 +412,7 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
         if sel.empty:  # the title says what is missing; a long note would not fit the panel
             for t in list(ax.texts):
                 t.remove()
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes,
-                    color="0.4")
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.4")
             ax.set_ylabel("")
         if each is not None:
             each(ax, name, sel)
@@ -369,9 +457,16 @@ def line_panels(df: pd.DataFrame, x: str, metric: str, panels: Mapping[str, Any]
     if handles:
         note = emulation_note(flags)
         what = _what(*[a for row in axes for a in row])
-        leg = fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
-                         bbox_to_anchor=(1.0, 0.93), fontsize="small", title_fontsize="small",
-                         title=f"{what}\n⚠ {note}" if note else what, alignment="left")
+        leg = fig.legend(
+            list(handles.values()),
+            list(handles.keys()),
+            loc="upper left",
+            bbox_to_anchor=(1.0, 0.93),
+            fontsize="small",
+            title_fontsize="small",
+            title=f"{what}\n⚠ {note}" if note else what,
+            alignment="left",
+        )
         if note:
             leg.get_title().set_color("firebrick")
     if title:
@@ -414,102 +509,3 @@ def _median_span(axs: list[Axes], log: bool) -> tuple[float, float]:
         return lo / 1.4, hi * 1.4
     pad = 0.08 * (hi - lo) or abs(hi) * 0.1 or 1.0
     return min(0.0, lo - pad), hi + pad
-
-
-HATCHES = ["", "///", "...", "xx", "\\\\\\", "++"]
-
-
-def bars_by_driver(df: pd.DataFrame, metric: str, category: str, hue: str | None = None,
-                   ax: Axes | None = None, filter: Any = None, logy: bool | None = None,
-                   order: Iterable[Any] | None = None, hue_order: Iterable[Any] | None = None,
-                   legend: bool = True) -> Axes:
-    """Grouped bars: one group per value of `category` (e.g. the fio job), in each group one
-    bar per driver (its colour) × value of `hue` (the first solid, the next hatched, …).
-    Emulated runs are their own paler, dashed-edged bars labelled "(emulated)". Bar height is
-    the median, the whisker p10–p90. logy None: log when the values span > LOG_DECADES
-    decades. Returns the Axes."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4.2))
-    sel = select_rows(df, metric, filter)
-    if sel.empty or category not in sel.columns or (hue and hue not in sel.columns):
-        ax.text(0.5, 0.5, f"no {metric} data{filter_text(filter)}", ha="center", va="center",
-                transform=ax.transAxes, color="0.4")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        return ax
-    unit = metric_unit(sel, metric)
-    sel = sel.assign(_emulated=is_emulated(sel), _hue=sel[hue] if hue else "")
-    s = summarize(sel, [category, "driver", "_emulated", "_hue"])
-
-    def ordered(values, first):
-        first = [v for v in (first or []) if v in set(values)]
-        return first + sorted((v for v in set(values) if v not in first), key=str)
-
-    cats = ordered(s[category], order)
-    hues = ordered(s["_hue"], hue_order)
-    series = sorted({(d, bool(e), h) for d, e, h in zip(s["driver"], s["_emulated"], s["_hue"], strict=True)},
-                    key=lambda k: (k[0], k[1], hues.index(k[2])))
-    vals = [float(v) for v in (*s["p10"], *s["p90"], *s["median"]) if pd.notna(v)]
-    symlog = False
-    if logy is None:
-        logy = _auto_log(vals)
-        pos = [v for v in vals if v > 0]
-        # sizes spanning decades with zeros or negative noise among them (disk growth): a
-        # symmetric log axis, linear within one 4 KiB block of zero
-        symlog = not logy and unit == "B" and len(pos) > 1 and span_decades(pos) > LOG_DECADES
-    if logy:
-        ax.set_yscale("log")
-    if symlog:
-        ax.set_yscale("symlog", linthresh=4096, base=2)
-    width = 0.8 / max(len(series), 1)
-    for si, (driver, em, h) in enumerate(series):
-        color = driver_color(driver)
-        hatch = HATCHES[hues.index(h) % len(HATCHES)]
-        rows = s[(s["driver"] == driver) & (s["_emulated"] == em) & (s["_hue"] == h)]
-        xs, med, lo, hi = [], [], [], []
-        for ci, cat in enumerate(cats):
-            r = rows[rows[category] == cat]
-            if r.empty:
-                continue
-            r = r.iloc[0]
-            xs.append(ci - 0.4 + (si + 0.5) * width)
-            med.append(r["median"])
-            lo.append(max(r["median"] - r["p10"], 0))
-            hi.append(max(r["p90"] - r["median"], 0))
-        label = series_label(driver, em) + (f" · {h}" if hue else "")
-        ax.bar(xs, med, width * 0.92, yerr=[lo, hi], capsize=3, label=label,
-               color="white" if hatch else color, edgecolor=color, hatch=hatch,
-               alpha=0.5 if em else 1.0, linestyle="--" if em else "-", linewidth=1.2,
-               error_kw={"elinewidth": 1, "ecolor": "0.25"})
-        for x, m in zip(xs, med, strict=True):
-            if m == 0:  # a bar of height 0 is invisible: say it was measured, and was 0
-                ax.annotate("0", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center",
-                            va="bottom", fontsize="small", color=color)
-    ax.set_xticks(range(len(cats)))
-    ax.set_xticklabels([str(c) for c in cats])
-    ax.set_xlim(-0.6, len(cats) - 0.4)
-    if symlog:
-        top = max(vals) * 2
-        ticks = [0.0] + [float(1 << k) for k in range(12, 41, 4) if (1 << k) <= top]
-        ax.yaxis.set_major_locator(FixedLocator(ticks))
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_major_formatter(value_formatter("B"))
-        ax.set_ylabel(pretty_name(metric) + "  [log above 4 KiB]")
-        # shrinkage is noise (other writers on a shared filesystem): shown, but cut at -64 KiB
-        # so it does not take half the axis
-        ax.set_ylim(max(min(0.0, min(vals)), -65536.0), top)
-    else:
-        su = format_axis(ax.yaxis, unit, logy, vals)
-        ax.set_ylabel(axis_label(pretty_name(metric), unit, su) + ("  [log]" if logy else ""))
-    if logy:
-        pos = [v for v in vals if v > 0]
-        if pos:
-            ax.set_ylim(min(pos) / 2, max(pos) * 2)
-    elif not symlog:
-        ax.set_ylim(bottom=0)
-    ax.set_xlabel(pretty_name(category))
-    ax.grid(True, axis="y", which="major", alpha=0.3)
-    if legend:
-        _legend(ax, {e for _, e, _ in series}, "median, bars p10–p90", "small",
-                loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return ax

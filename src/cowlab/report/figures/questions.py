@@ -23,11 +23,13 @@ from cowlab.report.figures.axes import (
     pretty_name,
     series_label,
 )
+from cowlab.report.figures.bars import bars_by_driver
 from cowlab.report.figures.data import is_emulated, select_rows, summarize
-from cowlab.report.figures.panels import BLANK, bars_by_driver, declutter_xticks, line_panels, reference_line
+from cowlab.report.figures.panels import BLANK, declutter_xticks, line_panels, reference_line
 
 # ---------------------------------------------------------------------------------------------
 # Figures with one panel per host: native and emulated runs never share an axis
+
 
 def hosts_in(df: pd.DataFrame) -> list[tuple[str, bool]]:
     """(hostname, emulated) of every host in `df`, native first."""
@@ -49,8 +51,16 @@ def _host_title(host: tuple[str, bool], many: bool, df: pd.DataFrame | None = No
     return f"{name} · {kind}" if many else (f"{ks} · {kind}" if ks else kind)
 
 
-def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split: str | None = None,
-                logx: bool | None = None, logy: bool | None = None, title: str | None = None):
+def host_panels(
+    df: pd.DataFrame,
+    x: str,
+    metric: str,
+    filter: Any = None,
+    split: str | None = None,
+    logx: bool | None = None,
+    logy: bool | None = None,
+    title: str | None = None,
+):
     """`metric` against `x` per driver, one row of panels per host (emulated hosts get their own
     rows and y scale) and one column per value of `split` (e.g. backing_fs, cache). Returns the
     Figure."""
@@ -63,8 +73,7 @@ def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split
     rows = []  # per host: the split values it has data for
     for h in hosts:
         mine = sel[(sel["hostname"].astype(str) == h[0]) & (em == h[1])]
-        vals = (sorted({v for v in mine[split].dropna()}, key=str)
-                if split and split in mine.columns else [None])
+        vals = sorted({v for v in mine[split].dropna()}, key=str) if split and split in mine.columns else [None]
         rows.append((h, vals or [None]))
     ncols = max((len(v) for _, v in rows), default=1)
     panels: dict[str, Any] = {}
@@ -80,13 +89,31 @@ def host_panels(df: pd.DataFrame, x: str, metric: str, filter: Any = None, split
             panels[f"\0blank {h} {k}"] = BLANK
     if not panels:
         panels["no data"] = dict(filter or {})
-    return line_panels(df, x, metric, panels, ncols=ncols, share="row", logx=logx, logy=logy,
-                       title=title, panel_size=(3.6, 2.8), split_emulated=False)  # split here already
+    return line_panels(
+        df,
+        x,
+        metric,
+        panels,
+        ncols=ncols,
+        share="row",
+        logx=logx,
+        logy=logy,
+        title=title,
+        panel_size=(3.6, 2.8),
+        split_emulated=False,
+    )  # split here already
 
 
-def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = None,
-                filter: Any = None, by: str | None = None, title: str | None = None,
-                order: Iterable[Any] | None = None):
+def bars_panels(
+    df: pd.DataFrame,
+    metric: str,
+    category: str,
+    hue: str | None = None,
+    filter: Any = None,
+    by: str | None = None,
+    title: str | None = None,
+    order: Iterable[Any] | None = None,
+):
     """Grouped bars per driver (bars_by_driver), one panel per host and per value of `by`
     (e.g. mode: primitive / engine). Returns the Figure."""
     sel = select_rows(df, metric, filter)
@@ -120,9 +147,16 @@ def bars_panels(df: pd.DataFrame, metric: str, category: str, hue: str | None = 
             if ax.get_visible():
                 declutter_xticks(ax)
     if handles:
-        fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
-                   bbox_to_anchor=(1.0, 0.93), fontsize="small", title="median, bars p10–p90",
-                   title_fontsize="small", alignment="left")
+        fig.legend(
+            list(handles.values()),
+            list(handles.keys()),
+            loc="upper left",
+            bbox_to_anchor=(1.0, 0.93),
+            fontsize="small",
+            title="median, bars p10–p90",
+            title_fontsize="small",
+            alignment="left",
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -133,8 +167,15 @@ def space_figure(df: pd.DataFrame):
     """The space workload for every driver: growth of the backing storage after each event
     (create, a new 1 KiB file, 1 KiB appended to a 64 MiB image file, remove), primitive and
     engine mode side by side, one panel per host."""
-    return bars_panels(df, "space_bytes", "event", filter={"workload": "space"}, by="mode",
-                       title="space: what a container costs on disk", order=SPACE_EVENTS)
+    return bars_panels(
+        df,
+        "space_bytes",
+        "event",
+        filter={"workload": "space"},
+        by="mode",
+        title="space: what a container costs on disk",
+        order=SPACE_EVENTS,
+    )
 
 
 SPACE_EVENTS = ["create", "write_new_1KiB", "append_1KiB_to_64MiB", "after_remove"]
@@ -151,8 +192,17 @@ def engine_split(df: pd.DataFrame) -> pd.DataFrame:
     median for the same image (the storage driver's own work), what the engine adds, and the
     storage share. Emulated rows are split only against emulated primitive rows; the driver
     column then reads "<driver> (emulated)"."""
-    cols = ["driver", "emulated", "image_size_bytes", "layers", "engine_op", "engine_median",
-            "storage", "engine_adds", "storage_share"]
+    cols = [
+        "driver",
+        "emulated",
+        "image_size_bytes",
+        "layers",
+        "engine_op",
+        "engine_median",
+        "storage",
+        "engine_adds",
+        "storage_share",
+    ]
     if df.empty or "mode" not in df.columns:
         return pd.DataFrame(columns=cols)
     c = df[(df["workload"] == "creation")]
@@ -168,11 +218,19 @@ def engine_split(df: pd.DataFrame) -> pd.DataFrame:
         for r in summarize(eng, by).itertuples(index=False):
             key = (r.driver, r.emulated_, r.image_size_bytes, r.layers)
             p = pc.get(key, np.nan)
-            out.append({"driver": series_label(r.driver, bool(r.emulated_)), "emulated": bool(r.emulated_),
-                        "image_size_bytes": r.image_size_bytes, "layers": r.layers, "engine_op": metric,
-                        "engine_median": r.median, "storage": p,
-                        "engine_adds": r.median - p if p == p else np.nan,
-                        "storage_share": p / r.median if p == p and r.median else np.nan})
+            out.append(
+                {
+                    "driver": series_label(r.driver, bool(r.emulated_)),
+                    "emulated": bool(r.emulated_),
+                    "image_size_bytes": r.image_size_bytes,
+                    "layers": r.layers,
+                    "engine_op": metric,
+                    "engine_median": r.median,
+                    "storage": p,
+                    "engine_adds": r.median - p if p == p else np.nan,
+                    "storage_share": p / r.median if p == p and r.median else np.nan,
+                }
+            )
     return pd.DataFrame(out, columns=cols)
 
 
@@ -198,8 +256,14 @@ def engine_split_figure(split: pd.DataFrame, layers: int = 1):
                 ax.bar(x + 0.2, r.engine_median, 0.38, color=c, alpha=0.55 if em else 1)
                 if r.storage == r.storage:
                     ax.bar(x - 0.2, r.storage, 0.38, color="white", edgecolor=c, hatch="///")
-                    ax.text(x, r.engine_median * 1.15, f"{100 * r.storage_share:.1f}%", ha="center",
-                            va="bottom", fontsize="x-small")
+                    ax.text(
+                        x,
+                        r.engine_median * 1.15,
+                        f"{100 * r.storage_share:.1f}%",
+                        ha="center",
+                        va="bottom",
+                        fontsize="x-small",
+                    )
             ax.set_yscale("log")
             vals = [v for v in (*part["engine_median"], *part["storage"]) if v == v and v > 0]
             ax.set_ylim(min(vals) / 2, max(vals) * 4)
@@ -214,11 +278,19 @@ def engine_split_figure(split: pd.DataFrame, layers: int = 1):
     from matplotlib.patches import Patch
 
     names = sorted({d.removesuffix(" (emulated)") for d in one["driver"]}) if len(one) else []
-    fig.legend([Patch(facecolor="white", edgecolor="0.3", hatch="///"), Patch(facecolor="0.4"),
-                *[Patch(facecolor=driver_color(d)) for d in names]],
-               ["storage: cowlab's own create", "the whole engine op", *names], loc="upper left",
-               bbox_to_anchor=(1.0, 0.93), fontsize="small", title="medians; % = storage share",
-               title_fontsize="small")
+    fig.legend(
+        [
+            Patch(facecolor="white", edgecolor="0.3", hatch="///"),
+            Patch(facecolor="0.4"),
+            *[Patch(facecolor=driver_color(d)) for d in names],
+        ],
+        ["storage: cowlab's own create", "the whole engine op", *names],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.93),
+        fontsize="small",
+        title="medians; % = storage share",
+        title_fontsize="small",
+    )
     fig.tight_layout(h_pad=2.0)
     for r in axes:
         for ax in r:
@@ -248,15 +320,22 @@ def engine_split_table(split: pd.DataFrame) -> pd.DataFrame:
     show["storage_share"] = show["storage_share"].map(lambda v: "—" if v != v else f"{100 * v:.1f}%")
     show["image_size_bytes"] = show["image_size_bytes"].map(human_bytes)
     show["engine_op"] = show["engine_op"].map(ENGINE_OPS)
-    return show.drop(columns=["emulated"]).rename(columns={
-        "engine_op": "engine op", "engine_median": "engine median", "storage": "storage (primitive create)",
-        "engine_adds": "engine adds", "storage_share": "storage share of the engine op",
-        "image_size_bytes": "image size"})
+    return show.drop(columns=["emulated"]).rename(
+        columns={
+            "engine_op": "engine op",
+            "engine_median": "engine median",
+            "storage": "storage (primitive create)",
+            "engine_adds": "engine adds",
+            "storage_share": "storage share of the engine op",
+            "image_size_bytes": "image size",
+        }
+    )
 
 
 def density_guides(set_bytes: int, files: int):
     """A line_panels `each`: reference lines from the density workload's parameters (one copy
     and K copies of the file set for byte panels, one object per file per container for counts)."""
+
     def guides(ax: Axes, title: str, rows: pd.DataFrame) -> None:
         if rows.empty:
             return
@@ -266,6 +345,7 @@ def density_guides(set_bytes: int, files: int):
             reference_line(ax, ks, [set_bytes * k for k in ks], "K copies of the file set", ":")
         else:
             reference_line(ax, ks, [files * k for k in ks], "one per file per container", ":")
+
     return guides
 
 
@@ -275,9 +355,17 @@ def io_figure(df: pd.DataFrame, jobs: list[str], metrics: list[str], title: str,
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.6 * nrows), squeeze=False)
     for i, metric in enumerate(metrics):
         ax = axes[i // ncols][i % ncols]
-        bars_by_driver(df, metric, "job_label", hue="target", ax=ax, filter={"job_label": jobs},
-                       order=jobs, hue_order=["container", "volume"],
-                       legend=(i == ncols - 1 or len(metrics) == 1))
+        bars_by_driver(
+            df,
+            metric,
+            "job_label",
+            hue="target",
+            ax=ax,
+            filter={"job_label": jobs},
+            order=jobs,
+            hue_order=["container", "volume"],
+            legend=(i == ncols - 1 or len(metrics) == 1),
+        )
         ax.set_title(pretty_name(metric).replace("fio ", ""), fontsize="medium")
         ax.set_xlabel("")
     for i in range(len(metrics), nrows * ncols):

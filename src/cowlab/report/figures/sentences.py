@@ -41,8 +41,7 @@ METRIC_PHRASES = {
 
 # How a parameter point is introduced in a sentence ("... from a 1 GiB image", "... for a 64 MiB
 # file", "... with 8 containers"); other parameters read "at <name> = <value>".
-PREPOSITIONS = {"image_size_bytes": "from", "layers": "from", "file_size_bytes": "for",
-                "containers": "with"}
+PREPOSITIONS = {"image_size_bytes": "from", "layers": "from", "file_size_bytes": "for", "containers": "with"}
 
 
 def ratio_text(r: float) -> str:
@@ -117,18 +116,30 @@ def _comparison(a: pd.Series, b: pd.Series, unit: str, note: str) -> tuple[str, 
     if _overlap(a, b):
         tail += "; their p10–p90 ranges overlap, so the gap is within run-to-run spread"
     if not (mb > 0 and ma >= 0):  # growth deltas can be 0 or negative: no multiple means anything
-        return ("no meaningful multiple of what it is",
-                f"({human_value(ma, unit)} vs {human_value(mb, unit)}: a median ≤ 0 has no ratio; "
-                f"{tail}{note})")
+        return (
+            "no meaningful multiple of what it is",
+            f"({human_value(ma, unit)} vs {human_value(mb, unit)}: a median ≤ 0 has no ratio; {tail}{note})",
+        )
     # one unit for both numbers, unless they are too far apart for it ("2.05 s vs 2 ms")
     like = max(ma, mb) if min(ma, mb) > 0 and max(ma, mb) / min(ma, mb) < 100 else None
-    return (f"{_times(ma / mb)} {_as(unit)}",
-            f"({human_value(ma, unit, like)} vs {human_value(mb, unit, like)}, {tail}{note})")
+    return (
+        f"{_times(ma / mb)} {_as(unit)}",
+        f"({human_value(ma, unit, like)} vs {human_value(mb, unit, like)}, {tail}{note})",
+    )
 
 
-def ratio_sentence(df: pd.DataFrame, metric: str, x: str, lo: Any, hi: Any, driver: str,
-                   filter: Any = None, emulated: bool | None = None, phrase: str | None = None,
-                   prep: str | None = None) -> str:
+def ratio_sentence(
+    df: pd.DataFrame,
+    metric: str,
+    x: str,
+    lo: Any,
+    hi: Any,
+    driver: str,
+    filter: Any = None,
+    emulated: bool | None = None,
+    phrase: str | None = None,
+    prep: str | None = None,
+) -> str:
     """How much larger `metric` is at x=hi than at x=lo for one driver, as a sentence:
 
     "overlay2: creating a container from a 1 GiB image takes 1.1× as long as from a 1 MiB
@@ -153,17 +164,29 @@ def ratio_sentence(df: pd.DataFrame, metric: str, x: str, lo: Any, hi: Any, driv
     a, b = _point(sel, x, hi), _point(sel, x, lo)
     gone = [human_x(x, v) for v, s in ((lo, b), (hi, a)) if s.empty]
     if gone:
-        return (f"{name}: no {metric} data at {pretty_name(x)} {' or '.join(gone)}"
-                f"{filter_text(filter)} (have: {_have(sel, x)}), so no ratio.")
+        return (
+            f"{name}: no {metric} data at {pretty_name(x)} {' or '.join(gone)}"
+            f"{filter_text(filter)} (have: {_have(sel, x)}), so no ratio."
+        )
     times, detail = _comparison(a, b, unit, note)
     prep = prep or PREPOSITIONS.get(x, "at")
-    return (f"{name}: {phrase or _phrase(metric)} {prep} {_at(x, hi)} {_verb(unit, metric)} {times} "
-            f"{prep} {_at(x, lo)} {detail}.")
+    return (
+        f"{name}: {phrase or _phrase(metric)} {prep} {_at(x, hi)} {_verb(unit, metric)} {times} "
+        f"{prep} {_at(x, lo)} {detail}."
+    )
 
 
-def driver_ratio_sentence(df: pd.DataFrame, metric: str, x: str, at: Any, num: str, den: str,
-                          filter: Any = None, emulated: bool | None = None,
-                          phrase: str | None = None) -> str:
+def driver_ratio_sentence(
+    df: pd.DataFrame,
+    metric: str,
+    x: str,
+    at: Any,
+    num: str,
+    den: str,
+    filter: Any = None,
+    emulated: bool | None = None,
+    phrase: str | None = None,
+) -> str:
     """How much larger `metric` is for driver `num` than for driver `den` at x=at, e.g.
     "At a 1 GiB image, creating a container with vfs takes 55× as long as with overlay2 (…)"."""
     sel = select_rows(df, metric, filter)
@@ -176,26 +199,37 @@ def driver_ratio_sentence(df: pd.DataFrame, metric: str, x: str, at: Any, num: s
     (na, sa, a, note_a), (nb, sb, b, note_b) = sides
     if a.empty or b.empty:
         missing = [f"{n} (have: {_have(s, x)})" for n, s, v, _ in sides if v.empty]
-        return (f"{num} vs {den}: no {metric} data at {pretty_name(x)} {human_x(x, at)}"
-                f"{filter_text(filter)} for {' and '.join(missing)}, so no ratio.")
+        return (
+            f"{num} vs {den}: no {metric} data at {pretty_name(x)} {human_x(x, at)}"
+            f"{filter_text(filter)} for {' and '.join(missing)}, so no ratio."
+        )
     unit = metric_unit(pd.concat([sa, sb]), metric)
     times, detail = _comparison(a, b, unit, note_a or note_b)
-    return (f"At {_at(x, at)}, {phrase or _phrase(metric)} with {na} {_verb(unit, metric)} {times} "
-            f"with {nb} {detail}.")
+    return f"At {_at(x, at)}, {phrase or _phrase(metric)} with {na} {_verb(unit, metric)} {times} with {nb} {detail}."
 
 
 def filter_text(filter: Any) -> str:
     if isinstance(filter, Mapping) and filter:
-        parts = [f"{pretty_name(k)} = " + (", ".join(human_x(k, w) for w in v)
-                                           if isinstance(v, (list, tuple, set)) else human_x(k, v))
-                 for k, v in filter.items() if not callable(v)]
+        parts = [
+            f"{pretty_name(k)} = "
+            + (", ".join(human_x(k, w) for w in v) if isinstance(v, (list, tuple, set)) else human_x(k, v))
+            for k, v in filter.items()
+            if not callable(v)
+        ]
         return " with " + "; ".join(parts) if parts else ""
     return ""
 
 
-def compare_sentence(df: pd.DataFrame, metric: str, num: tuple[str, Any], den: tuple[str, Any],
-                     driver: str, filter: Any = None, emulated: bool | None = None,
-                     subject: str = "") -> str:
+def compare_sentence(
+    df: pd.DataFrame,
+    metric: str,
+    num: tuple[str, Any],
+    den: tuple[str, Any],
+    driver: str,
+    filter: Any = None,
+    emulated: bool | None = None,
+    subject: str = "",
+) -> str:
     """How `metric` under one condition compares with another, for one driver, as a sentence:
 
     "overlay2 (ext4, 64 MiB file): the second 1-byte append takes 1/1,800 as long as the first
@@ -214,46 +248,86 @@ def compare_sentence(df: pd.DataFrame, metric: str, num: tuple[str, Any], den: t
         rows = select_rows(sel, None, f) if len(sel) else sel
         if len(rows):
             mixed_params_warning(rows, "\0", f"compare_sentence({metric!r}, {driver!r}, {words!r})")
-        sides.append((words, rows, pd.to_numeric(rows["value"], errors="coerce").dropna()
-                      if len(rows) else pd.Series(dtype=float)))
+        sides.append(
+            (
+                words,
+                rows,
+                pd.to_numeric(rows["value"], errors="coerce").dropna() if len(rows) else pd.Series(dtype=float),
+            )
+        )
     gone = [w for w, _, v in sides if v.empty]
     if gone:
-        return (f"{name}: no {metric} data for {' or '.join(gone)}{filter_text(filter)}, "
-                f"so no comparison.")
+        return f"{name}: no {metric} data for {' or '.join(gone)}{filter_text(filter)}, so no comparison."
     (wa, ra, a), (wb, rb, b) = sides
     unit = metric_unit(pd.concat([ra, rb]), metric)
     times, detail = _comparison(a, b, unit, note)
     return f"{name}: {wa} {_verb(unit, metric)} {times} {wb} {detail}."
 
 
-def growth_sentence(df: pd.DataFrame, driver: str, emulated: bool, metric: str, where: Mapping | None,
-                    phrase: str, x: str = "containers") -> str:
+def growth_sentence(
+    df: pd.DataFrame,
+    driver: str,
+    emulated: bool,
+    metric: str,
+    where: Mapping | None,
+    phrase: str,
+    x: str = "containers",
+) -> str:
     """ratio_sentence from the smallest to the largest x measured, and how much x grew."""
     ks = [int(k) for k in param_values(series_rows(df, driver, emulated, metric, **dict(where or {})), x)]
     if len(ks) < 2:
-        return (f"{series_label(driver, emulated)}: {'one K only' if ks else 'no data'} for "
-                f"{phrase}, so no growth.")
-    return (ratio_sentence(df, metric, x, ks[0], ks[-1], driver, filter=where, emulated=emulated,
-                           phrase=phrase) + f" K grew {ks[-1] / ks[0]:,.0f}×.")
+        return f"{series_label(driver, emulated)}: {'one K only' if ks else 'no data'} for {phrase}, so no growth."
+    return (
+        ratio_sentence(df, metric, x, ks[0], ks[-1], driver, filter=where, emulated=emulated, phrase=phrase)
+        + f" K grew {ks[-1] / ks[0]:,.0f}×."
+    )
 
 
-def largest_common_compare(df: pd.DataFrame, metric: str, label_a: str, filter_a: Mapping, label_b: str,
-                           filter_b: Mapping, driver: str, emulated: bool, where: Mapping, what: str,
-                           x: str = "file_size_bytes") -> str:
+def largest_common_compare(
+    df: pd.DataFrame,
+    metric: str,
+    label_a: str,
+    filter_a: Mapping,
+    label_b: str,
+    filter_b: Mapping,
+    driver: str,
+    emulated: bool,
+    where: Mapping,
+    what: str,
+    x: str = "file_size_bytes",
+) -> str:
     """compare_sentence (label_a's rows against label_b's) at the largest `x` both sides
     measured, e.g. the largest file size."""
-    common = (set(param_values(series_rows(df, driver, emulated, **where, **filter_a), x))
-              & set(param_values(series_rows(df, driver, emulated, **where, **filter_b), x)))
+    common = set(param_values(series_rows(df, driver, emulated, **where, **filter_a), x)) & set(
+        param_values(series_rows(df, driver, emulated, **where, **filter_b), x)
+    )
     if not common:
         return f"{series_label(driver, emulated)} [{what}]: no {pretty_name(x)} measured for both, so no comparison."
     at = max(common)
-    return compare_sentence(df, metric, (label_a, filter_a), (label_b, filter_b), driver,
-                            filter={**where, x: at}, emulated=emulated,
-                            subject=f"[{what}, {human_x(x, at)} file]")
+    return compare_sentence(
+        df,
+        metric,
+        (label_a, filter_a),
+        (label_b, filter_b),
+        driver,
+        filter={**where, x: at},
+        emulated=emulated,
+        subject=f"[{what}, {human_x(x, at)} file]",
+    )
 
 
-def span_sentence(df: pd.DataFrame, metric: str, x: str, driver: str, emulated: bool, where: Mapping,
-                  phrase: str, missing: str, grew: str, prep: str | None = None) -> str:
+def span_sentence(
+    df: pd.DataFrame,
+    metric: str,
+    x: str,
+    driver: str,
+    emulated: bool,
+    where: Mapping,
+    phrase: str,
+    missing: str,
+    grew: str,
+    prep: str | None = None,
+) -> str:
     """ratio_sentence from the smallest to the largest `x` this series measured under `where`,
     followed by how much x grew (`grew` with {} for the factor, e.g. "The image is {}× as deep.");
     `missing` names the series' point when fewer than two values of x exist."""
@@ -261,5 +335,10 @@ def span_sentence(df: pd.DataFrame, metric: str, x: str, driver: str, emulated: 
     if len(xs) < 2:
         only = f"only {pretty_name(x)} = {human_x(x, xs[0])}" if xs else "no data"
         return f"{series_label(driver, emulated)}: {only} for {missing}, so no ratio."
-    return (ratio_sentence(df, metric, x, xs[0], xs[-1], driver, filter=dict(where), emulated=emulated,
-                           phrase=phrase, prep=prep) + " " + grew.format(f"{xs[-1] / xs[0]:,.0f}"))
+    return (
+        ratio_sentence(
+            df, metric, x, xs[0], xs[-1], driver, filter=dict(where), emulated=emulated, phrase=phrase, prep=prep
+        )
+        + " "
+        + grew.format(f"{xs[-1] / xs[0]:,.0f}")
+    )
