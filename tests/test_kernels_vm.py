@@ -81,8 +81,11 @@ def test_aufs_conforms_on_the_aufs_kernel(tmp_path):
     # skipped, and saying why: xattrs (aufs declares none) and 128 layers (over its 127 branches)
     known_skips = {"xattrs", "128-layers"}
     for d in ("aufs", "overlay2"):
-        bad = [r for r in got["results"][d]
-               if r["status"] not in ("pass", "deviation") and not (r["status"] == "skip" and r["case"] in known_skips)]
+        bad = [
+            r
+            for r in got["results"][d]
+            if r["status"] not in ("pass", "deviation") and not (r["status"] == "skip" and r["case"] in known_skips)
+        ]
         assert not bad, f"{d}: {bad}\n{got['log']}"
     assert sum(r["status"] == "pass" for r in got["results"]["aufs"]) >= 16
     assert "aufs" in _kernel_release_in_notes(got["results"]["aufs"])
