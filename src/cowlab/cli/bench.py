@@ -11,7 +11,7 @@ from rich.console import Console
 
 from cowlab.base import units
 from cowlab.base.errors import CowlabError
-from cowlab.cli.common import err, out, steps_progress
+from cowlab.cli.common import err, out, steps_progress, vm_option
 from cowlab.run import vmroute
 from cowlab.run.runner import BenchSession, sigterm_as_interrupt
 from cowlab.storage import backing as B
@@ -54,13 +54,8 @@ LOCAL_RESULTS = "results/local"  # a user's own runs, kept apart from the commit
     help="primitive: cowlab's own driver; engine: through a private Docker Engine (dockerd) "
     "with that storage driver; both (default when Docker is present).",
 )
-@click.option(
-    "--vm",
-    "vm_mode",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="Run in a throwaway kernel VM (virtme-ng, TCG): when the driver is missing natively (auto), always, or never.",
+@vm_option(
+    "Run in a throwaway kernel VM (virtme-ng, TCG): when the driver is missing natively (auto), always, or never."
 )
 @click.option(
     "--kernel",

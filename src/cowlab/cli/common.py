@@ -6,14 +6,21 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cowlab.base.state import StateRoot, resolve_root
 from cowlab.run.runner import require_root
+from cowlab.storage.vm import MODES
 
 out = Console()  # the terminal's width: the summary is written to fit 80 columns
 err = Console(stderr=True)
+
+
+def vm_option(help: str):
+    """`--vm auto|always|never` (into `vm_mode`): where a command that can use the kernel VM runs."""
+    return click.option("--vm", "vm_mode", type=click.Choice(list(MODES)), default="auto", show_default=True, help=help)
 
 
 def state_of(ctx, ensure=True) -> StateRoot:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from cowlab.cli.common import err, out, state_of, steps_progress
+from cowlab.cli.common import err, out, state_of, steps_progress, vm_option
 from cowlab.run import vmroute
 from cowlab.run.runner import require_root, sigterm_as_interrupt
 from cowlab.storage import drivers, kernels
@@ -28,14 +28,7 @@ from cowlab.storage import drivers, kernels
 @click.option("--case", "case_names", multiple=True, metavar="NAME", help="Only this case (repeatable).")
 @click.option("--every-layer", is_flag=True, help="Compare images of every depth of deep cases (slower).")
 @click.option("--list", "list_cases", is_flag=True, help="List the cases and exit.")
-@click.option(
-    "--vm",
-    "vm_mode",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="Drivers this kernel lacks (device mapper) run in the kernel VM (emulated).",
-)
+@vm_option("Drivers this kernel lacks (device mapper) run in the kernel VM (emulated).")
 @click.option(
     "--device",
     default=None,

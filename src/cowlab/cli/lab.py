@@ -14,6 +14,7 @@ import click
 from cowlab.base import provenance
 from cowlab.base.errors import CowlabError
 from cowlab.base.state import StateRoot, resolve_root
+from cowlab.cli.common import vm_option
 from cowlab.results import RunWriter, Sample
 from cowlab.storage import drivers
 
@@ -97,14 +98,7 @@ def lab_scripts(lab_ids, labs_path):
 @click.argument("lab_ids", nargs=-1, metavar="ID...")
 @click.option("--all", "run_all", is_flag=True, help="Every lab runnable here (the VM ones in one VM boot).")
 @_labs_opt
-@click.option(
-    "--vm",
-    "vm_mode",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="Labs that need what only the kernel VM has run there (auto); never: skip them.",
-)
+@vm_option("Labs that need what only the kernel VM has run there (auto); never: skip them.")
 @click.option(
     "--kernel",
     metavar="NAME",
@@ -269,14 +263,7 @@ def lab_reset(ctx, lab_id):
     show_default=True,
     help="Results directory (one run per mode, workload thinpool_<mode>).",
 )
-@click.option(
-    "--vm",
-    "vm_mode",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="Run in the kernel VM: when the driver is missing natively (auto), always, or never.",
-)
+@vm_option("Run in the kernel VM: when the driver is missing natively (auto), always, or never.")
 @click.pass_context
 def thinpool(ctx, driver_name, modes, timeout, pool_size, device, force, out, vm_mode):
     """Fill a thin pool and show what the writer sees: blocked, ENOSPC, or blocked then ENOSPC."""
