@@ -25,9 +25,13 @@ def test_persistent_owner_names_repeat_across_roots_but_their_processes_do_not(t
     a, b = StateRoot(tmp_path / "a").ensure(), StateRoot(tmp_path / "b").ensure()
     ra = R.Resources(a, "service-x", "backing", {"driver": "x"})
     rb = R.Resources(b, "service-x", "backing", {"driver": "x"})
-    pa = R.spawn(ra, [sys.executable, "-c", "import time; time.sleep(60)"])
-    pb = R.spawn(rb, [sys.executable, "-c", "import time; time.sleep(60)"])
+    child = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    pa = R.spawn(ra, child, stdout=subprocess.PIPE, text=True)
+    pb = R.spawn(rb, child, stdout=subprocess.PIPE, text=True)
     try:
+        # Popen returns once exec has begun, before the kernel has laid out the new environment:
+        # /proc/PID/environ reads empty for that moment. A child that has printed is past it.
+        assert pa.stdout.readline() == pb.stdout.readline() == "up\n"
         assert R.tagged_processes("service-x", a) == [pa.pid]
         assert R.tagged_processes("service-x", b) == [pb.pid]
         done = cleanup.sweep(b, everything=True)
@@ -41,6 +45,7 @@ def test_persistent_owner_names_repeat_across_roots_but_their_processes_do_not(t
             if p.poll() is None:
                 p.kill()
             p.wait()
+            p.stdout.close()
 
 
 def test_cleanup_leaves_a_root_made_inside_it_alone(tmp_path):
