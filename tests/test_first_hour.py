@@ -89,8 +89,9 @@ def quick_run_records() -> list[dict]:
             out += [
                 _rec("creation", "create_seconds", 6e-4, "s", p, rep),
                 _rec("creation", "remove_seconds", 5e-4, "s", p, rep),
-                _rec("mount_floor", "floor_seconds", 8e-4, "s", p, rep),
-                _rec("mount_floor", "paired_create_remove_seconds", 1.0e-3, "s", p, rep),
+                _rec("mount_floor", "container_floor_seconds", 8e-4, "s", p, rep),
+                _rec("mount_floor", "container_floor_libc_seconds", 7.8e-4, "s", p, rep),
+                _rec("mount_floor", "cowlab_container_seconds", 1.0e-3, "s", p, rep),
             ]
         for ev, v in (("create", 24576), ("write_new_1KiB", 4096), ("append_1KiB_to_64MiB", 65548 * 1024)):
             out.append(_rec("space", "space_bytes", v, "B", {"event": ev, "big_file_bytes": 64 * MiB}, rep))
@@ -174,7 +175,7 @@ def test_summary_fits_one_screen_with_findings_and_claims():
     assert "86 ms on ext4" in text and "0.3 ms on xfs" in text  # the finding a user came for
     assert "64 MiB" in text and "65548 KiB" not in text and "e+09" not in text
     assert "1.63 GiB/s" in text
-    assert "1.25× at 1 layer" in text and "what cowlab's bookkeeping" in text  # overhead, explained
+    assert "1.25× at 1 layer" in text and "a whole container's life in cowlab" in text  # overhead, explained
     assert "cowlab show results/local/h/r" in text and "summary.txt" in text
 
 
@@ -189,11 +190,12 @@ def test_full_table_shows_params_only_where_they_vary():
     assert all(set(r.params) <= {"event"} for r in rows if r.workload == "space")
 
 
-def test_overhead_prefers_the_paired_measurement():
-    ov = summary.overhead(quick_run_records())
-    assert ov[1] == pytest.approx((1.25, 1.0e-3, 8e-4))
-    unpaired = [r for r in quick_run_records() if r["metric"] != "paired_create_remove_seconds"]
-    assert summary.overhead(unpaired)[16][0] == pytest.approx(1.1e-3 / 8e-4)
+def test_overhead_is_cowlab_over_the_floor_and_the_floor_is_checked_against_libc():
+    recs = quick_run_records()
+    assert summary.overhead(recs)[1] == pytest.approx((1.25, 1.0e-3, 8e-4))
+    assert summary.floor_check(recs)[16] == pytest.approx(8e-4 / 7.8e-4)
+    no_floor = [r for r in recs if r["metric"] != "container_floor_seconds"]
+    assert summary.overhead(no_floor) == {} and summary.floor_check(no_floor) == {}
 
 
 def test_show_prints_a_run_again_at_the_terminal_width(tmp_path):
@@ -222,7 +224,7 @@ def test_show_prints_a_run_again_at_the_terminal_width(tmp_path):
     assert cp.returncode == 1 and "no run 'nosuchrun'" in cp.stderr
 
 
-# --- journal, trash, mounts ------------------------------------------------------------------------
+# --- journal, lazy release, mounts ------------------------------------------------------------------------
 def test_a_torn_journal_entry_names_nothing_and_is_dropped(state):
     res = Resources.for_run(state)
     h = res.add("file", path=str(state.tmp / "x"))
@@ -235,19 +237,63 @@ def test_a_torn_journal_entry_names_nothing_and_is_dropped(state):
 
 
 @pytest.mark.root
-def test_mount_entry_removes_or_trashes_its_container_dir(state):
+def test_a_lazy_release_unmounts_now_and_deletes_later_and_a_crash_in_between_loses_nothing(state):
     res = Resources.for_run(state)
-    trash = state.store / "trash"
-    trash.mkdir()
-    for use_trash in (True, False):
-        cdir = state.store / f"c{use_trash}"
-        (cdir / "merged").mkdir(parents=True)
-        (cdir / "diff" / "f").mkdir(parents=True)
-        h = res.add("mount", target=str(cdir / "merged"), dir=str(cdir), **({"trash": str(trash)} if use_trash else {}))
-        res.release(h)  # not mounted: EINVAL, then the directory goes
-        assert not cdir.exists()
-    assert [p.name.split("-")[0] for p in trash.iterdir()] == ["cTrue"]
+    cdir = state.store / "c"
+    (cdir / "merged").mkdir(parents=True)
+    (cdir / "diff" / "f").mkdir(parents=True)
+    h = res.acquire(
+        "mount", lambda: sysutil.mount("tmpfs", cdir / "merged", "tmpfs"), target=str(cdir / "merged"), dir=str(cdir)
+    )
+    res.release(h, lazy=True)
+    assert not sysutil.is_mountpoint(cdir / "merged") and cdir.exists() and h.path.exists()
+    # killed here: the entry is still there, and replaying it (cleanup) finishes the release
+    Resources.open(state, res.owner).close()
+    assert not cdir.exists() and not h.path.exists()
+    res.forget_spent()  # the process itself, had it lived: nothing left to do, no error
     assert res.close() == []
+
+
+@pytest.mark.root
+def test_a_tree_entry_covers_what_is_mounted_below_it(state):
+    """A bench's containers: one "tree" entry, none per container; after a crash the tree's
+    releaser finds their mounts and directories."""
+    res = Resources.for_run(state)
+    tree = state.store / "containers"
+    t = res.acquire("tree", tree.mkdir, path=str(tree))
+    for name in ("a", "b"):
+        m = tree / name / "merged"
+        m.mkdir(parents=True)
+        res.acquire(
+            "mount", lambda m=m: sysutil.mount("tmpfs", m, "tmpfs"), target=str(m), dir=str(m.parent), covered_by=t
+        )
+    assert sorted(p.name for p in res.dir.glob("0*.json")) == [t.path.name]  # one entry written
+    with pytest.raises(ValueError):
+        res.add("mount", target="/x", covered_by=res.add("file", path=str(state.tmp / "f")))
+    Resources.open(state, res.owner).close()  # as cleanup after a kill
+    assert not tree.exists() and mounts_under(state.path) == []
+    assert res.close() == []
+
+
+@pytest.mark.root
+def test_safe_rmtree_never_enters_a_mount(state):
+    """rmdir first: the kernel says EBUSY for a mountpoint before it looks inside."""
+    top = state.store / "t"
+    m = top / "a" / "m"
+    m.mkdir(parents=True)
+    (top / "a" / "file").write_text("x")
+    sysutil.mount("tmpfs", m, "tmpfs")
+    try:
+        (m / "precious").write_text("keep")
+        with pytest.raises(CowlabError, match="still mounted"):
+            sysutil.safe_rmtree(top, state.path)
+        assert (m / "precious").read_text() == "keep"
+    finally:
+        sysutil.umount(m)
+    sysutil.safe_rmtree(top, state.path)
+    assert not top.exists()
+    with pytest.raises(CowlabError, match="outside"):
+        sysutil.safe_rmtree("/etc", state.path)
 
 
 def test_mount_of_without_a_covering_mount_is_a_clear_error(monkeypatch):
@@ -338,9 +384,11 @@ def test_quick_bench_then_one_command_empties_the_state_root(tmp_path, root_dir)
     assert (run_dir / "summary.txt").exists()
     recs = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     # the floor and create+remove timed alternately, as many of each, at every grid point
-    paired = [(r["params"]["layers"], r["repetition"]) for r in recs if r["metric"] == "paired_create_remove_seconds"]
-    floor = [(r["params"]["layers"], r["repetition"]) for r in recs if r["metric"] == "floor_seconds"]
-    assert paired and sorted(paired) == sorted(floor)
+    got = {
+        m: sorted((r["params"]["layers"], r["repetition"]) for r in recs if r["metric"] == m)
+        for m in ("cowlab_container_seconds", "container_floor_seconds", "container_floor_libc_seconds")
+    }
+    assert got["cowlab_container_seconds"] and len(set(map(tuple, got.values()))) == 1, got
     cp = run_cli("status", root=root_dir, env={"COLUMNS": "200"})
     assert cp.returncode == 0 and "images" in cp.stdout and "image prune" in cp.stdout
     before = sysutil.disk_usage(root_dir)

@@ -57,41 +57,50 @@ def _release_file(e: dict, state: StateRoot) -> None:
     sysutil.ignore_enoent(os.unlink, e["path"])
 
 
-@releaser("mount")
-def _release_mount(e: dict, state: StateRoot) -> None:
-    """Unmount; then, if the entry also names the mount's own directory ("dir": one entry for a
-    container's dirs and its mount, one journal write instead of two), remove that directory,
-    or move it into "trash" (a directory on the same filesystem, emptied later, outside any
-    timing, as containerd's snapshotter frees space in its Cleanup)."""
-    target = e["target"]
+def _unmount(target: str) -> None:
     for _ in range(50):
         try:
             sysutil.umount(target)
-            break
+            return
         except OSError as err:
             if err.errno in (errno.EINVAL, errno.ENOENT):
-                break  # not mounted (any more), or never was
+                return  # not mounted (any more), or never was
             if err.errno != errno.EBUSY:
                 raise
             time.sleep(0.1)  # a FUSE daemon or a process that just exited still holds it
-    else:
-        raise CowlabError(f"{target} stays busy: {sysutil.describe_holders(target)}")
+    raise CowlabError(f"{target} stays busy: {sysutil.describe_holders(target)}")
+
+
+@releaser("mount")
+def _release_mount(e: dict, state: StateRoot) -> None:
+    """Unmount; then, if the entry also names the mount's own directory ("dir": one entry for a
+    container's dirs and its mount, one journal write instead of two), remove that directory.
+    A lazy release (Resources.release) unmounts now and leaves the directory, with the entry
+    naming it, for later, outside any timing, as containerd's snapshotter frees space in its
+    Cleanup. (Entries of older versions may carry a "trash" key: the directory is deleted in
+    place all the same.)"""
+    target = e["target"]
+    if target:  # None: the second half of a lazy release (the mount went in the first)
+        _unmount(target)
     d = e.get("dir")
     if not d:
         return
     if not state.inside(d):
         raise CowlabError(f"journal names {d}, outside the state root; not touching it")
-    trash = e.get("trash")
-    if trash and state.inside(trash):
-        try:
-            os.rename(d, os.path.join(trash, f"{os.path.basename(d)}-{uuid.uuid4().hex[:6]}"))
-            return
-        except FileNotFoundError:
-            if not os.path.lexists(d):
-                return  # already gone (a release replayed after a kill)
-        except OSError:
-            pass  # no trash dir (any more): delete in place
     sysutil.safe_rmtree(d, state.path)
+
+
+@releaser("tree")
+def _release_tree(e: dict, state: StateRoot) -> None:
+    """A directory whose every mount below is ours (a bench run's containers): unmount them,
+    deepest first, then the tree goes. Resources acquired with covered_by=<this entry> need no
+    entry of their own: this releaser finds what a crash left of them."""
+    path = e["path"]
+    if not state.inside(path):
+        raise CowlabError(f"journal names {path}, outside the state root; not touching it")
+    for m in sysutil.mounts_under(path):
+        _release_mount({"target": m.target}, state)
+    sysutil.safe_rmtree(path, state.path)
 
 
 @releaser("loop")
@@ -195,12 +204,12 @@ def _release_cgroup(e: dict, state: StateRoot) -> None:
     raise CowlabError(f"cgroup {p} stays busy; see {p}/cgroup.procs")
 
 
-@dataclass
+@dataclass(eq=False)  # a handle is itself: found in lists by identity, not by comparing args
 class Handle:
     seq: int
     kind: str
     args: dict
-    path: Path
+    path: Path | None  # None: covered by another entry (add(covered_by=...)), never written
 
 
 @dataclass
@@ -214,7 +223,7 @@ class Resources:
     claim: bool = True  # write owner.json as ours; False when reopening another's journal
     _seq: int = 0
     _live: list[Handle] = field(default_factory=list)
-    _spent: list[Path] = field(default_factory=list)  # released lazily, entry not yet unlinked
+    _spent: list[Handle] = field(default_factory=list)  # released lazily, entry not yet unlinked
 
     def __post_init__(self):
         self.dir = self.state.journal / self.owner
@@ -244,22 +253,29 @@ class Resources:
         return cls(state, owner, info["kind"], info.get("meta", {}), claim=False)
 
     # -- acquiring -------------------------------------------------------------------------
-    def add(self, kind: str, **args) -> Handle:
-        """Journal a resource that is about to be created (its releaser must be idempotent)."""
+    def add(self, kind: str, covered_by: Handle | None = None, **args) -> Handle:
+        """Journal a resource that is about to be created (its releaser must be idempotent).
+        covered_by: a live "tree" entry whose releaser would release this resource too (a mount
+        below its directory): then nothing is written, and the resource is released by this
+        process as any other, or by that entry's releaser after a crash."""
         if kind not in RELEASERS:
             raise KeyError(f"no releaser for resource kind {kind!r}")
-        h = Handle(self._seq, kind, args, self.dir / f"{self._seq:08d}.json")
+        if covered_by is not None and (covered_by.kind != "tree" or covered_by not in self._live):
+            raise ValueError(f"{kind} can only be covered by a live tree entry of the same journal")
+        path = None if covered_by is not None else self.dir / f"{self._seq:08d}.json"
+        h = Handle(self._seq, kind, args, path)
         self._seq += 1
         # Live before the entry is written: a Ctrl-C between the two must not leave an entry
         # close() does not know of (releasers are idempotent, so one never written is harmless).
         self._live.append(h)
-        _write_new(h.path, {"kind": kind, **args})
+        if path is not None:
+            _write_new(path, {"kind": kind, **args})
         faults.point("journal", kind)
         return h
 
-    def acquire(self, kind: str, create: Callable[[], object], **args):
+    def acquire(self, kind: str, create: Callable[[], object], covered_by: Handle | None = None, **args):
         """Journal, then create; if creation fails, release whatever part of it exists."""
-        h = self.add(kind, **args)
+        h = self.add(kind, covered_by=covered_by, **args)
         try:
             create()
         except BaseException:
@@ -272,7 +288,7 @@ class Resources:
         """Record what is only known after creation (a loop device's name, a child's pid).
         A handle already released has no entry left to update."""
         h.args.update(args)
-        if h in self._live:
+        if h in self._live and h.path is not None:
             _write_json(h.path, {"kind": h.kind, **h.args})
 
     def handles(self) -> list[Handle]:
@@ -281,40 +297,58 @@ class Resources:
 
     def forget(self, h: Handle) -> None:
         """Stop journaling h without releasing it (what it made now belongs to something else)."""
-        sysutil.ignore_enoent(os.unlink, h.path)
+        if h.path is not None:
+            sysutil.ignore_enoent(os.unlink, h.path)
         if h in self._live:
             self._live.remove(h)
 
     # -- releasing -------------------------------------------------------------------------
     def release(self, h: Handle, lazy: bool = False) -> None:
-        """Release h and drop its entry. lazy: the entry's file is unlinked later (forget_spent,
-        or close), outside a timed op; safe because every releaser is idempotent, so a crash in
-        between only makes `cowlab cleanup` release it once more (finding nothing to do)."""
-        RELEASERS[h.kind](h.args, self.state)
-        faults.point("release", h.kind)
+        """Release h and drop its entry. lazy: release only what must go now — a mount, not the
+        directory its entry also names ("dir") — and leave the rest and the entry itself to
+        forget_spent(), outside a timed op. Safe because the entry stays on disk until then and
+        every releaser is idempotent: a crash in between makes `cowlab cleanup` replay the whole
+        release (the unmount finds nothing mounted, the directory goes)."""
         if lazy:
-            self._spent.append(h.path)
+            RELEASERS[h.kind]({**h.args, "dir": None}, self.state)
+            faults.point("release", h.kind)
+            self._spent.append(h)
         else:
-            sysutil.ignore_enoent(os.unlink, h.path)
+            RELEASERS[h.kind](h.args, self.state)
+            faults.point("release", h.kind)
+            if h.path is not None:
+                sysutil.ignore_enoent(os.unlink, h.path)
         if h in self._live:
             self._live.remove(h)
 
     def forget_spent(self) -> None:
-        """Unlink the entries of lazily released resources."""
+        """Finish lazy releases: what they left (a directory) goes, then their entries."""
         while self._spent:
-            sysutil.ignore_enoent(os.unlink, self._spent.pop())
+            h = self._spent[0]
+            if h.args.get("dir"):  # what release(lazy=True) left: the directory, not the mount
+                RELEASERS[h.kind]({**h.args, "target": None}, self.state)
+            if h.path is not None:
+                sysutil.ignore_enoent(os.unlink, h.path)
+            self._spent.pop(0)
 
     def close(self) -> list[str]:
         """Release everything in reverse; Ctrl-C is held off so teardown itself is not torn."""
         errors = []
         with signals_blocked():
-            self.forget_spent()
+            kept = False
+            while self._spent:
+                try:
+                    self.forget_spent()
+                except Exception as e:  # its entry stays for `cowlab cleanup`; go on with the rest
+                    h = self._spent.pop(0)
+                    errors.append(f"{h.kind} {h.args}: {e}")
+                    kept = True
             for h in reversed(list(self._live)):
                 try:
                     self.release(h)
                 except Exception as e:  # keep going: one stuck resource must not leak the rest
                     errors.append(f"{h.kind} {h.args}: {e}")
-            if not self._live:
+            if not self._live and not kept:
                 with contextlib.suppress(FileNotFoundError, OSError):
                     for stray in self.dir.glob(".*.json.*"):  # a write a SIGKILL cut short
                         stray.unlink()

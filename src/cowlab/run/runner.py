@@ -130,7 +130,7 @@ class BenchSession:
             self.driver = self.driver_cls(
                 self.backing, self.res, ImageStore(self.state), options=self.driver_options or None
             )
-            self.driver.defer_free = True  # removed containers' files go between samples (reclaim)
+            self.driver.defer_free = True  # removed containers' files go between samples (_reclaim)
             prov = provenance.collect(self.argv)
             prov.update(
                 driver=self.driver_name,
@@ -228,11 +228,7 @@ class BenchSession:
         )
 
     def _reclaim(self) -> None:
-        self.res.forget_spent()
-        self.driver.reclaim()
-        for d in getattr(self, "_variants", {}).values():
-            if hasattr(d, "reclaim"):  # variants also holds loop backings
-                d.reclaim()
+        self.res.forget_spent()  # removed containers' directories and entries (variants share res)
 
     # --- cleanup -----------------------------------------------------------------------------
     def finish(self, status: str) -> list[str]:

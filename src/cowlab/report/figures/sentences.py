@@ -22,7 +22,8 @@ from cowlab.report.figures.data import (
 METRIC_PHRASES = {
     "create_seconds": "creating a container",
     "remove_seconds": "removing a container",
-    "floor_seconds": "a bare mount+umount",
+    "container_floor_seconds": "the kernel's own work for a container",
+    "cowlab_container_seconds": "a container's whole life in cowlab",
     "import_seconds": "importing an image",
     "copyup_seconds": "the first write (copy-up)",
     "lookup_seconds": "one lookup",

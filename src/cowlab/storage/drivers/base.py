@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
-from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Handle, Resources
 from cowlab.storage.backing import Backing
@@ -152,26 +151,11 @@ class Driver:
         return 0
 
     # --- shared ----------------------------------------------------------------------------
-    # A bench sets this: a removed container's directory is moved into `trash` (one rename) and
-    # its files deleted by reclaim() between repetitions, outside the timed remove, as
-    # containerd's snapshotter does in its Cleanup. Drivers that honour it say so in their
-    # create(); the others delete at once.
+    # A bench sets this: a removed container is unmounted at once, and its directory deleted by
+    # Resources.forget_spent() between repetitions, outside the timed remove, as containerd's
+    # snapshotter frees space in its Cleanup. Drivers whose container is one journal entry with
+    # a "dir" honour it (overlay2); the others delete at once.
     defer_free: bool = False
-
-    @property
-    def trash(self) -> Path:
-        t = self.home / "trash"
-        if not getattr(self, "_trash_made", False):
-            t.mkdir(exist_ok=True)
-            self._trash_made = True
-        return t
-
-    def reclaim(self) -> None:
-        """Delete what removed containers left in the trash (their files)."""
-        t = self.home / "trash"
-        if t.is_dir():
-            for child in os.listdir(t):
-                sysutil.safe_rmtree(t / child, t)
 
     def remove(self, container: Container, res: Resources) -> None:
         for h in reversed(container.handles):
@@ -190,7 +174,7 @@ class Driver:
 
     @staticmethod
     def new_id() -> str:
-        return uuid.uuid4().hex[:12]
+        return os.urandom(6).hex()  # 12 hex digits, as Docker shows them
 
     def staging(self) -> Path:
         """A scratch dir on the same filesystem as home, so results can be renamed into place."""
@@ -205,10 +189,25 @@ def image_key(image: Image) -> str:
 
 # The methods behind two capabilities, for the workloads that require them (the runner gives
 # such a workload only a driver whose `capabilities` name it).
+@dataclass(frozen=True)
+class BareMount:
+    """A driver's container as the kernel sees it, with nothing of cowlab around it: the
+    directories made inside the container's own directory (in this order), then one mount(2)
+    of `fstype` from `source` on `target` (a name among dirs) with the options data(cdir)
+    returns, issued from the directory `cwd` where the options name lower paths relatively."""
+
+    dirs: tuple[str, ...]
+    target: str
+    source: str
+    fstype: str
+    data: Callable[[Path], str]
+    cwd: Path | None = None
+
+
 @runtime_checkable
 class HasBareMount(Protocol):
-    def bare_mount(self, image: Image, scratch: Path) -> tuple[Callable[[], object], Callable[[], object]]:
-        """capability "bare_mount": (mount, unmount) of the driver's mount with nothing else around it."""
+    def bare_mount(self, image: Image) -> BareMount:
+        """capability "bare_mount": what the kernel must do for one container of this image."""
         ...
 
 

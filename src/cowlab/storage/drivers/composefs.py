@@ -34,7 +34,7 @@ from pathlib import Path
 from cowlab.base import sysutil
 from cowlab.base.resources import Handle, Resources
 from cowlab.storage.drivers import _util as U
-from cowlab.storage.drivers.base import Container, Probe, image_key
+from cowlab.storage.drivers.base import BareMount, Container, Probe, image_key
 from cowlab.storage.drivers.erofs import (
     MKFS,
     erofs_probe,
@@ -211,7 +211,7 @@ class Composefs(Overlay2):
         for name in mine - used:  # objects no remaining image refers to
             sysutil.ignore_enoent(os.unlink, self.objects / name)
 
-    def _options(self, lower: str, upper: Path, work: Path) -> str:
+    def _options(self, lower: str, upper: str | Path, work: str | Path) -> str:
         """lower: "META::OBJECTS" (the object store a data-only lower layer)."""
         opts = [
             f"lowerdir={lower}",
@@ -252,13 +252,15 @@ class Composefs(Overlay2):
         merged, hs = U.union_container(res, cdir, ("diff", "work", "merged"), mount)
         return Container(cid, image.id, self.name, merged, hs)
 
-    def bare_mount(self, image: Image, scratch: Path):
+    def bare_mount(self, image: Image) -> BareMount:
         meta = self._ensure_mounted(image)
-        upper, work, merged = scratch / "diff", scratch / "work", scratch / "merged"
-        for d in (upper, work, merged):
-            d.mkdir(parents=True, exist_ok=True)
-        data = self._options(f"{meta}::{self.objects}", upper, work)
-        return (lambda: sysutil.mount("overlay", merged, "overlay", data)), (lambda: sysutil.umount(merged))
+        return BareMount(
+            ("diff", "work", "merged"),
+            "merged",
+            "overlay",
+            "overlay",
+            lambda cdir: self._options(f"{meta}::{self.objects}", cdir / "diff", cdir / "work"),
+        )
 
     def objects_bytes(self) -> int:
         return sum(e.stat().st_blocks * 512 for e in self.objects.rglob("*") if e.is_file())

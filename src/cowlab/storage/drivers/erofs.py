@@ -29,7 +29,7 @@ from cowlab.base import sysutil
 from cowlab.base.errors import CowlabError
 from cowlab.base.resources import Handle, Resources
 from cowlab.storage.drivers import _util as U
-from cowlab.storage.drivers.base import Container, Probe
+from cowlab.storage.drivers.base import BareMount, Container, Probe
 from cowlab.storage.drivers.overlay2 import OVL_MAX_STACK, Overlay2
 from cowlab.store import layers as L
 from cowlab.store.images import Image
@@ -172,9 +172,9 @@ class Erofs(Overlay2):
         self._ensure_mounted(json.loads(self._image_file(image).read_text())["layers"])
         return super().create(image, res, cid)
 
-    def bare_mount(self, image: Image, scratch: Path):
+    def bare_mount(self, image: Image) -> BareMount:
         self._ensure_mounted(json.loads(self._image_file(image).read_text())["layers"])
-        return super().bare_mount(image, scratch)
+        return super().bare_mount(image)
 
     def metadata(self) -> dict:
         return super().metadata() | {

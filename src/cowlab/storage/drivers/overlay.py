@@ -22,7 +22,7 @@ from pathlib import Path
 from cowlab.base import sysutil
 from cowlab.base.resources import Resources
 from cowlab.storage.drivers import _util as U
-from cowlab.storage.drivers.base import Container, Driver, Probe
+from cowlab.storage.drivers.base import BareMount, Container, Driver, Probe
 from cowlab.store import layers as L
 from cowlab.store.images import Image
 
@@ -103,13 +103,15 @@ class Overlay(Driver):
         )
         return Container(cid, image.id, self.name, merged, hs)
 
-    def bare_mount(self, image: Image, scratch: Path):
+    def bare_mount(self, image: Image) -> BareMount:
         lower = self._lower(image)
-        upper, work, merged = scratch / "upper", scratch / "work", scratch / "merged"
-        for d in (upper, work, merged):
-            d.mkdir(parents=True, exist_ok=True)
-        data = self._options(lower, upper, work)
-        return (lambda: sysutil.mount("overlay", merged, "overlay", data)), (lambda: sysutil.umount(merged))
+        return BareMount(
+            ("upper", "work", "merged"),
+            "merged",
+            "overlay",
+            "overlay",
+            lambda cdir: self._options(lower, cdir / "upper", cdir / "work"),
+        )
 
     def metadata(self) -> dict:
         from cowlab.storage.drivers.overlay2 import module_params
