@@ -339,10 +339,30 @@ def render_findings(
         line = Text(f"  {msg} ({len(wls)} sample{'s' * (len(wls) > 1)})", style="yellow")
         line.truncate(width - 1, overflow="ellipsis")
         console.print(line, no_wrap=True)
+    spent = time_spent(records)
+    if spent:
+        _indented(console, spent, style="dim")
     if table_file:
         console.print(Text(f"full table: {table_file}"), soft_wrap=True)
     if show_cmd:
         console.print(Text(f"print it again: {show_cmd}"), soft_wrap=True)
+
+
+def time_spent(records: list[dict], top: int = 5) -> str:
+    """Where a run's time went, from its workload_wall_seconds: the largest parts first."""
+    parts: dict[str, float] = {}
+    for r in records:
+        if r["metric"] == "workload_wall_seconds" and r.get("value") is not None:
+            of = r["params"].get("of", "?")
+            parts[of] = parts.get(of, 0.0) + r["value"]
+    if not parts:
+        return ""
+    big = sorted(parts.items(), key=lambda kv: -kv[1])
+    shown = [f"{k} {units.human_seconds(v)}" for k, v in big[:top]]
+    rest = sum(v for _, v in big[top:])
+    if rest:
+        shown.append(f"{len(big) - top} more {units.human_seconds(rest)}")
+    return f"time: {', '.join(shown)} (of {units.human_seconds(sum(parts.values()))})"
 
 
 def _indented(console: Console, text: str, style: str = "") -> None:

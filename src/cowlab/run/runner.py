@@ -147,6 +147,7 @@ class BenchSession:
             # So a run killed from here on is closed as "killed" by cleanup, not left "running".
             self._record_h = self.res.add("run_record", path=str(self.writer.dir / "run.json"))
             store = ImageStore(self.state)
+            t_prep = time.perf_counter()
             self.images = {}
             for i, (name, spec) in enumerate(self.specs.items()):
                 if progress:
@@ -154,6 +155,7 @@ class BenchSession:
                 self.images[name] = store.build(spec)  # imported into a driver on first use
             if self.mode != "primitive":
                 self.engine.prepare(progress)  # a busybox base layer under each image
+            self._wall("images", t_prep)
         except BaseException:
             self.res.close()
             raise
@@ -183,6 +185,11 @@ class BenchSession:
             self.run_workload(wl, progress)
         if self.mode != "primitive":
             self.engine.run(progress)  # after the primitive part, so the two never overlap
+
+    def _wall(self, of: str, t0: float) -> None:
+        """Where a run's time goes (the summary's last line), so a slow grid is trimmed from
+        facts: the harness's own figure, never a measurement of the driver."""
+        self.record(Sample("workload_wall_seconds", round(time.perf_counter() - t0, 3), "s", {"of": of}), "harness")
 
     def run_workload(self, wl, progress: Progress | None = None) -> None:
         """Every case of one workload, each sample recorded as measured; a failed or
@@ -221,11 +228,7 @@ class BenchSession:
                     progress(f"{wl.name}: {case_name(case)} {describe_params(case.params)}", done, total)
 
             run_case(case, record, rep_done)
-        # Where a run's time goes (image imports included), so a slow grid can be trimmed
-        # from facts; the harness's own figure, never a measurement of the driver.
-        self.record(
-            Sample("workload_wall_seconds", round(time.perf_counter() - t_wl, 3), "s", {"of": wl.name}), "harness"
-        )
+        self._wall(wl.name, t_wl)  # image imports included
 
     def _reclaim(self) -> None:
         self.res.forget_spent()  # removed containers' directories and entries (variants share res)

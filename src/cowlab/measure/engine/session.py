@@ -168,6 +168,7 @@ class EnginePart:
             return
         if progress:
             progress(f"engine: starting dockerd --storage-driver {self.driver.name}", 0, 1)
+        t_start = time.perf_counter()
         self.pool_meta = None
         try:
             st = self._storage()
@@ -215,7 +216,9 @@ class EnginePart:
         }
         s.writer.write_run(engine=desc)
         self._load(self.daemon, progress)
+        s._wall("engine start+load", t_start)
         for w in self.workloads:
+            t_wl = time.perf_counter()
             ctx = EngineContext(self.daemon, self.refs, self.load_errors, s.grids[w.name], s.quick, self.pool_drv)
             cases = list(CASES[w.name](ctx))
             total, done = sum(map(case_total, cases)), 0
@@ -236,6 +239,7 @@ class EnginePart:
                     why=_why,
                     unit="s" if isinstance(case, Timed) else "B",
                 )
+            s._wall(f"engine {w.name}", t_wl)
         errs = self.close()
         if errs:
             s.writer.write_run(engine_teardown_errors=errs)
