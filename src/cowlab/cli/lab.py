@@ -107,13 +107,19 @@ def lab_scripts(lab_ids, labs_path):
 )
 @click.option("--json-report", type=click.Path(dir_okay=False), help="Write the reports as JSON to this file.")
 @click.option(
+    "--only-vm",
+    is_flag=True,
+    help="With --all: only the labs that run in the kernel VM (CI replays them beside the native "
+    "ones, which `--vm never` selects).",
+)
+@click.option(
     "--fresh-shells",
     is_flag=True,
     help="Before each step that uses what earlier steps left in the shell, run it in a new shell "
     "too: it must stop and name the step to run (every lab's text is checked for that anyway).",
 )
 @click.pass_context
-def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report, fresh_shells):
+def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report, only_vm, fresh_shells):
     """Replay labs unattended: every step run as typed, every expectation checked.
 
     Exits 0 only when every lab asked for ran and held; with --all, labs that can't run here are
@@ -124,6 +130,8 @@ def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report, fres
     d = lesson.labs_dir(labs_path)
     if run_all == bool(lab_ids):
         raise CowlabError("name lab ids (see `cowlab lab list`) or --all, not both")
+    if only_vm and (not run_all or vm_mode == "never"):
+        raise CowlabError("--only-vm selects among --all, and not with --vm never")
     chosen = lesson.load_all(d) if run_all else [lesson.find(d, i) for i in lab_ids]
     if kernel and kernel != "host":
         from cowlab.storage import kernels
@@ -141,8 +149,10 @@ def lab_run(ctx, lab_ids, run_all, labs_path, vm_mode, kernel, json_report, fres
 
                 raise Unavailable(f"lab {les.id} ({les.title})", v.reason, "; ".join(dict.fromkeys(v.hints)))
             skipped.append((les, v))
-        else:
-            in_vm.setdefault(v.kernel, []).append(les) if v.route == "vm" else native.append(les)
+        elif v.route == "vm":
+            in_vm.setdefault(v.kernel, []).append(les)
+        elif not only_vm:
+            native.append(les)
     reports = []
     with sigterm_as_interrupt():
         for les in native:
