@@ -578,3 +578,27 @@ def test_a_lab_the_vm_cannot_run_names_the_command_once(monkeypatch):
     assert not v.runnable and "no 6.1 kernel" in v.reason
     line = f"{v.reason} — {'; '.join(v.hints)}"
     assert line.count(vm.PROVISION) == 1, line
+
+
+def test_a_step_streams_its_output_as_it_comes_and_keeps_its_blank_lines(state, tmp_path):
+    """A line is echoed when it is printed, not when the next one comes (an instructor watching a
+    long step sees it move); the newline printed before the done mark is not output."""
+    from cowlab.base.resources import Resources
+    from cowlab.labs.shell import Session
+
+    res = Resources.for_run(state)
+    sess = Session(res, tmp_path, dict(os.environ), tmp_path)
+    try:
+        seen: list[tuple[str, float]] = []
+        t0 = time.monotonic()
+        r = sess.run(
+            "echo first; sleep 2; printf 'a\\n\\nb\\n\\n'; printf 'no newline'",
+            30,
+            echo=lambda s: seen.append((s, time.monotonic() - t0)),
+        )
+        assert [s for s, _ in seen] == ["first", "a", "", "b", "", "no newline"]
+        assert seen[0][1] < 1.5 <= seen[1][1]  # "first" before the sleep ended
+        assert r.output == "first\na\n\nb\n\nno newline" and r.rc == 0
+    finally:
+        sess.close()
+        assert res.close() == []

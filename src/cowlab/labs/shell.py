@@ -72,6 +72,7 @@ class Session:
         assert self.proc.stdout is not None
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         rc = None
+        blanks = 0  # blank lines read but not yet echoed
         try:
             while rc is None:
                 left = timeout - (time.monotonic() - t0)
@@ -93,17 +94,25 @@ class Session:
                     if line.startswith(self.done_mark):
                         rc = int(line.split()[1])
                         break
-                    # One line behind: the last one is the newline printed before the mark
-                    # (which keeps the mark off a last line that had no newline of its own).
-                    if lines and echo and not lines[-1].startswith(ERR_MARK):
-                        echo(lines[-1])
                     lines.append(line)
+                    # Each line as it comes (a long step shows its progress), but a blank one
+                    # waits for the next: the last may be the newline printed before the mark
+                    # (which keeps the mark off a last line that had no newline of its own).
+                    if line == "":
+                        blanks += 1
+                    elif echo:
+                        for _ in range(blanks):
+                            echo("")
+                        blanks = 0
+                        if not line.startswith(ERR_MARK):
+                            echo(line)
         finally:
             sel.close()
         if lines and lines[-1] == "":
             lines.pop()
-        elif lines and echo and not lines[-1].startswith(ERR_MARK):
-            echo(lines[-1])
+            blanks -= 1
+        for _ in range(blanks if echo else 0):
+            echo("")
         return _result(lines, rc, time.monotonic() - t0, self.scratch)
 
     def kill(self) -> None:
