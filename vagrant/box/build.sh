@@ -186,7 +186,11 @@ if [ -n "$wheels" ]; then
   log "wheelhouse: $(ls "$wheels" | wc -l) files -> /opt/cowlab/wheels, pip offline"
   mkdir -p "$R/opt/cowlab/wheels"
   cp "$wheels"/* "$R/opt/cowlab/wheels/"
-  printf '[global]\nno-index = true\nfind-links = /opt/cowlab/wheels\n' > "$R/etc/pip.conf"
+  # no-compile: byte-compiling every module pip installs is half of a nox venv's install
+  # (cowlab[test,engine,vm] natively: 21.5 s, 10.4 s without), and under TCG minutes; Python
+  # compiles what a session imports when it first imports it.
+  printf '[global]\nno-index = true\nfind-links = /opt/cowlab/wheels\n[install]\nno-compile = true\n' \
+    > "$R/etc/pip.conf"
 fi
 
 kver=$(ls "$R/boot" | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
