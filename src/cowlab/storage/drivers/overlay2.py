@@ -25,10 +25,6 @@ from cowlab.store.images import Image
 
 # fs/overlayfs/params.h: OVL_MAX_STACK. The kernel refuses more lower layers than this.
 OVL_MAX_STACK = 500
-# The process's umask, read once (cowlab never changes it): mkdir alone makes a container's
-# upper dir 0755 under the usual 022, and only another umask needs a chmod.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class Overlay2(Driver):
@@ -190,10 +186,12 @@ class Overlay2(Driver):
             data = self._options(lower, up, wk)
 
             def make():
-                for d in (c, up, wk, mg):
-                    os.mkdir(d)
-                if 0o777 & ~_UMASK != 0o755:  # umask 077: the container's root would be 0700
-                    os.chmod(up, 0o755)
+                os.mkdir(c)
+                os.mkdir(up, 0o755)  # the container's root: 0755 whatever the umask leaves...
+                os.mkdir(wk)
+                os.mkdir(mg)
+                if os.stat(up).st_mode & 0o777 != 0o755:  # ...and a chmod (an inode write) only
+                    os.chmod(up, 0o755)  # where the umask took bits away (e.g. 077)
                 self._mount(data, mg)
 
             # One entry for the directories and the mount (its releaser unmounts, then removes the
