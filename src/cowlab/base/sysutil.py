@@ -340,6 +340,16 @@ def _unlink_entry(top: str, path: str) -> None:
         raise
 
 
+def modprobe(*args: str, timeout: float = 120) -> bool:
+    """Load a kernel module; False where it can't be (no such module, or no modprobe at all: a
+    minimal root or a container has no kmod, and a built-in or missing module is then the
+    caller's question, not an error)."""
+    try:
+        return run(["modprobe", *args], check=False, timeout=timeout).returncode == 0
+    except (CowlabError, subprocess.TimeoutExpired):
+        return False
+
+
 def run(cmd: list[str], check: bool = True, timeout: float | None = 600, **kw) -> subprocess.CompletedProcess:
     """Run a tool, capturing output; a failure becomes one readable line."""
     try:

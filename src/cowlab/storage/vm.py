@@ -420,7 +420,7 @@ def guest_main(config_path: str) -> int:
         # Debian's kernel has these as modules; cowlab checks /proc/filesystems before making a
         # loop filesystem, and nothing has loaded them yet in a fresh guest.
         for mod in ("loop", "dm-thin-pool", "ext4", "xfs", "btrfs", "overlay", "erofs", "fuse"):
-            subprocess.run(["modprobe", mod], capture_output=True)
+            sysutil.modprobe(mod)
         disks = _guest_disks()
         if STATE_SERIAL not in disks:
             raise CowlabError(f"no disk with serial {STATE_SERIAL} in the guest (found {disks})")

@@ -61,7 +61,7 @@ class _DeviceMapper(Driver):
     @classmethod
     def probe(cls) -> Probe:
         if not thin.has_device_mapper():
-            sysutil.run(["modprobe", "dm-mod"], check=False)
+            sysutil.modprobe("dm-mod")
         if not thin.has_device_mapper():
             why = "kernel has no dm-thin-pool (no device-mapper at all: not in /proc/misc)"
             return _unavailable(why)
@@ -72,7 +72,7 @@ class _DeviceMapper(Driver):
             )
         targets = thin.targets()
         if "thin-pool" not in targets:
-            sysutil.run(["modprobe", "dm-thin-pool"], check=False)
+            sysutil.modprobe("dm-thin-pool")
             targets = thin.targets()
         if "thin-pool" not in targets:
             return _unavailable("kernel has no dm-thin-pool (modprobe dm-thin-pool failed)")

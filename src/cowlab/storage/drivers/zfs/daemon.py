@@ -92,8 +92,7 @@ def implementation() -> str | None:
         # a zfs module built for this kernel but not loaded (the kernel VM's: zfs-dkms for
         # Debian's 6.1); where there is none, modprobe just fails
         _modprobed.append(True)
-        with contextlib.suppress(CowlabError):  # (no modprobe at all)
-            sysutil.run(["modprobe", "-q", "zfs"], check=False, timeout=120)
+        sysutil.modprobe("-q", "zfs")
     if os.path.exists("/dev/zfs"):
         return "kernel"
     if U.which("zfs-fuse"):
