@@ -301,15 +301,30 @@ def bench_all(session):
         session.error(str(e))
     if out is None:
         args += ["--out", str(places.results)]
+
     # stdout alone (session.run(silent=True) would mix in stderr)
-    drivers = json.loads(
-        subprocess.run(
+    def ask():
+        cp = subprocess.run(
             [os.path.join(session.bin, "cowlab"), "drivers", "--json"], capture_output=True, text=True, check=True
-        ).stdout
-    )
+        )
+        return json.loads(cp.stdout)
+
+    # What a driver lacks that its provisioning script installs (tools, not kernels), installed
+    # first — as a single bench session does — then every driver asked again: on a fresh machine
+    # most drivers are "unavailable" only until then.
+    failed = {}
+    for d in ask():
+        if not d["available"] and d.get("route") != "vm":
+            why = _provision_reason(d["driver"])
+            if why:
+                failed[d["driver"]] = why
+    drivers = ask()
     ran, skipped = [], []
     for d in drivers:
         name = d["driver"]
+        if name in failed and not d["available"]:
+            skipped.append((name, failed[name]))
+            continue
         if not d["available"] and not (d.get("route") == "vm" and with_vm):
             why = d.get("reason", "") + (f" — {d['hint']}" if d.get("hint") else "")
             if d.get("route") == "vm":
