@@ -260,7 +260,7 @@ def report(session):
     session.run("cowlab", "report", *args)
 
 
-def _provision_reason(backend: str) -> str | None:
+def _provision_reason(backend: str, log=print) -> str | None:
     """None when the backend's provisioning check passes (or installing it did), else why not."""
     script = HERE / "vagrant" / "provision" / f"{backend}.sh"
     if not script.exists():
@@ -270,6 +270,7 @@ def _provision_reason(backend: str) -> str | None:
         return None
     if os.geteuid() != 0:
         return f"{check.stdout.strip() or 'not provisioned'}; run: sudo bash {script}"
+    log(f"provisioning {backend}: {check.stdout.strip() or 'not provisioned'} (bash {script.relative_to(HERE)})")
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     return None if r.returncode == 0 else f"provisioning failed: {(r.stderr or r.stdout).strip()[-300:]}"
 
@@ -315,7 +316,7 @@ def bench_all(session):
     failed = {}
     for d in ask():
         if not d["available"] and d.get("route") != "vm":
-            why = _provision_reason(d["driver"])
+            why = _provision_reason(d["driver"], session.log)
             if why:
                 failed[d["driver"]] = why
     drivers = ask()
@@ -331,7 +332,7 @@ def bench_all(session):
                 why += " (add -- --with-vm to run it in the kernel VM)"
             skipped.append((name, why))
             continue
-        why = _provision_reason(name)
+        why = _provision_reason(name, session.log)
         if why:
             skipped.append((name, why))
             continue
