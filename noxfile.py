@@ -169,7 +169,11 @@ def labs(session):
     mapper lab in the kernel VM). `-- 03` replays one; `cowlab lab list` says what runs here."""
     _provision(session, "host")
     _install(session, "test,engine,vm")
-    ids = [a for a in session.posargs if not a.startswith("-")]
+    # Lab ids are the words that are neither options nor an option's value (`--vm never`).
+    takes_value = {"--vm", "--kernel", "--labs", "--json-report"}
+    ids = [
+        a for prev, a in itertools.pairwise(["", *session.posargs]) if not a.startswith("-") and prev not in takes_value
+    ]
     # What these labs need, as their front matter says, installed by the same provisioning
     # scripts as the bench sessions (so `-- 01` does not pull in QEMU or Docker).
     needed = session.run("cowlab", "lab", "scripts", *ids, silent=True) or ""
