@@ -5,8 +5,9 @@ sees it, whoever makes it (Docker's overlay2 driver makes the same directories):
 container's directory and of its diff, work and merged; the mount(2) (from the layer directory,
 where the options name lower layers relatively); umount(2); rmdir of what the mount left in work
 (overlayfs makes work/work), of the four directories and of the container's own. cowlab's side is
-a whole container's life: create, remove, and the deferred deletion of its directory and journal
-entry (Resources.forget_spent), so nothing cowlab postpones escapes the comparison.
+a whole container's life: create, remove, and the deferred deletion of its directory (and of its
+journal entry where it has one: Resources.forget_spent), so nothing cowlab postpones escapes the
+comparison.
 
 Three timings per repetition, in rotating order so that what else loads the machine (an overlay's
 umount writes back its upper filesystem, other jobs' dirty data included) falls on all alike:
