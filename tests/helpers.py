@@ -332,3 +332,26 @@ def medians(records, metric, keys) -> dict:
         if r["metric"] == metric and r["status"] == "ok":
             got[tuple(r["params"][k] for k in keys)].append(r["value"])
     return {k: statistics.median(v) for k, v in got.items()}
+
+
+# --- a small results tree -------------------------------------------------------------------
+def creation_run(out: Path, driver: str, ms_by_size: dict[int, list[float]], host: str = "h") -> None:
+    """One quick native run of `driver` into `out`: create_seconds (given in ms) per image size,
+    one layer, a repetition per value; the run id numbers the runs already there."""
+    from cowlab.results import RunWriter, Sample
+
+    prov = {
+        "hostname": host,
+        "kernel": "6.1.0-test",
+        "virtualization": "none",
+        "emulated": False,
+        "driver": driver,
+        "quick": True,
+        "backing_fs": "ext4",
+    }
+    w = RunWriter(out, f"{len(list(out.rglob('run.json'))):04d}-{driver}", prov)
+    for size, values in ms_by_size.items():
+        for rep, ms in enumerate(values):
+            params = {"image_size_bytes": size, "layers": 1}
+            w.add(Sample("create_seconds", ms / 1e3, "s", params, rep), driver, "creation", "primitive")
+    w.close("complete")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import helpers
 from cowlab import results
 from cowlab.report import catalogue, intervals, verdicts
 from cowlab.report.catalogue import Rule
-from cowlab.results import RunWriter, Sample
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -25,25 +25,7 @@ def spread(median: float, n: int, rel: float = 0.3) -> list[float]:
 
 
 def creation_run(out: Path, small_ms: list[float], big_ms: list[float], driver: str = "overlay2") -> None:
-    prov = {
-        "hostname": "h",
-        "kernel": "6.1.0-test",
-        "virtualization": "none",
-        "emulated": False,
-        "driver": driver,
-        "quick": True,
-        "backing_fs": "ext4",
-    }
-    w = RunWriter(out, f"{len(list(out.rglob('run.json'))):04d}-{driver}", prov)
-    for size, values in ((MiB, small_ms), (GiB, big_ms)):
-        for rep, ms in enumerate(values):
-            w.add(
-                Sample("create_seconds", ms / 1e3, "s", {"image_size_bytes": size, "layers": 1}, rep),
-                driver,
-                "creation",
-                "primitive",
-            )
-    w.close("complete")
+    helpers.creation_run(out, driver, {MiB: small_ms, GiB: big_ms})
 
 
 def create_free(path: Path) -> dict:

@@ -12,31 +12,14 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from cowlab.report.places import bench_places, reference_trees
-from cowlab.results import RunWriter, Sample
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(out: Path, driver: str, ms: float, host: str = "vm") -> None:
-    prov = {
-        "hostname": host,
-        "kernel": "6.1.0-test",
-        "virtualization": "none",
-        "emulated": False,
-        "driver": driver,
-        "quick": True,
-        "backing_fs": "ext4",
-    }
-    w = RunWriter(out, f"{len(list(out.rglob('run.json'))):04d}-{driver}", prov)
-    for rep, f in enumerate([0.9, 1.0, 1.1]):
-        w.add(
-            Sample("create_seconds", ms * f / 1e3, "s", {"image_size_bytes": 1 << 20, "layers": 1}, rep),
-            driver,
-            "creation",
-            "primitive",
-        )
-    w.close("complete")
+    helpers.creation_run(out, driver, {1 << 20: [ms * f for f in (0.9, 1.0, 1.1)]}, host)
 
 
 def _git(cwd: Path, *args: str) -> str:

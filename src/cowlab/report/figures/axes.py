@@ -48,6 +48,11 @@ PRETTY_NAMES = {
 }
 
 
+def no_data(ax, text: str) -> None:
+    """An empty panel says what it lacks, in grey, in its middle."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
 def pretty_name(col: str) -> str:
     """'image_size_bytes' -> 'image size', 'create_seconds' -> 'create time'."""
     if col in PRETTY_NAMES:

@@ -15,6 +15,7 @@ from cowlab.report.figures.axes import (
     axis_label,
     driver_color,
     format_axis,
+    no_data,
     pretty_name,
     series_label,
     span_decades,
@@ -48,15 +49,7 @@ def bars_by_driver(
         _, ax = plt.subplots(figsize=(8, 4.2))
     sel = select_rows(df, metric, filter)
     if sel.empty or category not in sel.columns or (hue and hue not in sel.columns):
-        ax.text(
-            0.5,
-            0.5,
-            f"no {metric} data{filter_text(filter)}",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            color="0.4",
-        )
+        no_data(ax, f"no {metric} data{filter_text(filter)}")
         ax.set_xticks([])
         ax.set_yticks([])
         return ax

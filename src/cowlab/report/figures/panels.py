@@ -22,6 +22,7 @@ from cowlab.report.figures.axes import (
     driver_color,
     format_axis,
     human_bytes,
+    no_data,
     pretty_name,
     series_label,
     span_decades,
@@ -55,15 +56,7 @@ def line_by_driver(
     if x in sel.columns:
         sel = sel[sel[x].notna()]
     if sel.empty or x not in sel.columns or "driver" not in sel.columns:
-        ax.text(
-            0.5,
-            0.5,
-            f"no {metric} data{filter_text(filter)}",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            color="0.4",
-        )
+        no_data(ax, f"no {metric} data{filter_text(filter)}")
         ax.set_xlabel(pretty_name(x))
         ax.set_ylabel(pretty_name(metric))
         ax.set_xticks([])
@@ -172,15 +165,7 @@ def overhead_bars(df: pd.DataFrame, ax: Axes | None = None, filter: Any = None) 
     need = {"metric", "driver", "image_size_bytes", "layers"}
     floor = sel[sel["metric"] == FLOOR] if need <= set(sel.columns) else sel.iloc[0:0]
     if floor.empty:
-        ax.text(
-            0.5,
-            0.5,
-            "no mount_floor data (only drivers with a bare mount have one)",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            color="0.4",
-        )
+        no_data(ax, "no mount_floor data (only drivers with a bare mount have one)")
         ax.set_xticks([])
         ax.set_yticks([])
         return ax
@@ -410,7 +395,7 @@ def line_panels(
         if sel.empty:  # the title says what is missing; a long note would not fit the panel
             for t in list(ax.texts):
                 t.remove()
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            no_data(ax, "no data")
             ax.set_ylabel("")
         if each is not None:
             each(ax, name, sel)
